@@ -1,0 +1,142 @@
+"""What the tasks run. Each action turns an expected failure (CcpError) into
+doit's TaskFailed with a one-line-first message, so doit reports it without a
+traceback; anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import time
+from pathlib import Path
+
+from doit.exceptions import TaskFailed
+
+from . import base as base_rootfs
+from . import docker_ops
+from .config import PipelineConfig
+from .errors import CcpError
+from .gitinfo import last_revision
+from .graph import Image
+from .layout import CacheLayout
+from .state import DIGEST_LABEL, Stamp, input_digest, write_if_changed
+
+
+def reports_errors(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except CcpError as exc:
+            return TaskFailed(str(exc))
+
+    return wrapper
+
+
+def _same_link(path: Path, source: Path) -> bool:
+    try:
+        return os.path.samefile(path, source)
+    except OSError:
+        return False
+
+
+@reports_errors
+def stage_context(image: Image, context_dir: Path, generated: dict[str, Path]) -> dict:
+    """Write the rendered Dockerfile and the image's context files into its
+    build context; files whose bytes did not change keep their mtime, and
+    files that no longer belong to the context are removed."""
+    source = image.source
+    wanted = {"Dockerfile"} | set(source.context_files) | set(generated)
+    context_dir.mkdir(parents=True, exist_ok=True)
+    changed = []
+    if write_if_changed(context_dir / "Dockerfile", image.rendered.text.encode()):
+        changed.append("Dockerfile")
+    for rel in source.context_files:
+        origin = source.directory / rel
+        target = context_dir / rel
+        try:
+            data = origin.read_bytes()
+            mode = origin.stat().st_mode & 0o7777
+        except OSError as exc:
+            raise CcpError(f"image '{image.name}': cannot read context file {origin}: {exc.strerror}") from None
+        if write_if_changed(target, data):
+            changed.append(rel)
+        if target.stat().st_mode & 0o7777 != mode:
+            os.chmod(target, mode)
+    for rel, origin in generated.items():
+        # Large generated inputs (the root filesystem) are hard-linked, not copied.
+        target = context_dir / rel
+        if not origin.exists():
+            raise CcpError(f"image '{image.name}': generated context file {origin} is missing")
+        if not _same_link(target, origin):
+            tmp = target.with_name(f".{target.name}.link")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(origin, tmp)
+            except OSError:
+                shutil.copy2(origin, tmp)
+            os.replace(tmp, target)
+            changed.append(rel)
+    for path in sorted(context_dir.rglob("*"), reverse=True):
+        rel = path.relative_to(context_dir).as_posix()
+        if path.is_file() and rel not in wanted:
+            path.unlink()
+            changed.append(f"-{rel}")
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    return {"changed": changed}
+
+
+def image_labels(cfg: PipelineConfig, image: Image) -> dict[str, str]:
+    """Labels that are a pure function of the configuration (part of the input digest)."""
+    labels = {
+        "org.opencontainers.image.title": image.name,
+        "org.opencontainers.image.version": cfg.tag,
+    }
+    if cfg.source_url:
+        labels["org.opencontainers.image.source"] = cfg.source_url
+    return labels
+
+
+def _revision_labels(cfg: PipelineConfig, image: Image) -> dict[str, str]:
+    """The commit (and its date) that last touched the image's inputs. Not part of the
+    input digest: a commit that changes no input must not make a new image."""
+    paths = [image.source.directory, *[Path(f) for f in image.rendered.template_files], *map(Path, cfg.files)]
+    revision = last_revision([p for p in paths if p.exists()])
+    if revision is None:
+        return {}
+    return {"org.opencontainers.image.revision": revision.commit, "org.opencontainers.image.created": revision.committed}
+
+
+@reports_errors
+def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
+    """Adopt an engine image with the same input digest, or build one; then write the stamp."""
+    started = time.monotonic()
+    parent_ids = {}
+    for parent in image.parents:
+        stamp = Stamp.read(layout.stamp(parent))
+        if stamp is None:
+            raise CcpError(f"image '{image.name}': parent '{parent}' has no build stamp; build it first")
+        parent_ids[parent] = stamp.image_id
+    labels = image_labels(cfg, image)
+    context_dir = layout.context_dir(image.name)
+    digest = input_digest(context_dir, cfg.build_args, labels, parent_ids)
+    client = docker_ops.connect()
+    image_id = docker_ops.find_by_digest(client, digest, image.ref)
+    if image_id:
+        docker_ops.tag(client, image_id, image.ref)
+        outcome = "adopted"
+    else:
+        all_labels = {**labels, **_revision_labels(cfg, image), DIGEST_LABEL: digest}
+        image_id = docker_ops.build(
+            client, image.name, context_dir, image.ref, all_labels, cfg.build_args, layout.log(image.name)
+        )
+        outcome = "built"
+    stamp = Stamp(image.name, image_id, digest, (image.ref,))
+    write_if_changed(layout.stamp(image.name), stamp.to_bytes())
+    return {"outcome": outcome, "image_id": image_id, "seconds": round(time.monotonic() - started, 2)}
+
+
+@reports_errors
+def refresh_rootfs(cfg: PipelineConfig, layout: CacheLayout) -> dict:
+    return base_rootfs.make_rootfs(cfg.base, layout.rootfs, layout.rootfs_manifest, layout.root / "logs" / "base-rootfs.log")

@@ -1,0 +1,259 @@
+"""The pipeline's configuration: one typed, frozen model loaded from YAML.
+
+Defaults live in the dataclasses below and nowhere else. `load_config()` reads
+`ccp.yaml`, then the per-user override (`ccp.local.yaml` beside it, or the file
+named by $CCP_OVERRIDE), validates every key and type once, naming the file and
+the key, and returns a `PipelineConfig`. Nothing downstream re-validates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+CONFIG_NAME = "ccp.yaml"
+LOCAL_OVERRIDE_NAME = "ccp.local.yaml"
+OVERRIDE_ENV = "CCP_OVERRIDE"
+
+# Names a template sees besides the config's free variables; a free variable
+# may not shadow them.
+RESERVED_VARIABLES = frozenset({"namespace", "image_prefix", "tag", "maintainer", "image_name", "image"})
+
+_NAMESPACE_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+_PREFIX_RE = re.compile(r"^[a-z0-9._-]*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class BaseSettings:
+    """How the Debian root image is made (the `base` task)."""
+
+    enabled: bool = True
+    image: str = "base"  # the image of the tree whose build context receives rootfs.tar
+    suite: str = "bookworm"
+    mirror: str = "http://deb.debian.org/debian"
+    variant: str = "minbase"
+    packages: tuple[str, ...] = ()
+    max_age_days: int = 7
+    # A fixed SOURCE_DATE_EPOCH makes mmdebstrap's tarball bit-identical while
+    # Debian publishes no update, so a refresh that brings nothing new
+    # rebuilds to the same image ID and cascades nowhere.
+    source_date_epoch: int = 1700000000
+
+    def manifest(self) -> dict[str, Any]:
+        """The settings that shape the root filesystem (not the age)."""
+        return {
+            "suite": self.suite,
+            "mirror": self.mirror,
+            "variant": self.variant,
+            "packages": sorted(self.packages),
+            "source_date_epoch": self.source_date_epoch,
+        }
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything ccp.yaml can say. Paths are relative to the config's directory."""
+
+    namespace: str = "ccp"
+    image_prefix: str = ""
+    tag: str = "latest"
+    maintainer: str = "ccp maintainers <ccp@example.org>"
+    # Template repositories, searched in order; an earlier repository's macros
+    # override a later one's (the "repositories split").
+    repositories: tuple[str, ...] = ("dockerfiles",)
+    macros_dir: str = "macros"
+    # Parents outside the tree that a FROM may name (exact references).
+    external_images: tuple[str, ...] = ()
+    build_args: dict[str, str] = field(default_factory=dict)
+    variables: dict[str, Any] = field(default_factory=dict)
+    source_url: str = ""
+    base: BaseSettings = field(default_factory=BaseSettings)
+    # Not settable from YAML: where the config was found, and which files were read.
+    root: Path = field(default=Path("."), metadata={"yaml": False})
+    files: tuple[str, ...] = field(default=(), metadata={"yaml": False})
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    def repository_paths(self) -> list[Path]:
+        return [self.root / repo for repo in self.repositories]
+
+    def image_ref(self, name: str) -> str:
+        return f"{self.namespace}/{self.image_prefix}{name}:{self.tag}"
+
+    def template_globals(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "image_prefix": self.image_prefix,
+            "tag": self.tag,
+            "maintainer": self.maintainer,
+            **self.variables,
+        }
+
+
+def _yaml_fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)}
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if tp is str:
+        return "a string"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if origin is tuple:
+        return "a list of strings"
+    if origin is dict:
+        return "a mapping"
+    return "a mapping"
+
+
+def _coerce(tp, value, filename: str, key: str):
+    """Check `value` against the annotation `tp`; return it normalized."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _check_mapping(tp, value, filename, prefix=f"{key}.")
+    ok = False
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is str:
+        ok = isinstance(value, str)
+    elif origin is tuple:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if ok:
+            value = tuple(value)
+    elif origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        if ok and value_type is str:
+            bad = [k for k, v in value.items() if not isinstance(v, (str, int, float)) or isinstance(v, bool)]
+            if bad:
+                raise ConfigError(f"{filename}: {key}.{bad[0]}: expected a string, got {value[bad[0]]!r}")
+            value = {k: str(v) for k, v in value.items()}
+    if not ok:
+        raise ConfigError(f"{filename}: {key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _check_mapping(cls, data, filename: str, prefix: str = "") -> dict[str, Any]:
+    """Validate the keys present in `data` for dataclass `cls`; defaults are not filled in here."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{filename}: {prefix.rstrip('.')}: expected a mapping, got {data!r}")
+    fields = _yaml_fields(cls)
+    hints = typing.get_type_hints(cls)
+    checked = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{filename}: unknown key '{prefix}{key}'{hint}; known keys: {known}")
+        checked[key] = _coerce(hints[key], value, filename, f"{prefix}{key}")
+    return checked
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        place = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{place}: malformed YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
+    """Checks that need more than a type: reference syntax, names, ranges."""
+
+    def fail(key: str, message: str):
+        raise ConfigError(f"{origin.get(key.split('.')[0], CONFIG_NAME)}: {key}: {message}")
+
+    if not _NAMESPACE_RE.match(cfg.namespace):
+        fail("namespace", f"'{cfg.namespace}' is not a valid repository namespace (lowercase letters, digits, . _ - and /)")
+    if not _PREFIX_RE.match(cfg.image_prefix):
+        fail("image_prefix", f"'{cfg.image_prefix}' may only hold lowercase letters, digits, '.', '_' and '-'")
+    if not _TAG_RE.match(cfg.tag):
+        fail("tag", f"'{cfg.tag}' is not a valid Docker tag")
+    if not cfg.repositories:
+        fail("repositories", "at least one template repository is needed")
+    for repo in cfg.repositories:
+        if not (cfg.root / repo).is_dir():
+            fail("repositories", f"template repository '{repo}' is not a directory under {cfg.root}")
+    for name in cfg.variables:
+        if not _IDENTIFIER_RE.match(name):
+            fail(f"variables.{name}", "a variable name must be a Python identifier")
+        if name in RESERVED_VARIABLES:
+            fail(f"variables.{name}", "shadows a name the pipeline provides to templates; rename it")
+    if cfg.base.max_age_days < 0:
+        fail("base.max_age_days", "must be 0 or more")
+    for arg in cfg.build_args:
+        if not _IDENTIFIER_RE.match(arg):
+            fail(f"build_args.{arg}", "a build argument name must be an identifier")
+
+
+def config_files(root: Path) -> list[Path]:
+    """The files that make the configuration, in the order they apply."""
+    files = [root / CONFIG_NAME]
+    override = os.environ.get(OVERRIDE_ENV)
+    if override:
+        files.append(Path(override) if Path(override).is_absolute() else root / override)
+    elif (root / LOCAL_OVERRIDE_NAME).exists():
+        files.append(root / LOCAL_OVERRIDE_NAME)
+    return files
+
+
+def load_config(root: Path | str = ".") -> PipelineConfig:
+    """Read and validate ccp.yaml and its override under `root`."""
+    root = Path(root).resolve()
+    files = config_files(root)
+    if not files[0].exists():
+        raise ConfigError(f"{files[0]}: not found; the pipeline needs its configuration file")
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for path in files:
+        checked = _check_mapping(PipelineConfig, _read_yaml(path), path.name)
+        origin.update({key: path.name for key in checked})
+        merged = _merge(merged, checked)
+    if "base" in merged:
+        merged["base"] = BaseSettings(**merged["base"])
+    cfg = PipelineConfig(**merged, root=root, files=tuple(str(p) for p in files))
+    _validate_values(cfg, origin)
+    return cfg

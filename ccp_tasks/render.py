@@ -1,0 +1,302 @@
+"""Finding image templates and rendering them with Jinja2.
+
+An image is a directory holding `Dockerfile.j2` in one of the template
+repositories; its name is the directory's name. Every other file in that
+directory (except the reserved ones) belongs to its build context.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.meta
+
+from .config import PipelineConfig
+from .errors import GraphError, TemplateError
+
+TEMPLATE_NAME = "Dockerfile.j2"
+# Files beside a template that describe the image rather than go into it.
+RESERVED_FILES = frozenset({TEMPLATE_NAME, "tests.yaml", "integration.yaml", "pod.yaml.j2", "README.md"})
+IMAGE_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+# Variables whose values reach a template through the image() helper.
+IMAGE_HELPER_INPUTS = ("namespace", "image_prefix", "tag")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """An image as found on disk, before rendering."""
+
+    name: str
+    directory: Path
+    repository: Path
+    context_files: tuple[str, ...]  # relative to `directory`, sorted
+
+    @property
+    def template(self) -> Path:
+        return self.directory / TEMPLATE_NAME
+
+
+@dataclass(frozen=True)
+class RenderedImage:
+    """A rendered Dockerfile and what it was made from."""
+
+    source: ImageSource
+    text: str
+    template_files: tuple[str, ...]  # the template and every macro file it pulls in
+    variables: dict[str, Any] = field(default_factory=dict)  # config values the template reads
+
+
+def _context_files(directory: Path) -> tuple[str, ...]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        for filename in filenames:
+            path = Path(dirpath, filename)
+            rel = path.relative_to(directory).as_posix()
+            if rel in RESERVED_FILES or filename.startswith(".") or filename.endswith(".pyc"):
+                continue
+            found.append(rel)
+    return tuple(sorted(found))
+
+
+def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
+    """Every directory with a Dockerfile.j2 in every repository, by image name."""
+    images: dict[str, ImageSource] = {}
+    for repository in cfg.repository_paths():
+        macros = repository / cfg.macros_dir
+        for dirpath, dirnames, filenames in os.walk(repository):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and Path(dirpath, d) != macros)
+            if TEMPLATE_NAME not in filenames:
+                continue
+            directory = Path(dirpath)
+            name = directory.name
+            if not IMAGE_NAME_RE.match(name):
+                raise GraphError(
+                    f"{directory}: '{name}' is not a valid image name "
+                    "(lowercase letters and digits, separated by '.', '_' or '-')"
+                )
+            if name in images:
+                raise GraphError(
+                    f"image '{name}' is defined twice: {images[name].template} and {directory / TEMPLATE_NAME}"
+                )
+            images[name] = ImageSource(name, directory, repository, _context_files(directory))
+    return images
+
+
+class _TreeLoader(jinja2.BaseLoader):
+    """Image templates are named by absolute path; everything else is a macro
+    file, looked up in the repositories' macro directories in config order."""
+
+    def __init__(self, macro_dirs: list[Path]):
+        self.macro_dirs = macro_dirs
+        self.macros = jinja2.FileSystemLoader([str(d) for d in macro_dirs])
+
+    def get_source(self, environment, template):
+        if os.path.isabs(template):
+            path = Path(template)
+            try:
+                source = path.read_text()
+                mtime = path.stat().st_mtime
+            except OSError:
+                raise jinja2.TemplateNotFound(template) from None
+            return source, str(path), lambda: _mtime_or_none(path) == mtime
+        return self.macros.get_source(environment, template)
+
+    def macro_path(self, name: str) -> str | None:
+        for directory in self.macro_dirs:
+            candidate = directory / name
+            if candidate.is_file():
+                return str(candidate)
+        return None
+
+
+def _mtime_or_none(path: Path):
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+class Renderer:
+    """One Jinja2 environment for the whole tree, so macro files are parsed once."""
+
+    def __init__(self, cfg: PipelineConfig, images: dict[str, ImageSource]):
+        self.cfg = cfg
+        self.images = images
+        macro_dirs = [repo / cfg.macros_dir for repo in cfg.repository_paths() if (repo / cfg.macros_dir).is_dir()]
+        self.loader = _TreeLoader(macro_dirs)
+        self.env = jinja2.Environment(
+            loader=self.loader,
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            # A block or comment tag on its own line leaves no blank line
+            # behind, so a Jinja-only edit renders the same Dockerfile.
+            trim_blocks=True,
+            lstrip_blocks=True,
+            autoescape=False,
+        )
+        self.env.globals.update(cfg.template_globals())
+        # jinja2.meta counts globals as declared, so the analysis that finds
+        # which config values a template reads parses without them.
+        self.bare_env = jinja2.Environment(loader=self.loader, trim_blocks=True, lstrip_blocks=True)
+        self._references: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+
+    def image_ref(self, name: str) -> str:
+        """The `image()` helper templates call to spell another image's reference."""
+        if not isinstance(name, str) or name not in self.images:
+            known = ", ".join(sorted(self.images))
+            raise TemplateError(f"image({name!r}) names no image of the tree (known: {known})")
+        return self.cfg.image_ref(name)
+
+    def _analyse(self, name: str, path: str) -> tuple[frozenset[str], frozenset[str]]:
+        """Macro files and free variables `name` reaches, following includes and imports."""
+        if name in self._references:
+            return self._references[name]
+        self._references[name] = (frozenset(), frozenset())  # guards against include loops
+        source, _, _ = self.loader.get_source(self.env, name)
+        ast = self.bare_env.parse(source, name, path)
+        files = {path}
+        variables = set(jinja2.meta.find_undeclared_variables(ast))
+        for referenced in jinja2.meta.find_referenced_templates(ast):
+            if referenced is None:
+                # A computed include name: any macro file may be read.
+                for directory in self.loader.macro_dirs:
+                    files.update(str(p) for p in directory.rglob("*") if p.is_file())
+                continue
+            macro = self.loader.macro_path(referenced)
+            if macro is None:
+                continue  # rendering reports the missing template with its line
+            sub_files, sub_variables = self._analyse(referenced, macro)
+            files |= sub_files
+            variables |= sub_variables
+        self._references[name] = (frozenset(files), frozenset(variables))
+        return self._references[name]
+
+    def render(self, source: ImageSource) -> RenderedImage:
+        path = str(source.template)
+        try:
+            files, names = self._analyse(path, path)
+            template = self.env.get_template(path)
+            text = template.render(image=self.image_ref, image_name=source.name)
+        except jinja2.TemplateSyntaxError as exc:
+            where = exc.filename or path
+            raise TemplateError(f"{where}:{exc.lineno}: template syntax error: {exc.message}") from None
+        except jinja2.TemplateNotFound as exc:
+            line = _template_line(exc.__traceback__, path)
+            raise TemplateError(
+                f"{line}: includes '{exc.name}', which is in no macros directory "
+                f"({', '.join(str(d) for d in self.loader.macro_dirs) or 'none configured'})"
+            ) from None
+        except jinja2.UndefinedError as exc:
+            line = _template_line(exc.__traceback__, path)
+            raise TemplateError(f"{line}: {exc.message} (define it under 'variables:' in ccp.yaml)") from None
+        except TemplateError as exc:
+            line = _template_line(exc.__traceback__, path)
+            raise TemplateError(f"{line}: {exc}") from None
+        except Exception as exc:  # a filter or test raised: still the template's fault
+            line = _template_line(exc.__traceback__, path)
+            raise TemplateError(f"{line}: {type(exc).__name__}: {exc}") from None
+        used = set(names)
+        if "image" in used:
+            used.update(IMAGE_HELPER_INPUTS)
+        config_values = self.cfg.template_globals()
+        variables = {key: config_values[key] for key in sorted(used) if key in config_values}
+        return RenderedImage(source, text, tuple(sorted(files)), variables)
+
+
+def _template_line(tb, default: str) -> str:
+    """file:line of the innermost template frame in a Jinja2 traceback."""
+    where = default
+    for frame in traceback.extract_tb(tb):
+        if frame.filename.endswith(".j2") or frame.filename == default:
+            where = f"{frame.filename}:{frame.lineno}"
+    return where
+
+
+# ---------------------------------------------------------------------------
+# Reading parents out of a rendered Dockerfile
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """An image a Dockerfile pulls in: a FROM or a COPY --from."""
+
+    ref: str
+    line: int
+    instruction: str  # "FROM" or "COPY --from"
+
+
+_DIRECTIVE_RE = re.compile(r"^#\s*(syntax|escape|check)\s*=", re.IGNORECASE)
+
+
+def dockerfile_essence(text: str) -> str:
+    """The Dockerfile without comment and blank lines (parser directives kept),
+    otherwise byte for byte: two Dockerfiles with the same essence build the
+    same image, so a comment edit is no new input."""
+    kept = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped.startswith("#") and not (not kept and _DIRECTIVE_RE.match(stripped)):
+            continue
+        kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
+def _logical_lines(text: str):
+    """Dockerfile instructions with continuations joined, with their first line number."""
+    buffer, start = [], 0
+    for number, raw in enumerate(text.splitlines(), 1):
+        stripped = raw.strip()
+        if not buffer and (not stripped or stripped.startswith("#")):
+            continue
+        if buffer and stripped.startswith("#"):
+            continue  # comment lines inside a continuation are dropped by Docker
+        if not buffer:
+            start = number
+        if stripped.endswith("\\"):
+            buffer.append(stripped[:-1])
+            continue
+        buffer.append(stripped)
+        yield start, " ".join(buffer)
+        buffer = []
+    if buffer:
+        yield start, " ".join(buffer)
+
+
+def image_references(text: str) -> list[ImageReference]:
+    """Every image a Dockerfile reads from, skipping its own stage names and scratch."""
+    stages: set[str] = set()
+    references = []
+    for line, instruction in _logical_lines(text):
+        words = instruction.split()
+        keyword = words[0].upper()
+        if keyword == "FROM":
+            args = [w for w in words[1:] if not w.startswith("--")]
+            if not args:
+                continue
+            ref = args[0]
+            if len(args) >= 3 and args[1].lower() == "as":
+                stage = args[2].lower()
+            else:
+                stage = None
+            if ref.lower() not in stages and ref != "scratch":
+                references.append(ImageReference(ref, line, "FROM"))
+            if stage:
+                stages.add(stage)
+        elif keyword == "COPY":
+            for word in words[1:]:
+                if not word.startswith("--"):
+                    break
+                if word.startswith("--from="):
+                    ref = word.split("=", 1)[1]
+                    if ref.lower() not in stages and not ref.isdigit():
+                        references.append(ImageReference(ref, line, "COPY --from"))
+    return references

@@ -1,0 +1,95 @@
+"""Files the pipeline writes under cache/: written whole or not at all.
+
+A stamp records what a successful build produced. It holds no wall-clock
+time, and is rewritten only when its content changes, so a parent rebuilt to
+the same image leaves its children's dependency untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+DIGEST_LABEL = "io.ccp.input-digest"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file and a rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Write only when the bytes differ, so an unchanged file keeps its mtime; True if written."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    write_atomic(path, data)
+    return True
+
+
+def dump_json(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What a successful build left in the engine, keyed by what went into it."""
+
+    image: str
+    image_id: str
+    input_digest: str
+    tags: tuple[str, ...]
+
+    def to_bytes(self) -> bytes:
+        return dump_json(asdict(self))
+
+    @classmethod
+    def read(cls, path: Path) -> "Stamp | None":
+        try:
+            data = json.loads(path.read_text())
+            return cls(data["image"], data["image_id"], data["input_digest"], tuple(data["tags"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def hash_file(path: Path, digest=None):
+    digest = digest or hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest
+
+
+def input_digest(context_dir: Path, build_args: dict[str, str], labels: dict[str, str], parent_ids: dict[str, str]) -> str:
+    """The identity of an image's inputs: its build context (the Dockerfile's
+    instructions, every other file with its executable bit, which COPY
+    preserves), its build arguments, its content labels and its parents' image IDs."""
+    from .render import dockerfile_essence
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in context_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(context_dir).as_posix()
+        executable = bool(path.stat().st_mode & stat.S_IXUSR)
+        digest.update(f"file {rel} {int(executable)}\n".encode())
+        if rel == "Dockerfile":
+            digest.update(dockerfile_essence(path.read_text()).encode())
+        else:
+            hash_file(path, digest)
+    digest.update(dump_json({"build_args": build_args, "labels": labels, "parents": parent_ids}))
+    return "sha256:" + digest.hexdigest()

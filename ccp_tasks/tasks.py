@@ -1,0 +1,159 @@
+"""Task generators: they build doit task dicts from the graph and do no I/O.
+
+Every stage yields its documented group task first, then one subtask per
+image named after it, so `doit list` reads as a manual and `doit build:redis`
+does what it says.
+"""
+
+from __future__ import annotations
+
+from doit.tools import config_changed
+
+from . import actions
+from .base import is_fresh
+from .config import PipelineConfig
+from .docker_ops import EngineImages
+from .graph import ImageGraph
+from .layout import CacheLayout
+from .state import Stamp
+
+
+class config_changed_as(config_changed):
+    """doit's config_changed stores its digest under one fixed key, so two on a
+    task collide; this one keeps its digest under its own name (as Nikola does)."""
+
+    def __init__(self, config, name: str):
+        super().__init__(config)
+        self.key = f"_config_changed:{name}"
+
+    def configure_task(self, task):
+        task.value_savers.append(lambda: {self.key: self.config_digest})
+
+    def __call__(self, task, values):
+        self.config_digest = self._calc_digest()
+        last = values.get(self.key)
+        return last is not None and last == self.config_digest
+
+    def __repr__(self):
+        return f"config_changed_as({self.config!r}, {self.key!r})"
+
+
+class image_present:
+    """Up to date only while the engine still has the stamped image under its tag.
+    Reads the engine's image list once per run, shared by every build task."""
+
+    def __init__(self, stamp_path, ref: str):
+        self.stamp_path = stamp_path
+        self.ref = ref
+
+    def __call__(self, task, values):
+        stamp = Stamp.read(self.stamp_path)
+        return stamp is not None and EngineImages.has(stamp.image_id, self.ref)
+
+    def __repr__(self):
+        return f"image_present({self.ref!r})"
+
+
+class rootfs_fresh:
+    """Up to date while the root filesystem matches its settings and is younger than max_age_days."""
+
+    def __init__(self, cfg: PipelineConfig, layout: CacheLayout):
+        self.settings = cfg.base
+        self.layout = layout
+
+    def __call__(self, task, values):
+        return is_fresh(self.settings, self.layout.rootfs, self.layout.rootfs_manifest)
+
+    def __repr__(self):
+        return f"rootfs_fresh(max_age_days={self.settings.max_age_days})"
+
+
+def _rel(cfg: PipelineConfig, path) -> str:
+    try:
+        return str(path.relative_to(cfg.root))
+    except ValueError:
+        return str(path)
+
+
+def base_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    if not cfg.base.enabled:
+        return
+    settings = cfg.base
+    yield {
+        "basename": "base",
+        "doc": (
+            f"Make the Debian root filesystem ({settings.suite}, {settings.variant}, from {settings.mirror}) "
+            f"with mmdebstrap for image '{settings.image}'; refreshed after {settings.max_age_days} days"
+        ),
+        "actions": [(actions.refresh_rootfs, (cfg, layout))],
+        "targets": [str(layout.rootfs), str(layout.rootfs_manifest)],
+        "uptodate": [rootfs_fresh(cfg, layout)],
+        "clean": True,
+    }
+
+
+def _generated_context(cfg: PipelineConfig, layout: CacheLayout, name: str) -> dict:
+    if cfg.base.enabled and name == cfg.base.image:
+        return {"rootfs.tar": layout.rootfs}
+    return {}
+
+
+def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    yield {"basename": "render", "name": None, "doc": "Render every Dockerfile.j2 and stage its build context under cache/build/"}
+    for name in graph.order:
+        image = graph.images[name]
+        source = image.source
+        generated = _generated_context(cfg, layout, name)
+        context_dir = layout.context_dir(name)
+        file_dep = set(image.rendered.template_files)
+        file_dep.update(str(source.directory / rel) for rel in source.context_files)
+        file_dep.update(str(path) for path in generated.values())
+        targets = [str(context_dir / "Dockerfile")] + [str(context_dir / rel) for rel in (*source.context_files, *generated)]
+        yield {
+            "basename": "render",
+            "name": name,
+            "doc": f"Render {_rel(cfg, source.template)} and stage the build context of '{name}'",
+            "file_dep": sorted(file_dep),
+            "targets": targets,
+            "actions": [(actions.stage_context, (image, context_dir, generated))],
+            "uptodate": [config_changed_as({"variables": image.rendered.variables}, f"render:{name}")],
+            "clean": True,
+        }
+
+
+def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    yield {"basename": "build", "name": None, "doc": "Build every image of the tree, parents first"}
+    for name in graph.order:
+        image = graph.images[name]
+        context_dir = layout.context_dir(name)
+        staged = ["Dockerfile", *image.source.context_files, *_generated_context(cfg, layout, name)]
+        manifest = {
+            "ref": image.ref,
+            "labels": actions.image_labels(cfg, image),
+            "build_args": cfg.build_args,
+            "external_parents": list(image.external_parents),
+        }
+        yield {
+            "basename": "build",
+            "name": name,
+            "doc": f"Build {image.ref}" + (f" on {', '.join(image.parents)}" if image.parents else ""),
+            "file_dep": sorted(str(context_dir / rel) for rel in staged)
+            + [str(layout.stamp(parent)) for parent in image.parents],
+            "targets": [str(layout.stamp(name))],
+            "actions": [(actions.build_image, (cfg, image, layout))],
+            "uptodate": [config_changed_as(manifest, f"build:{name}"), image_present(layout.stamp(name), image.ref)],
+            "clean": True,
+        }
+
+
+def tree_task(graph: ImageGraph):
+    def show():
+        print(graph.format_tree())
+
+    return {
+        "basename": "tree",
+        "doc": "Print the image tree (each image under its parent)",
+        "actions": [show],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

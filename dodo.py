@@ -1,0 +1,30 @@
+"""ccp image pipeline. `doit list` shows the stages, `doit` builds every image,
+`doit tree` prints the image graph. Settings live in ccp.yaml."""
+
+from pathlib import Path
+
+from ccp_tasks import pipeline, tasks
+
+PIPELINE = pipeline.load(Path(__file__).resolve().parent)
+
+DOIT_CONFIG = PIPELINE.doit_config()
+
+
+def task_base():
+    """Make the Debian root filesystem with mmdebstrap."""
+    yield from tasks.base_tasks(*PIPELINE.args)
+
+
+def task_render():
+    """Render Dockerfile templates and stage build contexts."""
+    yield from tasks.render_tasks(*PIPELINE.args)
+
+
+def task_build():
+    """Build the images, parents first."""
+    yield from tasks.build_tasks(*PIPELINE.args)
+
+
+def task_tree():
+    """Print the image tree."""
+    return tasks.tree_task(PIPELINE.graph)

@@ -1,0 +1,182 @@
+"""Fixtures: throwaway pipeline checkouts with tiny busybox images on the real engine.
+
+Each test gets its own project directory (dodo.py, a link to ccp_tasks, its
+own ccp.yaml and dockerfiles/) and its own image namespace, so tests never
+touch the real cache/ or each other's images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BUSYBOX = Path("/bin/busybox")
+
+BUSYBOX_BASE = """\
+FROM scratch
+{% include 'header.j2' %}
+COPY busybox /bin/busybox
+# Each test's tree differs from every other's, so no test adopts another's
+# images, and a test cleans up only what carries its own label.
+LABEL ccp.test.namespace={{ namespace }}
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+{% include 'footer.j2' %}
+"""
+
+
+def child_template(parent: str, body: str = "") -> str:
+    return f"FROM {{{{ image('{parent}') }}}}\n{{% include 'header.j2' %}}\n{body}\n"
+
+
+@dataclass
+class DoitResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    summary: dict | None
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def images(self, outcome: str) -> set[str]:
+        if not self.summary:
+            return set()
+        return {name for name, entry in self.summary["images"].items() if entry["outcome"] == outcome}
+
+    @property
+    def built(self) -> set[str]:
+        return self.images("built")
+
+    @property
+    def rebuilt(self) -> set[str]:
+        """Images whose build task ran (built anew, or found in the engine by input digest)."""
+        return {task.partition(":")[2] for task in self.executed if task.startswith("build:")}
+
+    @property
+    def executed(self) -> set[str]:
+        """Task names doit ran (its `.  task` lines)."""
+        return {line[3:].strip() for line in self.stdout.splitlines() if line.startswith(".  ")}
+
+
+class Project:
+    def __init__(self, root: Path, namespace: str):
+        self.root = root
+        self.namespace = namespace
+        (root / "dockerfiles").mkdir(parents=True)
+        shutil.copy(REPO / "dodo.py", root / "dodo.py")
+        os.symlink(REPO / "ccp_tasks", root / "ccp_tasks")
+        shutil.copytree(REPO / "dockerfiles" / "macros", root / "dockerfiles" / "macros")
+        self.config = {"namespace": namespace, "base": {"enabled": False}}
+        self.write_config()
+
+    def write_config(self, extra: str = ""):
+        import yaml
+
+        (self.root / "ccp.yaml").write_text(yaml.safe_dump(self.config) + extra)
+
+    def write(self, rel: str, text: str) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def image(self, name: str, template: str, files: dict[str, str] | None = None, repository="dockerfiles"):
+        self.write(f"{repository}/{name}/Dockerfile.j2", template)
+        for rel, text in (files or {}).items():
+            self.write(f"{repository}/{name}/{rel}", text)
+
+    def busybox_base(self, name: str = "bb"):
+        self.image(name, BUSYBOX_BASE)
+        shutil.copy(BUSYBOX, self.root / "dockerfiles" / name / "busybox")
+
+    def sample_tree(self):
+        """bb -> (app -> leaf, app2 -> leaf) and bb -> lone: a diamond plus a sibling."""
+        self.busybox_base("bb")
+        self.image("app", child_template("bb", "RUN echo app > /app"))
+        self.image("app2", child_template("bb", "COPY motd /etc/motd"), {"motd": "hello\n"})
+        self.image("lone", child_template("bb", "RUN echo lone > /lone"))
+        self.image(
+            "leaf",
+            "FROM {{ image('app') }} AS stage\nRUN echo leaf > /leaf\n"
+            "FROM {{ image('app2') }}\n{% include 'header.j2' %}\nCOPY --from=stage /leaf /leaf\n",
+        )
+
+    def doit(self, *args: str, env: dict | None = None, timeout: int = 600) -> DoitResult:
+        summary_path = self.root / "cache" / "summary.json"
+        summary_path.unlink(missing_ok=True)
+        run_env = {k: v for k, v in os.environ.items() if k != "CCP_OVERRIDE"}
+        run_env.update(env or {})
+        proc = subprocess.run(
+            [sys.executable, "-m", "doit", *args],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            env=run_env,
+            timeout=timeout,
+        )
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        return DoitResult(proc.returncode, proc.stdout, proc.stderr, summary)
+
+    def ok(self, *args: str, **kwargs) -> DoitResult:
+        result = self.doit(*args, **kwargs)
+        assert result.returncode == 0, result.output
+        return result
+
+    def stamp(self, name: str) -> dict:
+        return json.loads((self.root / "cache" / "images" / f"{name}.json").read_text())
+
+    def ref(self, name: str) -> str:
+        return f"{self.namespace}/{name}:latest"
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    import docker
+
+    try:
+        client = docker.APIClient(version="auto", **docker.utils.kwargs_from_env())
+        client.ping()
+    except Exception as exc:  # the test command starts dockerd; without it nothing here can run
+        pytest.fail(f"no Docker engine answers ({exc}); run the tests with `./ccp test`, which starts one")
+    return client
+
+
+def _remove_namespace(client, namespace: str):
+    for entry in client.images(all=False):
+        if any(tag.startswith(f"{namespace}/") for tag in entry.get("RepoTags") or []):
+            for tag in entry["RepoTags"]:
+                if tag.startswith(f"{namespace}/"):
+                    try:
+                        client.remove_image(tag, force=True)
+                    except Exception:
+                        pass
+    # Only this test's leftovers: a global prune would delete step images of
+    # builds running beside the tests on the same engine.
+    client.prune_images(filters={"dangling": True, "label": f"ccp.test.namespace={namespace}"})
+
+
+@pytest.fixture
+def project(tmp_path, docker_client):
+    namespace = f"ccptest-{uuid.uuid4().hex[:8]}"
+    proj = Project(tmp_path / "proj", namespace)
+    yield proj
+    _remove_namespace(docker_client, namespace)
+
+
+@pytest.fixture
+def tree(project):
+    """A built fixture tree: bb, app, app2, lone, leaf."""
+    project.sample_tree()
+    first = project.ok()
+    assert first.built == {"bb", "app", "app2", "lone", "leaf"}, first.output
+    return project

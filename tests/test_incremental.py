@@ -1,0 +1,200 @@
+"""Exact incremental builds on the real engine: what changes is rebuilt, nothing else."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+
+ALL = {"bb", "app", "app2", "lone", "leaf"}
+
+
+def test_noop_rebuilds_nothing(tree):
+    result = tree.ok()
+    assert result.built == set()
+    assert result.images("up to date") == ALL
+    assert not any(name.startswith("build:") for name in result.executed), result.stdout
+    assert "-- build:leaf" in result.stdout  # doit's own reporter lines are kept
+
+
+def test_leaf_edit_rebuilds_exactly_the_leaf(tree):
+    tree.image("lone", "FROM {{ image('bb') }}\nRUN echo changed > /lone\n")
+    result = tree.ok()
+    assert result.built == {"lone"}
+
+
+def test_parent_edit_rebuilds_it_and_exactly_its_descendants(tree):
+    tree.image("app", "FROM {{ image('bb') }}\nRUN echo app-v2 > /app\n")
+    result = tree.ok()
+    assert result.built == {"app", "leaf"}
+    assert result.images("up to date") == {"bb", "app2", "lone"}
+
+
+def test_root_edit_rebuilds_everything_below(tree):
+    tree.write("dockerfiles/bb/Dockerfile.j2", tree.root.joinpath("dockerfiles/bb/Dockerfile.j2").read_text() + "ENV ROOT=2\n")
+    assert tree.ok().built == ALL
+
+
+def test_jinja_comment_edit_rebuilds_nothing(tree):
+    path = tree.root / "dockerfiles" / "app" / "Dockerfile.j2"
+    path.write_text("{# a comment only Jinja sees #}\n" + path.read_text())
+    result = tree.ok()
+    assert "render:app" in result.executed  # the template changed, so it was rendered again...
+    assert result.built == set()  # ...to the same Dockerfile, so nothing was built
+
+
+def test_context_file_edit_rebuilds_image_and_descendants(tree):
+    tree.write("dockerfiles/app2/motd", "changed\n")
+    assert tree.ok().built == {"app2", "leaf"}
+
+
+def test_new_context_file_and_removed_one(tree):
+    tree.write("dockerfiles/app2/extra.txt", "x\n")
+    assert tree.ok().built == {"app2", "leaf"}
+    assert (tree.root / "cache/build/app2/extra.txt").exists()
+    (tree.root / "dockerfiles/app2/extra.txt").unlink()
+    # back to the first inputs: the engine still has those images (or their layers)
+    assert tree.ok().rebuilt == {"app2", "leaf"}
+    assert not (tree.root / "cache/build/app2/extra.txt").exists()
+
+
+def test_config_value_edit_rebuilds_only_images_using_it(tree):
+    tree.config["variables"] = {"greeting": "hello", "unused": "x"}
+    tree.write_config()
+    tree.image("app", "FROM {{ image('bb') }}\nRUN echo {{ greeting }} > /app\n")
+    assert tree.ok().built == {"app", "leaf"}
+    tree.config["variables"] = {"greeting": "bonjour", "unused": "x"}
+    tree.write_config()
+    assert tree.ok().built == {"app", "leaf"}
+    tree.config["variables"] = {"greeting": "bonjour", "unused": "y"}
+    tree.write_config()
+    result = tree.ok()
+    assert result.built == set()
+    assert not any(t.startswith("render:") for t in result.executed)
+
+
+def test_tag_change_rebuilds_all(tree):
+    tree.config["tag"] = "v2"
+    tree.write_config()
+    result = tree.ok()
+    assert result.built == ALL
+    assert tree.stamp("leaf")["tags"] == [f"{tree.namespace}/leaf:v2"]
+
+
+def test_parent_rerun_to_same_image_cascades_nowhere(tree):
+    stamp_path = tree.root / "cache/images/bb.json"
+    before = stamp_path.read_bytes(), stamp_path.stat().st_mtime_ns
+    tree.ok("forget", "build:bb")
+    result = tree.ok()
+    assert "build:bb" in result.executed
+    assert result.images("adopted") == {"bb"}
+    assert result.built == set()
+    assert (stamp_path.read_bytes(), stamp_path.stat().st_mtime_ns) == before  # byte-for-byte untouched
+
+
+def test_removed_tag_is_restored_without_rebuilding(tree, docker_client):
+    docker_client.remove_image(tree.ref("lone"))
+    result = tree.ok()
+    assert result.images("adopted") == {"lone"} or result.built == {"lone"}
+    assert docker_client.inspect_image(tree.ref("lone"))["Id"] == tree.stamp("lone")["image_id"]
+    assert tree.ok().built == set()
+
+
+def test_lost_state_adopts_instead_of_rebuilding(tree):
+    ids = {name: tree.stamp(name)["image_id"] for name in ALL}
+    shutil.rmtree(tree.root / "cache")
+    result = tree.ok()
+    assert result.built == set()
+    assert result.images("adopted") == ALL
+    assert {name: tree.stamp(name)["image_id"] for name in ALL} == ids
+    assert tree.ok().images("up to date") == ALL
+
+
+def test_stamp_records_identity_without_wall_clock(tree, docker_client):
+    stamp = tree.stamp("app")
+    assert set(stamp) == {"image", "image_id", "input_digest", "tags"}
+    labels = docker_client.inspect_image(tree.ref("app"))["Config"]["Labels"]
+    assert labels["io.ccp.input-digest"] == stamp["input_digest"]
+    assert labels["org.opencontainers.image.version"] == "latest"
+    assert labels["org.opencontainers.image.title"] == "app"
+
+
+def test_parallel_build(project):
+    project.sample_tree()
+    result = project.ok("-n", "2")
+    assert result.built == ALL
+    assert project.ok("-n", "2").built == set()
+
+
+def test_failed_build_writes_no_stamp_and_is_retried(tree):
+    tree.image("lone", "FROM {{ image('bb') }}\nRUN echo about to fail && false\n")
+    result = tree.doit()
+    assert result.returncode != 0
+    assert result.images("failed") == {"lone"}
+    entry = result.summary["images"]["lone"]
+    assert "build of image 'lone' failed" in entry["error"]
+    assert "about to fail" in result.output  # the tail of the log is in the error
+    assert (tree.root / "cache/logs/lone.log").read_text().count("about to fail") >= 1
+    # the old stamp is untouched and still names the old image, so the next run retries
+    tree.image("lone", "FROM {{ image('bb') }}\nRUN echo fixed > /lone\n")
+    assert tree.ok().built == {"lone"}
+
+
+def test_first_build_failure_leaves_no_stamp(project):
+    project.busybox_base("bb")
+    project.image("broken", "FROM {{ image('bb') }}\nRUN exit 3\n")
+    result = project.doit()
+    assert result.returncode != 0
+    assert not (project.root / "cache/images/broken.json").exists()
+    assert project.doit().images("failed") == {"broken"}  # retried, not skipped
+
+
+def test_parent_failure_blocks_descendants_not_siblings(tree):
+    tree.image("app", "FROM {{ image('bb') }}\nRUN false\n")
+    tree.image("lone", "FROM {{ image('bb') }}\nRUN echo sibling-changed > /lone\n")
+    result = tree.doit("--continue")
+    assert result.returncode != 0
+    assert result.images("failed") == {"app"}
+    assert result.images("blocked") == {"leaf"}
+    assert result.summary["images"]["leaf"]["blocked_by"] == ["build:app"]
+    assert result.built == {"lone"}
+    assert "blocked        1  leaf (by app)" in result.stdout
+
+
+def test_missing_context_file_names_image_and_file(project):
+    project.busybox_base("bb")
+    project.image("needs", "FROM {{ image('bb') }}\nCOPY start.sh /start.sh\n")
+    result = project.doit()
+    assert result.returncode != 0
+    failure = result.summary["images"]["needs"]["error"]
+    assert "needs" in failure and "start.sh" in failure
+
+
+def test_engine_unreachable_is_one_clear_line(tree):
+    tree.image("lone", "FROM {{ image('bb') }}\nRUN echo x > /lone\n")
+    result = tree.doit(env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode != 0
+    # without the engine no stamp can be trusted, so the first image in build order fails
+    assert result.images("failed") == {"bb"}
+    error = result.summary["images"]["bb"]["error"]
+    assert error.startswith("cannot reach the Docker engine at unix:///nonexistent/docker.sock")
+    assert "Traceback" not in result.output
+
+
+def test_second_run_waits_for_the_lock(tree):
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys,time; sys.path.insert(0, '.');"
+         "from ccp_tasks import lock; from pathlib import Path;"
+         "lock.acquire(Path('cache/ccp.lock')); print('held', flush=True); time.sleep(3)"],
+        cwd=tree.root, stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    result = tree.ok()
+    assert time.monotonic() - started >= 1.5
+    assert "another doit run" in result.stderr and "waiting" in result.stderr
+    holder.wait()
+    # read-only commands never wait
+    assert tree.ok("list").returncode == 0
