@@ -60,5 +60,6 @@ def load(root: Path, argv: list[str] | None = None) -> Pipeline:
     except CcpError as exc:
         if os.environ.get(DEBUG_ENV):
             raise
-        raise InvalidDodoFile(str(exc)) from None
+        # Paths inside the checkout read better relative to it.
+        raise InvalidDodoFile(str(exc).replace(f"{Path(root).resolve()}/", "")) from None
     return Pipeline(cfg, graph, layout)

@@ -77,6 +77,7 @@ def _rel(cfg: PipelineConfig, path) -> str:
 
 def base_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     if not cfg.base.enabled:
+        yield {"basename": "base", "doc": "Debian root filesystem: disabled (base.enabled is false in ccp.yaml)", "actions": None}
         return
     settings = cfg.base
     yield {

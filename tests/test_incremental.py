@@ -198,3 +198,24 @@ def test_second_run_waits_for_the_lock(tree):
     holder.wait()
     # read-only commands never wait
     assert tree.ok("list").returncode == 0
+
+
+def test_interrupted_build_leaves_no_stamp_and_is_retried(project):
+    import signal
+
+    project.busybox_base("bb")
+    project.image("slow", "FROM {{ image('bb') }}\nRUN echo started && sleep 30\n")
+    proc = subprocess.Popen([sys.executable, "-m", "doit"], cwd=project.root, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if "slow: Step 2/" in line or time.monotonic() > deadline:
+            break
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not (project.root / "cache/images/slow.json").exists()
+    project.image("slow", "FROM {{ image('bb') }}\nRUN echo quick\n")
+    result = project.ok()
+    assert result.rebuilt == {"slow"}

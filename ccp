@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# ccp: set up this machine and run the pipeline or its tests.
+#
+#   ./ccp build [DOIT ARGS]   install what is missing, start dockerd, build the sample images (doit -n 2)
+#   ./ccp test [PYTEST ARGS]  the same set-up, then the test suite
+#   ./ccp doit [DOIT ARGS]    any doit command in the project's virtualenv (list, info, tree, clean …)
+#   ./ccp setup               only the set-up
+#
+# Every step is idempotent: packages are installed only when missing, dockerd
+# is started only when no engine answers, the virtualenv is refreshed only
+# when requirements.txt changed. With DOCKER_HOST set, that engine is used and
+# no local dockerd is started.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$HERE/.venv"
+CACHE="$HERE/cache"
+DEBIAN_PACKAGES=(docker.io mmdebstrap git busybox-static ca-certificates python3-venv)
+
+say() { printf 'ccp: %s\n' "$*" >&2; }
+die() { printf 'ccp: error: %s\n' "$*" >&2; exit 1; }
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || die "not root and no sudo: install ${DEBIAN_PACKAGES[*]} by hand"
+    SUDO="sudo"
+fi
+
+install_packages() {
+    local missing=()
+    for package in "${DEBIAN_PACKAGES[@]}" "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    say "installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+engine_answers() {
+    timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1
+}
+
+start_engine() {
+    if engine_answers; then
+        return 0
+    fi
+    if [ -n "${DOCKER_HOST:-}" ]; then
+        die "no Docker engine answers at DOCKER_HOST=$DOCKER_HOST; start it there, or unset DOCKER_HOST to use a local dockerd"
+    fi
+    mkdir -p "$CACHE"
+    say "no Docker engine answers; starting dockerd (log: cache/dockerd.log)"
+    # setsid: dockerd outlives this script and ignores its terminal's Ctrl-C.
+    $SUDO setsid dockerd >>"$CACHE/dockerd.log" 2>&1 < /dev/null &
+    for _ in $(seq 1 60); do
+        if engine_answers; then
+            say "dockerd is up ($(docker version --format '{{.Server.Version}}'))"
+            return 0
+        fi
+        sleep 1
+    done
+    tail -n 20 "$CACHE/dockerd.log" >&2 || true
+    die "dockerd did not answer within 60s; see cache/dockerd.log"
+}
+
+setup_venv() {
+    local stamp="$VENV/.requirements.sha256"
+    local wanted
+    wanted="$(sha256sum "$HERE/requirements.txt" | cut -d' ' -f1)"
+    if [ ! -x "$VENV/bin/python" ]; then
+        say "creating the virtualenv in .venv"
+        python3 -m venv "$VENV"
+    fi
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+        say "installing requirements.txt into .venv"
+        "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+        "$VENV/bin/pip" install -q -r "$HERE/requirements.txt"
+        echo "$wanted" > "$stamp"
+    fi
+}
+
+setup() {
+    install_packages "$@"
+    start_engine
+    setup_venv
+    mkdir -p "$CACHE"
+}
+
+command="${1:-build}"
+[ $# -gt 0 ] && shift
+cd "$HERE"
+case "$command" in
+    setup)
+        setup
+        ;;
+    build)
+        setup
+        exec "$VENV/bin/doit" -n 2 "$@"
+        ;;
+    doit)
+        setup
+        exec "$VENV/bin/doit" "$@"
+        ;;
+    test)
+        setup
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    -h|--help|help)
+        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+        ;;
+    *)
+        die "unknown command '$command'; try ./ccp help"
+        ;;
+esac
