@@ -122,7 +122,7 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     context_dir = layout.context_dir(image.name)
     digest = input_digest(context_dir, cfg.build_args, labels, parent_ids)
     client = docker_ops.connect()
-    image_id = docker_ops.find_by_digest(client, digest, image.ref)
+    image_id = docker_ops.EngineImages.find_by_digest(digest, image.ref)
     if image_id:
         docker_ops.tag(client, image_id, image.ref)
         outcome = "adopted"

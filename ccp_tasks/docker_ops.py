@@ -6,7 +6,10 @@ once per image: a no-op over hundreds of images must stay cheap.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import socket
 import sys
 import time
 from collections import deque
@@ -47,6 +50,40 @@ class EngineImage:
     labels: dict[str, str]
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def list_images(timeout: float = 30) -> list[dict]:
+    """The engine's image list: one GET /images/json.
+
+    On a local socket this is a plain HTTP request: importing docker-py (and
+    requests) would cost a no-op run more than the request itself. Remote
+    engines (tcp://, ssh://, TLS) go through docker-py."""
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if not host.startswith("unix://"):
+        return connect(timeout=int(timeout)).images()
+    connection = _UnixHTTPConnection(host[len("unix://"):], timeout)
+    try:
+        connection.request("GET", "/images/json")
+        response = connection.getresponse()
+        body = response.read()
+    except OSError as exc:
+        raise EngineError(f"cannot reach the Docker engine at {host}: {exc}") from None
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise EngineError(f"the Docker engine at {host} answered {response.status} to GET /images/json: {body[:200]!r}")
+    return json.loads(body)
+
+
 class EngineImages:
     """One listing of the engine's images, taken on first use and kept for the run."""
 
@@ -57,10 +94,9 @@ class EngineImages:
     def listing(cls) -> dict[str, EngineImage]:
         if cls._listing is None and cls._error is None:
             try:
-                client = connect(timeout=30)
                 cls._listing = {
                     entry["Id"]: EngineImage(entry["Id"], frozenset(entry.get("RepoTags") or ()), entry.get("Labels") or {})
-                    for entry in client.images()
+                    for entry in list_images()
                 }
             except Exception as exc:  # an unreachable engine makes every image "absent"; the build says why
                 cls._error = str(exc)
@@ -76,20 +112,22 @@ class EngineImages:
         image = cls.listing().get(image_id)
         return image is not None and ref in image.tags
 
+    @classmethod
+    def find_by_digest(cls, digest: str, ref: str) -> str | None:
+        """An image of `ref`'s repository whose input-digest label matches, if any.
 
-def find_by_digest(client, digest: str, ref: str) -> str | None:
-    """An image of `ref`'s repository whose input-digest label matches, if any.
-
-    Labels are inherited: a multi-stage build leaves its intermediate stages
-    as untagged images that carry their parent's digest label, and so does any
-    image someone builds FROM ours. Only an image tagged in our own repository
-    is the image itself.
-    """
-    repository = ref.rpartition(":")[0]
-    for entry in client.images(filters={"label": f"{DIGEST_LABEL}={digest}"}):
-        if any(tag.rpartition(":")[0] == repository for tag in entry.get("RepoTags") or ()):
-            return entry["Id"]
-    return None
+        Labels are inherited: a multi-stage build leaves its intermediate
+        stages as untagged images that carry their parent's digest label, and
+        so does any image someone builds FROM ours. Only an image tagged in our
+        own repository is the image itself. The listing is the one taken at
+        the start of the run (forked workers inherit it), so adopting costs no
+        API call.
+        """
+        repository = ref.rpartition(":")[0]
+        for image in cls.listing().values():
+            if image.labels.get(DIGEST_LABEL) == digest and any(t.rpartition(":")[0] == repository for t in image.tags):
+                return image.image_id
+        return None
 
 
 def tag(client, image_id: str, ref: str) -> None:

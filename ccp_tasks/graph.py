@@ -13,7 +13,15 @@ from pathlib import Path
 
 from .config import PipelineConfig
 from .errors import GraphError
-from .render import ImageReference, ImageSource, RenderedImage, Renderer, discover_images, image_references
+from .render import (
+    ImageReference,
+    ImageSource,
+    RenderCache,
+    RenderedImage,
+    Renderer,
+    discover_images,
+    image_references,
+)
 
 
 @dataclass(frozen=True)
@@ -118,16 +126,24 @@ def _find_cycle(parents: dict[str, tuple[str, ...]], remaining: set[str]) -> lis
         path.append(nxt)
 
 
-def build_graph(cfg: PipelineConfig) -> ImageGraph:
-    """Discover, render and link every image; raise on any inconsistency."""
+def build_graph(cfg: PipelineConfig, render_cache: Path | None = None) -> ImageGraph:
+    """Discover, render and link every image; raise on any inconsistency.
+
+    With `render_cache`, renders of unchanged templates are reused from the
+    previous run (see RenderCache)."""
     sources = discover_images(cfg)
     if not sources:
         raise GraphError(f"no image templates (Dockerfile.j2) found in {', '.join(cfg.repositories)}")
-    renderer = Renderer(cfg, sources)
+    cache = RenderCache.load(render_cache, RenderCache.world_key(cfg, sources))
+    renderer = None
     by_ref = {cfg.image_ref(name): name for name in sources}
     images: dict[str, Image] = {}
     for name in sorted(sources):
-        rendered = renderer.render(sources[name])
+        rendered = cache.get(sources[name])
+        if rendered is None:
+            renderer = renderer or Renderer(cfg, sources)
+            rendered = renderer.render(sources[name])
+            cache.put(rendered)
         parents, external = set(), set()
         for reference in image_references(rendered.text):
             parent, outside = _resolve(cfg, name, sources[name].template, reference, by_ref)
@@ -160,4 +176,5 @@ def build_graph(cfg: PipelineConfig) -> ImageGraph:
         cycle = _find_cycle({n: images[n].parents for n in remaining}, remaining)
         # parents point upward; print the cycle in build direction
         raise GraphError("the image graph has a cycle: " + " -> ".join(reversed(cycle)))
+    cache.save(images)
     return ImageGraph(images, tuple(order), {n: tuple(sorted(c)) for n, c in children.items()})

@@ -19,6 +19,10 @@ class CacheLayout:
         return self.root / "ccp.lock"
 
     @property
+    def render_cache(self) -> Path:
+        return self.root / "render-cache.json"
+
+    @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 

@@ -56,7 +56,7 @@ def load(root: Path, argv: list[str] | None = None) -> Pipeline:
         layout.root.mkdir(parents=True, exist_ok=True)
         if lock.doit_command(argv) not in lock.READ_ONLY_COMMANDS:
             lock.acquire(layout.lock)
-        graph = build_graph(cfg)
+        graph = build_graph(cfg, layout.render_cache)
     except CcpError as exc:
         if os.environ.get(DEBUG_ENV):
             raise

@@ -7,6 +7,7 @@ directory (except the reserved ones) belongs to its build context.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import traceback
@@ -14,11 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import jinja2.meta
-
 from .config import PipelineConfig
 from .errors import GraphError, TemplateError
+from .state import write_atomic
 
 TEMPLATE_NAME = "Dockerfile.j2"
 # Files beside a template that describe the image rather than go into it.
@@ -89,31 +88,39 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
     return images
 
 
-class _TreeLoader(jinja2.BaseLoader):
+def _tree_loader(macro_dirs: list[Path]):
     """Image templates are named by absolute path; everything else is a macro
     file, looked up in the repositories' macro directories in config order."""
+    import jinja2
 
-    def __init__(self, macro_dirs: list[Path]):
-        self.macro_dirs = macro_dirs
-        self.macros = jinja2.FileSystemLoader([str(d) for d in macro_dirs])
+    class TreeLoader(jinja2.BaseLoader):
+        def __init__(self):
+            self.macro_dirs = macro_dirs
+            self.macros = jinja2.FileSystemLoader([str(d) for d in macro_dirs])
 
-    def get_source(self, environment, template):
-        if os.path.isabs(template):
-            path = Path(template)
-            try:
-                source = path.read_text()
-                mtime = path.stat().st_mtime
-            except OSError:
-                raise jinja2.TemplateNotFound(template) from None
-            return source, str(path), lambda: _mtime_or_none(path) == mtime
-        return self.macros.get_source(environment, template)
+        def get_source(self, environment, template):
+            if os.path.isabs(template):
+                path = Path(template)
+                try:
+                    source = path.read_text()
+                    mtime = path.stat().st_mtime
+                except OSError:
+                    raise jinja2.TemplateNotFound(template) from None
+                return source, str(path), lambda: _mtime_or_none(path) == mtime
+            return self.macros.get_source(environment, template)
 
-    def macro_path(self, name: str) -> str | None:
-        for directory in self.macro_dirs:
-            candidate = directory / name
-            if candidate.is_file():
-                return str(candidate)
-        return None
+        def macro_path(self, name: str) -> str | None:
+            for directory in self.macro_dirs:
+                candidate = directory / name
+                if candidate.is_file():
+                    return str(candidate)
+            return None
+
+    return TreeLoader()
+
+
+def macro_dirs(cfg: PipelineConfig) -> list[Path]:
+    return [repo / cfg.macros_dir for repo in cfg.repository_paths() if (repo / cfg.macros_dir).is_dir()]
 
 
 def _mtime_or_none(path: Path):
@@ -127,10 +134,11 @@ class Renderer:
     """One Jinja2 environment for the whole tree, so macro files are parsed once."""
 
     def __init__(self, cfg: PipelineConfig, images: dict[str, ImageSource]):
+        import jinja2  # only when something must be rendered: a cached run never pays for it
+
         self.cfg = cfg
         self.images = images
-        macro_dirs = [repo / cfg.macros_dir for repo in cfg.repository_paths() if (repo / cfg.macros_dir).is_dir()]
-        self.loader = _TreeLoader(macro_dirs)
+        self.loader = _tree_loader(macro_dirs(cfg))
         self.env = jinja2.Environment(
             loader=self.loader,
             undefined=jinja2.StrictUndefined,
@@ -156,6 +164,8 @@ class Renderer:
 
     def _analyse(self, name: str, path: str) -> tuple[frozenset[str], frozenset[str]]:
         """Macro files and free variables `name` reaches, following includes and imports."""
+        import jinja2.meta
+
         if name in self._references:
             return self._references[name]
         self._references[name] = (frozenset(), frozenset())  # guards against include loops
@@ -179,6 +189,8 @@ class Renderer:
         return self._references[name]
 
     def render(self, source: ImageSource) -> RenderedImage:
+        import jinja2
+
         path = str(source.template)
         try:
             files, names = self._analyse(path, path)
@@ -217,6 +229,88 @@ def _template_line(tb, default: str) -> str:
         if frame.filename.endswith(".j2") or frame.filename == default:
             where = f"{frame.filename}:{frame.lineno}"
     return where
+
+
+# ---------------------------------------------------------------------------
+# Remembering renders between runs
+
+
+RENDER_CACHE_VERSION = 1
+
+
+def _signature(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size]
+
+
+class RenderCache:
+    """Rendered Dockerfiles from the previous run, reused while every template
+    file they read is unchanged (same mtime and size, the test doit itself
+    applies first) and the configuration, the macro directories and the set of
+    images are the same. Rendering is most of the cost of loading a large tree;
+    with this, a no-op run does not even import Jinja2."""
+
+    def __init__(self, path: Path | None, world: str, entries: dict):
+        self.path = path
+        self.world = world
+        self.entries = entries
+        self.dirty = False
+
+    @staticmethod
+    def world_key(cfg: PipelineConfig, images: dict[str, ImageSource]) -> str:
+        macros = []
+        for directory in macro_dirs(cfg):
+            for path in sorted(directory.rglob("*")):
+                if path.is_file():
+                    macros.append([str(path), _signature(str(path))])
+        world = {
+            "version": RENDER_CACHE_VERSION,
+            "globals": cfg.template_globals(),
+            "refs": [cfg.image_ref(name) for name in sorted(images)],
+            "templates": [str(images[name].template) for name in sorted(images)],
+            "macros": macros,
+        }
+        return json.dumps(world, sort_keys=True, default=str)
+
+    @classmethod
+    def load(cls, path: Path | None, world: str) -> "RenderCache":
+        entries = {}
+        if path is not None:
+            try:
+                data = json.loads(path.read_text())
+                if data.get("world") == world:
+                    entries = data["images"]
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        return cls(path, world, entries)
+
+    def get(self, source: ImageSource) -> RenderedImage | None:
+        entry = self.entries.get(source.name)
+        if not entry or entry["template"] != str(source.template):
+            return None
+        for path, signature in entry["files"].items():
+            if _signature(path) != signature:
+                return None
+        return RenderedImage(source, entry["text"], tuple(sorted(entry["files"])), entry["variables"])
+
+    def put(self, rendered: RenderedImage) -> None:
+        self.entries[rendered.source.name] = {
+            "template": str(rendered.source.template),
+            "files": {path: _signature(path) for path in rendered.template_files},
+            "text": rendered.text,
+            "variables": rendered.variables,
+        }
+        self.dirty = True
+
+    def save(self, names) -> None:
+        stale = set(self.entries) - set(names)
+        for name in stale:
+            del self.entries[name]
+        if self.path is not None and (self.dirty or stale):
+            write_atomic(self.path, json.dumps({"world": self.world, "images": self.entries}, default=str).encode())
 
 
 # ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from doit.reporter import ConsoleReporter
 from .state import dump_json, write_atomic
 
 OUTCOMES = ("built", "adopted", "up to date", "failed", "blocked")
+NAMES_SHOWN = 8
 # Stages whose subtasks are per image; `base` stands for the root filesystem.
 IMAGE_STAGES = ("build",)
 
@@ -112,8 +113,9 @@ class SummaryReporter(ConsoleReporter):
         for outcome, images in by_outcome.items():
             if not images:
                 continue
-            if outcome == "up to date" and len(images) > 8:
-                shown = ""
+            if outcome in ("built", "adopted", "up to date") and len(images) > NAMES_SHOWN:
+                # a long list helps nobody on a terminal; the JSON has them all
+                shown = ", ".join(images[:NAMES_SHOWN]) + f", … (+{len(images) - NAMES_SHOWN} more)" if outcome != "up to date" else ""
             elif outcome == "blocked":
                 shown = ", ".join(
                     f"{image} (by {', '.join(c.partition(':')[2] or c for c in self.results[image]['blocked_by'])})"
