@@ -34,6 +34,8 @@ import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# `pip install kolla docker`: kolla-build imports the docker SDK but does not
+# depend on it, and exits at once without it.
 KOLLA_VENV = PROJECT_ROOT / "cache" / "bench" / "kolla-venv"
 KOLLA_BUILD = KOLLA_VENV / "bin" / "kolla-build"
 PREFIX = "ccp-"  # no image of kolla's own tree starts with it
@@ -76,6 +78,7 @@ def render_for_kolla(project_root: Path, out_dir: Path, namespace: str, prefix: 
     `rootfs.tar` (hard-linked) for the base image, and `kolla.conf`. Returns
     kolla's image names (the directory names) in our build order.
     """
+    project_root, out_dir = Path(project_root).resolve(), Path(out_dir)
     if str(project_root) not in sys.path:
         sys.path.insert(0, str(project_root))
     from ccp_tasks.config import load_config

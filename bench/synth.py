@@ -38,8 +38,11 @@ def image_name(index: int) -> str:
     return "root" if index == 0 else f"img{index:04d}"
 
 
-def make_tree(root: Path, size: int, namespace: str, fanout: int = 6) -> Path:
-    """Write a checkout at `root` (replacing it) with `size` images."""
+def make_tree(root: Path, size: int, namespace: str, fanout: int = 6, salt: str = "") -> Path:
+    """Write a checkout at `root` (replacing it) with `size` images.
+
+    `salt` goes into every context file: two trees with different salts share
+    no image and no layer cache, so a "cold" build is really cold."""
     if root.exists():
         shutil.rmtree(root)
     repo = root / "dockerfiles"
@@ -51,7 +54,7 @@ def make_tree(root: Path, size: int, namespace: str, fanout: int = 6) -> Path:
     for index in range(size):
         directory = repo / image_name(index)
         directory.mkdir()
-        (directory / "id.txt").write_text(f"{image_name(index)} v1\n")
+        (directory / "id.txt").write_text(f"{image_name(index)} {salt} v1\n")
         if index == 0:
             (directory / "Dockerfile.j2").write_text(ROOT_TEMPLATE)
             shutil.copy(BUSYBOX, directory / "busybox")

@@ -15,6 +15,7 @@ from doit.exceptions import TaskFailed
 from . import base as base_rootfs
 from . import docker_ops
 from .config import PipelineConfig
+from .engine_view import EngineView
 from .errors import CcpError
 from .gitinfo import last_revision
 from .graph import Image
@@ -41,11 +42,12 @@ def _same_link(path: Path, source: Path) -> bool:
 
 
 @reports_errors
-def stage_context(image: Image, context_dir: Path, generated: dict[str, Path]) -> dict:
+def stage_context(image: Image, context_dir: str, generated: dict[str, Path]) -> dict:
     """Write the rendered Dockerfile and the image's context files into its
     build context; files whose bytes did not change keep their mtime, and
     files that no longer belong to the context are removed."""
     source = image.source
+    context_dir = Path(context_dir)
     wanted = {"Dockerfile"} | set(source.context_files) | set(generated)
     context_dir.mkdir(parents=True, exist_ok=True)
     changed = []
@@ -114,27 +116,27 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     started = time.monotonic()
     parent_ids = {}
     for parent in image.parents:
-        stamp = Stamp.read(layout.stamp(parent))
+        stamp = Stamp.read(Path(layout.stamp(parent)))
         if stamp is None:
             raise CcpError(f"image '{image.name}': parent '{parent}' has no build stamp; build it first")
         parent_ids[parent] = stamp.image_id
     labels = image_labels(cfg, image)
-    context_dir = layout.context_dir(image.name)
+    context_dir = Path(layout.context_dir(image.name))
     digest = input_digest(context_dir, cfg.build_args, labels, parent_ids)
     client = docker_ops.connect()
-    image_id = docker_ops.EngineImages.find_by_digest(digest, image.ref)
+    image_id = EngineView.find_by_digest(digest, image.ref)
     if image_id:
         docker_ops.tag(client, image_id, image.ref)
         outcome = "adopted"
     else:
         all_labels = {**labels, **_revision_labels(cfg, image), DIGEST_LABEL: digest}
         image_id = docker_ops.build(
-            client, image.name, context_dir, image.ref, all_labels, cfg.build_args, layout.log(image.name)
+            client, image.name, context_dir, image.ref, all_labels, cfg.build_args, Path(layout.log(image.name))
         )
         outcome = "built"
     stamp = Stamp(image.name, image_id, digest, (image.ref,))
-    write_if_changed(layout.stamp(image.name), stamp.to_bytes())
-    return {"outcome": outcome, "image_id": image_id, "seconds": round(time.monotonic() - started, 2)}
+    write_if_changed(Path(layout.stamp(image.name)), stamp.to_bytes())
+    return {"outcome": outcome, "image_id": image_id, "ref": image.ref, "seconds": round(time.monotonic() - started, 2)}
 
 
 @reports_errors

@@ -1,7 +1,7 @@
 """Talking to the Docker engine with docker-py's low-level API.
 
-The engine is asked for its image list once per run (`EngineImages`), never
-once per image: a no-op over hundreds of images must stay cheap.
+Which images the engine holds is known per run from engine_view.EngineView;
+this module does the requests.
 """
 
 from __future__ import annotations
@@ -61,73 +61,36 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.socket_path)
 
 
-def list_images(timeout: float = 30) -> list[dict]:
-    """The engine's image list: one GET /images/json.
+def local_socket() -> str | None:
+    """The engine's unix socket path, or None for a remote engine (tcp://, ssh://)."""
+    host = engine_address()
+    return host[len("unix://"):] if host.startswith("unix://") else None
 
-    On a local socket this is a plain HTTP request: importing docker-py (and
-    requests) would cost a no-op run more than the request itself. Remote
-    engines (tcp://, ssh://, TLS) go through docker-py."""
-    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    if not host.startswith("unix://"):
-        return connect(timeout=int(timeout)).images()
-    connection = _UnixHTTPConnection(host[len("unix://"):], timeout)
+
+def unix_get(socket_path: str, path: str, timeout: float = 30) -> bytes:
+    """GET `path` from the engine on `socket_path`: a plain HTTP request, since
+    importing docker-py (and requests) would cost a no-op run more than the
+    request itself."""
+    connection = _UnixHTTPConnection(socket_path, timeout)
     try:
-        connection.request("GET", "/images/json")
+        connection.request("GET", path)
         response = connection.getresponse()
         body = response.read()
     except OSError as exc:
-        raise EngineError(f"cannot reach the Docker engine at {host}: {exc}") from None
+        raise EngineError(f"cannot reach the Docker engine at unix://{socket_path}: {exc}") from None
     finally:
         connection.close()
     if response.status != 200:
-        raise EngineError(f"the Docker engine at {host} answered {response.status} to GET /images/json: {body[:200]!r}")
-    return json.loads(body)
+        raise EngineError(f"the Docker engine at unix://{socket_path} answered {response.status} to GET {path}: {body[:200]!r}")
+    return body
 
 
-class EngineImages:
-    """One listing of the engine's images, taken on first use and kept for the run."""
-
-    _listing: dict[str, EngineImage] | None = None
-    _error: str | None = None
-
-    @classmethod
-    def listing(cls) -> dict[str, EngineImage]:
-        if cls._listing is None and cls._error is None:
-            try:
-                cls._listing = {
-                    entry["Id"]: EngineImage(entry["Id"], frozenset(entry.get("RepoTags") or ()), entry.get("Labels") or {})
-                    for entry in list_images()
-                }
-            except Exception as exc:  # an unreachable engine makes every image "absent"; the build says why
-                cls._error = str(exc)
-                cls._listing = {}
-        return cls._listing or {}
-
-    @classmethod
-    def forget(cls):
-        cls._listing, cls._error = None, None
-
-    @classmethod
-    def has(cls, image_id: str, ref: str) -> bool:
-        image = cls.listing().get(image_id)
-        return image is not None and ref in image.tags
-
-    @classmethod
-    def find_by_digest(cls, digest: str, ref: str) -> str | None:
-        """An image of `ref`'s repository whose input-digest label matches, if any.
-
-        Labels are inherited: a multi-stage build leaves its intermediate
-        stages as untagged images that carry their parent's digest label, and
-        so does any image someone builds FROM ours. Only an image tagged in our
-        own repository is the image itself. The listing is the one taken at
-        the start of the run (forked workers inherit it), so adopting costs no
-        API call.
-        """
-        repository = ref.rpartition(":")[0]
-        for image in cls.listing().values():
-            if image.labels.get(DIGEST_LABEL) == digest and any(t.rpartition(":")[0] == repository for t in image.tags):
-                return image.image_id
-        return None
+def list_images(timeout: float = 30) -> list[dict]:
+    """The engine's image list: one GET /images/json (docker-py for remote engines)."""
+    socket_path = local_socket()
+    if socket_path is None:
+        return connect(timeout=int(timeout)).images()
+    return json.loads(unix_get(socket_path, "/images/json", timeout))
 
 
 def tag(client, image_id: str, ref: str) -> None:

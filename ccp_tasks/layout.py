@@ -23,6 +23,10 @@ class CacheLayout:
         return self.root / "render-cache.json"
 
     @property
+    def engine_view(self) -> Path:
+        return self.root / "engine.json"
+
+    @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 
@@ -34,11 +38,13 @@ class CacheLayout:
     def rootfs_manifest(self) -> Path:
         return self.root / "base" / "rootfs.json"
 
-    def context_dir(self, image: str) -> Path:
-        return self.root / "build" / image
+    # Per-image paths are strings: task generation builds hundreds of them on
+    # every run, and pathlib costs several times what an f-string does.
+    def context_dir(self, image: str) -> str:
+        return f"{self.root}/build/{image}"
 
-    def stamp(self, image: str) -> Path:
-        return self.root / "images" / f"{image}.json"
+    def stamp(self, image: str) -> str:
+        return f"{self.root}/images/{image}.json"
 
-    def log(self, image: str) -> Path:
-        return self.root / "logs" / f"{image}.log"
+    def log(self, image: str) -> str:
+        return f"{self.root}/logs/{image}.log"

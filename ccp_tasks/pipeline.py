@@ -11,6 +11,7 @@ from doit.exceptions import InvalidDodoFile
 
 from . import lock
 from .config import PipelineConfig, load_config
+from .engine_view import EngineView
 from .errors import CcpError
 from .graph import ImageGraph, build_graph
 from .layout import CacheLayout
@@ -36,7 +37,7 @@ class Pipeline:
             "backend": "sqlite3",
             "action_string_formatting": "new",
             "minversion": "0.36.0",
-            "reporter": reporter_for(self.layout.summary, self.layout.root / "logs"),
+            "reporter": reporter_for(self.layout.summary, self.layout.root / "logs", EngineView.save),
         }
 
 
@@ -57,6 +58,7 @@ def load(root: Path, argv: list[str] | None = None) -> Pipeline:
         if lock.doit_command(argv) not in lock.READ_ONLY_COMMANDS:
             lock.acquire(layout.lock)
         graph = build_graph(cfg, layout.render_cache)
+        EngineView.configure(layout.engine_view, cfg.namespace)
     except CcpError as exc:
         if os.environ.get(DEBUG_ENV):
             raise

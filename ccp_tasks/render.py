@@ -51,13 +51,14 @@ class RenderedImage:
     variables: dict[str, Any] = field(default_factory=dict)  # config values the template reads
 
 
-def _context_files(directory: Path) -> tuple[str, ...]:
+def _context_files(directory: str) -> tuple[str, ...]:
     found = []
+    prefix = len(directory) + 1
     for dirpath, dirnames, filenames in os.walk(directory):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        base = dirpath[prefix:]
         for filename in filenames:
-            path = Path(dirpath, filename)
-            rel = path.relative_to(directory).as_posix()
+            rel = f"{base}/{filename}" if base else filename
             if rel in RESERVED_FILES or filename.startswith(".") or filename.endswith(".pyc"):
                 continue
             found.append(rel)
@@ -68,13 +69,13 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
     """Every directory with a Dockerfile.j2 in every repository, by image name."""
     images: dict[str, ImageSource] = {}
     for repository in cfg.repository_paths():
-        macros = repository / cfg.macros_dir
+        macros = str(repository / cfg.macros_dir)
         for dirpath, dirnames, filenames in os.walk(repository):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and Path(dirpath, d) != macros)
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and f"{dirpath}/{d}" != macros)
             if TEMPLATE_NAME not in filenames:
                 continue
+            name = os.path.basename(dirpath)
             directory = Path(dirpath)
-            name = directory.name
             if not IMAGE_NAME_RE.match(name):
                 raise GraphError(
                     f"{directory}: '{name}' is not a valid image name "
@@ -84,7 +85,7 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
                 raise GraphError(
                     f"image '{name}' is defined twice: {images[name].template} and {directory / TEMPLATE_NAME}"
                 )
-            images[name] = ImageSource(name, directory, repository, _context_files(directory))
+            images[name] = ImageSource(name, directory, repository, _context_files(dirpath))
     return images
 
 

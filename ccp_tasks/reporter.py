@@ -34,6 +34,8 @@ class SummaryReporter(ConsoleReporter):
 
     summary_path: Path | None = None
     log_dir: Path | None = None
+    # Called at the end of a run with the (reference, image ID) pairs it built or adopted.
+    on_complete = None
 
     def __init__(self, outstream, options):
         super().__init__(outstream, options)
@@ -57,6 +59,7 @@ class SummaryReporter(ConsoleReporter):
             self.results[found[1]] = {
                 "outcome": values.get("outcome", "built"),
                 "image_id": values.get("image_id"),
+                "ref": values.get("ref"),
                 "seconds": values.get("seconds"),
             }
 
@@ -102,6 +105,9 @@ class SummaryReporter(ConsoleReporter):
 
     def complete_run(self):
         super().complete_run()
+        if type(self).on_complete is not None:
+            made = {(entry["ref"], entry["image_id"]) for entry in self.results.values() if entry.get("ref")}
+            type(self).on_complete(made)
         if not self.results:
             return
         self._settle_failures()
@@ -138,5 +144,7 @@ class SummaryReporter(ConsoleReporter):
             write_atomic(self.summary_path, dump_json(summary))
 
 
-def reporter_for(summary_path: Path, log_dir: Path) -> type[SummaryReporter]:
-    return type("CcpReporter", (SummaryReporter,), {"summary_path": summary_path, "log_dir": log_dir, "desc": "console + ccp summary"})
+def reporter_for(summary_path: Path, log_dir: Path, on_complete=None) -> type[SummaryReporter]:
+    attributes = {"summary_path": summary_path, "log_dir": log_dir, "desc": "console + ccp summary",
+                  "on_complete": staticmethod(on_complete) if on_complete else None}
+    return type("CcpReporter", (SummaryReporter,), attributes)

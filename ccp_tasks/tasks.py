@@ -12,10 +12,9 @@ from doit.tools import config_changed
 from . import actions
 from .base import is_fresh
 from .config import PipelineConfig
-from .docker_ops import EngineImages
+from .engine_view import EngineView
 from .graph import ImageGraph
 from .layout import CacheLayout
-from .state import Stamp
 
 
 class config_changed_as(config_changed):
@@ -38,20 +37,18 @@ class config_changed_as(config_changed):
         return f"config_changed_as({self.config!r}, {self.key!r})"
 
 
-class image_present:
-    """Up to date only while the engine still has the stamped image under its tag.
-    Reads the engine's image list once per run, shared by every build task."""
+def image_present(ref: str):
+    """Up to date only while the engine still has the image the last build made
+    (doit keeps its ID among the task's values) under its tag, as the run's
+    EngineView knows it: one engine request per run, not one per image. A
+    function, not a checker object: doit inspects every uptodate callable's
+    signature on every run, and a function's is the cheapest."""
 
-    def __init__(self, stamp_path, ref: str):
-        self.stamp_path = stamp_path
-        self.ref = ref
+    def check(task, values):
+        image_id = values.get("image_id")
+        return image_id is not None and EngineView.has(image_id, ref)
 
-    def __call__(self, task, values):
-        stamp = Stamp.read(self.stamp_path)
-        return stamp is not None and EngineImages.has(stamp.image_id, self.ref)
-
-    def __repr__(self):
-        return f"image_present({self.ref!r})"
+    return check
 
 
 class rootfs_fresh:
@@ -69,10 +66,9 @@ class rootfs_fresh:
 
 
 def _rel(cfg: PipelineConfig, path) -> str:
-    try:
-        return str(path.relative_to(cfg.root))
-    except ValueError:
-        return str(path)
+    """`path` relative to the checkout, for docs (a string slice: this runs once per image)."""
+    path, root = str(path), f"{cfg.root}/"
+    return path[len(root):] if path.startswith(root) else path
 
 
 def base_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
@@ -106,10 +102,11 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         source = image.source
         generated = _generated_context(cfg, layout, name)
         context_dir = layout.context_dir(name)
+        directory = str(source.directory)
         file_dep = set(image.rendered.template_files)
-        file_dep.update(str(source.directory / rel) for rel in source.context_files)
+        file_dep.update(f"{directory}/{rel}" for rel in source.context_files)
         file_dep.update(str(path) for path in generated.values())
-        targets = [str(context_dir / "Dockerfile")] + [str(context_dir / rel) for rel in (*source.context_files, *generated)]
+        targets = [f"{context_dir}/Dockerfile"] + [f"{context_dir}/{rel}" for rel in (*source.context_files, *generated)]
         yield {
             "basename": "render",
             "name": name,
@@ -138,11 +135,10 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "basename": "build",
             "name": name,
             "doc": f"Build {image.ref}" + (f" on {', '.join(image.parents)}" if image.parents else ""),
-            "file_dep": sorted(str(context_dir / rel) for rel in staged)
-            + [str(layout.stamp(parent)) for parent in image.parents],
-            "targets": [str(layout.stamp(name))],
+            "file_dep": sorted(f"{context_dir}/{rel}" for rel in staged) + [layout.stamp(parent) for parent in image.parents],
+            "targets": [layout.stamp(name)],
             "actions": [(actions.build_image, (cfg, image, layout))],
-            "uptodate": [config_changed_as(manifest, f"build:{name}"), image_present(layout.stamp(name), image.ref)],
+            "uptodate": [config_changed_as(manifest, f"build:{name}"), image_present(image.ref)],
             "clean": True,
         }
 

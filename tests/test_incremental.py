@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 ALL = {"bb", "app", "app2", "lone", "leaf"}
@@ -205,16 +206,21 @@ def test_interrupted_build_leaves_no_stamp_and_is_retried(project):
 
     project.busybox_base("bb")
     project.image("slow", "FROM {{ image('bb') }}\nRUN echo started && sleep 30\n")
+    # A shell's background job inherits SIGINT ignored; a user's Ctrl-C is not.
     proc = subprocess.Popen([sys.executable, "-m", "doit"], cwd=project.root, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    for line in proc.stdout:
-        if "slow: Step 2/" in line or time.monotonic() > deadline:
-            break
-    time.sleep(1)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not any("slow: Step 2/" in line for line in seen):
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(seen)
+        time.sleep(0.1)
+    time.sleep(1)  # inside `sleep 30`
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
-    assert proc.returncode != 0
+    assert proc.returncode != 0, "".join(seen)
     assert not (project.root / "cache/images/slow.json").exists()
     project.image("slow", "FROM {{ image('bb') }}\nRUN echo quick\n")
     result = project.ok()
