@@ -408,13 +408,38 @@ def scale_scenario(sizes: list[int], reps: int, results: dict, profile_size: int
             peaks.append(extra["peak_mib"])
             rebuilt_counts.append(len(rebuilt))
         rows[str(size)] = {"cold_build_s": cold, "noop": summarize(walls), "peak_mib": summarize(peaks),
-                           "rebuilt": rebuilt_counts}
+                           "rebuilt": rebuilt_counts,
+                           # ccp has two tasks per image (render, build): the same count of bare tasks
+                           "bare_doit_noop": bare_doit_noop(2 * size, reps)}
         log(f"scale {size}: no-op median {rows[str(size)]['noop']['median']:.3f}s")
         if size == max(sizes):
             rows[str(size)]["leaf_overhead"] = leaf_overhead(root, size, reps)
             if profile_size:
                 rows[str(size)]["profile"] = profile_noop(root)
     results["scale"] = rows
+
+
+BARE_DODO = """\
+DOIT_CONFIG = {{"dep_file": "doit.db", "backend": "sqlite3"}}
+def task_copy():
+    for i in range({tasks}):
+        yield {{"name": str(i), "file_dep": [f"src/{{i}}"], "targets": [f"out/{{i}}"],
+               "actions": [f"cp src/{{i}} out/{{i}}"]}}
+"""
+
+
+def bare_doit_noop(tasks: int, reps: int) -> dict:
+    """The floor on this machine: doit's own no-op over `tasks` one-file tasks."""
+    root = WORK / f"bare-{tasks}"
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "src").mkdir(parents=True)
+    (root / "out").mkdir()
+    for i in range(tasks):
+        (root / "src" / str(i)).write_text(f"{i}\n")
+    (root / "dodo.py").write_text(BARE_DODO.format(tasks=tasks))
+    run([*DOIT], cwd=root)
+    return summarize([run([*DOIT], cwd=root).wall for _ in range(reps)])
 
 
 def leaf_overhead(root: Path, size: int, reps: int) -> dict:
@@ -514,10 +539,11 @@ def markdown(results: dict) -> str:
                   f"2 workers {p['runs']['2']['wall']:.1f} s (speed-up {p['speedup']:.2f}×).", ""]
     if "scale" in results:
         lines += ["## Scale: synthetic trees", "",
-                  "| images | cold build (-n 2) | no-op | images rebuilt | peak memory |", "|---|---|---|---|---|"]
+                  "| images | cold build (-n 2) | ccp no-op | images rebuilt | peak memory | bare doit no-op, same task count |",
+                  "|---|---|---|---|---|---|"]
         for size, row in results["scale"].items():
             lines.append(f"| {size} | {row['cold_build_s']:.1f} s | {fmt(row['noop'])} | {max(row['rebuilt'])} | "
-                         f"{row['peak_mib']['median']:.0f} MiB |")
+                         f"{row['peak_mib']['median']:.0f} MiB | {fmt(row['bare_doit_noop'])} |")
         largest = results["scale"][max(results["scale"], key=int)]
         if "leaf_overhead" in largest:
             o = largest["leaf_overhead"]
@@ -547,6 +573,8 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     ax.errorbar(sizes, medians, yerr=[[m - lo for m, lo in zip(medians, lows)], [hi - m for m, hi in zip(medians, highs)]],
                 marker="o", capsize=4, label="ccp no-op (median, min–max)")
+    bare = [results["scale"][str(s)]["bare_doit_noop"]["median"] for s in sizes]
+    ax.plot(sizes, bare, marker="s", linestyle=":", label="bare doit no-op, 2 tasks per image")
     if "sample" in results and results["sample"]["no-op"]["kolla"].get("n"):
         ax.axhline(results["sample"]["no-op"]["kolla"]["median"], color="tab:red", linestyle="--",
                    label="kolla-build no-op, 11-image sample tree")

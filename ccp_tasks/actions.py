@@ -15,7 +15,6 @@ from doit.exceptions import TaskFailed
 from . import base as base_rootfs
 from . import docker_ops
 from .config import PipelineConfig
-from .engine_view import EngineView
 from .errors import CcpError
 from .gitinfo import last_revision
 from .graph import Image
@@ -124,7 +123,7 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     context_dir = Path(layout.context_dir(image.name))
     digest = input_digest(context_dir, cfg.build_args, labels, parent_ids)
     client = docker_ops.connect()
-    image_id = EngineView.find_by_digest(digest, image.ref)
+    image_id = docker_ops.adoptable(client, digest, image.ref)
     if image_id:
         docker_ops.tag(client, image_id, image.ref)
         outcome = "adopted"

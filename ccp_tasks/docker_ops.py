@@ -6,7 +6,6 @@ this module does the requests.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
@@ -50,17 +49,6 @@ class EngineImage:
     labels: dict[str, str]
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.socket_path)
-
-
 def local_socket() -> str | None:
     """The engine's unix socket path, or None for a remote engine (tcp://, ssh://)."""
     host = engine_address()
@@ -68,20 +56,23 @@ def local_socket() -> str | None:
 
 
 def unix_get(socket_path: str, path: str, timeout: float = 30) -> bytes:
-    """GET `path` from the engine on `socket_path`: a plain HTTP request, since
-    importing docker-py (and requests) would cost a no-op run more than the
-    request itself."""
-    connection = _UnixHTTPConnection(socket_path, timeout)
+    """GET `path` from the engine on `socket_path`, as HTTP/1.0 over a bare
+    socket: importing docker-py (or even http.client) would cost a no-op run
+    more than the request itself."""
     try:
-        connection.request("GET", path)
-        response = connection.getresponse()
-        body = response.read()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(socket_path)
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+            chunks = []
+            while chunk := sock.recv(1 << 16):
+                chunks.append(chunk)
     except OSError as exc:
         raise EngineError(f"cannot reach the Docker engine at unix://{socket_path}: {exc}") from None
-    finally:
-        connection.close()
-    if response.status != 200:
-        raise EngineError(f"the Docker engine at unix://{socket_path} answered {response.status} to GET {path}: {body[:200]!r}")
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    if len(status) < 2 or status[1] != b"200":
+        raise EngineError(f"the Docker engine at unix://{socket_path} answered {head[:40]!r} to GET {path}: {body[:200]!r}")
     return body
 
 
@@ -91,6 +82,24 @@ def list_images(timeout: float = 30) -> list[dict]:
     if socket_path is None:
         return connect(timeout=int(timeout)).images()
     return json.loads(unix_get(socket_path, "/images/json", timeout))
+
+
+def adoptable(client, digest: str, ref: str) -> str | None:
+    """The image `ref` names, if it was built from inputs with this digest.
+
+    Only the reference itself is asked (one inspect): labels are inherited, so
+    intermediate stages of a multi-stage build, or any image built FROM ours,
+    carry our digest label too; the image tagged in our own repository is the
+    image itself. Searching the whole store for the label would cost as much as
+    listing it."""
+    from docker.errors import NotFound
+
+    try:
+        found = client.inspect_image(ref)
+    except NotFound:
+        return None
+    labels = (found.get("Config") or {}).get("Labels") or {}
+    return found["Id"] if labels.get(DIGEST_LABEL) == digest else None
 
 
 def tag(client, image_id: str, ref: str) -> None:

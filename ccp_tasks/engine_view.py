@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import docker_ops
-from .state import DIGEST_LABEL, write_atomic
+from .state import write_atomic
 
 KNOWN_HARMLESS = frozenset({"push", "save", "prune", "import", "load", "pull", "tag"})
 
@@ -143,7 +143,7 @@ class EngineView:
 
     @classmethod
     def listing(cls) -> dict[str, docker_ops.EngineImage]:
-        """The full image list, taken at most once per process; {} if the engine is unreachable."""
+        """The full image list, taken at most once per view; {} if the engine is unreachable."""
         if cls._listing is None:
             try:
                 cls._listing = {
@@ -156,30 +156,18 @@ class EngineView:
         return cls._listing
 
     @classmethod
-    def find_by_digest(cls, digest: str, ref: str) -> str | None:
-        """An image of `ref`'s repository whose input-digest label matches, if any.
-
-        Labels are inherited: a multi-stage build leaves its intermediate
-        stages as untagged images that carry their parent's digest label, and
-        so does any image someone builds FROM ours. Only an image tagged in our
-        own repository is the image itself. Only builds ask this, so only runs
-        that build pay for the listing.
-        """
-        repository = ref.rpartition(":")[0]
-        for image in cls.listing().values():
-            if image.labels.get(DIGEST_LABEL) == digest and any(t.rpartition(":")[0] == repository for t in image.tags):
-                return image.image_id
-        return None
-
-    @classmethod
-    def save(cls, made: set[tuple[str, str]]) -> None:
+    def save(cls, made: set[tuple[str, str]]) -> dict:
         """After the run: replay what happened since the start, including our own
         builds' tags, and remember the newest event as the next run's marker.
         When the run itself overflowed the event buffer (a build makes many
         container events), list the engine now: the run that built pays for
         the listing, not the next no-op."""
         if cls.state_path is None:
-            return
+            return {}
+        if not made and cls._present is not None and cls._how == "events":
+            # Nothing was built: the view as of the start stands, and events
+            # since its marker are replayed next time. No request, no write.
+            return {"engine_view": cls._how}
         if cls._present is None:
             # A run that had no image to check has not looked yet; a listing taken
             # for adoption predates this run's builds.
@@ -200,6 +188,7 @@ class EngineView:
             (json.dumps({"host": cls._host(), "marker": marker, "how": cls._how, "present": present},
                         indent=1, sort_keys=True) + "\n").encode(),
         )
+        return {"engine_view": cls._how}
 
     @classmethod
     def _present_from_listing(cls) -> dict[str, str]:

@@ -35,10 +35,7 @@ class ImageSource:
     directory: Path
     repository: Path
     context_files: tuple[str, ...]  # relative to `directory`, sorted
-
-    @property
-    def template(self) -> Path:
-        return self.directory / TEMPLATE_NAME
+    template: str  # the Dockerfile.j2 (a string: read once per image on every run)
 
 
 @dataclass(frozen=True)
@@ -83,9 +80,9 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
                 )
             if name in images:
                 raise GraphError(
-                    f"image '{name}' is defined twice: {images[name].template} and {directory / TEMPLATE_NAME}"
+                    f"image '{name}' is defined twice: {images[name].template} and {dirpath}/{TEMPLATE_NAME}"
                 )
-            images[name] = ImageSource(name, directory, repository, _context_files(dirpath))
+            images[name] = ImageSource(name, directory, repository, _context_files(dirpath), f"{dirpath}/{TEMPLATE_NAME}")
     return images
 
 
@@ -192,7 +189,7 @@ class Renderer:
     def render(self, source: ImageSource) -> RenderedImage:
         import jinja2
 
-        path = str(source.template)
+        path = source.template
         try:
             files, names = self._analyse(path, path)
             template = self.env.get_template(path)
@@ -271,7 +268,7 @@ class RenderCache:
             "version": RENDER_CACHE_VERSION,
             "globals": cfg.template_globals(),
             "refs": [cfg.image_ref(name) for name in sorted(images)],
-            "templates": [str(images[name].template) for name in sorted(images)],
+            "templates": [images[name].template for name in sorted(images)],
             "macros": macros,
         }
         return json.dumps(world, sort_keys=True, default=str)
@@ -290,7 +287,7 @@ class RenderCache:
 
     def get(self, source: ImageSource) -> RenderedImage | None:
         entry = self.entries.get(source.name)
-        if not entry or entry["template"] != str(source.template):
+        if not entry or entry["template"] != source.template:
             return None
         for path, signature in entry["files"].items():
             if _signature(path) != signature:
@@ -299,7 +296,7 @@ class RenderCache:
 
     def put(self, rendered: RenderedImage) -> None:
         self.entries[rendered.source.name] = {
-            "template": str(rendered.source.template),
+            "template": rendered.source.template,
             "files": {path: _signature(path) for path in rendered.template_files},
             "text": rendered.text,
             "variables": rendered.variables,

@@ -34,7 +34,8 @@ class SummaryReporter(ConsoleReporter):
 
     summary_path: Path | None = None
     log_dir: Path | None = None
-    # Called at the end of a run with the (reference, image ID) pairs it built or adopted.
+    # Called at the end of a run with the (reference, image ID) pairs it built or
+    # adopted; what it returns is added to the summary.
     on_complete = None
 
     def __init__(self, outstream, options):
@@ -105,9 +106,10 @@ class SummaryReporter(ConsoleReporter):
 
     def complete_run(self):
         super().complete_run()
+        extra = {}
         if type(self).on_complete is not None:
             made = {(entry["ref"], entry["image_id"]) for entry in self.results.values() if entry.get("ref")}
-            type(self).on_complete(made)
+            extra = type(self).on_complete(made) or {}
         if not self.results:
             return
         self._settle_failures()
@@ -140,6 +142,7 @@ class SummaryReporter(ConsoleReporter):
                 "other_failures": {
                     name: reason for name, reason in self.failed_tasks.items() if not _image_of(name)
                 },
+                **extra,
             }
             write_atomic(self.summary_path, dump_json(summary))
 

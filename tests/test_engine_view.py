@@ -33,10 +33,13 @@ def test_apply_adds_only_what_this_run_made():
 
 
 def test_noop_uses_events_not_a_listing(tree):
-    tree.ok()
-    state = json.loads((tree.root / "cache" / "engine.json").read_text())
-    assert state["how"] == "events" and state["marker"]
-    assert state["present"][tree.ref("leaf")] == tree.stamp("leaf")["image_id"]
+    state_file = tree.root / "cache" / "engine.json"
+    before = state_file.stat().st_mtime_ns
+    result = tree.ok()
+    assert result.summary["engine_view"] == "events"
+    assert state_file.stat().st_mtime_ns == before  # a no-op writes nothing
+    state = json.loads(state_file.read_text())
+    assert state["marker"] and state["present"][tree.ref("leaf")] == tree.stamp("leaf")["image_id"]
 
 
 def test_image_removed_behind_our_back_is_rebuilt(tree, docker_client):
@@ -54,8 +57,7 @@ def test_overflowed_event_buffer_falls_back_to_one_listing(tree, docker_client):
         docker_client.tag(bb, f"{tree.namespace}/flood", f"t{i}")
     result = tree.ok()
     assert result.rebuilt == {"lone"}
-    state = json.loads((tree.root / "cache" / "engine.json").read_text())
-    assert state["how"] == "listing"
+    assert result.summary["engine_view"] == "listing"
 
 
 def test_image_gone_while_its_rebuild_failed_stays_gone(tree, docker_client):
