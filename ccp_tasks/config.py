@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import json
 import os
 import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from .errors import ConfigError
 
@@ -171,22 +171,36 @@ def _check_mapping(cls, data, filename: str, prefix: str = "") -> dict[str, Any]
     return checked
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path, parsed_cache: dict | None = None) -> dict[str, Any]:
+    """The mapping a config file holds. `parsed_cache` maps a file's sha256 to
+    what it parsed to last time: a run whose config did not change does not
+    import PyYAML (a tenth of a no-op over a small tree)."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    key = hashlib.sha256(raw).hexdigest()
+    if parsed_cache is not None and key in parsed_cache:
+        return parsed_cache[key]
+    import yaml
+
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+        data = yaml.safe_load(raw.decode())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         place = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}{place}: malformed YAML: {problem}") from None
     if data is None:
-        return {}
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    if parsed_cache is not None:
+        try:
+            json.dumps(data)  # only what JSON can hold round-trips through the cache
+            parsed_cache[key] = data
+        except (TypeError, ValueError):
+            pass
     return data
 
 
@@ -246,14 +260,24 @@ def load_config(root: Path | str = ".") -> PipelineConfig:
     files = config_files(root)
     if not files[0].exists():
         raise ConfigError(f"{files[0]}: not found; the pipeline needs its configuration file")
+    parsed_cache_path = root / "cache" / "config-cache.json"
+    try:
+        parsed_cache = json.loads(parsed_cache_path.read_text())
+    except (OSError, ValueError):
+        parsed_cache = {}
+    known = set(parsed_cache)
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for path in files:
-        checked = _check_mapping(PipelineConfig, _read_yaml(path), path.name)
+        checked = _check_mapping(PipelineConfig, _read_yaml(path, parsed_cache), path.name)
         origin.update({key: path.name for key in checked})
         merged = _merge(merged, checked)
     if "base" in merged:
         merged["base"] = BaseSettings(**merged["base"])
     cfg = PipelineConfig(**merged, root=root, files=tuple(str(p) for p in files))
     _validate_values(cfg, origin)
+    if set(parsed_cache) != known and parsed_cache_path.parent.is_dir():
+        from .state import write_atomic
+
+        write_atomic(parsed_cache_path, json.dumps(dict(list(parsed_cache.items())[-8:])).encode())
     return cfg

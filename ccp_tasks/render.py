@@ -48,41 +48,46 @@ class RenderedImage:
     variables: dict[str, Any] = field(default_factory=dict)  # config values the template reads
 
 
-def _context_files(directory: str) -> tuple[str, ...]:
-    found = []
-    prefix = len(directory) + 1
-    for dirpath, dirnames, filenames in os.walk(directory):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
-        base = dirpath[prefix:]
-        for filename in filenames:
-            rel = f"{base}/{filename}" if base else filename
-            if rel in RESERVED_FILES or filename.startswith(".") or filename.endswith(".pyc"):
-                continue
-            found.append(rel)
-    return tuple(sorted(found))
+def _is_context_file(rel: str, filename: str) -> bool:
+    return rel not in RESERVED_FILES and not filename.startswith(".") and not filename.endswith(".pyc")
 
 
 def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
-    """Every directory with a Dockerfile.j2 in every repository, by image name."""
+    """Every directory with a Dockerfile.j2 in every repository, by image name.
+
+    One walk per repository: each directory's files go to every image whose
+    directory contains it (os.walk is top-down, so the open images are a stack)."""
     images: dict[str, ImageSource] = {}
+    templates: dict[str, str] = {}
     for repository in cfg.repository_paths():
         macros = str(repository / cfg.macros_dir)
+        found: list[tuple[str, str, list[str]]] = []  # (name, directory, context files)
+        open_images: list[tuple[str, list[str]]] = []  # (directory + "/", its files)
         for dirpath, dirnames, filenames in os.walk(repository):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and f"{dirpath}/{d}" != macros)
-            if TEMPLATE_NAME not in filenames:
-                continue
-            name = os.path.basename(dirpath)
-            directory = Path(dirpath)
-            if not IMAGE_NAME_RE.match(name):
-                raise GraphError(
-                    f"{directory}: '{name}' is not a valid image name "
-                    "(lowercase letters and digits, separated by '.', '_' or '-')"
-                )
-            if name in images:
-                raise GraphError(
-                    f"image '{name}' is defined twice: {images[name].template} and {dirpath}/{TEMPLATE_NAME}"
-                )
-            images[name] = ImageSource(name, directory, repository, _context_files(dirpath), f"{dirpath}/{TEMPLATE_NAME}")
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__pycache__")) and f"{dirpath}/{d}" != macros)
+            while open_images and not dirpath.startswith(open_images[-1][0]):
+                open_images.pop()
+            if TEMPLATE_NAME in filenames:
+                name = os.path.basename(dirpath)
+                if not IMAGE_NAME_RE.match(name):
+                    raise GraphError(
+                        f"{dirpath}: '{name}' is not a valid image name "
+                        "(lowercase letters and digits, separated by '.', '_' or '-')"
+                    )
+                if name in templates:
+                    raise GraphError(f"image '{name}' is defined twice: {templates[name]} and {dirpath}/{TEMPLATE_NAME}")
+                templates[name] = f"{dirpath}/{TEMPLATE_NAME}"
+                files: list[str] = []
+                found.append((name, dirpath, files))
+                open_images.append((dirpath + "/", files))
+            for prefix, files in open_images:
+                base = dirpath[len(prefix):] if dirpath + "/" != prefix else ""
+                for filename in filenames:
+                    rel = f"{base}/{filename}" if base else filename
+                    if _is_context_file(rel, filename):
+                        files.append(rel)
+        for name, dirpath, files in found:
+            images[name] = ImageSource(name, Path(dirpath), repository, tuple(sorted(files)), templates[name])
     return images
 
 
