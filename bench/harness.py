@@ -13,7 +13,6 @@ bench/results/latest.{json,md} and bench/results/noop_vs_size.png.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import dataclasses
 import json
 import os
@@ -220,15 +219,8 @@ def sample_checkout(namespace: str) -> Path:
 
 def busybox_sample_shape(root: Path, namespace: str) -> Path:
     """The sample tree's shape with busybox content: fast enough for an edit matrix."""
-    if root.exists():
-        shutil.rmtree(root)
-    repo = root / "dockerfiles"
-    repo.mkdir(parents=True)
-    shutil.copy(PROJECT / "dodo.py", root / "dodo.py")
-    os.symlink(PROJECT / "ccp_tasks", root / "ccp_tasks")
-    shutil.copytree(PROJECT / "dockerfiles" / "macros", repo / "macros")
-    (root / "ccp.yaml").write_text(
-        f"namespace: {namespace}\nbase:\n  enabled: false\nvariables:\n  listen_port: '8080'\n"
+    repo = synth.new_checkout(
+        root, f"namespace: {namespace}\nbase:\n  enabled: false\nvariables:\n  listen_port: '8080'\n"
     )
     for name, parent in SAMPLE_SHAPE.items():
         directory = repo / name

@@ -38,11 +38,9 @@ def image_name(index: int) -> str:
     return "root" if index == 0 else f"img{index:04d}"
 
 
-def make_tree(root: Path, size: int, namespace: str, fanout: int = 6, salt: str = "") -> Path:
-    """Write a checkout at `root` (replacing it) with `size` images.
-
-    `salt` goes into every context file: two trees with different salts share
-    no image and no layer cache, so a "cold" build is really cold."""
+def new_checkout(root: Path, config: str) -> Path:
+    """An empty checkout at `root` (replacing it): dodo.py, the package, the shared
+    macros and `config` as ccp.yaml; returns its template repository."""
     if root.exists():
         shutil.rmtree(root)
     repo = root / "dockerfiles"
@@ -50,7 +48,16 @@ def make_tree(root: Path, size: int, namespace: str, fanout: int = 6, salt: str 
     shutil.copy(REPO / "dodo.py", root / "dodo.py")
     os.symlink(REPO / "ccp_tasks", root / "ccp_tasks")
     shutil.copytree(REPO / "dockerfiles" / "macros", repo / "macros")
-    (root / "ccp.yaml").write_text(f"namespace: {namespace}\nbase:\n  enabled: false\n")
+    (root / "ccp.yaml").write_text(config)
+    return repo
+
+
+def make_tree(root: Path, size: int, namespace: str, fanout: int = 6, salt: str = "") -> Path:
+    """Write a checkout at `root` (replacing it) with `size` images.
+
+    `salt` goes into every context file: two trees with different salts share
+    no image and no layer cache, so a "cold" build is really cold."""
+    repo = new_checkout(root, f"namespace: {namespace}\nbase:\n  enabled: false\n")
     for index in range(size):
         directory = repo / image_name(index)
         directory.mkdir()

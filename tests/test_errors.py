@@ -7,7 +7,7 @@ import pytest
 
 from conftest import child_template
 from ccp_tasks.config import load_config
-from ccp_tasks.errors import ConfigError, GraphError, TemplateError
+from ccp_tasks.errors import ConfigError, GraphError
 from ccp_tasks.graph import build_graph
 
 
