@@ -50,9 +50,7 @@ class config_changed_as(config_changed):
 def image_present(ref: str):
     """Up to date only while the engine still has the image the last build made
     (doit keeps its ID among the task's values) under its tag, as the run's
-    EngineView knows it: one engine request per run, not one per image. A
-    function, not a checker object: doit inspects every uptodate callable's
-    signature on every run, and a function's is the cheapest."""
+    EngineView knows it: one engine request per run, not one per image."""
 
     def check(task, values):
         image_id = values.get("image_id")
