@@ -25,6 +25,11 @@ def task_build():
     yield from tasks.build_tasks(*PIPELINE.args)
 
 
+def task_lint():
+    """Spec-test the rendered Dockerfiles."""
+    yield from tasks.lint_tasks(*PIPELINE.args)
+
+
 def task_tree():
     """Print the image tree."""
     return tasks.tree_task(PIPELINE.graph)

@@ -13,13 +13,13 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 
 from . import base as base_rootfs
-from . import docker_ops
+from . import docker_ops, lint
 from .config import PipelineConfig
 from .errors import CcpError
 from .gitinfo import last_revision
 from .graph import Image
 from .layout import CacheLayout
-from .state import DIGEST_LABEL, Stamp, input_digest, write_if_changed
+from .state import DIGEST_LABEL, Stamp, dump_json, input_digest, write_if_changed
 
 
 def reports_errors(func):
@@ -141,3 +141,22 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
 @reports_errors
 def refresh_rootfs(cfg: PipelineConfig, layout: CacheLayout) -> dict:
     return base_rootfs.make_rootfs(cfg.base, layout.rootfs, layout.rootfs_manifest, layout.root / "logs" / "base-rootfs.log")
+
+
+@reports_errors
+def lint_image(image: Image, dockerfile: str, report: str, waived: list[str], external_images: tuple[str, ...]) -> dict:
+    """Spec-test the rendered Dockerfile; a finding fails the task and writes no report."""
+    text = Path(dockerfile).read_text()
+    try:
+        template = Path(image.source.template).read_text()
+    except OSError as exc:
+        raise CcpError(f"image '{image.name}': cannot read {image.source.template}: {exc.strerror}") from None
+    findings, waived_findings = lint.lint_image(text, template, set(waived), external_images)
+    if findings:
+        lines = [f.format(dockerfile) for f in findings]
+        raise CcpError(f"image '{image.name}' breaks {len(findings)} lint rule(s):\n" + "\n".join(lines))
+    write_if_changed(
+        Path(report),
+        dump_json({"image": image.name, "waived": [f.format(dockerfile) for f in waived_findings]}),
+    )
+    return {"waived": len(waived_findings)}

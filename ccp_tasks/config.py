@@ -63,6 +63,14 @@ class BaseSettings:
 
 
 @dataclass(frozen=True)
+class LintSettings:
+    """Spec tests on rendered Dockerfiles (the `lint` stage)."""
+
+    # image -> rule ids waived for it, e.g. {"legacy-app": ["CCP010"]}
+    waive: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Everything ccp.yaml can say. Paths are relative to the config's directory."""
 
@@ -80,6 +88,7 @@ class PipelineConfig:
     variables: dict[str, Any] = field(default_factory=dict)
     source_url: str = ""
     base: BaseSettings = field(default_factory=BaseSettings)
+    lint: LintSettings = field(default_factory=LintSettings)
     # Not settable from YAML: where the config was found, and which files were read.
     root: Path = field(default=Path("."), metadata={"yaml": False})
     files: tuple[str, ...] = field(default=(), metadata={"yaml": False})
@@ -238,6 +247,14 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
             fail(f"variables.{name}", "shadows a name the pipeline provides to templates; rename it")
     if cfg.base.max_age_days < 0:
         fail("base.max_age_days", "must be 0 or more")
+    from .lint import RULES
+
+    for image, rules in cfg.lint.waive.items():
+        if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+            fail(f"lint.waive.{image}", f"expected a list of rule ids, got {rules!r}")
+        unknown = [r for r in rules if r not in RULES]
+        if unknown:
+            fail(f"lint.waive.{image}", f"unknown rule {unknown[0]!r}; rules are {', '.join(RULES)}")
     for arg in cfg.build_args:
         if not _IDENTIFIER_RE.match(arg):
             fail(f"build_args.{arg}", "a build argument name must be an identifier")
@@ -274,6 +291,8 @@ def load_config(root: Path | str = ".") -> PipelineConfig:
         merged = _merge(merged, checked)
     if "base" in merged:
         merged["base"] = BaseSettings(**merged["base"])
+    if "lint" in merged:
+        merged["lint"] = LintSettings(**merged["lint"])
     cfg = PipelineConfig(**merged, root=root, files=tuple(str(p) for p in files))
     _validate_values(cfg, origin)
     if set(parsed_cache) != known and parsed_cache_path.parent.is_dir():

@@ -48,3 +48,6 @@ class CacheLayout:
 
     def log(self, image: str) -> str:
         return f"{self.root}/logs/{image}.log"
+
+    def lint_report(self, image: str) -> str:
+        return f"{self.root}/lint/{image}.json"

@@ -152,6 +152,24 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         }
 
 
+def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    yield {"basename": "lint", "name": None, "doc": "Spec-test every rendered Dockerfile (rules CCP001-CCP010), before any image exists"}
+    for name in graph.order:
+        image = graph.images[name]
+        dockerfile = f"{layout.context_dir(name)}/Dockerfile"
+        waived = sorted(cfg.lint.waive.get(name, []))
+        yield {
+            "basename": "lint",
+            "name": name,
+            "doc": f"Spec-test the Dockerfile of '{name}'" + (f" (waived: {', '.join(waived)})" if waived else ""),
+            "file_dep": [dockerfile, image.source.template],
+            "targets": [layout.lint_report(name)],
+            "actions": [(actions.lint_image, (image, dockerfile, layout.lint_report(name), waived, cfg.external_images))],
+            "uptodate": [config_changed_as({"waived": waived, "external": list(cfg.external_images)}, f"lint:{name}")],
+            "clean": True,
+        }
+
+
 def tree_task(graph: ImageGraph):
     def show():
         print(graph.format_tree())
