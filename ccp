@@ -106,7 +106,7 @@ case "$command" in
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     -h|--help|help)
-        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
         ;;
     *)
         die "unknown command '$command'; try ./ccp help"

@@ -47,17 +47,21 @@ class config_changed_as(config_changed):
         return f"config_changed_as({self.config!r}, {self.key!r})"
 
 
-def image_present(ref: str):
+class image_present:
     """Up to date only while the engine still has the image the last build made
     (doit keeps its ID among the task's values) under its tag, as the run's
     EngineView knows it: one engine request per run, not one per image."""
 
-    def check(task, values):
-        image_id = values.get("image_id")
-        return image_id is not None and EngineView.has(image_id, ref)
+    def __init__(self, ref: str):
+        self.ref = ref
+        self.__signature__ = UPTODATE_SIGNATURE
 
-    check.__signature__ = UPTODATE_SIGNATURE
-    return check
+    def __call__(self, task, values):
+        image_id = values.get("image_id")
+        return image_id is not None and EngineView.has(image_id, self.ref)
+
+    def __repr__(self):
+        return f"image_present({self.ref!r})"
 
 
 class rootfs_fresh:
