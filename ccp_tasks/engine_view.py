@@ -70,6 +70,12 @@ def _all_events_until_now() -> tuple[list[ImageEvent], int | None] | None:
     return parse_events(body), oldest
 
 
+def _reaches_back(buffered, marker: int | None) -> bool:
+    """The engine's event buffer still holds everything since `marker`: its oldest
+    event is no newer (nothing after the marker was dropped, no daemon restart)."""
+    return buffered is not None and marker is not None and buffered[1] is not None and buffered[1] <= marker
+
+
 def apply(present: dict[str, str], events: list[ImageEvent], ours: set[tuple[str, str]] = frozenset()) -> dict[str, str]:
     """Replay image events on a reference -> image ID map.
 
@@ -121,13 +127,7 @@ class EngineView:
                 state = {}
         buffered = _all_events_until_now()
         marker = state.get("marker")
-        if (
-            buffered is not None
-            and state.get("host") == cls._host()
-            and marker is not None
-            and buffered[1] is not None
-            and buffered[1] <= marker
-        ):
+        if state.get("host") == cls._host() and _reaches_back(buffered, marker):
             events, _ = buffered
             cls._present = apply(state.get("present", {}), [e for e in events if e.time_nano > marker])
             cls._how = "events"
@@ -178,7 +178,7 @@ class EngineView:
             present, marker = cls._present, None
         else:
             marker = max((e.time_nano for e in buffered[0]), default=None)
-            if cls._marker is not None and buffered[1] is not None and buffered[1] <= cls._marker:
+            if _reaches_back(buffered, cls._marker):
                 present = apply(cls._present, [e for e in buffered[0] if e.time_nano > cls._marker], made)
             else:
                 cls._listing = None

@@ -14,7 +14,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from .render import _logical_lines
+from .render import logical_lines
 
 RULES = {
     "CCP001": "apt package pinned to an exact version",
@@ -113,7 +113,7 @@ def _run_findings(line: int, shell: str) -> list[Finding]:
 def lint_dockerfile(text: str, external_images: tuple[str, ...] = ()) -> list[Finding]:
     """Every rule that `text` (a rendered Dockerfile) breaks, in line order."""
     findings: list[Finding] = []
-    for line, instruction in _logical_lines(text):
+    for line, instruction in logical_lines(text):
         keyword, _, rest = instruction.partition(" ")
         keyword, rest = keyword.upper(), rest.strip()
         if keyword == "RUN":

@@ -106,10 +106,10 @@ def _tree_loader(macro_dirs: list[Path]):
                 path = Path(template)
                 try:
                     source = path.read_text()
-                    mtime = path.stat().st_mtime
                 except OSError:
                     raise jinja2.TemplateNotFound(template) from None
-                return source, str(path), lambda: _mtime_or_none(path) == mtime
+                signature = _signature(template)
+                return source, template, lambda: _signature(template) == signature
             return self.macros.get_source(environment, template)
 
         def macro_path(self, name: str) -> str | None:
@@ -124,13 +124,6 @@ def _tree_loader(macro_dirs: list[Path]):
 
 def macro_dirs(cfg: PipelineConfig) -> list[Path]:
     return [repo / cfg.macros_dir for repo in cfg.repository_paths() if (repo / cfg.macros_dir).is_dir()]
-
-
-def _mtime_or_none(path: Path):
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
 
 
 class Renderer:
@@ -347,7 +340,7 @@ def dockerfile_essence(text: str) -> str:
     return "\n".join(kept) + "\n"
 
 
-def _logical_lines(text: str):
+def logical_lines(text: str):
     """Dockerfile instructions with continuations joined, with their first line number."""
     buffer, start = [], 0
     for number, raw in enumerate(text.splitlines(), 1):
@@ -372,7 +365,7 @@ def image_references(text: str) -> list[ImageReference]:
     """Every image a Dockerfile reads from, skipping its own stage names and scratch."""
     stages: set[str] = set()
     references = []
-    for line, instruction in _logical_lines(text):
+    for line, instruction in logical_lines(text):
         words = instruction.split()
         keyword = words[0].upper()
         if keyword == "FROM":
