@@ -1,5 +1,6 @@
 """ccp image pipeline. `doit list` shows the stages, `doit` builds every image,
-`doit tree` prints the image graph. Settings live in ccp.yaml."""
+`doit test` runs every check, `doit tree` prints the image graph. Settings
+live in ccp.yaml."""
 
 from pathlib import Path
 
@@ -28,6 +29,21 @@ def task_build():
 def task_lint():
     """Spec-test the rendered Dockerfiles."""
     yield from tasks.lint_tasks(*PIPELINE.args)
+
+
+def task_manifest():
+    """Record each image's Debian packages."""
+    yield from tasks.manifest_tasks(*PIPELINE.args)
+
+
+def task_spec():
+    """Run structure tests on the built images."""
+    yield from tasks.spec_tasks(*PIPELINE.args)
+
+
+def task_test():
+    """Run every check: spec tests, structure tests, integration tests."""
+    yield from tasks.test_tasks(*PIPELINE.args, PIPELINE.integration)
 
 
 def task_tree():

@@ -7,19 +7,23 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from doit.exceptions import TaskFailed
 
 from . import base as base_rootfs
-from . import docker_ops, lint
+from . import docker_ops, lint, manifest
+from .checks import CheckResult, StageRecord, failure_report, save_record
 from .config import PipelineConfig
 from .errors import CcpError
 from .gitinfo import last_revision
 from .graph import Image
 from .layout import CacheLayout
-from .state import DIGEST_LABEL, Stamp, dump_json, input_digest, write_if_changed
+from .state import DIGEST_LABEL, Stamp, input_digest, write_atomic, write_if_changed
+
+CHECK_LABEL = "io.ccp.check"
 
 
 def reports_errors(func):
@@ -144,19 +148,121 @@ def refresh_rootfs(cfg: PipelineConfig, layout: CacheLayout) -> dict:
 
 
 @reports_errors
-def lint_image(image: Image, dockerfile: str, report: str, waived: list[str], external_images: tuple[str, ...]) -> dict:
-    """Spec-test the rendered Dockerfile; a finding fails the task and writes no report."""
+def lint_image(image: Image, dockerfile: str, layout: CacheLayout, waived: list[str], external_images: tuple[str, ...]) -> dict:
+    """Spec-test the rendered Dockerfile: one check per rule; a finding fails the
+    task, and the record of a failed lint is never the task's target."""
+    started = time.monotonic()
     text = Path(dockerfile).read_text()
     try:
         template = Path(image.source.template).read_text()
     except OSError as exc:
         raise CcpError(f"image '{image.name}': cannot read {image.source.template}: {exc.strerror}") from None
     findings, waived_findings = lint.lint_image(text, template, set(waived), external_images)
+    by_rule: dict[str, list[str]] = {}
+    for finding in findings:
+        by_rule.setdefault(finding.rule, []).append(finding.format(dockerfile))
+    checks = [
+        CheckResult(f"{rule} {lint.RULES[rule]}", "rule", rule not in by_rule, "; ".join(by_rule.get(rule, [])))
+        for rule in lint.RULES
+    ]
+    checks += [CheckResult(rule, "rule", False, "; ".join(lines)) for rule, lines in by_rule.items() if rule not in lint.RULES]
+    record = StageRecord("lint", image.name, passed=not findings, checks=checks, ref=image.ref,
+                         seconds=round(time.monotonic() - started, 3))
+    save_record(layout.results, record)
     if findings:
         lines = [f.format(dockerfile) for f in findings]
         raise CcpError(f"image '{image.name}' breaks {len(findings)} lint rule(s):\n" + "\n".join(lines))
-    write_if_changed(
-        Path(report),
-        dump_json({"image": image.name, "waived": [f.format(dockerfile) for f in waived_findings]}),
-    )
-    return {"waived": len(waived_findings)}
+    return {"checks": len(checks), "waived": [f.format(dockerfile) for f in waived_findings]}
+
+
+def _built(name: str, layout: CacheLayout) -> Stamp:
+    stamp = Stamp.read(Path(layout.stamp(name)))
+    if stamp is None:
+        raise CcpError(f"image '{name}' has no build stamp; build it first (doit build:{name})")
+    return stamp
+
+
+def _check_labels(cfg: PipelineConfig, image: Image, stage: str) -> dict[str, str]:
+    # What a later run (or a person) uses to find and remove what a killed run left behind.
+    return {CHECK_LABEL: f"{cfg.namespace}/{image.name}", f"{CHECK_LABEL}.stage": stage}
+
+
+def _finish_stage(layout: CacheLayout, record: StageRecord) -> dict:
+    save_record(layout.results, record)
+    if not record.passed:
+        raise CcpError(failure_report(record))
+    return {"checks": len(record.checks), "seconds": record.seconds}
+
+
+@reports_errors
+def run_structure_tests(cfg: PipelineConfig, image: Image, layout: CacheLayout, tests_file: str) -> dict:
+    """Run the image's container-structure-test file against the image its build made."""
+    from . import structure
+
+    started = time.monotonic()
+    stamp = _built(image.name, layout)
+    record = StageRecord("spec", image.name, passed=False, ref=image.ref, image_id=stamp.image_id)
+    try:
+        suite = structure.load_suite(Path(tests_file))
+        record.checks = structure.run_suite(docker_ops.connect(), stamp.image_id, suite, labels=_check_labels(cfg, image, "spec"))
+        record.passed = all(check.passed for check in record.checks)
+    except CcpError as exc:
+        record.error = str(exc)
+    record.seconds = round(time.monotonic() - started, 2)
+    return _finish_stage(layout, record)
+
+
+@reports_errors
+def run_integration_tests(cfg: PipelineConfig, image: Image, images: tuple[str, ...], layout: CacheLayout, spec_file: str) -> dict:
+    """Start the image (and the services it needs) and run the checks of its integration.yaml."""
+    from . import integration
+
+    started = time.monotonic()
+    stamp = _built(image.name, layout)
+    record = StageRecord("test", image.name, passed=False, ref=image.ref, image_id=stamp.image_id)
+    try:
+        spec = integration.load_spec(Path(spec_file), images)
+        run_refs = {name: _built(name, layout).image_id for name in [image.name, *integration.service_images(spec)]}
+        record.checks = integration.run_spec(
+            docker_ops.connect(),
+            image.name,
+            run_refs,
+            spec,
+            workdir=layout.test_workdir(image.name),
+            recorded_dir=layout.recorded(image.name),
+            log_path=Path(layout.test_log(image.name)),
+            labels=_check_labels(cfg, image, "test"),
+            variables=cfg.template_globals(),
+        )
+        record.passed = all(check.passed for check in record.checks)
+    except CcpError as exc:
+        record.error = str(exc)
+    record.seconds = round(time.monotonic() - started, 2)
+    return _finish_stage(layout, record)
+
+
+@reports_errors
+def record_manifest(image: Image, layout: CacheLayout) -> dict:
+    """Write the image's package list and, beside it, what changed since its previous build."""
+    stamp = _built(image.name, layout)
+    packages = manifest.read_packages(docker_ops.connect(), stamp.image_id)
+    target = Path(layout.manifest(image.name))
+    changes_path = Path(layout.manifest_changes(image.name))
+    if packages is None:
+        write_if_changed(target, b"")
+        changes_path.unlink(missing_ok=True)
+        return {"packages": 0}
+    previous = manifest.previous_manifest(target)
+    write_if_changed(target, manifest.format_manifest(packages).encode())
+    values = {"packages": len(packages)}
+    if previous is None:
+        return values
+    changes = manifest.diff(previous, packages)
+    if changes:
+        # Kept until the next change, so "what moved in the last rebuild" can be looked up later.
+        write_atomic(changes_path, ("\n".join(changes.lines()) + "\n").encode())
+        print(f"{image.name}: packages since the previous build: {changes.headline()}", file=sys.stderr)
+        for line in changes.lines()[:20]:
+            print(f"  {line}", file=sys.stderr)
+        values["package_changes"] = changes.lines()
+    return values

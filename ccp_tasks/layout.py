@@ -49,5 +49,40 @@ class CacheLayout:
     def log(self, image: str) -> str:
         return f"{self.root}/logs/{image}.log"
 
+    @property
+    def results(self) -> Path:
+        """Per stage and image, the record of the last check run (see checks.py)."""
+        return self.root / "results"
+
+    @property
+    def reports(self) -> Path:
+        """JUnit XML per stage, remade at the end of every run."""
+        return self.root / "reports"
+
+    @property
+    def check_index(self) -> Path:
+        return self.root / "check-index.json"
+
+    def result(self, stage: str, image: str) -> str:
+        """The record a passing stage writes: the stage task's target."""
+        return f"{self.root}/results/{stage}/{image}.json"
+
     def lint_report(self, image: str) -> str:
-        return f"{self.root}/lint/{image}.json"
+        return self.result("lint", image)
+
+    def recorded(self, image: str) -> Path:
+        """Answers recorded by the last passing integration run, for regression checks."""
+        return self.root / "results" / "recorded" / image
+
+    def test_workdir(self, image: str) -> Path:
+        """Rendered config files and throwaway certificates of one integration run."""
+        return self.root / "test-work" / image
+
+    def test_log(self, image: str) -> str:
+        return f"{self.root}/logs/test-{image}.log"
+
+    def manifest(self, image: str) -> str:
+        return f"{self.root}/manifests/{image}.tsv"
+
+    def manifest_changes(self, image: str) -> str:
+        return f"{self.root}/manifests/{image}.changes"

@@ -10,6 +10,8 @@ from pathlib import Path
 from doit.exceptions import InvalidDodoFile
 
 from . import lock
+from .checks import write_junit_reports
+from .check_index import IntegrationInputs, integration_inputs
 from .config import PipelineConfig, load_config
 from .engine_view import EngineView
 from .errors import CcpError
@@ -25,19 +27,25 @@ class Pipeline:
     cfg: PipelineConfig
     graph: ImageGraph
     layout: CacheLayout
+    integration: dict[str, IntegrationInputs]
 
     @property
     def args(self):
         return self.cfg, self.graph, self.layout
 
+    def write_reports(self, stages) -> dict[str, str]:
+        return write_junit_reports(self.layout.results, self.layout.reports, stages, self.graph.order)
+
     def doit_config(self) -> dict:
         return {
-            "default_tasks": ["build"],
+            "default_tasks": ["build", "manifest"],
             "dep_file": str(self.layout.doit_db),
             "backend": "sqlite3",
             "action_string_formatting": "new",
             "minversion": "0.36.0",
-            "reporter": reporter_for(self.layout.summary, self.layout.root / "logs", EngineView.save),
+            "reporter": reporter_for(
+                self.layout.summary, self.layout.root / "logs", EngineView.save, on_checks=self.write_reports
+            ),
         }
 
 
@@ -59,9 +67,10 @@ def load(root: Path, argv: list[str] | None = None) -> Pipeline:
             lock.acquire(layout.lock)
         graph = build_graph(cfg, layout.render_cache)
         EngineView.configure(layout.engine_view, cfg.namespace)
+        integration = integration_inputs(graph, layout.check_index)
     except CcpError as exc:
         if os.environ.get(DEBUG_ENV):
             raise
         # Paths inside the checkout read better relative to it.
         raise InvalidDodoFile(str(exc).replace(f"{Path(root).resolve()}/", "")) from None
-    return Pipeline(cfg, graph, layout)
+    return Pipeline(cfg, graph, layout, integration)

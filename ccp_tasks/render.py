@@ -21,7 +21,10 @@ from .state import write_atomic
 
 TEMPLATE_NAME = "Dockerfile.j2"
 # Files beside a template that describe the image rather than go into it.
-RESERVED_FILES = frozenset({TEMPLATE_NAME, "tests.yaml", "integration.yaml", "pod.yaml.j2", "README.md"})
+STRUCTURE_TESTS = "tests.yaml"
+INTEGRATION_TESTS = "integration.yaml"
+CHECK_FILES = (STRUCTURE_TESTS, INTEGRATION_TESTS)
+RESERVED_FILES = frozenset({TEMPLATE_NAME, *CHECK_FILES, "pod.yaml.j2", "README.md"})
 IMAGE_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 # Variables whose values reach a template through the image() helper.
 IMAGE_HELPER_INPUTS = ("namespace", "image_prefix", "tag")
@@ -36,6 +39,7 @@ class ImageSource:
     repository: Path
     context_files: tuple[str, ...]  # relative to `directory`, sorted
     template: str  # the Dockerfile.j2 (a string: read once per image on every run)
+    check_files: tuple[str, ...] = ()  # CHECK_FILES present beside the template
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
     templates: dict[str, str] = {}
     for repository in cfg.repository_paths():
         macros = str(repository / cfg.macros_dir)
-        found: list[tuple[str, str, list[str]]] = []  # (name, directory, context files)
+        found: list[tuple[str, str, list[str], tuple[str, ...]]] = []  # (name, directory, context files, check files)
         open_images: list[tuple[str, list[str]]] = []  # (directory + "/", its files)
         for dirpath, dirnames, filenames in os.walk(repository):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__pycache__")) and f"{dirpath}/{d}" != macros)
@@ -78,7 +82,7 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
                     raise GraphError(f"image '{name}' is defined twice: {templates[name]} and {dirpath}/{TEMPLATE_NAME}")
                 templates[name] = f"{dirpath}/{TEMPLATE_NAME}"
                 files: list[str] = []
-                found.append((name, dirpath, files))
+                found.append((name, dirpath, files, tuple(f for f in CHECK_FILES if f in filenames)))
                 open_images.append((dirpath + "/", files))
             for prefix, files in open_images:
                 base = dirpath[len(prefix):] if dirpath + "/" != prefix else ""
@@ -86,8 +90,8 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
                     rel = f"{base}/{filename}" if base else filename
                     if _is_context_file(rel, filename):
                         files.append(rel)
-        for name, dirpath, files in found:
-            images[name] = ImageSource(name, Path(dirpath), repository, tuple(sorted(files)), templates[name])
+        for name, dirpath, files, check_files in found:
+            images[name] = ImageSource(name, Path(dirpath), repository, tuple(sorted(files)), templates[name], check_files)
     return images
 
 

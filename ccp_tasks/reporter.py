@@ -20,6 +20,8 @@ OUTCOMES = ("built", "adopted", "up to date", "failed", "blocked")
 NAMES_SHOWN = 8
 # Stages whose subtasks are per image; `base` stands for the root filesystem.
 IMAGE_STAGES = ("build",)
+CHECK_STAGES = ("lint", "spec", "test")
+CHECK_OUTCOMES = ("passed", "up to date", "failed", "blocked")
 
 
 def _image_of(task_name: str) -> tuple[str, str] | None:
@@ -37,6 +39,9 @@ class SummaryReporter(ConsoleReporter):
     # Called at the end of a run with the (reference, image ID) pairs it built or
     # adopted; what it returns is added to the summary.
     on_complete = None
+    # Called at the end of a run with the check stages that ran something; it
+    # remakes their JUnit reports and returns their paths.
+    on_checks = None
 
     def __init__(self, outstream, options):
         super().__init__(outstream, options)
@@ -45,15 +50,27 @@ class SummaryReporter(ConsoleReporter):
         self.results: dict[str, dict] = {}
         self.failed_tasks: dict[str, str] = {}  # task name -> one-line reason
         self.blocked_tasks: dict[str, list[str]] = {}  # task name -> unmet task names
+        self.checks: dict[str, dict[str, dict]] = {}  # image -> stage -> outcome entry
+        self.package_changes: dict[str, list[str]] = {}
+
+    def _note_check(self, task, outcome: str, **details):
+        stage, _, image = task.name.partition(":")
+        if stage in CHECK_STAGES and image and task.actions:
+            self.checks.setdefault(image, {})[stage] = {"outcome": outcome, **details}
 
     def skip_uptodate(self, task):
         super().skip_uptodate(task)
+        self._note_check(task, "up to date")
         found = _image_of(task.name)
         if found:
             self.results[found[1]] = {"outcome": "up to date"}
 
     def add_success(self, task):
         super().add_success(task)
+        values = task.values or {}
+        self._note_check(task, "passed", **{k: values[k] for k in ("checks", "seconds") if k in values})
+        if task.name.startswith("manifest:") and values.get("package_changes"):
+            self.package_changes[task.name.partition(":")[2]] = values["package_changes"]
         found = _image_of(task.name)
         if found:
             values = task.values or {}
@@ -71,6 +88,7 @@ class SummaryReporter(ConsoleReporter):
         else:
             lines = [line for line in fail.message.splitlines() if line.strip()]
             self.failed_tasks[task.name] = lines[0] if lines else fail.get_name()
+        self._note_check(task, "blocked" if isinstance(fail, UnmetDependency) else "failed")
         found = _image_of(task.name)
         if found:
             self.results[found[1]] = {}  # filled in complete_run, once every failure is known
@@ -104,20 +122,59 @@ class SummaryReporter(ConsoleReporter):
                 entry = {"outcome": "blocked", "blocked_by": causes}
             self.results[image] = entry
 
+    def _settle_checks(self):
+        for image, stages in self.checks.items():
+            for stage, entry in stages.items():
+                name = f"{stage}:{image}"
+                if name in self.failed_tasks:
+                    entry["error"] = self.failed_tasks[name]
+                elif name in self.blocked_tasks:
+                    entry["blocked_by"] = self._root_causes(name)
+
+    def _write_checks(self):
+        by_stage: dict[str, dict[str, list[str]]] = {}
+        for image, stages in sorted(self.checks.items()):
+            for stage, entry in stages.items():
+                by_stage.setdefault(stage, {}).setdefault(entry["outcome"], []).append(image)
+        parts = []
+        for stage in CHECK_STAGES:
+            outcomes = by_stage.get(stage)
+            if not outcomes:
+                continue
+            counts = []
+            for outcome in CHECK_OUTCOMES:
+                images = outcomes.get(outcome, [])
+                if not images:
+                    continue
+                named = f" ({', '.join(images[:NAMES_SHOWN])}{', …' if len(images) > NAMES_SHOWN else ''})"
+                counts.append(f"{len(images)} {outcome}" + (named if outcome in ("failed", "blocked") else ""))
+            parts.append(f"{stage} " + ", ".join(counts))
+        if parts:
+            self.write(f"{'checks':<11} {'':>4}  " + " · ".join(parts) + "\n")
+        for image, lines in sorted(self.package_changes.items()):
+            self.write(f"{'packages':<11} {len(lines):>4}  {image}: " + "; ".join(lines[:4]) + (" …" if len(lines) > 4 else "") + "\n")
+        return by_stage
+
     def complete_run(self):
         super().complete_run()
         extra = {}
         if type(self).on_complete is not None:
             made = {(entry["ref"], entry["image_id"]) for entry in self.results.values() if entry.get("ref")}
             extra = type(self).on_complete(made) or {}
-        if not self.results:
+        self._settle_checks()
+        if type(self).on_checks is not None:
+            ran = sorted({stage for stages in self.checks.values() for stage, e in stages.items() if e["outcome"] != "up to date"})
+            reports = type(self).on_checks(ran)
+            if reports:
+                extra["reports"] = reports
+        if not self.results and not self.checks:
             return
         self._settle_failures()
         duration = round(time.monotonic() - self.clock, 2)
         by_outcome: dict[str, list[str]] = {outcome: [] for outcome in OUTCOMES}
         for image, entry in sorted(self.results.items()):
             by_outcome.setdefault(entry["outcome"], []).append(image)
-        self.write(f"---- summary: {len(self.results)} images in {duration:.1f}s\n")
+        self.write(f"---- summary: {len(self.results) or len(self.checks)} images in {duration:.1f}s\n")
         for outcome, images in by_outcome.items():
             if not images:
                 continue
@@ -132,6 +189,7 @@ class SummaryReporter(ConsoleReporter):
             else:
                 shown = ", ".join(images)
             self.write(f"{outcome:<11} {len(images):>4}  {shown}".rstrip() + "\n")
+        self._write_checks()
         if self.summary_path is not None:
             summary = {
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
@@ -139,15 +197,19 @@ class SummaryReporter(ConsoleReporter):
                 "argv": sys.argv[1:],
                 "counts": {outcome: len(images) for outcome, images in by_outcome.items()},
                 "images": self.results,
+                "checks": self.checks,
+                "package_changes": self.package_changes,
                 "other_failures": {
-                    name: reason for name, reason in self.failed_tasks.items() if not _image_of(name)
+                    name: reason for name, reason in self.failed_tasks.items()
+                    if not _image_of(name) and name.partition(":")[0] not in CHECK_STAGES
                 },
                 **extra,
             }
             write_atomic(self.summary_path, dump_json(summary))
 
 
-def reporter_for(summary_path: Path, log_dir: Path, on_complete=None) -> type[SummaryReporter]:
+def reporter_for(summary_path: Path, log_dir: Path, on_complete=None, on_checks=None) -> type[SummaryReporter]:
     attributes = {"summary_path": summary_path, "log_dir": log_dir, "desc": "console + ccp summary",
-                  "on_complete": staticmethod(on_complete) if on_complete else None}
+                  "on_complete": staticmethod(on_complete) if on_complete else None,
+                  "on_checks": staticmethod(on_checks) if on_checks else None}
     return type("CcpReporter", (SummaryReporter,), attributes)

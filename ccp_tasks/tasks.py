@@ -13,10 +13,12 @@ from doit.tools import config_changed
 
 from . import actions
 from .base import is_fresh
+from .check_index import IntegrationInputs
 from .config import PipelineConfig
 from .engine_view import EngineView
 from .graph import ImageGraph
 from .layout import CacheLayout
+from .render import INTEGRATION_TESTS, STRUCTURE_TESTS
 
 
 # doit calls inspect.signature() on every uptodate callable of every task on
@@ -151,6 +153,8 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "file_dep": sorted(f"{context_dir}/{rel}" for rel in staged) + [layout.stamp(parent) for parent in image.parents],
             "targets": [layout.stamp(name)],
             "actions": [(actions.build_image, (cfg, image, layout))],
+            # Spec tests come before the image exists: a Dockerfile that breaks a rule is not built.
+            "task_dep": [f"lint:{name}"],
             "uptodate": [config_changed_as(manifest, f"build:{name}"), image_present(image.ref)],
             "clean": True,
         }
@@ -168,8 +172,92 @@ def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "doc": f"Spec-test the Dockerfile of '{name}'" + (f" (waived: {', '.join(waived)})" if waived else ""),
             "file_dep": [dockerfile, image.source.template],
             "targets": [layout.lint_report(name)],
-            "actions": [(actions.lint_image, (image, dockerfile, layout.lint_report(name), waived, cfg.external_images))],
+            "actions": [(actions.lint_image, (image, dockerfile, layout, waived, cfg.external_images))],
             "uptodate": [config_changed_as({"waived": waived, "external": list(cfg.external_images)}, f"lint:{name}")],
+            "clean": True,
+        }
+
+
+def manifest_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    yield {
+        "basename": "manifest",
+        "name": None,
+        "doc": "Record the Debian packages (and versions) of every image, and what changed since its previous build",
+    }
+    for name in graph.order:
+        image = graph.images[name]
+        yield {
+            "basename": "manifest",
+            "name": name,
+            "doc": f"Record the packages of '{name}' in {_rel(cfg, layout.manifest(name))}",
+            "file_dep": [layout.stamp(name)],
+            "targets": [layout.manifest(name)],
+            "actions": [(actions.record_manifest, (image, layout))],
+            "clean": True,
+        }
+
+
+def spec_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    yield {
+        "basename": "spec",
+        "name": None,
+        "doc": f"Run every image's structure tests ({STRUCTURE_TESTS}, container-structure-test schema 2.0.0) on the built image",
+    }
+    for name in graph.order:
+        image = graph.images[name]
+        if STRUCTURE_TESTS not in image.source.check_files:
+            continue
+        tests_file = f"{image.source.directory}/{STRUCTURE_TESTS}"
+        yield {
+            "basename": "spec",
+            "name": name,
+            "doc": f"Run the structure tests {_rel(cfg, tests_file)} on {image.ref}",
+            "file_dep": [tests_file, layout.stamp(name)],
+            "targets": [layout.result("spec", name)],
+            "actions": [(actions.run_structure_tests, (cfg, image, layout, tests_file))],
+            "clean": True,
+        }
+
+
+def test_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, integration: dict[str, IntegrationInputs]):
+    yield {
+        "basename": "test",
+        "name": None,
+        "doc": "Every check of every image: Dockerfile spec tests, structure tests, then integration tests on running containers",
+    }
+    images = tuple(graph.order)
+    for name in graph.order:
+        image = graph.images[name]
+        earlier = [f"lint:{name}"]
+        if STRUCTURE_TESTS in image.source.check_files:
+            earlier.append(f"spec:{name}")
+        else:
+            earlier.append(f"build:{name}")
+        inputs = integration.get(name)
+        if inputs is None:
+            yield {
+                "basename": "test",
+                "name": name,
+                "doc": f"Check '{name}': {' and '.join(earlier)} (no {INTEGRATION_TESTS})",
+                "actions": None,
+                "task_dep": earlier,
+            }
+            continue
+        services = [service for service in inputs.services if service in graph.images]
+        yield {
+            "basename": "test",
+            "name": name,
+            "doc": (
+                f"Start {image.ref}"
+                + (f" with {', '.join(services)}" if services else "")
+                + f" and run the checks of {_rel(cfg, inputs.path)} (after {', '.join(earlier)})"
+            ),
+            "file_dep": [inputs.path, *inputs.files, layout.stamp(name), *(layout.stamp(s) for s in services)],
+            "targets": [layout.result("test", name)],
+            "actions": [(actions.run_integration_tests, (cfg, image, images, layout, inputs.path))],
+            # Ordering and gating only: a structure test rerun must not rerun the containers.
+            "task_dep": earlier,
+            "uptodate": [config_changed_as({"variables": cfg.template_globals()}, f"test:{name}")],
             "clean": True,
         }
 
