@@ -70,9 +70,10 @@ class CacheLayout:
     def lint_report(self, image: str) -> str:
         return self.result("lint", image)
 
-    def recorded(self, image: str) -> Path:
-        """Answers recorded by the last passing integration run, for regression checks."""
-        return self.root / "results" / "recorded" / image
+    @property
+    def recorded(self) -> Path:
+        """Answers recorded by each image's last passing integration run, for regression checks."""
+        return self.root / "results" / "recorded"
 
     def test_workdir(self, image: str) -> Path:
         """Rendered config files and throwaway certificates of one integration run."""

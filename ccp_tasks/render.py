@@ -25,6 +25,9 @@ STRUCTURE_TESTS = "tests.yaml"
 INTEGRATION_TESTS = "integration.yaml"
 CHECK_FILES = (STRUCTURE_TESTS, INTEGRATION_TESTS)
 RESERVED_FILES = frozenset({TEMPLATE_NAME, *CHECK_FILES, "pod.yaml.j2", "README.md"})
+# Files the checks use (config templates an integration test mounts) live in
+# this subdirectory, out of the build context: editing a test must not rebuild.
+TEST_FILES_DIR = "tests/"
 IMAGE_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 # Variables whose values reach a template through the image() helper.
 IMAGE_HELPER_INPUTS = ("namespace", "image_prefix", "tag")
@@ -53,7 +56,12 @@ class RenderedImage:
 
 
 def _is_context_file(rel: str, filename: str) -> bool:
-    return rel not in RESERVED_FILES and not filename.startswith(".") and not filename.endswith(".pyc")
+    return (
+        rel not in RESERVED_FILES
+        and not rel.startswith(TEST_FILES_DIR)
+        and not filename.startswith(".")
+        and not filename.endswith(".pyc")
+    )
 
 
 def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
