@@ -148,7 +148,7 @@ def refresh_rootfs(cfg: PipelineConfig, layout: CacheLayout) -> dict:
 
 
 @reports_errors
-def lint_image(image: Image, dockerfile: str, layout: CacheLayout, waived: list[str], external_images: tuple[str, ...]) -> dict:
+def lint_image(cfg: PipelineConfig, image: Image, dockerfile: str, layout: CacheLayout, waived: list[str]) -> dict:
     """Spec-test the rendered Dockerfile: one check per rule; a finding fails the
     task, and the record of a failed lint is never the task's target."""
     started = time.monotonic()
@@ -157,7 +157,8 @@ def lint_image(image: Image, dockerfile: str, layout: CacheLayout, waived: list[
         template = Path(image.source.template).read_text()
     except OSError as exc:
         raise CcpError(f"image '{image.name}': cannot read {image.source.template}: {exc.strerror}") from None
-    findings, waived_findings = lint.lint_image(text, template, set(waived), external_images)
+    hadolint = lint.find_hadolint(cfg)  # None: off, or not installed under `auto`
+    findings, waived_findings = lint.lint_image(text, template, set(waived), cfg.external_images, hadolint)
     by_rule: dict[str, list[str]] = {}
     for finding in findings:
         by_rule.setdefault(finding.rule, []).append(finding.format(dockerfile))
@@ -166,13 +167,16 @@ def lint_image(image: Image, dockerfile: str, layout: CacheLayout, waived: list[
         for rule in lint.RULES
     ]
     checks += [CheckResult(rule, "rule", False, "; ".join(lines)) for rule, lines in by_rule.items() if rule not in lint.RULES]
+    if hadolint is not None:
+        checks.append(CheckResult(f"hadolint {hadolint.version} (fails at {hadolint.threshold} and above)", "tool", True))
     record = StageRecord("lint", image.name, passed=not findings, checks=checks, ref=image.ref,
                          seconds=round(time.monotonic() - started, 3))
     save_record(layout.results, record)
     if findings:
         lines = [f.format(dockerfile) for f in findings]
         raise CcpError(f"image '{image.name}' breaks {len(findings)} lint rule(s):\n" + "\n".join(lines))
-    return {"checks": len(checks), "waived": [f.format(dockerfile) for f in waived_findings]}
+    return {"checks": len(checks), "waived": [f.format(dockerfile) for f in waived_findings],
+            "hadolint": hadolint.version if hadolint else None}
 
 
 def _built(name: str, layout: CacheLayout) -> Stamp:

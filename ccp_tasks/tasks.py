@@ -11,7 +11,7 @@ import inspect
 
 from doit.tools import config_changed
 
-from . import actions
+from . import actions, lint
 from .base import is_fresh
 from .check_index import IntegrationInputs
 from .config import PipelineConfig
@@ -161,7 +161,8 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
 
 
 def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
-    yield {"basename": "lint", "name": None, "doc": "Spec-test every rendered Dockerfile (rules CCP001-CCP010), before any image exists"}
+    yield {"basename": "lint", "name": None, "doc": "Spec-test every rendered Dockerfile (rules CCP001-CCP010, and hadolint's), before any image exists"}
+    hadolint = lint.hadolint_fingerprint(cfg)  # settings and binary: changing either reruns every lint
     for name in graph.order:
         image = graph.images[name]
         dockerfile = f"{layout.context_dir(name)}/Dockerfile"
@@ -172,8 +173,8 @@ def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "doc": f"Spec-test the Dockerfile of '{name}'" + (f" (waived: {', '.join(waived)})" if waived else ""),
             "file_dep": [dockerfile, image.source.template],
             "targets": [layout.lint_report(name)],
-            "actions": [(actions.lint_image, (image, dockerfile, layout, waived, cfg.external_images))],
-            "uptodate": [config_changed_as({"waived": waived, "external": list(cfg.external_images)}, f"lint:{name}")],
+            "actions": [(actions.lint_image, (cfg, image, dockerfile, layout, waived))],
+            "uptodate": [config_changed_as({"waived": waived, "external": list(cfg.external_images), "hadolint": hadolint}, f"lint:{name}")],
             "clean": True,
         }
 
