@@ -153,3 +153,74 @@ def test_doit_list_documents_the_check_stages(project):
     assert "spec:app" in listing and "Run the structure tests dockerfiles/app/tests.yaml on" in listing
     assert "test:lone" in listing and "manifest:bb" in listing
     assert "spec:bb" not in listing  # no tests.yaml, no structure-test task
+
+
+WEB_SPEC = """\
+services:
+  backend:
+    image: web
+    command: [httpd, -f, -p, "9000", -h, /www]
+    files: {/www/index.html: tests/backend.html.j2}
+    ports: [9000]
+command: [httpd, -f, -p, "8080", -h, /www]
+files:
+  /www/index.html: tests/index.html.j2
+ports: [8080]
+checks:
+  - name: serves the mounted page
+    http: {path: /index.html, expect_body: "greeting: hello"}
+  - name: reaches its service by name on the private network
+    exec: {command: [wget, -q, -O, -, "http://backend:9000/index.html"], output: "backend page"}
+"""
+
+
+def _web_tree(project):
+    project.busybox_base("bb")
+    project.image("web", child_template("bb", 'RUN mkdir /www\nCMD ["httpd", "-f", "-p", "8080", "-h", "/www"]'), {
+        "integration.yaml": WEB_SPEC,
+        "tests/index.html.j2": "greeting: {{ greeting }}\n",
+        "tests/backend.html.j2": "backend page\n",
+    })
+    project.config["variables"] = {"greeting": "hello"}
+    project.write_config()
+
+
+def test_integration_tests_run_incrementally_through_doit(project, docker_client):
+    _web_tree(project)
+    cold = project.ok("test")
+    assert {"build:web", "test:web"} <= cold.executed, cold.output
+    assert cold.summary["checks"]["web"]["test"]["outcome"] == "passed"
+    junit = ElementTree.parse(project.root / "cache" / "reports" / "junit-test.xml").getroot()
+    names = [case.get("name") for case in junit.iter("testcase")]
+    assert "serves the mounted page" in names and "reaches its service by name on the private network" in names
+    assert junit.get("failures") == "0"
+    # The mounted test file is not in the build context.
+    assert not (project.root / "cache" / "build" / "web" / "tests").exists()
+
+    assert project.ok("test").executed == set()
+
+    # A file the test mounts changed: the test reruns, the image is not rebuilt.
+    project.write("dockerfiles/web/tests/index.html.j2", "greeting: {{ greeting }}!\n")
+    edited = project.ok("test")
+    assert edited.executed == {"test:web"}, edited.output
+
+    # A config variable the templates read reruns it too; a wrong value fails it with the body seen.
+    project.config["variables"] = {"greeting": "bye"}
+    project.write_config()
+    failed = project.doit("test")
+    assert failed.returncode != 0
+    assert "image 'web': 1 of" in failed.output and "FAIL serves the mounted page" in failed.output
+    assert "greeting: bye" in failed.output
+    assert not (project.root / "cache" / "results" / "test" / "web.json").exists()
+    assert failed.summary["checks"]["web"]["test"]["outcome"] == "failed"
+    leftovers = docker_client.containers(all=True, filters={"label": f"io.ccp.check={project.namespace}/web"})
+    assert leftovers == []
+
+
+def test_a_broken_integration_file_fails_its_test_task_in_one_line(project):
+    _web_tree(project)
+    project.write("dockerfiles/web/integration.yaml", WEB_SPEC.replace("image: web", "image: wbe"))
+    result = project.doit("test")
+    assert result.returncode != 0
+    assert "integration.yaml: services.backend.image: 'wbe' is not an image of the tree (did you mean 'web'?)" in result.output
+    assert "Traceback" not in result.output
