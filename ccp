@@ -16,6 +16,10 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$HERE/.venv"
 CACHE="$HERE/cache"
 DEBIAN_PACKAGES=(docker.io mmdebstrap git busybox-static ca-certificates python3-venv)
+# The tests also start real registries (Distribution 2.8, htpasswd from
+# apache2-utils), check pushes with an independent client (skopeo) and pack
+# the host's openssl into a TLS fixture image.
+TEST_PACKAGES=(docker-registry skopeo apache2-utils openssl)
 
 say() { printf 'ccp: %s\n' "$*" >&2; }
 die() { printf 'ccp: error: %s\n' "$*" >&2; exit 1; }
@@ -102,7 +106,7 @@ case "$command" in
         exec "$VENV/bin/doit" "$@"
         ;;
     test)
-        setup
+        setup "${TEST_PACKAGES[@]}"
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     -h|--help|help)

@@ -31,11 +31,6 @@ def task_lint():
     yield from tasks.lint_tasks(*PIPELINE.args)
 
 
-def task_manifest():
-    """Record each image's Debian packages."""
-    yield from tasks.manifest_tasks(*PIPELINE.args)
-
-
 def task_spec():
     """Run structure tests on the built images."""
     yield from tasks.spec_tasks(*PIPELINE.args)

@@ -137,9 +137,11 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
             client, image.name, context_dir, image.ref, all_labels, cfg.build_args, Path(layout.log(image.name))
         )
         outcome = "built"
+    packages = _record_packages(client, image, image_id, layout)
     stamp = Stamp(image.name, image_id, digest, (image.ref,))
     write_if_changed(Path(layout.stamp(image.name)), stamp.to_bytes())
-    return {"outcome": outcome, "image_id": image_id, "ref": image.ref, "seconds": round(time.monotonic() - started, 2)}
+    return {"outcome": outcome, "image_id": image_id, "ref": image.ref, "seconds": round(time.monotonic() - started, 2),
+            **packages}
 
 
 @reports_errors
@@ -245,12 +247,17 @@ def run_integration_tests(cfg: PipelineConfig, image: Image, images: tuple[str, 
     return _finish_stage(layout, record)
 
 
-@reports_errors
-def record_manifest(image: Image, layout: CacheLayout) -> dict:
-    """Write the image's package list and, beside it, what changed since its previous build."""
-    stamp = _built(image.name, layout)
-    packages = manifest.read_packages(docker_ops.connect(), stamp.image_id)
+def _record_packages(client, image: Image, image_id: str, layout: CacheLayout) -> dict:
+    """Write the image's package list and, beside it, what changed since its
+    previous build (kept until the next change, so "what moved in the last
+    rebuild" can be looked up later). Part of the build, not a task of its
+    own: it only ever runs right after a build, and a no-op should not pay
+    for three hundred more up-to-date checks."""
+    previous_stamp = Stamp.read(Path(layout.stamp(image.name)))
     target = Path(layout.manifest(image.name))
+    if previous_stamp is not None and previous_stamp.image_id == image_id and target.exists():
+        return {}
+    packages = manifest.read_packages(client, image_id)
     changes_path = Path(layout.manifest_changes(image.name))
     if packages is None:
         write_if_changed(target, b"")
@@ -263,7 +270,6 @@ def record_manifest(image: Image, layout: CacheLayout) -> dict:
         return values
     changes = manifest.diff(previous, packages)
     if changes:
-        # Kept until the next change, so "what moved in the last rebuild" can be looked up later.
         write_atomic(changes_path, ("\n".join(changes.lines()) + "\n").encode())
         print(f"{image.name}: packages since the previous build: {changes.headline()}", file=sys.stderr)
         for line in changes.lines()[:20]:

@@ -52,9 +52,11 @@ def parse_events(body: bytes) -> list[ImageEvent]:
     return events
 
 
-def _all_events_until_now() -> tuple[list[ImageEvent], int | None] | None:
-    """Every event still in the engine's buffer (oldest first) and the oldest one's time,
-    or None where events cannot be trusted (remote engine, error)."""
+def _all_events_until_now() -> tuple[list[ImageEvent], int | None, int | None] | None:
+    """The image events still in the engine's buffer (oldest first), and the times
+    of the oldest and the newest event of any kind (the marker must be the newest
+    event of any kind: a run that only made containers still moves it), or None
+    where events cannot be trusted (remote engine, error)."""
     socket_path = docker_ops.local_socket()
     if socket_path is None:
         return None
@@ -62,12 +64,10 @@ def _all_events_until_now() -> tuple[list[ImageEvent], int | None] | None:
         body = docker_ops.unix_get(socket_path, f"/events?since=0&until={time.time():.9f}", timeout=30)
     except Exception:
         return None
-    oldest = None
-    for line in body.decode().splitlines():
-        if line.strip():
-            oldest = int(json.loads(line).get("timeNano", 0))
-            break
-    return parse_events(body), oldest
+    lines = [line for line in body.decode().splitlines() if line.strip()]
+    oldest = int(json.loads(lines[0]).get("timeNano", 0)) if lines else None
+    newest = int(json.loads(lines[-1]).get("timeNano", 0)) if lines else None
+    return parse_events(body), oldest, newest
 
 
 def _reaches_back(buffered, marker: int | None) -> bool:
@@ -128,13 +128,13 @@ class EngineView:
         buffered = _all_events_until_now()
         marker = state.get("marker")
         if state.get("host") == cls._host() and _reaches_back(buffered, marker):
-            events, _ = buffered
+            events = buffered[0]
             cls._present = apply(state.get("present", {}), [e for e in events if e.time_nano > marker])
             cls._how = "events"
         else:
             cls._present = cls._present_from_listing()
             cls._how = "listing"
-        cls._marker = max((e.time_nano for e in buffered[0]), default=None) if buffered else None
+        cls._marker = buffered[2] if buffered else None
 
     @classmethod
     def has(cls, image_id: str, ref: str) -> bool:
@@ -164,9 +164,12 @@ class EngineView:
         the listing, not the next no-op."""
         if cls.state_path is None:
             return {}
-        if not made and cls._present is not None and cls._how == "events":
+        if not made and cls._present is not None:
             # Nothing was built: the view as of the start stands, and events
-            # since its marker are replayed next time. No request, no write.
+            # since its marker are replayed next time. No request; a view that
+            # had to be listed is written, so the next run replays from here.
+            if cls._how == "listing":
+                cls._write(cls._present, cls._marker)
             return {"engine_view": cls._how}
         if cls._present is None:
             # A run that had no image to check has not looked yet; a listing taken
@@ -177,18 +180,22 @@ class EngineView:
         if buffered is None:
             present, marker = cls._present, None
         else:
-            marker = max((e.time_nano for e in buffered[0]), default=None)
+            marker = buffered[2]
             if _reaches_back(buffered, cls._marker):
                 present = apply(cls._present, [e for e in buffered[0] if e.time_nano > cls._marker], made)
             else:
                 cls._listing = None
                 present = cls._present_from_listing()
+        cls._write(present, marker)
+        return {"engine_view": cls._how}
+
+    @classmethod
+    def _write(cls, present: dict[str, str], marker: int | None) -> None:
         write_atomic(
             cls.state_path,
             (json.dumps({"host": cls._host(), "marker": marker, "how": cls._how, "present": present},
                         indent=1, sort_keys=True) + "\n").encode(),
         )
-        return {"engine_view": cls._how}
 
     @classmethod
     def _present_from_listing(cls) -> dict[str, str]:

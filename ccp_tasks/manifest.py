@@ -10,7 +10,6 @@ runs.
 from __future__ import annotations
 
 import io
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +40,8 @@ def parse_dpkg_status(text: str) -> dict[str, str]:
 
 def read_packages(client, image: str) -> dict[str, str] | None:
     """The installed packages of `image`, or None when it has no dpkg database."""
+    import tarfile
+
     from docker.errors import APIError, NotFound
 
     try:

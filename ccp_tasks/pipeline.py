@@ -38,7 +38,7 @@ class Pipeline:
 
     def doit_config(self) -> dict:
         return {
-            "default_tasks": ["build", "manifest"],
+            "default_tasks": ["build"],
             "dep_file": str(self.layout.doit_db),
             "backend": "sqlite3",
             "action_string_formatting": "new",

@@ -69,7 +69,7 @@ class SummaryReporter(ConsoleReporter):
         super().add_success(task)
         values = task.values or {}
         self._note_check(task, "passed", **{k: values[k] for k in ("checks", "seconds") if k in values})
-        if task.name.startswith("manifest:") and values.get("package_changes"):
+        if values.get("package_changes"):
             self.package_changes[task.name.partition(":")[2]] = values["package_changes"]
         found = _image_of(task.name)
         if found:

@@ -179,25 +179,6 @@ def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         }
 
 
-def manifest_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
-    yield {
-        "basename": "manifest",
-        "name": None,
-        "doc": "Record the Debian packages (and versions) of every image, and what changed since its previous build",
-    }
-    for name in graph.order:
-        image = graph.images[name]
-        yield {
-            "basename": "manifest",
-            "name": name,
-            "doc": f"Record the packages of '{name}' in {_rel(cfg, layout.manifest(name))}",
-            "file_dep": [layout.stamp(name)],
-            "targets": [layout.manifest(name)],
-            "actions": [(actions.record_manifest, (image, layout))],
-            "clean": True,
-        }
-
-
 def spec_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     yield {
         "basename": "spec",

@@ -151,7 +151,7 @@ def test_doit_list_documents_the_check_stages(project):
     _spec_tree(project)
     listing = project.ok("list", "--all").stdout
     assert "spec:app" in listing and "Run the structure tests dockerfiles/app/tests.yaml on" in listing
-    assert "test:lone" in listing and "manifest:bb" in listing
+    assert "test:lone" in listing
     assert "spec:bb" not in listing  # no tests.yaml, no structure-test task
 
 
