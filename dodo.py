@@ -41,6 +41,16 @@ def task_test():
     yield from tasks.test_tasks(*PIPELINE.args, PIPELINE.integration)
 
 
+def task_push():
+    """Push every checked image; moving tags last."""
+    yield from tasks.push_tasks(*PIPELINE.args)
+
+
+def task_publish():
+    """Move the moving tags once every image is pushed."""
+    return tasks.publish_task(*PIPELINE.args)
+
+
 def task_tree():
     """Print the image tree."""
     return tasks.tree_task(PIPELINE.graph)

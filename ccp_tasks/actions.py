@@ -14,14 +14,14 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 
 from . import base as base_rootfs
-from . import docker_ops, lint, manifest
+from . import docker_ops, lint, manifest, publish
 from .checks import CheckResult, StageRecord, failure_report, save_record
 from .config import PipelineConfig
 from .errors import CcpError
 from .gitinfo import last_revision
 from .graph import Image
 from .layout import CacheLayout
-from .state import DIGEST_LABEL, Stamp, input_digest, write_atomic, write_if_changed
+from .state import DIGEST_LABEL, Stamp, dump_json, input_digest, write_atomic, write_if_changed
 
 CHECK_LABEL = "io.ccp.check"
 
@@ -131,6 +131,10 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     if image_id:
         docker_ops.tag(client, image_id, image.ref)
         outcome = "adopted"
+    elif cfg.registry.url and cfg.registry.reuse and (
+        image_id := publish.pull_reusable(cfg, client, image.name, digest, image.ref, log=_say(image.name))
+    ):
+        outcome = "pulled"
     else:
         all_labels = {**labels, **_revision_labels(cfg, image), DIGEST_LABEL: digest}
         image_id = docker_ops.build(
@@ -276,3 +280,41 @@ def _record_packages(client, image: Image, image_id: str, layout: CacheLayout) -
             print(f"  {line}", file=sys.stderr)
         values["package_changes"] = changes.lines()
     return values
+
+
+def _say(name: str):
+    return lambda line: print(f"   {name}: {line}", file=sys.stderr, flush=True)
+
+
+@reports_errors
+def push_image(cfg: PipelineConfig, image: Image, layout: CacheLayout, ci: publish.CiContext) -> dict:
+    """Push the built image under its content tag (and the CI build tag); the moving tags wait for `publish`."""
+    started = time.monotonic()
+    stamp = _built(image.name, layout)
+    plan = publish.tag_plan(cfg, image.name, stamp.input_digest, ci)
+    with publish.registry_client(cfg) as registry:
+        record = publish.push_image(cfg, docker_ops.connect(), registry, image.name, stamp.image_id, plan, log=None)
+    publish.write_record(Path(layout.pushed(image.name)), record)
+    print(f"   {image.name}: {record.outcome} {record.registry}/{record.repository}:{record.content_tag} "
+          f"({record.digest[:19]})", file=sys.stderr)
+    return {"outcome": record.outcome, "digest": record.digest, "repository": f"{record.registry}/{record.repository}",
+            "tags": [record.content_tag, *record.fixed_tags], "seconds": round(time.monotonic() - started, 2)}
+
+
+@reports_errors
+def publish_tags(cfg: PipelineConfig, images: tuple[str, ...], layout: CacheLayout) -> dict:
+    """Every image of the run is pushed: now move the moving tags, all of them."""
+    records = []
+    for name in images:
+        record = publish.PushRecord.read(Path(layout.pushed(name)))
+        if record is None:
+            raise CcpError(f"image '{name}' has no push record; run `doit push:{name}` first")
+        records.append(record)
+    with publish.registry_client(cfg) as registry:
+        moved = publish.move_tags(registry, records)
+    write_atomic(layout.published, dump_json({
+        "images": {r.image: {"digest": r.digest, "tags": list(r.moving_tags)} for r in records},
+    }))
+    for line in moved:
+        print(f"   moved {line}", file=sys.stderr)
+    return {"outcome": "moved", "moved": moved}

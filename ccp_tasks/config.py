@@ -79,6 +79,31 @@ class LintSettings:
 
 
 @dataclass(frozen=True)
+class RegistrySettings:
+    """Where `doit push` publishes, and where builds look for images to reuse.
+    Credentials never live here: CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD or
+    docker's config.json."""
+
+    url: str = ""  # host[:port] (https) or https://host; empty: pushing is not configured
+    insecure: bool = False  # plain http: only for a registry on a trusted network
+    ca_bundle: str = ""  # a CA file to trust besides the system's (relative to ccp.yaml)
+    # Before building, pull the image the registry already holds for the same
+    # input digest (its content tag) instead of building it.
+    reuse: bool = True
+
+
+@dataclass(frozen=True)
+class ArtifactorySettings:
+    """A generic Artifactory repository for build artifacts (logs, reports,
+    manifests, summary). Credentials: CCP_ARTIFACTORY_TOKEN, or
+    CCP_ARTIFACTORY_USER and CCP_ARTIFACTORY_PASSWORD."""
+
+    url: str = ""  # e.g. https://artifactory.example.org/artifactory; empty: not configured
+    repository: str = "ccp-builds"
+    ca_bundle: str = ""
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Everything ccp.yaml can say. Paths are relative to the config's directory."""
 
@@ -97,6 +122,8 @@ class PipelineConfig:
     source_url: str = ""
     base: BaseSettings = field(default_factory=BaseSettings)
     lint: LintSettings = field(default_factory=LintSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    artifactory: ArtifactorySettings = field(default_factory=ArtifactorySettings)
     # Not settable from YAML: where the config was found, and which files were read.
     root: Path = field(default=Path("."), metadata={"yaml": False})
     files: tuple[str, ...] = field(default=(), metadata={"yaml": False})
@@ -271,6 +298,16 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
     for arg in cfg.build_args:
         if not _IDENTIFIER_RE.match(arg):
             fail(f"build_args.{arg}", "a build argument name must be an identifier")
+    if cfg.registry.url:
+        if cfg.registry.url.startswith("http://") and not cfg.registry.insecure:
+            fail("registry.url", "plain http needs registry.insecure: true (and only on a trusted network)")
+        if "@" in cfg.registry.url:
+            fail("registry.url", "credentials do not belong in the config: use CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD or docker login")
+    for key, value in (("registry.ca_bundle", cfg.registry.ca_bundle), ("artifactory.ca_bundle", cfg.artifactory.ca_bundle)):
+        if value and not (cfg.root / value).is_file():
+            fail(key, f"{value} is not a file")
+    if cfg.artifactory.url and "@" in cfg.artifactory.url:
+        fail("artifactory.url", "credentials do not belong in the config: use CCP_ARTIFACTORY_TOKEN or CCP_ARTIFACTORY_USER/CCP_ARTIFACTORY_PASSWORD")
 
 
 def config_files(root: Path) -> list[Path]:
@@ -304,8 +341,9 @@ def load_config(root: Path | str = ".") -> PipelineConfig:
         merged = _merge(merged, checked)
     if "base" in merged:
         merged["base"] = BaseSettings(**merged["base"])
-    if "lint" in merged:
-        merged["lint"] = LintSettings(**merged["lint"])
+    for key, settings in (("lint", LintSettings), ("registry", RegistrySettings), ("artifactory", ArtifactorySettings)):
+        if key in merged:
+            merged[key] = settings(**merged[key])
     cfg = PipelineConfig(**merged, root=root, files=tuple(str(p) for p in files))
     _validate_values(cfg, origin)
     if set(parsed_cache) != known and parsed_cache_path.parent.is_dir():

@@ -82,6 +82,15 @@ class CacheLayout:
     def test_log(self, image: str) -> str:
         return f"{self.root}/logs/test-{image}.log"
 
+    def pushed(self, image: str) -> str:
+        """What push:<image> left in the registry: digest and tags."""
+        return f"{self.root}/pushed/{image}.json"
+
+    @property
+    def published(self) -> Path:
+        """The moving tags the last complete publish set."""
+        return self.root / "pushed" / "published.json"
+
     def manifest(self, image: str) -> str:
         return f"{self.root}/manifests/{image}.tsv"
 

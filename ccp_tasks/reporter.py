@@ -16,7 +16,7 @@ from doit.reporter import ConsoleReporter
 
 from .state import dump_json, write_atomic
 
-OUTCOMES = ("built", "adopted", "up to date", "failed", "blocked")
+OUTCOMES = ("built", "adopted", "pulled", "up to date", "failed", "blocked")
 NAMES_SHOWN = 8
 # Stages whose subtasks are per image; `base` stands for the root filesystem.
 IMAGE_STAGES = ("build",)
@@ -52,6 +52,17 @@ class SummaryReporter(ConsoleReporter):
         self.blocked_tasks: dict[str, list[str]] = {}  # task name -> unmet task names
         self.checks: dict[str, dict[str, dict]] = {}  # image -> stage -> outcome entry
         self.package_changes: dict[str, list[str]] = {}
+        self.pushes: dict[str, dict] = {}  # image -> outcome of push:<image>
+        self.published: dict | None = None
+
+    def _note_push(self, task, outcome: str, values: dict | None = None):
+        stage, _, image = task.name.partition(":")
+        if stage == "push" and image:
+            entry = {"outcome": outcome}
+            entry.update({k: v for k, v in (values or {}).items() if k in ("digest", "repository", "tags")})
+            self.pushes[image] = entry
+        elif task.name == "publish":
+            self.published = {"outcome": outcome, "moved": (values or {}).get("moved", [])}
 
     def _note_check(self, task, outcome: str, **details):
         stage, _, image = task.name.partition(":")
@@ -61,6 +72,7 @@ class SummaryReporter(ConsoleReporter):
     def skip_uptodate(self, task):
         super().skip_uptodate(task)
         self._note_check(task, "up to date")
+        self._note_push(task, "up to date")
         found = _image_of(task.name)
         if found:
             self.results[found[1]] = {"outcome": "up to date"}
@@ -69,6 +81,7 @@ class SummaryReporter(ConsoleReporter):
         super().add_success(task)
         values = task.values or {}
         self._note_check(task, "passed", **{k: values[k] for k in ("checks", "seconds") if k in values})
+        self._note_push(task, values.get("outcome", "pushed"), values)
         if values.get("package_changes"):
             self.package_changes[task.name.partition(":")[2]] = values["package_changes"]
         found = _image_of(task.name)
@@ -89,6 +102,7 @@ class SummaryReporter(ConsoleReporter):
             lines = [line for line in fail.message.splitlines() if line.strip()]
             self.failed_tasks[task.name] = lines[0] if lines else fail.get_name()
         self._note_check(task, "blocked" if isinstance(fail, UnmetDependency) else "failed")
+        self._note_push(task, "blocked" if isinstance(fail, UnmetDependency) else "failed")
         found = _image_of(task.name)
         if found:
             self.results[found[1]] = {}  # filled in complete_run, once every failure is known
@@ -151,6 +165,24 @@ class SummaryReporter(ConsoleReporter):
             parts.append(f"{stage} " + ", ".join(counts))
         if parts:
             self.write(f"{'checks':<11} {'':>4}  " + " · ".join(parts) + "\n")
+        if self.pushes:
+            counts: dict[str, list[str]] = {}
+            for image, entry in sorted(self.pushes.items()):
+                counts.setdefault(entry["outcome"], []).append(image)
+            shown = []
+            for outcome in ("pushed", "present", "up to date", "failed", "blocked"):
+                if outcome in counts:
+                    label = "already in the registry" if outcome == "present" else outcome
+                    names = counts[outcome]
+                    detail = f" ({', '.join(names[:NAMES_SHOWN])})" if outcome in ("pushed", "failed", "blocked") else ""
+                    shown.append(f"{len(names)} {label}{detail}")
+            if self.published:
+                moved = len(self.published["moved"])
+                shown.append(f"{moved} moving tag(s) moved" if self.published["outcome"] == "moved" else
+                             f"moving tags {self.published['outcome']}")
+            elif any(e["outcome"] in ("failed", "blocked") for e in self.pushes.values()):
+                shown.append("moving tags not moved")
+            self.write(f"{'push':<11} {'':>4}  " + ", ".join(shown) + "\n")
         for image, lines in sorted(self.package_changes.items()):
             self.write(f"{'packages':<11} {len(lines):>4}  {image}: " + "; ".join(lines[:4]) + (" …" if len(lines) > 4 else "") + "\n")
         return by_stage
@@ -167,7 +199,7 @@ class SummaryReporter(ConsoleReporter):
             reports = type(self).on_checks(ran)
             if reports:
                 extra["reports"] = reports
-        if not self.results and not self.checks:
+        if not self.results and not self.checks and not self.pushes:
             return
         self._settle_failures()
         duration = round(time.monotonic() - self.clock, 2)
@@ -199,6 +231,8 @@ class SummaryReporter(ConsoleReporter):
                 "images": self.results,
                 "checks": self.checks,
                 "package_changes": self.package_changes,
+                "pushes": self.pushes,
+                "published": self.published,
                 "other_failures": {
                     name: reason for name, reason in self.failed_tasks.items()
                     if not _image_of(name) and name.partition(":")[0] not in CHECK_STAGES

@@ -18,6 +18,7 @@ from .config import PipelineConfig
 from .engine_view import EngineView
 from .graph import ImageGraph
 from .layout import CacheLayout
+from .publish import CiContext, tag_plan
 from .render import INTEGRATION_TESTS, STRUCTURE_TESTS
 
 
@@ -242,6 +243,50 @@ def test_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
             "uptodate": [config_changed_as({"variables": cfg.template_globals()}, f"test:{name}")],
             "clean": True,
         }
+
+
+def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    ci = CiContext.from_env(cfg.root) if cfg.registry.url else CiContext()
+    where = cfg.registry.url or "the registry (registry.url is not set)"
+    yield {
+        "basename": "push",
+        "name": None,
+        "doc": f"Check, then push every image to {where}; the moving tags move last (publish)",
+        "task_dep": ["publish"],
+    }
+    for name in graph.order:
+        image = graph.images[name]
+        plan = tag_plan(cfg, name, "sha256:<input>", ci)
+        yield {
+            "basename": "push",
+            "name": name,
+            "doc": f"Push '{name}' to {where} as {plan.repository}:in-<input digest>"
+            + (f" and :{', :'.join(plan.fixed)}" if plan.fixed else "")
+            + f", after test:{name}",
+            "file_dep": [layout.stamp(name)],
+            "targets": [layout.pushed(name)],
+            # Checks first: nothing is pushed for an image whose checks fail.
+            "task_dep": [f"test:{name}"],
+            "actions": [(actions.push_image, (cfg, image, layout, ci))],
+            "uptodate": [config_changed_as({"registry": cfg.registry.url, "fixed": plan.fixed, "moving": plan.moving},
+                                           f"push:{name}")],
+            "clean": True,
+        }
+
+
+def publish_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    ci = CiContext.from_env(cfg.root) if cfg.registry.url else CiContext()
+    moving = tag_plan(cfg, "x", "sha256:", ci).moving
+    return {
+        "basename": "publish",
+        "doc": f"Move the moving tags ({', '.join(moving)}) of every image, once all of them are pushed",
+        "file_dep": [layout.pushed(name) for name in graph.order],
+        "task_dep": [f"push:{name}" for name in graph.order],
+        "targets": [str(layout.published)],
+        "actions": [(actions.publish_tags, (cfg, tuple(graph.order), layout))],
+        "uptodate": [config_changed_as({"registry": cfg.registry.url, "moving": moving}, "publish")],
+        "clean": True,
+    }
 
 
 def tree_task(graph: ImageGraph):
