@@ -51,6 +51,11 @@ def task_publish():
     return tasks.publish_task(*PIPELINE.args)
 
 
+def task_artifacts():
+    """Deploy the build artifacts to Artifactory."""
+    return tasks.artifacts_task(*PIPELINE.args)
+
+
 def task_tree():
     """Print the image tree."""
     return tasks.tree_task(PIPELINE.graph)

@@ -318,3 +318,41 @@ def publish_tags(cfg: PipelineConfig, images: tuple[str, ...], layout: CacheLayo
     for line in moved:
         print(f"   moved {line}", file=sys.stderr)
     return {"outcome": "moved", "moved": moved}
+
+
+# What a run leaves that an investigation needs, relative to cache/.
+ARTIFACT_DIRS = ("logs", "reports", "manifests", "results")
+ARTIFACT_FILES = ("summary.json",)
+
+
+@reports_errors
+def deploy_artifacts(cfg: PipelineConfig, layout: CacheLayout, ci: publish.CiContext, keep: bool) -> dict:
+    """Deploy the logs, reports, package manifests and summary of the last run to
+    Artifactory, under <namespace>/<branch>/<build>/, with the properties
+    retention reads (branch, commit, build.number, keep)."""
+    from .artifactory import PROP_BRANCH, PROP_BUILD_NUMBER, PROP_COMMIT, PROP_KEEP, Artifactory, ArtifactoryAuth
+
+    settings = cfg.artifactory
+    if not settings.url:
+        raise CcpError("no Artifactory is configured: set artifactory.url in ccp.yaml (or ccp.local.yaml)")
+    branch = ci.branch or "local"
+    build = ci.build_number or (ci.commit[:10] if ci.commit else time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    properties = {PROP_BRANCH: branch, PROP_KEEP: "true" if keep else "false"}
+    if ci.commit:
+        properties[PROP_COMMIT] = ci.commit
+    if ci.build_number:
+        properties[PROP_BUILD_NUMBER] = ci.build_number
+    prefix = f"{cfg.namespace}/{publish.tag_safe(branch)}/{build}"
+    ca_bundle = str(cfg.root / settings.ca_bundle) if settings.ca_bundle else None
+    deployed = []
+    with Artifactory(settings.url, ArtifactoryAuth.from_env(), ca_bundle=ca_bundle) as server:
+        for name in ARTIFACT_DIRS:
+            directory = layout.root / name
+            if directory.is_dir():
+                deployed += server.deploy_tree(settings.repository, f"{prefix}/{name}", directory, properties)
+        for name in ARTIFACT_FILES:
+            path = layout.root / name
+            if path.is_file():
+                deployed.append(server.deploy(settings.repository, f"{prefix}/{name}", path, properties))
+    print(f"   deployed {len(deployed)} files to {settings.url}/{settings.repository}/{prefix}/", file=sys.stderr)
+    return {"deployed": len(deployed), "path": f"{settings.repository}/{prefix}"}

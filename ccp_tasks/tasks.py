@@ -289,6 +289,20 @@ def publish_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     }
 
 
+def artifacts_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    import os
+
+    ci = CiContext.from_env(cfg.root) if cfg.artifactory.url else CiContext()
+    keep = os.environ.get("CCP_KEEP", "").lower() in ("1", "true", "yes")
+    where = f"{cfg.artifactory.url}/{cfg.artifactory.repository}" if cfg.artifactory.url else "Artifactory (artifactory.url is not set)"
+    return {
+        "basename": "artifacts",
+        "doc": f"Deploy the last run's logs, JUnit reports, package manifests and summary to {where} (CCP_KEEP=1 marks the build to keep)",
+        "actions": [(actions.deploy_artifacts, (cfg, layout, ci, keep))],
+        "uptodate": [False],
+    }
+
+
 def tree_task(graph: ImageGraph):
     def show():
         print(graph.format_tree())

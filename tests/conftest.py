@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,17 @@ def _remove_namespace(client, namespace: str):
                         pass
     # Only this test's leftovers: a global prune would delete step images of
     # builds running beside the tests on the same engine.
-    client.prune_images(filters={"dangling": True, "label": f"ccp.test.namespace={namespace}"})
+    from docker.errors import APIError
+
+    for attempt in range(20):
+        try:
+            client.prune_images(filters={"dangling": True, "label": f"ccp.test.namespace={namespace}"})
+            return
+        except APIError as exc:
+            # The engine runs one prune at a time; another test's (or run's) may be under way.
+            if exc.status_code != 409:
+                raise
+            time.sleep(0.5)
 
 
 @pytest.fixture
