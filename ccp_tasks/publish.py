@@ -5,8 +5,10 @@ Tags (after fuel-ccp's "Docker layers & versions"):
 - the content tag `in-<32 hex digits of the input digest>`: a pure function
   of everything the image is made from, so any machine that would build the
   same image finds it under the same name. Pushed first; never moved.
-- in CI, the build tag `<branch>-<short commit>`: which commit published it.
-  Pushed with the content tag; never moved.
+- in CI, the build tag `<branch>-<commit time>-<short commit>` (e.g.
+  `feature-x-20261126T023012Z-1a2b3c4d5e`): which commit published it, and
+  when that commit was made, which is what retention ages builds by (a
+  registry keeps no push time). Pushed with the content tag; never moved.
 - the moving tags: the configured `tag` (e.g. `latest`) and, in CI, the
   branch name. They are moved only after every image of the run has been
   pushed (`publish`), by a registry-side retag of the manifest already there:
@@ -22,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,15 +54,22 @@ def tag_safe(text: str) -> str:
     return safe[:128] or "unnamed"
 
 
+BUILD_TAG_RE = re.compile(r"^(?P<branch>.+)-(?P<time>\d{8}T\d{6}Z)-(?P<commit>[0-9a-f]{10})$")
+
+
 @dataclass(frozen=True)
 class CiContext:
     branch: str = ""  # empty outside CI
     commit: str = ""  # full SHA
     build_number: str = ""
+    commit_time: int = 0  # seconds since the epoch, of `commit`
 
     @property
     def build_tag(self) -> str:
-        return f"{tag_safe(self.branch)}-{self.commit[:10]}" if self.branch and self.commit else ""
+        if not (self.branch and self.commit):
+            return ""
+        when = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.commit_time))
+        return f"{tag_safe(self.branch)[:100]}-{when}-{self.commit[:10]}"
 
     @classmethod
     def from_env(cls, root: Path, env=os.environ) -> "CiContext":
@@ -68,13 +78,27 @@ class CiContext:
             return cls()
         branch = branch.removeprefix("origin/").removeprefix("refs/heads/")
         commit = next((env[k] for k in COMMIT_ENV if env.get(k)), "")
-        if not commit:
+        commit_time = int(env.get("CCP_COMMIT_TIME") or 0)
+        if not commit or not commit_time:
             try:
-                commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                        text=True, timeout=10).stdout.strip()
+                out = subprocess.run(["git", "-C", str(root), "show", "-s", "--format=%H %ct", commit or "HEAD"],
+                                     capture_output=True, text=True, timeout=10).stdout.split()
             except OSError:
-                commit = ""
-        return cls(branch, commit, next((env[k] for k in BUILD_ENV if env.get(k)), ""))
+                out = []
+            if len(out) == 2:
+                commit, commit_time = commit or out[0], commit_time or int(out[1])
+        return cls(branch, commit, next((env[k] for k in BUILD_ENV if env.get(k)), ""), commit_time)
+
+
+def parse_build_tag(tag: str) -> tuple[str, int, str] | None:
+    """(branch as tagged, commit time, short commit) of a build tag, or None."""
+    import calendar
+
+    match = BUILD_TAG_RE.match(tag)
+    if not match:
+        return None
+    when = calendar.timegm(time.strptime(match["time"], "%Y%m%dT%H%M%SZ"))
+    return match["branch"], when, match["commit"]
 
 
 @dataclass(frozen=True)
@@ -159,33 +183,73 @@ def _stream_errors(chunks, what: str, log=None) -> dict:
     return last_aux
 
 
+PUSH_ATTEMPTS = 3
+PUBLISH_ATTEMPTS = 3
+
+
+def _vanished(exc: Exception) -> bool:
+    """The engine lost the reference it was asked to push (another run on the
+    same engine pushing the same content tag removed its vehicle reference)."""
+    text = str(exc)
+    return "No such image" in text or "does not exist locally" in text or "reference does not exist" in text
+
+
+def _untag_if_ours(client, ref: str, image_id: str) -> None:
+    """Remove `ref` from the engine unless another run re-pointed it meanwhile."""
+    from docker.errors import APIError
+
+    try:
+        if client.inspect_image(ref)["Id"] == image_id:
+            client.remove_image(ref, noprune=True)
+    except APIError:
+        pass  # already gone, or re-pointed and removed by the run that owns it now
+
+
 def push_image(cfg: PipelineConfig, client, registry, name: str, image_id: str, plan: TagPlan, log=None) -> PushRecord:
-    """Push `image_id` under its content tag unless the registry has it, then add the fixed tags."""
+    """Push `image_id` under its content tag unless the registry has it, then add the fixed tags.
+
+    The engine pushes a registry-qualified reference, `<registry>/<repository>:<content tag>`,
+    which every run on the same engine pushing the same image shares: it is
+    removed only while it still names our image, and a push whose reference
+    vanished under it (the other run removed it) is tried again unless the
+    registry meanwhile has the content tag. The record holds the digest the
+    registry's content tag names after the push: with two runs pushing the same
+    content tag at once the last push wins, and that is what `publish` points
+    the moving tags at."""
     from docker.errors import APIError
 
     from .registry import registry_host
 
     host = registry_host(cfg.registry.url)
     remote = f"{host}/{plan.repository}"
+    vehicle = f"{remote}:{plan.content}"
+    what = f"push of '{name}' to {vehicle} failed"
     digest = registry.manifest_digest(plan.repository, plan.content)
     outcome = "present"
-    if digest is None:
+    attempt = 0
+    while digest is None:
+        attempt += 1
         try:
             client.tag(image_id, remote, plan.content)
             try:
                 aux = _stream_errors(
                     client.push(remote, tag=plan.content, stream=True, decode=True, auth_config=_auth_config(cfg)),
-                    f"push of '{name}' to {remote}:{plan.content} failed",
-                    log,
+                    what, log,
                 )
             finally:
                 # The registry-qualified name is only a vehicle for the push.
-                client.remove_image(f"{remote}:{plan.content}", noprune=True)
-        except APIError as exc:
-            raise PushError(f"push of '{name}' to {remote}:{plan.content} failed: {exc.explanation or exc}") from None
-        digest = aux.get("Digest") or registry.manifest_digest(plan.repository, plan.content)
+                _untag_if_ours(client, vehicle, image_id)
+        except (APIError, PushError) as exc:
+            detail = str(exc) if isinstance(exc, PushError) else f"{what}: {exc.explanation or exc}"
+            digest = registry.manifest_digest(plan.repository, plan.content)
+            if digest is not None:
+                break  # another run pushed it meanwhile
+            if attempt < PUSH_ATTEMPTS and _vanished(exc):
+                continue
+            raise PushError(detail) from None
+        digest = registry.manifest_digest(plan.repository, plan.content) or aux.get("Digest")
         if not digest:
-            raise PushError(f"push of '{name}' to {remote}:{plan.content} reported no digest; the registry does not list it")
+            raise PushError(f"push of '{name}' to {vehicle} reported no digest; the registry does not list it")
         outcome = "pushed"
     if plan.fixed:
         manifest = registry.get_manifest(plan.repository, digest)
@@ -195,18 +259,40 @@ def push_image(cfg: PipelineConfig, client, registry, name: str, image_id: str, 
     return PushRecord(name, image_id, host, plan.repository, digest, plan.content, plan.fixed, plan.moving, outcome)
 
 
-def move_tags(registry, records: list[PushRecord]) -> list[str]:
-    """Point every moving tag at its image's pushed manifest; returns what moved."""
-    moved = []
+def move_tags(registry, records: list[PushRecord]) -> tuple[list[str], dict[str, str]]:
+    """Point every moving tag at the manifest its image's content tag names now;
+    returns what moved and, per image, the digest published.
+
+    The content tag, not the record, is the truth: when another run pushed
+    the same content tag after ours, the moving tags follow the registry, so
+    a moving tag and the content tag never disagree. The content tag is read
+    again after the moves and the moves repeated should it have changed
+    meanwhile."""
+    moved: list[str] = []
+    published: dict[str, str] = {}
     for record in records:
-        manifest = None
-        for tag in record.moving_tags:
-            if registry.manifest_digest(record.repository, tag) == record.digest:
-                continue
-            manifest = manifest or registry.get_manifest(record.repository, record.digest)
-            registry.put_manifest(record.repository, tag, manifest)
-            moved.append(f"{record.repository}:{tag}")
-    return moved
+        target = registry.manifest_digest(record.repository, record.content_tag) or record.digest
+        for _ in range(PUBLISH_ATTEMPTS):
+            manifest = None
+            for tag in record.moving_tags:
+                if registry.manifest_digest(record.repository, tag) == target:
+                    continue
+                manifest = manifest or registry.get_manifest(record.repository, target)
+                registry.put_manifest(record.repository, tag, manifest)
+                if f"{record.repository}:{tag}" not in moved:
+                    moved.append(f"{record.repository}:{tag}")
+            now = registry.manifest_digest(record.repository, record.content_tag) or target
+            if now == target:
+                break
+            target = now
+        published[record.image] = target
+    return moved, published
+
+
+# Registries that could not be asked in this process (url -> why): reuse is
+# then skipped for the rest of the run, instead of paying the client's
+# retries (seconds when the registry is down) once per image built.
+_UNAVAILABLE: dict[str, str] = {}
 
 
 def pull_reusable(cfg: PipelineConfig, client, name: str, input_digest: str, local_ref: str, log=None) -> str | None:
@@ -217,39 +303,49 @@ def pull_reusable(cfg: PipelineConfig, client, name: str, input_digest: str, loc
 
     from .registry import RegistryError, registry_host
 
+    if cfg.registry.url in _UNAVAILABLE:
+        return None
     plan = tag_plan(cfg, name, input_digest, CiContext())
     try:
         with registry_client(cfg) as registry:
             if registry.manifest_digest(plan.repository, plan.content) is None:
                 return None
     except RegistryError as exc:
+        _UNAVAILABLE[cfg.registry.url] = str(exc)
         if log:
-            log(f"not reusing from the registry ({exc}); building here")
+            log(f"not reusing images from the registry in this run ({exc}); building here")
         return None
     remote = f"{registry_host(cfg.registry.url)}/{plan.repository}"
-    try:
-        _stream_errors(
-            client.pull(remote, tag=plan.content, stream=True, decode=True, auth_config=_auth_config(cfg)),
-            f"pull of '{name}' from {remote}:{plan.content} failed",
-        )
-        info = client.inspect_image(f"{remote}:{plan.content}")
-    except (APIError, PushError) as exc:
-        if log:
-            log(f"not reusing {remote}:{plan.content} ({exc}); building here")
-        return None
+    vehicle = f"{remote}:{plan.content}"
+    for attempt in (1, 2):
+        try:
+            _stream_errors(
+                client.pull(remote, tag=plan.content, stream=True, decode=True, auth_config=_auth_config(cfg)),
+                f"pull of '{name}' from {vehicle} failed",
+            )
+            info = client.inspect_image(vehicle)
+            break
+        except (APIError, PushError) as exc:
+            # Another run on this engine pulling the same image may have removed
+            # the shared registry-qualified reference between our pull and inspect.
+            if attempt == 1 and _vanished(exc):
+                continue
+            if log:
+                log(f"not reusing {vehicle} ({exc}); building here")
+            return None
     labels = (info.get("Config") or {}).get("Labels") or {}
     if labels.get(DIGEST_LABEL) != input_digest:
         # Someone pushed a different image under our content tag: never trust it.
-        client.remove_image(f"{remote}:{plan.content}", noprune=True)
+        _untag_if_ours(client, vehicle, info["Id"])
         if log:
-            log(f"{remote}:{plan.content} carries another input digest; building here")
+            log(f"{vehicle} carries another input digest; building here")
         return None
     repository, _, tag = local_ref.rpartition(":")
     try:
         client.tag(info["Id"], repository, tag)
-        client.remove_image(f"{remote}:{plan.content}", noprune=True)
     except APIError as exc:
         raise EngineError(f"cannot tag the pulled image as {local_ref}: {exc.explanation or exc}") from None
+    _untag_if_ours(client, vehicle, info["Id"])
     return info["Id"]
 
 
