@@ -16,6 +16,11 @@ def task_base():
     yield from tasks.base_tasks(*PIPELINE.args)
 
 
+def task_sources():
+    """Fetch application sources that moved upstream."""
+    yield from tasks.sources_tasks(*PIPELINE.args)
+
+
 def task_render():
     """Render Dockerfile templates and stage build contexts."""
     yield from tasks.render_tasks(*PIPELINE.args)

@@ -14,13 +14,14 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 
 from . import base as base_rootfs
-from . import docker_ops, lint, manifest, publish
+from . import docker_ops, lint, manifest, publish, sources
 from .checks import CheckResult, StageRecord, failure_report, save_record
 from .config import PipelineConfig
 from .errors import CcpError
 from .gitinfo import last_revision
 from .graph import Image
 from .layout import CacheLayout
+from .render import SOURCES_DIR
 from .state import DIGEST_LABEL, Stamp, dump_json, input_digest, write_atomic, write_if_changed
 
 CHECK_LABEL = "io.ccp.check"
@@ -45,13 +46,17 @@ def _same_link(path: Path, source: Path) -> bool:
 
 
 @reports_errors
-def stage_context(image: Image, context_dir: str, generated: dict[str, Path]) -> dict:
-    """Write the rendered Dockerfile and the image's context files into its
-    build context; files whose bytes did not change keep their mtime, and
-    files that no longer belong to the context are removed."""
+def stage_context(image: Image, context_dir: str, generated: dict[str, Path], layout: CacheLayout) -> dict:
+    """Write the rendered Dockerfile, the image's context files and the trees of
+    the sources it copies into its build context; files whose bytes did not
+    change keep their mtime, and files that no longer belong are removed."""
     source = image.source
     context_dir = Path(context_dir)
-    wanted = {"Dockerfile"} | set(source.context_files) | set(generated)
+    staged_sources = {}
+    for name in image.sources:
+        for rel, path in sources.tree_files(layout.root, name):
+            staged_sources[f"{SOURCES_DIR}/{name}/{rel}"] = path
+    wanted = {"Dockerfile"} | set(source.context_files) | set(generated) | set(staged_sources)
     context_dir.mkdir(parents=True, exist_ok=True)
     changed = []
     if write_if_changed(context_dir / "Dockerfile", image.rendered.text.encode()):
@@ -66,6 +71,13 @@ def stage_context(image: Image, context_dir: str, generated: dict[str, Path]) ->
             raise CcpError(f"image '{image.name}': cannot read context file {origin}: {exc.strerror}") from None
         if write_if_changed(target, data):
             changed.append(rel)
+        if target.stat().st_mode & 0o7777 != mode:
+            os.chmod(target, mode)
+    for rel, origin in staged_sources.items():
+        target = context_dir / rel
+        if write_if_changed(target, origin.read_bytes()):
+            changed.append(rel)
+        mode = origin.stat().st_mode & 0o7777
         if target.stat().st_mode & 0o7777 != mode:
             os.chmod(target, mode)
     for rel, origin in generated.items():
@@ -113,6 +125,28 @@ def _revision_labels(cfg: PipelineConfig, image: Image) -> dict[str, str]:
     return {"org.opencontainers.image.revision": revision.commit, "org.opencontainers.image.created": revision.committed}
 
 
+def _source_labels(image: Image, layout: CacheLayout) -> dict[str, str]:
+    """The revision of every source the image copies: part of its input digest, so a new
+    upstream commit makes a new image even when it changed no file the image holds."""
+    labels = {}
+    for name in image.sources:
+        record = sources.SourceRecord.read(Path(layout.source_record(name)))
+        if record is None:
+            raise CcpError(f"image '{image.name}': source '{name}' has not been fetched; run `doit sources:{name}`")
+        key, value = record.label
+        labels[key] = value
+    return labels
+
+
+@reports_errors
+def sync_source(cfg: PipelineConfig, name: str, layout: CacheLayout) -> dict:
+    """Fetch the source into its mirror, export the tree, and record its revision."""
+    record = sources.sync(name, cfg.sources[name], cfg.root, layout.root)
+    changed = sources.write_record(Path(layout.source_record(name)), record)
+    print(f"   source {name}: {record.revision[:12]}" + (" (new)" if changed else " (unchanged)"), file=sys.stderr)
+    return {"revision": record.revision, "changed": changed}
+
+
 @reports_errors
 def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     """Adopt an engine image with the same input digest, or build one; then write the stamp."""
@@ -123,7 +157,7 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
         if stamp is None:
             raise CcpError(f"image '{image.name}': parent '{parent}' has no build stamp; build it first")
         parent_ids[parent] = stamp.image_id
-    labels = image_labels(cfg, image)
+    labels = {**image_labels(cfg, image), **_source_labels(image, layout)}
     context_dir = Path(layout.context_dir(image.name))
     digest = input_digest(context_dir, cfg.build_args, labels, parent_ids)
     client = docker_ops.connect()
@@ -293,12 +327,15 @@ def push_image(cfg: PipelineConfig, image: Image, layout: CacheLayout, ci: publi
     stamp = _built(image.name, layout)
     plan = publish.tag_plan(cfg, image.name, stamp.input_digest, ci)
     with publish.registry_client(cfg) as registry:
-        record = publish.push_image(cfg, docker_ops.connect(), registry, image.name, stamp.image_id, plan, log=None)
+        record = publish.push_image(cfg, docker_ops.connect(), registry, image.name, stamp.image_id, plan, log=None,
+                                    local_ref=image.ref)
     publish.write_record(Path(layout.pushed(image.name)), record)
     print(f"   {image.name}: {record.outcome} {record.registry}/{record.repository}:{record.content_tag} "
           f"({record.digest[:19]})", file=sys.stderr)
     return {"outcome": record.outcome, "digest": record.digest, "repository": f"{record.registry}/{record.repository}",
-            "tags": [record.content_tag, *record.fixed_tags], "seconds": round(time.monotonic() - started, 2)}
+            "tags": [record.content_tag, *record.fixed_tags], "seconds": round(time.monotonic() - started, 2),
+            # re-tagged after the push (see publish._untag_if_ours): the engine view is told at the end of the run
+            "ref": image.ref, "image_id": stamp.image_id}
 
 
 @reports_errors
@@ -311,9 +348,9 @@ def publish_tags(cfg: PipelineConfig, images: tuple[str, ...], layout: CacheLayo
             raise CcpError(f"image '{name}' has no push record; run `doit push:{name}` first")
         records.append(record)
     with publish.registry_client(cfg) as registry:
-        moved = publish.move_tags(registry, records)
+        moved, digests = publish.move_tags(registry, records)
     write_atomic(layout.published, dump_json({
-        "images": {r.image: {"digest": r.digest, "tags": list(r.moving_tags)} for r in records},
+        "images": {r.image: {"digest": digests[r.image], "tags": list(r.moving_tags)} for r in records},
     }))
     for line in moved:
         print(f"   moved {line}", file=sys.stderr)

@@ -27,12 +27,14 @@ OVERRIDE_ENV = "CCP_OVERRIDE"
 
 # Names a template sees besides the config's free variables; a free variable
 # may not shadow them.
-RESERVED_VARIABLES = frozenset({"namespace", "image_prefix", "tag", "maintainer", "image_name", "image"})
+RESERVED_VARIABLES = frozenset({"namespace", "image_prefix", "tag", "maintainer", "image_name", "image", "copy_sources"})
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
 _PREFIX_RE = re.compile(r"^[a-z0-9._-]*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,20 @@ class LintSettings:
 
 
 @dataclass(frozen=True)
+class SourceSettings:
+    """An application source a template can copy into its image (copy_sources):
+    a git repository at a ref, or a local directory."""
+
+    url: str = ""  # a git URL (https://, ssh, file://, or a path to a repository)
+    ref: str = "main"  # a branch, a tag, or a full commit SHA (pinned)
+    path: str = ""  # instead of url: a directory, relative to ccp.yaml
+
+    @property
+    def pinned(self) -> bool:
+        return bool(_COMMIT_RE.match(self.ref))
+
+
+@dataclass(frozen=True)
 class RegistrySettings:
     """Where `doit push` publishes, and where builds look for images to reuse.
     Credentials never live here: CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD or
@@ -103,6 +119,45 @@ class ArtifactorySettings:
     ca_bundle: str = ""
 
 
+# The seed's policy: builds of master/main/stable-* kept for half a year and
+# always the last five; any other branch's for a week. Patterns are globs on
+# the branch as tags spell it ('/' becomes '-'); the rules are OR-ed.
+DEFAULT_RETENTION_RULES: dict[str, dict[str, int]] = {
+    "master": {"days": 180, "last": 5},
+    "main": {"days": 180, "last": 5},
+    "stable-*": {"days": 180, "last": 5},
+    "*": {"days": 7},
+}
+RETENTION_RULE_KEYS = ("days", "last")
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """What `doit retention` keeps in the registry, in Artifactory and under
+    cache/ (ccp_tasks/retention.py). Keep rules are OR-ed, as in Harbor and
+    GitLab: a build is kept when any rule or marker keeps it, and whatever
+    none keeps is deleted (only with `doit retention --apply`)."""
+
+    # branch pattern -> {days: keep builds younger than this, last: always keep
+    # the newest this many}; a build is aged by the commit time in its build tag
+    # (Artifactory: the item's creation time).
+    rules: dict[str, Any] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RETENTION_RULES.items()})
+    # Exceptions, always kept: a tag matching one of these globs, ...
+    keep_tags: tuple[str, ...] = ("keep-*",)
+    # ... a tag, a digest, repository:tag or repository@digest listed here (a
+    # build tag listed here keeps that build's images and Artifactory items), ...
+    keep: tuple[str, ...] = ()
+    # ... an image whose config carries this label with the value "true" (empty:
+    # no label marks), and an Artifactory build with the property keep=true.
+    keep_label: str = "io.ccp.keep"
+    # Images with no build tag (pushed outside CI) are aged by their config's
+    # creation time.
+    untagged_days: int = 7
+    # Logs, results, manifests and push records under cache/ of images no longer
+    # in the tree, by modification time.
+    local_days: int = 7
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything ccp.yaml can say. Paths are relative to the config's directory."""
@@ -122,8 +177,11 @@ class PipelineConfig:
     source_url: str = ""
     base: BaseSettings = field(default_factory=BaseSettings)
     lint: LintSettings = field(default_factory=LintSettings)
+    # name -> SourceSettings (a mapping in YAML, checked key by key like the rest)
+    sources: dict[str, Any] = field(default_factory=dict)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     artifactory: ArtifactorySettings = field(default_factory=ArtifactorySettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     # Not settable from YAML: where the config was found, and which files were read.
     root: Path = field(default=Path("."), metadata={"yaml": False})
     files: tuple[str, ...] = field(default=(), metadata={"yaml": False})
@@ -306,8 +364,70 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
     for key, value in (("registry.ca_bundle", cfg.registry.ca_bundle), ("artifactory.ca_bundle", cfg.artifactory.ca_bundle)):
         if value and not (cfg.root / value).is_file():
             fail(key, f"{value} is not a file")
+    for name, source in cfg.sources.items():
+        if not _SOURCE_NAME_RE.match(name):
+            fail(f"sources.{name}", "a source name is lowercase letters, digits, '.', '_' and '-'")
+        if bool(source.url) == bool(source.path):
+            fail(f"sources.{name}", "give either url (a git repository) or path (a directory), not both or neither")
+        if source.path and not (cfg.root / source.path).is_dir():
+            fail(f"sources.{name}.path", f"{source.path} is not a directory under {cfg.root}")
+        if source.url and not source.ref:
+            fail(f"sources.{name}.ref", "a branch, tag or commit is needed")
     if cfg.artifactory.url and "@" in cfg.artifactory.url:
         fail("artifactory.url", "credentials do not belong in the config: use CCP_ARTIFACTORY_TOKEN or CCP_ARTIFACTORY_USER/CCP_ARTIFACTORY_PASSWORD")
+    _validate_retention(cfg.retention, fail)
+
+
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+
+def _keep_entry_problem(entry: str) -> str:
+    """Why `entry` is not a tag, a digest, repository:tag or repository@digest ('' when it is one)."""
+    repository, at, digest = entry.rpartition("@")
+    if at:
+        if not _DIGEST_RE.match(digest):
+            return f"'{entry}': the part after '@' is not a digest (sha256: and 64 hex digits)"
+        return "" if _NAMESPACE_RE.match(repository) else f"'{entry}': '{repository}' is not a repository name"
+    if entry.startswith("sha256:"):
+        return "" if _DIGEST_RE.match(entry) else f"'{entry}' is not a digest (sha256: and 64 hex digits)"
+    repository, colon, tag = entry.rpartition(":")
+    if colon and "/" in repository:
+        if not _NAMESPACE_RE.match(repository):
+            return f"'{entry}': '{repository}' is not a repository name"
+    else:
+        tag = entry
+    return "" if _TAG_RE.match(tag) else f"'{entry}': '{tag}' is not a valid Docker tag"
+
+
+def _validate_retention(settings: RetentionSettings, fail) -> None:
+    for pattern, rule in settings.rules.items():
+        key = f"retention.rules.{pattern}"
+        if not pattern.strip():
+            fail("retention.rules", "a branch pattern may not be empty (use '*' for every branch)")
+        if not isinstance(rule, dict):
+            fail(key, f"expected a mapping with days and/or last, got {rule!r}")
+        for name, value in rule.items():
+            if name not in RETENTION_RULE_KEYS:
+                close = difflib.get_close_matches(str(name), RETENTION_RULE_KEYS, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                fail(key, f"unknown key '{name}'{hint}; known keys: {', '.join(RETENTION_RULE_KEYS)}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                fail(f"{key}.{name}", f"expected an integer, 0 or more, got {value!r}")
+        if not rule:
+            fail(key, "a rule needs days (keep builds younger than that) or last (keep the newest that many), or both")
+    for pattern in settings.keep_tags:
+        if not pattern.strip():
+            fail("retention.keep_tags", "a tag pattern may not be empty")
+    for entry in settings.keep:
+        problem = _keep_entry_problem(entry)
+        if problem:
+            fail("retention.keep", problem + " (a tag, a digest, repository:tag or repository@digest)")
+    if settings.keep_label and not _LABEL_KEY_RE.match(settings.keep_label):
+        fail("retention.keep_label", f"'{settings.keep_label}' is not a label key")
+    for key, value in (("retention.untagged_days", settings.untagged_days), ("retention.local_days", settings.local_days)):
+        if value < 0:
+            fail(key, "must be 0 or more")
 
 
 def config_files(root: Path) -> list[Path]:
@@ -341,9 +461,15 @@ def load_config(root: Path | str = ".") -> PipelineConfig:
         merged = _merge(merged, checked)
     if "base" in merged:
         merged["base"] = BaseSettings(**merged["base"])
-    for key, settings in (("lint", LintSettings), ("registry", RegistrySettings), ("artifactory", ArtifactorySettings)):
+    for key, settings in (("lint", LintSettings), ("registry", RegistrySettings), ("artifactory", ArtifactorySettings),
+                          ("retention", RetentionSettings)):
         if key in merged:
             merged[key] = settings(**merged[key])
+    if "sources" in merged:
+        merged["sources"] = {
+            name: SourceSettings(**_check_mapping(SourceSettings, value, origin.get("sources", CONFIG_NAME), f"sources.{name}."))
+            for name, value in merged["sources"].items()
+        }
     cfg = PipelineConfig(**merged, root=root, files=tuple(str(p) for p in files))
     _validate_values(cfg, origin)
     if set(parsed_cache) != known and parsed_cache_path.parent.is_dir():

@@ -21,6 +21,7 @@ from .render import (
     Renderer,
     discover_images,
     image_references,
+    source_references,
 )
 
 
@@ -33,6 +34,7 @@ class Image:
     rendered: RenderedImage
     parents: tuple[str, ...]  # images of the tree, sorted
     external_parents: tuple[str, ...]  # declared external references
+    sources: tuple[str, ...] = ()  # application sources its Dockerfile copies (copy_sources)
 
     @property
     def source(self) -> ImageSource:
@@ -153,7 +155,15 @@ def build_graph(cfg: PipelineConfig, render_cache: Path | None = None) -> ImageG
                 parents.add(parent)
             if outside:
                 external.add(outside)
-        images[name] = Image(name, cfg.image_ref(name), rendered, tuple(sorted(parents)), tuple(sorted(external)))
+        used = source_references(rendered.text)
+        for source in used:
+            if source not in cfg.sources:
+                raise GraphError(
+                    f"image '{name}' copies source '{source}' ({sources[name].template}), which is not under "
+                    f"'sources' in ccp.yaml (known: {', '.join(sorted(cfg.sources)) or 'none'})"
+                )
+        images[name] = Image(name, cfg.image_ref(name), rendered, tuple(sorted(parents)), tuple(sorted(external)),
+                             tuple(sorted(used)))
 
     children: dict[str, list[str]] = {name: [] for name in images}
     pending = {name: len(image.parents) for name, image in images.items()}

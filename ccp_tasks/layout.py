@@ -82,6 +82,10 @@ class CacheLayout:
     def test_log(self, image: str) -> str:
         return f"{self.root}/logs/test-{image}.log"
 
+    def source_record(self, name: str) -> str:
+        """The revision of an application source the images copying it depend on."""
+        return f"{self.root}/sources/{name}.json"
+
     def pushed(self, image: str) -> str:
         """What push:<image> left in the registry: digest and tags."""
         return f"{self.root}/pushed/{image}.json"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -183,8 +184,17 @@ def _stream_errors(chunks, what: str, log=None) -> dict:
     return last_aux
 
 
-PUSH_ATTEMPTS = 3
+PUSH_ATTEMPTS = 4  # engine pushes of one image: the first and three retries
+PUSH_BACKOFF = 1.0  # seconds before the first retry, doubled each time
 PUBLISH_ATTEMPTS = 3
+# Engine push failures worth another attempt: the engine (20.10) gives up a
+# push at the first 5xx or dropped connection of any blob upload.
+_TRANSIENT = re.compile(
+    r"unexpected HTTP status: (5\d\d|429)|\b(500|502|503|504)\b|Service Unavailable|Bad Gateway|Gateway Time-?out|"
+    r"Internal Server Error|Too Many Requests|connection refused|connection reset|broken pipe|\bEOF\b|i/o timeout|"
+    r"TLS handshake timeout",
+    re.IGNORECASE,
+)
 
 
 def _vanished(exc: Exception) -> bool:
@@ -194,8 +204,13 @@ def _vanished(exc: Exception) -> bool:
     return "No such image" in text or "does not exist locally" in text or "reference does not exist" in text
 
 
-def _untag_if_ours(client, ref: str, image_id: str) -> None:
-    """Remove `ref` from the engine unless another run re-pointed it meanwhile."""
+def _untag_if_ours(client, ref: str, image_id: str, keep: str | None = None) -> None:
+    """Remove `ref` from the engine unless another run re-pointed it meanwhile.
+
+    The engine's `untag` event names the image, not the reference removed, so
+    the engine view (engine_view.apply) drops every reference to the image,
+    `keep` (our own reference to it) included: `keep` is tagged again after
+    the removal, and that `tag` event, which names it, restores it in the view."""
     from docker.errors import APIError
 
     try:
@@ -203,9 +218,17 @@ def _untag_if_ours(client, ref: str, image_id: str) -> None:
             client.remove_image(ref, noprune=True)
     except APIError:
         pass  # already gone, or re-pointed and removed by the run that owns it now
+    if keep:
+        repository, _, tag = keep.rpartition(":")
+        try:
+            if client.inspect_image(keep)["Id"] == image_id:
+                client.tag(image_id, repository, tag)
+        except APIError:
+            pass
 
 
-def push_image(cfg: PipelineConfig, client, registry, name: str, image_id: str, plan: TagPlan, log=None) -> PushRecord:
+def push_image(cfg: PipelineConfig, client, registry, name: str, image_id: str, plan: TagPlan, log=None,
+               local_ref: str | None = None) -> PushRecord:
     """Push `image_id` under its content tag unless the registry has it, then add the fixed tags.
 
     The engine pushes a registry-qualified reference, `<registry>/<repository>:<content tag>`,
@@ -238,7 +261,7 @@ def push_image(cfg: PipelineConfig, client, registry, name: str, image_id: str, 
                 )
             finally:
                 # The registry-qualified name is only a vehicle for the push.
-                _untag_if_ours(client, vehicle, image_id)
+                _untag_if_ours(client, vehicle, image_id, keep=local_ref)
         except (APIError, PushError) as exc:
             detail = str(exc) if isinstance(exc, PushError) else f"{what}: {exc.explanation or exc}"
             digest = registry.manifest_digest(plan.repository, plan.content)
@@ -246,6 +269,14 @@ def push_image(cfg: PipelineConfig, client, registry, name: str, image_id: str, 
                 break  # another run pushed it meanwhile
             if attempt < PUSH_ATTEMPTS and _vanished(exc):
                 continue
+            if attempt < PUSH_ATTEMPTS and _TRANSIENT.search(detail):
+                delay = PUSH_BACKOFF * 2 ** (attempt - 1)
+                print(f"   {name}: {detail.partition(': ')[2] or detail}; pushing again in {delay:.0f}s "
+                      f"({attempt}/{PUSH_ATTEMPTS - 1})", file=sys.stderr, flush=True)
+                time.sleep(delay)
+                continue
+            if attempt > 1:
+                detail += f" (after {attempt} attempts)"
             raise PushError(detail) from None
         digest = registry.manifest_digest(plan.repository, plan.content) or aux.get("Digest")
         if not digest:
@@ -345,7 +376,7 @@ def pull_reusable(cfg: PipelineConfig, client, name: str, input_digest: str, loc
         client.tag(info["Id"], repository, tag)
     except APIError as exc:
         raise EngineError(f"cannot tag the pulled image as {local_ref}: {exc.explanation or exc}") from None
-    _untag_if_ours(client, vehicle, info["Id"])
+    _untag_if_ours(client, vehicle, info["Id"], keep=local_ref)
     return info["Id"]
 
 

@@ -28,6 +28,9 @@ RESERVED_FILES = frozenset({TEMPLATE_NAME, *CHECK_FILES, "pod.yaml.j2", "README.
 # Files the checks use (config templates an integration test mounts) live in
 # this subdirectory, out of the build context: editing a test must not rebuild.
 TEST_FILES_DIR = "tests/"
+# Where staged application sources sit in a build context (see sources.py).
+SOURCES_DIR = "sources"
+_SOURCE_COPY_RE = re.compile(rf"^COPY\s+(?:--\S+\s+)*{SOURCES_DIR}/([a-z0-9][a-z0-9_.-]*)/", re.IGNORECASE)
 IMAGE_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 # Variables whose values reach a template through the image() helper.
 IMAGE_HELPER_INPUTS = ("namespace", "image_prefix", "tag")
@@ -170,6 +173,16 @@ class Renderer:
             raise TemplateError(f"image({name!r}) names no image of the tree (known: {known})")
         return self.cfg.image_ref(name)
 
+    def copy_sources(self, name: str, destination: str) -> str:
+        """The `copy_sources()` helper: a COPY of a configured source's tree
+        (staged into the build context by the pipeline) to `destination`."""
+        if not isinstance(name, str) or name not in self.cfg.sources:
+            known = ", ".join(sorted(self.cfg.sources)) or "none configured"
+            raise TemplateError(f"copy_sources({name!r}): no such source in ccp.yaml's 'sources' (known: {known})")
+        if not isinstance(destination, str) or not destination.startswith("/"):
+            raise TemplateError(f"copy_sources({name!r}, {destination!r}): the destination must be an absolute path")
+        return f"COPY {SOURCES_DIR}/{name}/ {destination.rstrip('/')}/"
+
     def _analyse(self, name: str, path: str) -> tuple[frozenset[str], frozenset[str]]:
         """Macro files and free variables `name` reaches, following includes and imports."""
         import jinja2.meta
@@ -203,7 +216,7 @@ class Renderer:
         try:
             files, names = self._analyse(path, path)
             template = self.env.get_template(path)
-            text = template.render(image=self.image_ref, image_name=source.name)
+            text = template.render(image=self.image_ref, image_name=source.name, copy_sources=self.copy_sources)
         except jinja2.TemplateSyntaxError as exc:
             where = exc.filename or path
             raise TemplateError(f"{where}:{exc.lineno}: template syntax error: {exc.message}") from None
@@ -243,7 +256,7 @@ def _template_line(tb, default: str) -> str:
 # Remembering renders between runs
 
 
-RENDER_CACHE_VERSION = 1
+RENDER_CACHE_VERSION = 2
 
 
 def _signature(path: str) -> list[int] | None:
@@ -277,6 +290,7 @@ class RenderCache:
         world = {
             "version": RENDER_CACHE_VERSION,
             "globals": cfg.template_globals(),
+            "sources": sorted(cfg.sources),
             "refs": [cfg.image_ref(name) for name in sorted(images)],
             "templates": [images[name].template for name in sorted(images)],
             "macros": macros,
@@ -402,3 +416,13 @@ def image_references(text: str) -> list[ImageReference]:
                     if ref.lower() not in stages and not ref.isdigit():
                         references.append(ImageReference(ref, line, "COPY --from"))
     return references
+
+
+def source_references(text: str) -> list[str]:
+    """The application sources a rendered Dockerfile copies (copy_sources() writes these COPY lines)."""
+    found = []
+    for _, line in logical_lines(text):
+        match = _SOURCE_COPY_RE.match(line.strip())
+        if match and match.group(1) not in found:
+            found.append(match.group(1))
+    return found

@@ -36,8 +36,9 @@ class SummaryReporter(ConsoleReporter):
 
     summary_path: Path | None = None
     log_dir: Path | None = None
-    # Called at the end of a run with the (reference, image ID) pairs it built or
-    # adopted; what it returns is added to the summary.
+    # Called at the end of a run with the (reference, image ID) pairs it built,
+    # adopted, pulled or tagged again after a push; what it returns is added to
+    # the summary.
     on_complete = None
     # Called at the end of a run with the check stages that ran something; it
     # remakes their JUnit reports and returns their paths.
@@ -53,6 +54,7 @@ class SummaryReporter(ConsoleReporter):
         self.checks: dict[str, dict[str, dict]] = {}  # image -> stage -> outcome entry
         self.package_changes: dict[str, list[str]] = {}
         self.pushes: dict[str, dict] = {}  # image -> outcome of push:<image>
+        self.retagged: set[tuple[str, str]] = set()  # (reference, image ID) a push tagged again
         self.published: dict | None = None
 
     def _note_push(self, task, outcome: str, values: dict | None = None):
@@ -61,6 +63,8 @@ class SummaryReporter(ConsoleReporter):
             entry = {"outcome": outcome}
             entry.update({k: v for k, v in (values or {}).items() if k in ("digest", "repository", "tags")})
             self.pushes[image] = entry
+            if values and values.get("ref") and values.get("image_id"):
+                self.retagged.add((values["ref"], values["image_id"]))
         elif task.name == "publish":
             self.published = {"outcome": outcome, "moved": (values or {}).get("moved", [])}
 
@@ -136,6 +140,17 @@ class SummaryReporter(ConsoleReporter):
                 entry = {"outcome": "blocked", "blocked_by": causes}
             self.results[image] = entry
 
+    def _settle_pushes(self):
+        """Say why a push or the publish did not happen: the error, or the failed tasks it waits on."""
+        entries = [(f"push:{image}", entry) for image, entry in self.pushes.items()]
+        if self.published is not None:
+            entries.append(("publish", self.published))
+        for name, entry in entries:
+            if name in self.failed_tasks:
+                entry["error"] = self.failed_tasks[name]
+            elif name in self.blocked_tasks:
+                entry["blocked_by"] = self._root_causes(name)
+
     def _settle_checks(self):
         for image, stages in self.checks.items():
             for stage, entry in stages.items():
@@ -176,12 +191,18 @@ class SummaryReporter(ConsoleReporter):
                     names = counts[outcome]
                     detail = f" ({', '.join(names[:NAMES_SHOWN])})" if outcome in ("pushed", "failed", "blocked") else ""
                     shown.append(f"{len(names)} {label}{detail}")
-            if self.published:
-                moved = len(self.published["moved"])
-                shown.append(f"{moved} moving tag(s) moved" if self.published["outcome"] == "moved" else
-                             f"moving tags {self.published['outcome']}")
-            elif any(e["outcome"] in ("failed", "blocked") for e in self.pushes.values()):
-                shown.append("moving tags not moved")
+            published = self.published or {}
+            if published.get("outcome") == "moved":
+                shown.append(f"{len(published['moved'])} moving tag(s) moved")
+            elif published.get("outcome") == "up to date":
+                shown.append("moving tags up to date")
+            elif published or any(e["outcome"] in ("failed", "blocked") for e in self.pushes.values()):
+                why = ""
+                if published.get("outcome") == "blocked":
+                    why = f" (publish blocked by {', '.join(published.get('blocked_by') or ['a failed push'])})"
+                elif published.get("outcome") == "failed":
+                    why = f" (publish failed: {published.get('error', '')})"
+                shown.append("moving tags not moved" + why)
             self.write(f"{'push':<11} {'':>4}  " + ", ".join(shown) + "\n")
         for image, lines in sorted(self.package_changes.items()):
             self.write(f"{'packages':<11} {len(lines):>4}  {image}: " + "; ".join(lines[:4]) + (" …" if len(lines) > 4 else "") + "\n")
@@ -192,8 +213,10 @@ class SummaryReporter(ConsoleReporter):
         extra = {}
         if type(self).on_complete is not None:
             made = {(entry["ref"], entry["image_id"]) for entry in self.results.values() if entry.get("ref")}
+            made |= self.retagged  # a push untags its vehicle reference, then tags ours again
             extra = type(self).on_complete(made) or {}
         self._settle_checks()
+        self._settle_pushes()
         if type(self).on_checks is not None:
             ran = sorted({stage for stages in self.checks.values() for stage, e in stages.items() if e["outcome"] != "up to date"})
             reports = type(self).on_checks(ran)

@@ -15,6 +15,7 @@ from . import actions, lint
 from .base import is_fresh
 from .check_index import IntegrationInputs
 from .config import PipelineConfig
+from .errors import CcpError
 from .engine_view import EngineView
 from .graph import ImageGraph
 from .layout import CacheLayout
@@ -81,6 +82,31 @@ class rootfs_fresh:
         return f"rootfs_fresh(max_age_days={self.settings.max_age_days})"
 
 
+class source_current:
+    """Up to date while the source's revision upstream (one `git ls-remote`, or a
+    directory's content hash) is the one its record holds. Any error counts as
+    out of date: the task then runs and says what is wrong."""
+
+    def __init__(self, cfg: PipelineConfig, name: str, layout: CacheLayout):
+        self.cfg, self.name, self.record_path = cfg, name, layout.source_record(name)
+        self.__signature__ = UPTODATE_SIGNATURE
+
+    def __call__(self, task, values):
+        from . import sources
+
+        settings = self.cfg.sources[self.name]
+        record = sources.SourceRecord.read(self.record_path)
+        if record is None or record.location != (settings.url or settings.path) or record.ref != (settings.ref if settings.url else ""):
+            return False
+        try:
+            return sources.current_revision(self.name, settings, self.cfg.root) == record.revision
+        except CcpError:
+            return False
+
+    def __repr__(self):
+        return f"source_current({self.name!r})"
+
+
 def _rel(cfg: PipelineConfig, path) -> str:
     """`path` relative to the checkout, for docs (a string slice: this runs once per image)."""
     path, root = str(path), f"{cfg.root}/"
@@ -122,6 +148,7 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         file_dep = set(image.rendered.template_files)
         file_dep.update(f"{directory}/{rel}" for rel in source.context_files)
         file_dep.update(str(path) for path in generated.values())
+        file_dep.update(layout.source_record(s) for s in image.sources)
         targets = [f"{context_dir}/Dockerfile"] + [f"{context_dir}/{rel}" for rel in (*source.context_files, *generated)]
         yield {
             "basename": "render",
@@ -129,7 +156,7 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "doc": f"Render {_rel(cfg, source.template)} and stage the build context of '{name}'",
             "file_dep": sorted(file_dep),
             "targets": targets,
-            "actions": [(actions.stage_context, (image, context_dir, generated))],
+            "actions": [(actions.stage_context, (image, context_dir, generated, layout))],
             "uptodate": [config_changed_as({"variables": image.rendered.variables}, f"render:{name}")],
             "clean": True,
         }
@@ -151,7 +178,8 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "basename": "build",
             "name": name,
             "doc": f"Build {image.ref}" + (f" on {', '.join(image.parents)}" if image.parents else ""),
-            "file_dep": sorted(f"{context_dir}/{rel}" for rel in staged) + [layout.stamp(parent) for parent in image.parents],
+            "file_dep": sorted(f"{context_dir}/{rel}" for rel in staged) + [layout.stamp(parent) for parent in image.parents]
+            + [layout.source_record(s) for s in image.sources],
             "targets": [layout.stamp(name)],
             "actions": [(actions.build_image, (cfg, image, layout))],
             # Spec tests come before the image exists: a Dockerfile that breaks a rule is not built.
@@ -301,6 +329,26 @@ def artifacts_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         "actions": [(actions.deploy_artifacts, (cfg, layout, ci, keep))],
         "uptodate": [False],
     }
+
+
+def sources_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    yield {"basename": "sources", "name": None, "doc": "Fetch every application source whose upstream moved (one fetch per source per run)"}
+    users: dict[str, list[str]] = {}
+    for name in graph.order:
+        for source in graph.images[name].sources:
+            users.setdefault(source, []).append(name)
+    for name, settings in sorted(cfg.sources.items()):
+        where = f"{settings.url} at {settings.ref}" if settings.url else f"directory {settings.path}"
+        used_by = f"; used by {', '.join(users[name])}" if name in users else "; used by no image"
+        yield {
+            "basename": "sources",
+            "name": name,
+            "doc": f"Fetch source '{name}' ({where}) when it moved{used_by}",
+            "actions": [(actions.sync_source, (cfg, name, layout))],
+            "targets": [layout.source_record(name)],
+            "uptodate": [source_current(cfg, name, layout)],
+            "clean": True,
+        }
 
 
 def tree_task(graph: ImageGraph):
