@@ -46,6 +46,11 @@ def task_test():
     yield from tasks.test_tasks(*PIPELINE.args, PIPELINE.integration)
 
 
+def task_kube():
+    """Check each image's pod definition and run it as a pod."""
+    yield from tasks.kube_tasks(*PIPELINE.args, PIPELINE.integration)
+
+
 def task_push():
     """Push every checked image; moving tags last."""
     yield from tasks.push_tasks(*PIPELINE.args)

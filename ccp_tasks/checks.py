@@ -17,8 +17,9 @@ from pathlib import Path
 
 from .state import dump_json, write_atomic
 
-STAGES = ("lint", "spec", "test")
-STAGE_TITLES = {"lint": "Dockerfile spec tests", "spec": "structure tests", "test": "integration tests"}
+STAGES = ("lint", "spec", "test", "kube")
+STAGE_TITLES = {"lint": "Dockerfile spec tests", "spec": "structure tests", "test": "integration tests",
+                "kube": "pod checks"}
 
 
 @dataclass

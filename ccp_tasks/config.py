@@ -95,6 +95,14 @@ class SourceSettings:
 
 
 @dataclass(frozen=True)
+class KubeSettings:
+    """Pod definitions (pod.yaml.j2, the `kube` stage)."""
+
+    # The Kubernetes API version whose schemas pods are validated against (offline).
+    kubernetes_version: str = "1.33"
+
+
+@dataclass(frozen=True)
 class RegistrySettings:
     """Where `doit push` publishes, and where builds look for images to reuse.
     Credentials never live here: CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD or
@@ -179,6 +187,7 @@ class PipelineConfig:
     lint: LintSettings = field(default_factory=LintSettings)
     # name -> SourceSettings (a mapping in YAML, checked key by key like the rest)
     sources: dict[str, Any] = field(default_factory=dict)
+    kube: KubeSettings = field(default_factory=KubeSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     artifactory: ArtifactorySettings = field(default_factory=ArtifactorySettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)

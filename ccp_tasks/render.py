@@ -23,8 +23,9 @@ TEMPLATE_NAME = "Dockerfile.j2"
 # Files beside a template that describe the image rather than go into it.
 STRUCTURE_TESTS = "tests.yaml"
 INTEGRATION_TESTS = "integration.yaml"
-CHECK_FILES = (STRUCTURE_TESTS, INTEGRATION_TESTS)
-RESERVED_FILES = frozenset({TEMPLATE_NAME, *CHECK_FILES, "pod.yaml.j2", "README.md"})
+POD_TEMPLATE = "pod.yaml.j2"
+CHECK_FILES = (STRUCTURE_TESTS, INTEGRATION_TESTS, POD_TEMPLATE)
+RESERVED_FILES = frozenset({TEMPLATE_NAME, *CHECK_FILES, "README.md"})
 # Files the checks use (config templates an integration test mounts) live in
 # this subdirectory, out of the build context: editing a test must not rebuild.
 TEST_FILES_DIR = "tests/"

@@ -20,7 +20,7 @@ OUTCOMES = ("built", "adopted", "pulled", "up to date", "failed", "blocked")
 NAMES_SHOWN = 8
 # Stages whose subtasks are per image; `base` stands for the root filesystem.
 IMAGE_STAGES = ("build",)
-CHECK_STAGES = ("lint", "spec", "test")
+CHECK_STAGES = ("lint", "spec", "test", "kube")
 CHECK_OUTCOMES = ("passed", "up to date", "failed", "blocked")
 
 

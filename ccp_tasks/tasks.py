@@ -20,7 +20,7 @@ from .engine_view import EngineView
 from .graph import ImageGraph
 from .layout import CacheLayout
 from .publish import CiContext, tag_plan
-from .render import INTEGRATION_TESTS, STRUCTURE_TESTS
+from .render import INTEGRATION_TESTS, POD_TEMPLATE, STRUCTURE_TESTS
 
 
 # doit calls inspect.signature() on every uptodate callable of every task on
@@ -273,6 +273,41 @@ def test_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
         }
 
 
+def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, integration: dict[str, IntegrationInputs]):
+    """kube:<image>: pod.yaml.j2 validated and cross-checked, then run as a pod with the integration checks."""
+    from . import kube
+
+    version = kube.kubernetes_version(cfg)
+    yield {
+        "basename": "kube",
+        "name": None,
+        "doc": f"Check every image's pod definition ({kube.POD_TEMPLATE}) against Kubernetes {version} and the image, "
+               "then run it as a pod and its integration checks against it",
+    }
+    images = tuple(graph.order)
+    for name in graph.order:
+        if POD_TEMPLATE not in graph.images[name].source.check_files:
+            continue
+        inputs = kube.pod_inputs(cfg, graph, name, integration)
+        if inputs is None:
+            continue
+        image = graph.images[name]
+        others = [other for other in inputs.images if other != name]
+        yield {
+            "basename": "kube",
+            "name": name,
+            "doc": f"Check {_rel(cfg, inputs.template)} (Kubernetes {version}) and run it as a pod"
+                   + (f" with {', '.join(others)}" if others else "") + f" (after test:{name})",
+            "file_dep": [inputs.template, *inputs.files, *(layout.stamp(other) for other in inputs.images)],
+            "targets": [layout.result("kube", name)],
+            "actions": [(kube.run_pod_checks, (cfg, image, images, layout, inputs.template))],
+            "task_dep": [f"test:{name}"],  # ordering and gating only
+            "uptodate": [config_changed_as({"variables": cfg.template_globals(), "kubernetes": version,
+                                            "external": list(cfg.external_images)}, f"kube:{name}")],
+            "clean": True,
+        }
+
+
 def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     ci = CiContext.from_env(cfg.root) if cfg.registry.url else CiContext()
     where = cfg.registry.url or "the registry (registry.url is not set)"
@@ -293,8 +328,8 @@ def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             + f", after test:{name}",
             "file_dep": [layout.stamp(name)],
             "targets": [layout.pushed(name)],
-            # Checks first: nothing is pushed for an image whose checks fail.
-            "task_dep": [f"test:{name}"],
+            # Checks first: nothing is pushed for an image whose checks (pod included) fail.
+            "task_dep": [f"test:{name}"] + ([f"kube:{name}"] if POD_TEMPLATE in image.source.check_files else []),
             "actions": [(actions.push_image, (cfg, image, layout, ci))],
             "uptodate": [config_changed_as({"registry": cfg.registry.url, "fixed": plan.fixed, "moving": plan.moving},
                                            f"push:{name}")],
