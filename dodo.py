@@ -66,6 +66,11 @@ def task_artifacts():
     return tasks.artifacts_task(*PIPELINE.args)
 
 
+def task_retention():
+    """Plan the retention policy; delete with --apply."""
+    return tasks.retention_task(*PIPELINE.args)
+
+
 def task_tree():
     """Print the image tree."""
     return tasks.tree_task(PIPELINE.graph)

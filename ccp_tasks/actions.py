@@ -393,3 +393,10 @@ def deploy_artifacts(cfg: PipelineConfig, layout: CacheLayout, ci: publish.CiCon
                 deployed.append(server.deploy(settings.repository, f"{prefix}/{name}", path, properties))
     print(f"   deployed {len(deployed)} files to {settings.url}/{settings.repository}/{prefix}/", file=sys.stderr)
     return {"deployed": len(deployed), "path": f"{settings.repository}/{prefix}"}
+
+
+def run_retention(cfg: PipelineConfig, layout: CacheLayout, apply: bool = False, images: tuple[str, ...] = ()) -> dict:
+    """`doit retention [--apply]` (the planner is imported only when asked for)."""
+    from . import retention
+
+    return retention.run_retention(cfg, layout, apply=apply, images=images)

@@ -386,6 +386,20 @@ def sources_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         }
 
 
+def retention_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    parts = [part for part, on in (("the registry", cfg.registry.url), ("Artifactory", cfg.artifactory.url)) if on]
+    return {
+        "basename": "retention",
+        "doc": (f"Plan the retention policy for {', '.join(parts + ['cache/'])} (table, and cache/retention/plan.json); "
+                "--apply deletes what no rule keeps"),
+        "params": [{"name": "apply", "long": "apply", "type": bool, "default": False,
+                    "help": "delete what the plan does not keep (without it nothing is deleted)"}],
+        "actions": [(actions.run_retention, (cfg, layout), {"images": tuple(graph.order)})],
+        "uptodate": [False],
+        "verbosity": 2,  # the table goes to the terminal
+    }
+
+
 def tree_task(graph: ImageGraph):
     def show():
         print(graph.format_tree())

@@ -161,11 +161,16 @@ def _remove_namespace(client, namespace: str):
                         client.remove_image(tag, force=True)
                     except Exception:
                         pass
-    # Only this test's leftovers: a global prune would delete step images of
-    # builds running beside the tests on the same engine.
+    prune_namespace(client, namespace)
+
+
+def prune_namespace(client, namespace: str):
+    """Remove the dangling layers of one test's builds. Only this test's
+    leftovers: a global prune would delete step images of builds running
+    beside the tests on the same engine."""
     from docker.errors import APIError
 
-    for attempt in range(20):
+    for _ in range(40):
         try:
             client.prune_images(filters={"dangling": True, "label": f"ccp.test.namespace={namespace}"})
             return

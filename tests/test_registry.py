@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import prune_namespace
 
 from ccp_tasks.errors import CcpError
 from ccp_tasks.registry import (
@@ -92,7 +93,7 @@ def images(tmp_path_factory, docker_client):
                 docker_client.remove_image(ref, force=True)
             except Exception:
                 pass
-        docker_client.prune_images(filters={"dangling": True, "label": f"ccp.test.namespace={namespace}"})
+        prune_namespace(docker_client, namespace)
 
 
 def _push_tree(docker_client, registry: RegistryServer, images, tags) -> Pushed:
