@@ -187,8 +187,10 @@ def _stream_errors(chunks, what: str, log=None) -> dict:
 PUSH_ATTEMPTS = 4  # engine pushes of one image: the first and three retries
 PUSH_BACKOFF = 1.0  # seconds before the first retry, doubled each time
 PUBLISH_ATTEMPTS = 3
-# Engine push failures worth another attempt: the engine (20.10) gives up a
-# push at the first 5xx or dropped connection of any blob upload.
+# Engine push failures worth another attempt: the engine (20.10) retries some
+# failed blob uploads itself, but ends the push at a 5xx answer to its
+# manifest PUT (and at some blob upload failures) with "received unexpected
+# HTTP status: 503 Service Unavailable".
 _TRANSIENT = re.compile(
     r"unexpected HTTP status: (5\d\d|429)|\b(500|502|503|504)\b|Service Unavailable|Bad Gateway|Gateway Time-?out|"
     r"Internal Server Error|Too Many Requests|connection refused|connection reset|broken pipe|\bEOF\b|i/o timeout|"

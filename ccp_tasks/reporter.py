@@ -150,6 +150,14 @@ class SummaryReporter(ConsoleReporter):
                 entry["error"] = self.failed_tasks[name]
             elif name in self.blocked_tasks:
                 entry["blocked_by"] = self._root_causes(name)
+        if self.published is None and any(e["outcome"] in ("failed", "blocked") for e in self.pushes.values()):
+            # doit stopped at a failed push (no --continue) before it got to publish.
+            causes = set()
+            for image, entry in self.pushes.items():
+                if entry["outcome"] == "failed":
+                    causes.add(f"push:{image}")
+                causes.update(entry.get("blocked_by", []))
+            self.published = {"outcome": "blocked", "moved": [], "blocked_by": sorted(causes)}
 
     def _settle_checks(self):
         for image, stages in self.checks.items():
