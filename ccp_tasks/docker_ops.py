@@ -6,6 +6,7 @@ this module does the requests.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -14,7 +15,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from .errors import BuildError, EngineError
 from .state import DIGEST_LABEL
@@ -74,6 +75,36 @@ def unix_get(socket_path: str, path: str, timeout: float = 30) -> bytes:
     if len(status) < 2 or status[1] != b"200":
         raise EngineError(f"the Docker engine at unix://{socket_path} answered {head[:40]!r} to GET {path}: {body[:200]!r}")
     return body
+
+
+class ArchiveReader(io.RawIOBase):
+    """A file object over get_archive's chunks, so tarfile can stop reading
+    a large directory as soon as its first entry answered the question."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self.chunks = chunks
+        self.buffer = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        while not self.buffer:
+            try:
+                self.buffer = next(self.chunks)
+            except StopIteration:
+                return 0
+        size = min(len(target), len(self.buffer))
+        target[:size] = self.buffer[:size]
+        self.buffer = self.buffer[size:]
+        return size
+
+
+def stream_archive(chunks: Iterator[bytes]):
+    """get_archive's chunks as a streaming tarfile (mode "r|"), read only as far as its entries are asked for."""
+    import tarfile
+
+    return tarfile.open(fileobj=io.BufferedReader(ArchiveReader(chunks)), mode="r|")
 
 
 def list_images(timeout: float = 30) -> list[dict]:

@@ -1079,6 +1079,48 @@ def _is_loopback(address: str) -> bool:
     return ipaddress.ip_address(address).is_loopback
 
 
+def port_problem(port: int, addresses: Collection[str] | None, ip: str, *, absent: str, loopback: str,
+                 unreachable: str = "") -> str:
+    """What is wrong with `port`, which a container declares and listens on at
+    `addresses` (None: it does not listen on it), seen from this host at `ip`:
+    `absent`, `loopback` (it listens on loopback addresses only), or
+    `unreachable` followed by why ip:port cannot be connected to; "" when it answers."""
+    if not addresses:
+        return absent
+    if all(_is_loopback(a) for a in addresses):
+        return loopback
+    problem = _can_connect(ip, port, timeout=3.0)
+    return f"{unreachable}{ip}:{port} {problem} from this host" if problem else ""
+
+
+def port_results(ports: Collection[int], local_ports: Collection[int], listening: dict[int, set[str]], ip: str,
+                 detail: str, *, outside: str = "other containers cannot reach") -> list[CheckResult]:
+    """The port checks of a running container listening on `listening` (port ->
+    addresses), at `ip`: each of `ports` listened on and reachable from this
+    host, each of `local_ports` listened on, and no port the config does not
+    name. `outside` completes "listens on <port> on <addresses> only, which ..."."""
+    shown = ", ".join(str(p) for p in sorted(listening)) or "no TCP port"
+    results = []
+    for port in ports:
+        addresses = listening.get(port)
+        message = port_problem(
+            port, addresses, ip,
+            absent=f"does not listen on {port} (listens on {shown})",
+            loopback=f"listens on {port} on {', '.join(sorted(addresses or ()))} only, which {outside}",
+            unreachable=f"listens on {port} but ",
+        )
+        results.append(CheckResult(f"port {port}", "port", not message, message, detail=detail if message else ""))
+    for port in local_ports:
+        addresses = listening.get(port)
+        message = "" if addresses else f"does not listen on {port} (listens on {shown})"
+        results.append(CheckResult(f"port {port} (local)", "port", not message, message, detail=detail if message else ""))
+    named = set(ports) | set(local_ports)
+    for port in sorted(set(listening) - named):
+        message = f"listens on {port}, which the config does not name"
+        results.append(CheckResult(f"port {port} (not in config)", "port", False, message, detail=detail))
+    return results
+
+
 def _port_checks(run: _Run, started: _Started) -> list[CheckResult]:
     container = started.spec
     begin = time.monotonic()
@@ -1086,27 +1128,8 @@ def _port_checks(run: _Run, started: _Started) -> list[CheckResult]:
         listening = _listening(run, started)
     except OSError as exc:
         return [CheckResult(f"port {p}", "port", False, str(exc)) for p in container.ports or ()]
-    shown = ", ".join(str(p) for p in sorted(listening)) or "no TCP port"
     detail = "listening: " + (", ".join(f"{p} on {', '.join(sorted(a))}" for p, a in sorted(listening.items())) or "nothing")
-    results = []
-    for port in container.ports or ():
-        addresses = listening.get(port)
-        if not addresses:
-            message = f"does not listen on {port} (listens on {shown})"
-        elif all(_is_loopback(a) for a in addresses):
-            message = f"listens on {port} on {', '.join(sorted(addresses))} only, which other containers cannot reach"
-        else:
-            problem = _can_connect(started.ip, port, timeout=3.0)
-            message = f"listens on {port} but {started.ip}:{port} {problem} from this host" if problem else ""
-        results.append(CheckResult(f"port {port}", "port", not message, message, detail=detail if message else ""))
-    for port in container.local_ports:
-        addresses = listening.get(port)
-        message = "" if addresses else f"does not listen on {port} (listens on {shown})"
-        results.append(CheckResult(f"port {port} (local)", "port", not message, message, detail=detail if message else ""))
-    named = set(container.ports or ()) | set(container.local_ports)
-    for port in sorted(set(listening) - named):
-        message = f"listens on {port}, which the config does not name"
-        results.append(CheckResult(f"port {port} (not in config)", "port", False, message, detail=detail))
+    results = port_results(container.ports or (), container.local_ports, listening, started.ip, detail)
     seconds = round(time.monotonic() - begin, 2)
     for result in results:
         result.seconds = seconds

@@ -102,7 +102,6 @@ the next run removes what a killed one left. The log of every container
 from __future__ import annotations
 
 import difflib
-import io
 import re
 import shutil
 import tarfile
@@ -111,10 +110,10 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from .checks import CheckResult, StageRecord, failure_report, save_record
-from .errors import CcpError, ConfigError, EngineError, TemplateError
+from .errors import CcpError, ConfigError, EngineError
 
 # podrun (and the http, ssl and thread machinery it brings) is imported where it
 # is used: task generation only needs pod_inputs(), and a no-op run stays cheap.
@@ -148,28 +147,14 @@ def kubernetes_version(cfg) -> str:
 
 def render_pod(cfg, images: Collection[str], image: str, template: Path) -> str:
     """Render pod.yaml.j2 with the Dockerfile's variables and the image() helper."""
-    import jinja2
-
-    from .render import Renderer, _template_line
+    from .render import Renderer, template_failure
 
     renderer = Renderer(cfg, {name: None for name in images})
     path = str(Path(template).resolve())
     try:
         return renderer.env.get_template(path).render(image=renderer.image_ref, image_name=image)
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"{exc.filename or path}:{exc.lineno}: template syntax error: {exc.message}") from None
-    except jinja2.TemplateNotFound as exc:
-        line = _template_line(exc.__traceback__, path)
-        raise TemplateError(f"{line}: includes '{exc.name}', which is in no macros directory") from None
-    except jinja2.UndefinedError as exc:
-        line = _template_line(exc.__traceback__, path)
-        raise TemplateError(f"{line}: {exc.message} (define it under 'variables:' in ccp.yaml)") from None
-    except TemplateError as exc:
-        line = _template_line(exc.__traceback__, path)
-        raise TemplateError(f"{line}: {exc}") from None
     except Exception as exc:
-        line = _template_line(exc.__traceback__, path)
-        raise TemplateError(f"{line}: {type(exc).__name__}: {exc}") from None
+        raise template_failure(exc, path) from None
 
 
 def load_documents(text: str, source: str) -> list[dict]:
@@ -584,26 +569,6 @@ _FIELD_REFS = ("metadata.name", "metadata.namespace", "metadata.uid", "spec.node
 # Reading an image's files without running it
 
 
-class _ChunkReader(io.RawIOBase):
-    def __init__(self, chunks: Iterator[bytes]):
-        self.chunks = chunks
-        self.buffer = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target) -> int:
-        while not self.buffer:
-            try:
-                self.buffer = next(self.chunks)
-            except StopIteration:
-                return 0
-        size = min(len(target), len(self.buffer))
-        target[:size] = self.buffer[:size]
-        self.buffer = self.buffer[size:]
-        return size
-
-
 @dataclass
 class FileInfo:
     path: str  # after following symbolic links
@@ -637,12 +602,13 @@ class ImageFiles:
     def _first(self, path: str):
         from docker.errors import NotFound
 
+        from .docker_ops import stream_archive
+
         try:
             chunks, _ = self.client.get_archive(self.container, path)
         except NotFound:
             return None, None
-        archive = tarfile.open(fileobj=io.BufferedReader(_ChunkReader(chunks)), mode="r|")
-        return chunks, archive
+        return chunks, stream_archive(chunks)
 
     def stat(self, path: str) -> FileInfo | None:
         """What `path` is, following symbolic links (relative ones from their directory)."""
@@ -1138,7 +1104,7 @@ def static_checks(ctx: PodContext, version: str, files_for: Callable[[dict], "Im
 
 
 def _pod_port_checks(pod: PodRun, main_name: str, main_spec, containers: list[dict]) -> list[CheckResult]:
-    from .integration import _can_connect, _is_loopback
+    from .integration import port_problem, port_results
 
     begin = time.monotonic()
     try:
@@ -1162,40 +1128,21 @@ def _pod_port_checks(pod: PodRun, main_name: str, main_spec, containers: list[di
         return ", ".join(f"{p} on {', '.join(sorted(a))}" for p, a in sorted(table.items())) or "nothing"
 
     detail = "; ".join(f"{name or '(unknown owner)'}: {show(table)}" for name, table in listening.items()) or "nothing listens"
-    shown = ", ".join(str(p) for p in sorted(own)) or "no TCP port"
     results = []
     if main_spec is not None and (main_spec.ports is not None or main_spec.local_ports):
-        for port in main_spec.ports or ():
-            addresses = own.get(port)
-            if not addresses:
-                message = f"does not listen on {port} (listens on {shown})"
-            elif all(_is_loopback(a) for a in addresses):
-                message = f"listens on {port} on {', '.join(sorted(addresses))} only, which nothing outside the pod can reach"
-            else:
-                problem = _can_connect(pod.ip, port, timeout=3.0)
-                message = f"listens on {port} but {pod.ip}:{port} {problem} from this host" if problem else ""
-            results.append(CheckResult(f"port {port}", "port", not message, message, detail=detail if message else ""))
-        for port in main_spec.local_ports:
-            message = "" if own.get(port) else f"does not listen on {port} (listens on {shown})"
-            results.append(CheckResult(f"port {port} (local)", "port", not message, message, detail=detail if message else ""))
-        named = set(main_spec.ports or ()) | set(main_spec.local_ports)
-        for port in sorted(set(own) - named):
-            results.append(CheckResult(f"port {port} (not in config)", "port", False,
-                                       f"listens on {port}, which the config does not name", detail=detail))
+        results += port_results(main_spec.ports or (), main_spec.local_ports, own, pod.ip, detail,
+                                outside="nothing outside the pod can reach")
     for container in containers:
         name = container.get("name")
         if name == main_name:
             continue
         table = listening.get(name, {}) if attributed else {p: a for t in listening.values() for p, a in t.items()}
         for port in _tcp_ports(container):
-            addresses = table.get(port) or (listening.get(None) or {}).get(port)
-            if not addresses:
-                message = f"container {name} does not listen on its containerPort {port}"
-            elif all(_is_loopback(a) for a in addresses):
-                message = f"container {name} listens on {port} on loopback only, yet declares it as a containerPort"
-            else:
-                problem = _can_connect(pod.ip, port, timeout=3.0)
-                message = f"{pod.ip}:{port} {problem} from this host" if problem else ""
+            message = port_problem(
+                port, table.get(port) or (listening.get(None) or {}).get(port), pod.ip,
+                absent=f"container {name} does not listen on its containerPort {port}",
+                loopback=f"container {name} listens on {port} on loopback only, yet declares it as a containerPort",
+            )
             results.append(CheckResult(f"port {port} ({name})", "port", not message, message, detail=detail if message else ""))
     seconds = round(time.monotonic() - begin, 2)
     for result in results:

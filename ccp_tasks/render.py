@@ -13,7 +13,7 @@ import re
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .config import PipelineConfig
 from .errors import GraphError, TemplateError
@@ -211,37 +211,40 @@ class Renderer:
         return self._references[name]
 
     def render(self, source: ImageSource) -> RenderedImage:
-        import jinja2
+        import jinja2  # noqa: F401  here, outside the try: a missing Jinja2 is no template's fault
 
         path = source.template
         try:
             files, names = self._analyse(path, path)
             template = self.env.get_template(path)
             text = template.render(image=self.image_ref, image_name=source.name, copy_sources=self.copy_sources)
-        except jinja2.TemplateSyntaxError as exc:
-            where = exc.filename or path
-            raise TemplateError(f"{where}:{exc.lineno}: template syntax error: {exc.message}") from None
-        except jinja2.TemplateNotFound as exc:
-            line = _template_line(exc.__traceback__, path)
-            raise TemplateError(
-                f"{line}: includes '{exc.name}', which is in no macros directory "
-                f"({', '.join(str(d) for d in self.loader.macro_dirs) or 'none configured'})"
-            ) from None
-        except jinja2.UndefinedError as exc:
-            line = _template_line(exc.__traceback__, path)
-            raise TemplateError(f"{line}: {exc.message} (define it under 'variables:' in ccp.yaml)") from None
-        except TemplateError as exc:
-            line = _template_line(exc.__traceback__, path)
-            raise TemplateError(f"{line}: {exc}") from None
-        except Exception as exc:  # a filter or test raised: still the template's fault
-            line = _template_line(exc.__traceback__, path)
-            raise TemplateError(f"{line}: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:
+            raise template_failure(exc, path, self.loader.macro_dirs) from None
         used = set(names)
         if "image" in used:
             used.update(IMAGE_HELPER_INPUTS)
         config_values = self.cfg.template_globals()
         variables = {key: config_values[key] for key in sorted(used) if key in config_values}
         return RenderedImage(source, text, tuple(sorted(files)), variables)
+
+
+def template_failure(exc: Exception, path: str, macro_dirs: Sequence[Path] | None = None) -> TemplateError:
+    """`exc`, raised rendering the template at `path`, as a TemplateError at the
+    template's file:line. With `macro_dirs`, a missing include names the
+    macro directories it was looked for in."""
+    import jinja2
+
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return TemplateError(f"{exc.filename or path}:{exc.lineno}: template syntax error: {exc.message}")
+    line = _template_line(exc.__traceback__, path)
+    if isinstance(exc, jinja2.TemplateNotFound):
+        searched = "" if macro_dirs is None else f" ({', '.join(str(d) for d in macro_dirs) or 'none configured'})"
+        return TemplateError(f"{line}: includes '{exc.name}', which is in no macros directory{searched}")
+    if isinstance(exc, jinja2.UndefinedError):
+        return TemplateError(f"{line}: {exc.message} (define it under 'variables:' in ccp.yaml)")
+    if isinstance(exc, TemplateError):
+        return TemplateError(f"{line}: {exc}")
+    return TemplateError(f"{line}: {type(exc).__name__}: {exc}")  # a filter or test raised: still the template's fault
 
 
 def _template_line(tb, default: str) -> str:

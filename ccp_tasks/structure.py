@@ -27,7 +27,6 @@ and checks that can never pass are errors naming the file and the key.
 from __future__ import annotations
 
 import difflib
-import io
 import json
 import re
 import tarfile
@@ -35,7 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, NoReturn, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from .checks import CheckResult
 from .errors import ConfigError, EngineError
@@ -1141,29 +1140,6 @@ class _Missing(Exception):
     pass
 
 
-class _ChunkReader(io.RawIOBase):
-    """A file object over get_archive's chunks, so tarfile can stop reading
-    a large directory as soon as its first entry answered the question."""
-
-    def __init__(self, chunks: Iterator[bytes]):
-        self.chunks = chunks
-        self.buffer = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target) -> int:
-        while not self.buffer:
-            try:
-                self.buffer = next(self.chunks)
-            except StopIteration:
-                return 0
-        size = min(len(target), len(self.buffer))
-        target[:size] = self.buffer[:size]
-        self.buffer = self.buffer[size:]
-        return size
-
-
 def _go_base(path: str) -> str:
     """Go's path.Base."""
     if path == "":
@@ -1193,13 +1169,15 @@ def _archive(session: _Session, container: str, path: str):
     """get_archive of `path` as an open streaming tarfile, or _Missing."""
     from docker.errors import NotFound
 
+    from .docker_ops import stream_archive
+
     try:
         chunks, _stat = session.client.get_archive(container, path)
     except NotFound:
         raise _Missing(f"{path}: does not exist") from None
     except Exception as exc:
         raise _engine_failure(f"cannot read {path} from the image", exc) from None
-    return chunks, tarfile.open(fileobj=io.BufferedReader(_ChunkReader(chunks)), mode="r|")
+    return chunks, stream_archive(chunks)
 
 
 def _stat(session: _Session, container: str, path: str) -> tarfile.TarInfo:
