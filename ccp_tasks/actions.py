@@ -17,11 +17,11 @@ from . import base as base_rootfs
 from . import docker_ops, lint, manifest, publish, sources
 from .checks import CheckResult, StageRecord, failure_report, save_record
 from .config import PipelineConfig
-from .errors import CcpError
+from .errors import BuildError, CcpError
 from .gitinfo import last_revision
 from .graph import Image
 from .layout import CacheLayout
-from .render import SOURCES_DIR
+from .render import SOURCES_DIR, final_base
 from .state import DIGEST_LABEL, Stamp, dump_json, input_digest, write_atomic, write_if_changed
 
 CHECK_LABEL = "io.ccp.check"
@@ -125,6 +125,13 @@ def _revision_labels(cfg: PipelineConfig, image: Image) -> dict[str, str]:
     return {"org.opencontainers.image.revision": revision.commit, "org.opencontainers.image.created": revision.committed}
 
 
+def _final_parent(cfg: PipelineConfig, image: Image) -> str | None:
+    """The image of the tree the result is built on (the last FROM), if any."""
+    base = final_base(image.rendered.text)
+    by_ref = {cfg.image_ref(parent): parent for parent in image.parents}
+    return by_ref.get(base) if base else None
+
+
 def _source_labels(image: Image, layout: CacheLayout) -> dict[str, str]:
     """The revision of every source the image copies: part of its input digest, so a new
     upstream commit makes a new image even when it changed no file the image holds."""
@@ -171,9 +178,22 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
         outcome = "pulled"
     else:
         all_labels = {**labels, **_revision_labels(cfg, image), DIGEST_LABEL: digest}
+        base = _final_parent(cfg, image)
+        if base:
+            # The builder resolves FROM by reference: point it at the parent this
+            # digest names, in case another run on the engine moved the tag.
+            docker_ops.tag(client, parent_ids[base], cfg.image_ref(base))
         image_id = docker_ops.build(
             client, image.name, context_dir, image.ref, all_labels, cfg.build_args, Path(layout.log(image.name))
         )
+        if base and not docker_ops.built_on(client, image_id, parent_ids[base]):
+            docker_ops.untag_if(client, image.ref, image_id)
+            raise BuildError(
+                image.name,
+                f"it was built on another '{base}' than the one its inputs name (another run on this engine "
+                f"tagged {cfg.image_ref(base)} during the build); run again",
+                [], layout.log(image.name),
+            )
         outcome = "built"
     packages = _record_packages(client, image, image_id, layout)
     stamp = Stamp(image.name, image_id, digest, (image.ref,))

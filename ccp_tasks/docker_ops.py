@@ -210,3 +210,21 @@ def build(
     if not image_id:
         raise BuildError(name, "the engine reported no image ID", list(tail), str(log_path))
     return image_id
+
+
+def built_on(client, image_id: str, parent_id: str) -> bool:
+    """Whether `image_id` extends `parent_id`: the parent's layers are the first of its own."""
+    child = (client.inspect_image(image_id).get("RootFS") or {}).get("Layers") or []
+    parent = (client.inspect_image(parent_id).get("RootFS") or {}).get("Layers") or []
+    return child[: len(parent)] == parent
+
+
+def untag_if(client, ref: str, image_id: str) -> None:
+    """Remove `ref` while it still names `image_id` (another run may have moved it)."""
+    from docker.errors import APIError
+
+    try:
+        if client.inspect_image(ref)["Id"] == image_id:
+            client.remove_image(ref, noprune=True)
+    except APIError:
+        pass

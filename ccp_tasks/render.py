@@ -391,6 +391,24 @@ def logical_lines(text: str):
         yield start, " ".join(buffer)
 
 
+def final_base(text: str) -> str | None:
+    """The reference the last FROM names (the image the result is built on),
+    or None when it is a stage of the same Dockerfile or scratch."""
+    stages: set[str] = set()
+    base = None
+    for _, instruction in logical_lines(text):
+        words = instruction.split()
+        if words[0].upper() != "FROM":
+            continue
+        args = [w for w in words[1:] if not w.startswith("--")]
+        if not args:
+            continue
+        base = None if args[0].lower() in stages or args[0] == "scratch" else args[0]
+        if len(args) >= 3 and args[1].lower() == "as":
+            stages.add(args[2].lower())
+    return base
+
+
 def image_references(text: str) -> list[ImageReference]:
     """Every image a Dockerfile reads from, skipping its own stage names and scratch."""
     stages: set[str] = set()

@@ -225,3 +225,23 @@ def test_interrupted_build_leaves_no_stamp_and_is_retried(project):
     project.image("slow", "FROM {{ image('bb') }}\nRUN echo quick\n")
     result = project.ok()
     assert result.rebuilt == {"slow"}
+
+
+def test_a_child_is_built_on_the_parent_its_inputs_name(tree, docker_client):
+    """Another run on the same engine may have moved the parent's tag; the build
+    puts it back on the parent of record before building, and checks after."""
+    from conftest import child_template
+
+    from ccp_tasks import docker_ops
+
+    bb_id = tree.stamp("bb")["image_id"]
+    lone_id = tree.stamp("lone")["image_id"]
+    repository, _, tag = tree.ref("bb").rpartition(":")
+    docker_client.tag(lone_id, repository, tag, force=True)  # someone else's "bb"
+    tree.write("dockerfiles/app/Dockerfile.j2", child_template("bb", "RUN echo app2 > /app"))
+    result = tree.ok()
+    assert "build:app" in result.executed
+    app_id = tree.stamp("app")["image_id"]
+    assert docker_ops.built_on(docker_client, app_id, bb_id)
+    assert not docker_ops.built_on(docker_client, app_id, lone_id)
+    assert docker_client.inspect_image(tree.ref("bb"))["Id"] == bb_id
