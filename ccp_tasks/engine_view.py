@@ -156,7 +156,7 @@ class EngineView:
         return cls._listing
 
     @classmethod
-    def save(cls, made: set[tuple[str, str]]) -> dict:
+    def save(cls, made: set[tuple[str, str]], busy: bool = False) -> dict:
         """After the run: replay what happened since the start, including our own
         builds' tags, and remember the newest event as the next run's marker.
         When the run itself overflowed the event buffer (a build makes many
@@ -164,10 +164,10 @@ class EngineView:
         the listing, not the next no-op."""
         if cls.state_path is None:
             return {}
-        if not made and cls._present is not None:
-            # Nothing was built: the view as of the start stands, and events
-            # since its marker are replayed next time. No request; a view that
-            # had to be listed is written, so the next run replays from here.
+        if not made and not busy and cls._present is not None:
+            # Nothing ran: the view as of the start stands, and events since
+            # its marker are replayed next time. No request; a view that had
+            # to be listed is written, so the next run replays from here.
             if cls._how == "listing":
                 cls._write(cls._present, cls._marker)
             return {"engine_view": cls._how}

@@ -52,6 +52,7 @@ class SummaryReporter(ConsoleReporter):
         self.failed_tasks: dict[str, str] = {}  # task name -> one-line reason
         self.blocked_tasks: dict[str, list[str]] = {}  # task name -> unmet task names
         self.checks: dict[str, dict[str, dict]] = {}  # image -> stage -> outcome entry
+        self.executed_any = False
         self.package_changes: dict[str, list[str]] = {}
         self.pushes: dict[str, dict] = {}  # image -> outcome of push:<image>
         self.retagged: set[tuple[str, str]] = set()  # (reference, image ID) a push tagged again
@@ -80,6 +81,11 @@ class SummaryReporter(ConsoleReporter):
         found = _image_of(task.name)
         if found:
             self.results[found[1]] = {"outcome": "up to date"}
+
+    def execute_task(self, task):
+        super().execute_task(task)
+        if task.actions:
+            self.executed_any = True
 
     def add_success(self, task):
         super().add_success(task)
@@ -222,7 +228,10 @@ class SummaryReporter(ConsoleReporter):
         if type(self).on_complete is not None:
             made = {(entry["ref"], entry["image_id"]) for entry in self.results.values() if entry.get("ref")}
             made |= self.retagged  # a push untags its vehicle reference, then tags ours again
-            extra = type(self).on_complete(made) or {}
+            # A run whose tasks ran containers (checks, pods, manifests) may have
+            # overflowed the engine's event buffer even if it built nothing.
+            busy = bool(self.executed_any)
+            extra = type(self).on_complete(made, busy) or {}
         self._settle_checks()
         self._settle_pushes()
         if type(self).on_checks is not None:
