@@ -25,6 +25,8 @@ from .render import SOURCES_DIR, final_base
 from .state import DIGEST_LABEL, Stamp, dump_json, input_digest, write_atomic, write_if_changed
 
 CHECK_LABEL = "io.ccp.check"
+# Builds of one image when another run on the same engine keeps moving its parent's tag.
+BUILD_ATTEMPTS = 3
 
 
 def reports_errors(func):
@@ -179,21 +181,26 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     else:
         all_labels = {**labels, **_revision_labels(cfg, image), DIGEST_LABEL: digest}
         base = _final_parent(cfg, image)
-        if base:
-            # The builder resolves FROM by reference: point it at the parent this
-            # digest names, in case another run on the engine moved the tag.
-            docker_ops.tag(client, parent_ids[base], cfg.image_ref(base))
-        image_id = docker_ops.build(
-            client, image.name, context_dir, image.ref, all_labels, cfg.build_args, Path(layout.log(image.name))
-        )
-        if base and not docker_ops.built_on(client, image_id, parent_ids[base]):
-            docker_ops.untag_if(client, image.ref, image_id)
-            raise BuildError(
-                image.name,
-                f"it was built on another '{base}' than the one its inputs name (another run on this engine "
-                f"tagged {cfg.image_ref(base)} during the build); run again",
-                [], layout.log(image.name),
+        for attempt in range(1, BUILD_ATTEMPTS + 1):
+            if base:
+                # The builder resolves FROM by reference: point it at the parent this
+                # digest names, in case another run on the engine moved the tag.
+                docker_ops.tag(client, parent_ids[base], cfg.image_ref(base))
+            image_id = docker_ops.build(
+                client, image.name, context_dir, image.ref, all_labels, cfg.build_args, Path(layout.log(image.name))
             )
+            if not base or docker_ops.built_on(client, image_id, parent_ids[base]):
+                break
+            docker_ops.untag_if(client, image.ref, image_id)
+            if attempt == BUILD_ATTEMPTS:
+                raise BuildError(
+                    image.name,
+                    f"it was built on another '{base}' than the one its inputs name, {attempt} times (another run "
+                    f"on this engine keeps tagging {cfg.image_ref(base)}); run again when it is done",
+                    [], layout.log(image.name),
+                )
+            print(f"   {image.name}: built on another '{base}' (another run on this engine moved "
+                  f"{cfg.image_ref(base)}); building again", file=sys.stderr, flush=True)
         outcome = "built"
     packages = _record_packages(client, image, image_id, layout)
     stamp = Stamp(image.name, image_id, digest, (image.ref,))
