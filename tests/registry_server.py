@@ -55,6 +55,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def loopback_server(port: int, handler, tls_ca=None) -> tuple[ThreadingHTTPServer, str]:
+    """An HTTP server on 127.0.0.1:`port` (HTTPS with a certificate from `tls_ca`); returns it and its scheme."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    if tls_ca is None:
+        return server, "http"
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls_ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return server, "https"
+
+
 def _die_with_parent():  # pragma: no cover - runs in the child
     """A registry outlives a killed pytest otherwise (Linux: PR_SET_PDEATHSIG).
 
@@ -138,14 +150,7 @@ class TokenServer:
         self.signer_cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
         self.port = free_port()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self._httpd.daemon_threads = True
-        scheme = "http"
-        if tls_ca is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            tls_ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
-            scheme = "https"
+        self._httpd, scheme = loopback_server(self.port, self._handler(), tls_ca)
         self.realm = f"{scheme}://127.0.0.1:{self.port}/token"
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="token-server", daemon=True)
         self._thread.start()
@@ -449,14 +454,7 @@ class FaultProxy:
         self.paginate_tags = False
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
-        self._httpd.daemon_threads = True
-        scheme = "http"
-        if tls_ca is not None:
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            tls_ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
-            scheme = "https"
+        self._httpd, scheme = loopback_server(self.port, self._handler(), tls_ca)
         self.url = f"{scheme}://{self.host}"
         self._thread: threading.Thread | None = None
 
