@@ -22,7 +22,14 @@ from .gitinfo import last_revision
 from .graph import Image
 from .layout import CacheLayout
 from .render import SOURCES_DIR, final_base
-from .state import DIGEST_LABEL, Stamp, dump_json, input_digest, write_atomic, write_if_changed
+from .state import (
+    DIGEST_LABEL,
+    Stamp,
+    dump_json,
+    input_digest,
+    write_atomic,
+    write_if_changed,
+)
 
 CHECK_LABEL = "io.ccp.check"
 # Builds of one image when another run on the same engine keeps moving its parent's tag.
@@ -156,6 +163,32 @@ def sync_source(cfg: PipelineConfig, name: str, layout: CacheLayout) -> dict:
     return {"revision": record.revision, "changed": changed}
 
 
+def _build_on_parent(cfg: PipelineConfig, client, image: Image, context_dir: Path, labels: dict[str, str],
+                     parent_ids: dict[str, str], layout: CacheLayout) -> str:
+    """Build, and make sure the result extends the parent its input digest names:
+    the builder resolves FROM by reference, and another run on the same engine
+    may move that reference meanwhile (then the image is built again)."""
+    base = _final_parent(cfg, image)
+    for attempt in range(1, BUILD_ATTEMPTS + 1):
+        if base:
+            docker_ops.tag(client, parent_ids[base], cfg.image_ref(base))
+        image_id = docker_ops.build(
+            client, image.name, context_dir, image.ref, labels, cfg.build_args, Path(layout.log(image.name))
+        )
+        if not base or docker_ops.built_on(client, image_id, parent_ids[base]):
+            return image_id
+        docker_ops.untag_if(client, image.ref, image_id)
+        if attempt < BUILD_ATTEMPTS:
+            print(f"   {image.name}: built on another '{base}' (another run on this engine moved "
+                  f"{cfg.image_ref(base)}); building again", file=sys.stderr, flush=True)
+    raise BuildError(
+        image.name,
+        f"it was built on another '{base}' than the one its inputs name, {BUILD_ATTEMPTS} times (another run "
+        f"on this engine keeps tagging {cfg.image_ref(base)}); run again when it is done",
+        [], layout.log(image.name),
+    )
+
+
 @reports_errors
 def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     """Adopt an engine image with the same input digest, or build one; then write the stamp."""
@@ -180,27 +213,7 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
         outcome = "pulled"
     else:
         all_labels = {**labels, **_revision_labels(cfg, image), DIGEST_LABEL: digest}
-        base = _final_parent(cfg, image)
-        for attempt in range(1, BUILD_ATTEMPTS + 1):
-            if base:
-                # The builder resolves FROM by reference: point it at the parent this
-                # digest names, in case another run on the engine moved the tag.
-                docker_ops.tag(client, parent_ids[base], cfg.image_ref(base))
-            image_id = docker_ops.build(
-                client, image.name, context_dir, image.ref, all_labels, cfg.build_args, Path(layout.log(image.name))
-            )
-            if not base or docker_ops.built_on(client, image_id, parent_ids[base]):
-                break
-            docker_ops.untag_if(client, image.ref, image_id)
-            if attempt == BUILD_ATTEMPTS:
-                raise BuildError(
-                    image.name,
-                    f"it was built on another '{base}' than the one its inputs name, {attempt} times (another run "
-                    f"on this engine keeps tagging {cfg.image_ref(base)}); run again when it is done",
-                    [], layout.log(image.name),
-                )
-            print(f"   {image.name}: built on another '{base}' (another run on this engine moved "
-                  f"{cfg.image_ref(base)}); building again", file=sys.stderr, flush=True)
+        image_id = _build_on_parent(cfg, client, image, context_dir, all_labels, parent_ids, layout)
         outcome = "built"
     packages = _record_packages(client, image, image_id, layout)
     stamp = Stamp(image.name, image_id, digest, (image.ref,))
@@ -394,7 +407,14 @@ def deploy_artifacts(cfg: PipelineConfig, layout: CacheLayout, ci: publish.CiCon
     """Deploy the logs, reports, package manifests and summary of the last run to
     Artifactory, under <namespace>/<branch>/<build>/, with the properties
     retention reads (branch, commit, build.number, keep)."""
-    from .artifactory import PROP_BRANCH, PROP_BUILD_NUMBER, PROP_COMMIT, PROP_KEEP, Artifactory, ArtifactoryAuth
+    from .artifactory import (
+        PROP_BRANCH,
+        PROP_BUILD_NUMBER,
+        PROP_COMMIT,
+        PROP_KEEP,
+        Artifactory,
+        ArtifactoryAuth,
+    )
 
     settings = cfg.artifactory
     if not settings.url:

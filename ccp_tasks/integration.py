@@ -664,7 +664,9 @@ def _default_name(kind: str, spec) -> str:
 
 def load_spec(path: Path, images: Collection[str]) -> IntegrationSpec:
     """Parse and validate an integration.yaml once; every error is one line naming the file and key."""
-    from .config import _read_yaml  # the pipeline's one YAML reader: malformed YAML is reported as file:line:col
+    from .config import (
+        _read_yaml,  # the pipeline's one YAML reader: malformed YAML is reported as file:line:col
+    )
 
     path = Path(path)
     r = _Reader(str(path))

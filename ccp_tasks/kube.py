@@ -1189,10 +1189,10 @@ def run_pod(client, ctx: PodContext, refs: Callable[[str], str], *, workdir: Pat
     pod; wait until it is ready; run the integration checks against it;
     remove everything. `refs` maps an image reference the pod names to what
     to run (a tree image's build ID)."""
+    import uuid
+
     from docker.errors import DockerException
     from requests.exceptions import RequestException
-
-    import uuid
 
     from . import integration
     from .podrun import POD_IMAGE_LABEL, POD_RUN_LABEL, PodRun, remove_pod_leftovers
@@ -1376,10 +1376,10 @@ def check_pod(client, cfg, image: str, images: Collection[str], build_ids: Calla
     """Render the image's pod.yaml.j2, check it statically, then run it and
     the integration checks against it. `build_ids(name)` is the image ID a
     tree image's build made (raising CcpError when there is none)."""
+    import uuid
+
     from docker.errors import DockerException
     from requests.exceptions import RequestException
-
-    import uuid
 
     from . import integration
     from .podrun import POD_IMAGE_LABEL, POD_RUN_LABEL

@@ -10,8 +10,8 @@ from pathlib import Path
 from doit.exceptions import InvalidDodoFile
 
 from . import lock
-from .checks import write_junit_reports
 from .check_index import IntegrationInputs, integration_inputs
+from .checks import write_junit_reports
 from .config import PipelineConfig, load_config
 from .engine_view import EngineView
 from .errors import CcpError

@@ -15,13 +15,12 @@ from . import actions, lint
 from .base import is_fresh
 from .check_index import IntegrationInputs
 from .config import PipelineConfig
-from .errors import CcpError
 from .engine_view import EngineView
+from .errors import CcpError
 from .graph import ImageGraph
 from .layout import CacheLayout
 from .publish import CiContext, tag_plan
 from .render import INTEGRATION_TESTS, POD_TEMPLATE, STRUCTURE_TESTS
-
 
 # doit calls inspect.signature() on every uptodate callable of every task on
 # every run, to decide whether to pass it `task` and `values`; that was the

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
-
 from artifactory_server import ArtifactoryServer
+
 from ccp_tasks import artifactory as art
 from ccp_tasks.artifactory import Artifactory, ArtifactoryAuth, ArtifactoryError
 from ccp_tasks.errors import CcpError

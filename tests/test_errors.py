@@ -4,8 +4,8 @@ non-zero, and no half-written state."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import child_template
+
 from ccp_tasks.config import load_config
 from ccp_tasks.errors import ConfigError, GraphError
 from ccp_tasks.graph import build_graph

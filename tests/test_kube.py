@@ -20,12 +20,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import REPO
 
 from ccp_tasks import integration, kube, podrun
 from ccp_tasks.config import PipelineConfig
 from ccp_tasks.errors import ConfigError, TemplateError
-
-from conftest import REPO
 
 SAMPLES = ("nginx", "memcached", "redis", "etcd", "haproxy", "api-service", "cron")
 

@@ -10,7 +10,15 @@ import pytest
 
 from ccp_tasks.config import LintSettings, PipelineConfig, load_config
 from ccp_tasks.errors import ConfigError
-from ccp_tasks.lint import HADOLINT_OFF, RULES, Hadolint, find_hadolint, hadolint_fingerprint, lint_dockerfile, lint_image
+from ccp_tasks.lint import (
+    HADOLINT_OFF,
+    RULES,
+    Hadolint,
+    find_hadolint,
+    hadolint_fingerprint,
+    lint_dockerfile,
+    lint_image,
+)
 
 CLEAN = (
     "FROM ns/base:latest\n"
@@ -65,6 +73,7 @@ def test_waiver_by_template_comment_and_by_config():
 
 def test_sample_tree_passes_every_rule():
     from conftest import REPO
+
     from ccp_tasks.graph import build_graph
 
     cfg = load_config(REPO)

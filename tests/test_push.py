@@ -487,7 +487,7 @@ def test_5xx_are_retried_by_our_client_and_by_the_push(tree):
 
 
 def test_fresh_machine_pulls_every_image_then_builds_only_what_changed(tree, docker_client):
-    project, registry = tree.project, tree.registry
+    project = tree.project
     project.ok("push", env=ENV)  # whatever an earlier test left, all of it is pushed
     ids = {image: project.stamp(image)["image_id"] for image in IMAGES}
     latest = tree.latest()

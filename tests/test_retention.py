@@ -32,8 +32,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from conftest import prune_namespace
 import requests
+from conftest import prune_namespace
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -478,6 +478,7 @@ def _deploy_build(server, client, tmp_path, folder: str, created: datetime, **pr
 
 def test_artifactory_builds_by_branch_age_keep_and_last(tmp_path):
     from artifactory_server import ArtifactoryServer
+
     from ccp_tasks.artifactory import Artifactory, ArtifactoryAuth
 
     with ArtifactoryServer(repos=(ART_REPO,)) as server, \
@@ -649,6 +650,7 @@ def _blob_bytes(registry) -> int:
 @needs_registry
 def test_doit_retention_on_a_real_registry_and_artifactory(tmp_path, registry, seed_images, monkeypatch, capsys):
     from artifactory_server import ArtifactoryServer
+
     from ccp_tasks.artifactory import Artifactory, ArtifactoryAuth
 
     namespace, content_tag, keep_tag = seed_images
