@@ -286,7 +286,7 @@ def _check_mapping(cls, data, filename: str, prefix: str = "") -> dict[str, Any]
     return checked
 
 
-def _read_yaml(path: Path, parsed_cache: dict | None = None) -> dict[str, Any]:
+def read_yaml(path: Path, parsed_cache: dict | None = None) -> dict[str, Any]:
     """The mapping a config file holds. `parsed_cache` maps a file's sha256 to
     what it parsed to last time: a run whose config did not change does not
     import PyYAML (a tenth of a no-op over a small tree)."""
@@ -465,7 +465,7 @@ def load_config(root: Path | str = ".") -> PipelineConfig:
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for path in files:
-        checked = _check_mapping(PipelineConfig, _read_yaml(path, parsed_cache), path.name)
+        checked = _check_mapping(PipelineConfig, read_yaml(path, parsed_cache), path.name)
         origin.update({key: path.name for key in checked})
         merged = _merge(merged, checked)
     if "base" in merged:
