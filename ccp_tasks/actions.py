@@ -271,7 +271,24 @@ def _check_labels(cfg: PipelineConfig, image: Image, stage: str) -> dict[str, st
     return {CHECK_LABEL: f"{cfg.namespace}/{image.name}", f"{CHECK_LABEL}.stage": stage}
 
 
-def _finish_stage(layout: CacheLayout, record: StageRecord) -> dict:
+def stamped_ids(layout: CacheLayout):
+    """image name -> the image ID its build stamp holds, each stamp read once."""
+    return functools.cache(lambda name: _built(name, layout).image_id)
+
+
+def _run_stage(stage: str, cfg: PipelineConfig, image: Image, layout: CacheLayout, run, *, empty_fails: bool = False) -> dict:
+    """One check stage for one image: `run(image_id, labels)` returns its checks.
+    The record goes to cache/results/<stage>/ (see checks.py) whatever the
+    outcome; a failed check, or an expected error, fails the task with the report."""
+    started = time.monotonic()
+    stamp = _built(image.name, layout)
+    record = StageRecord(stage, image.name, passed=False, ref=image.ref, image_id=stamp.image_id)
+    try:
+        record.checks = run(stamp.image_id, _check_labels(cfg, image, stage))
+        record.passed = (bool(record.checks) or not empty_fails) and all(check.passed for check in record.checks)
+    except CcpError as exc:
+        record.error = str(exc)
+    record.seconds = round(time.monotonic() - started, 2)
     save_record(layout.results, record)
     if not record.passed:
         raise CcpError(failure_report(record))
@@ -283,17 +300,11 @@ def run_structure_tests(cfg: PipelineConfig, image: Image, layout: CacheLayout, 
     """Run the image's container-structure-test file against the image its build made."""
     from . import structure
 
-    started = time.monotonic()
-    stamp = _built(image.name, layout)
-    record = StageRecord("spec", image.name, passed=False, ref=image.ref, image_id=stamp.image_id)
-    try:
+    def run(image_id, labels):
         suite = structure.load_suite(Path(tests_file))
-        record.checks = structure.run_suite(docker_ops.connect(), stamp.image_id, suite, labels=_check_labels(cfg, image, "spec"))
-        record.passed = all(check.passed for check in record.checks)
-    except CcpError as exc:
-        record.error = str(exc)
-    record.seconds = round(time.monotonic() - started, 2)
-    return _finish_stage(layout, record)
+        return structure.run_suite(docker_ops.connect(), image_id, suite, labels=labels)
+
+    return _run_stage("spec", cfg, image, layout, run)
 
 
 @reports_errors
@@ -301,28 +312,41 @@ def run_integration_tests(cfg: PipelineConfig, image: Image, images: tuple[str, 
     """Start the image (and the services it needs) and run the checks of its integration.yaml."""
     from . import integration
 
-    started = time.monotonic()
-    stamp = _built(image.name, layout)
-    record = StageRecord("test", image.name, passed=False, ref=image.ref, image_id=stamp.image_id)
-    try:
+    def run(image_id, labels):
         spec = integration.load_spec(Path(spec_file), images)
         run_refs = {name: _built(name, layout).image_id for name in [image.name, *integration.service_images(spec)]}
-        record.checks = integration.run_spec(
+        return integration.run_spec(
             docker_ops.connect(),
             image.name,
             run_refs,
             spec,
-            workdir=layout.test_workdir(image.name),
+            workdir=layout.check_workdir("test", image.name),
             recorded_dir=layout.recorded,
-            log_path=Path(layout.test_log(image.name)),
-            labels=_check_labels(cfg, image, "test"),
+            log_path=layout.check_log("test", image.name),
+            labels=labels,
             variables=cfg.template_globals(),
         )
-        record.passed = all(check.passed for check in record.checks)
-    except CcpError as exc:
-        record.error = str(exc)
-    record.seconds = round(time.monotonic() - started, 2)
-    return _finish_stage(layout, record)
+
+    return _run_stage("test", cfg, image, layout, run)
+
+
+@reports_errors
+def run_pod_checks(cfg: PipelineConfig, image: Image, images: tuple[str, ...], layout: CacheLayout, pod_template: str) -> dict:
+    """Validate the image's pod definition, run it as a pod and its integration checks against it."""
+    from . import kube
+    from .render import INTEGRATION_TESTS
+
+    spec_path = Path(pod_template).parent / INTEGRATION_TESTS
+
+    def run(image_id, labels):
+        return kube.check_pod(
+            docker_ops.connect(), cfg, image.name, images, stamped_ids(layout), Path(pod_template),
+            spec_path=spec_path if spec_path.is_file() else None,
+            workdir=layout.check_workdir("kube", image.name), log_path=layout.check_log("kube", image.name),
+            recorded_dir=layout.recorded, labels=labels,
+        )
+
+    return _run_stage("kube", cfg, image, layout, run, empty_fails=True)
 
 
 def _record_packages(client, image: Image, image_id: str, layout: CacheLayout) -> dict:

@@ -664,7 +664,8 @@ def _default_name(kind: str, spec) -> str:
 
 def load_spec(path: Path, images: Collection[str]) -> IntegrationSpec:
     """Parse and validate an integration.yaml once; every error is one line naming the file and key."""
-    from .config import read_yaml  # the pipeline's one YAML reader: malformed YAML is file:line:col
+    # The pipeline's one YAML reader: malformed YAML is reported as file:line:col.
+    from .config import read_yaml
 
     path = Path(path)
     r = _Reader(str(path))

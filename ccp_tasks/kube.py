@@ -112,17 +112,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection
 
-from .checks import CheckResult, StageRecord, failure_report, save_record
+from .checks import CheckResult
 from .errors import CcpError, ConfigError, EngineError
+from .render import POD_TEMPLATE
 
 # podrun (and the http, ssl and thread machinery it brings) is imported where it
 # is used: task generation only needs pod_inputs(), and a no-op run stays cheap.
 if TYPE_CHECKING:
     from .podrun import PodRun, PodSource
 
-POD_TEMPLATE = "pod.yaml.j2"
 DEFAULT_KUBERNETES_VERSION = "1.33"
-STAGE = "kube"
 WORKLOADS = {
     "Pod": ("spec",),
     "Deployment": ("spec", "template", "spec"),
@@ -1450,65 +1449,3 @@ def _integration_path(cfg, image: str) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-class _BuildIds:
-    def __init__(self, layout):
-        self.layout = layout
-        self.cache: dict[str, str] = {}
-
-    def __call__(self, name: str) -> str:
-        from .state import Stamp
-
-        if name not in self.cache:
-            stamp = Stamp.read(Path(self.layout.stamp(name)))
-            if stamp is None:
-                raise CcpError(f"image '{name}' has no build stamp; build it first (doit build:{name})")
-            self.cache[name] = stamp.image_id
-        return self.cache[name]
-
-
-def kube_workdir(layout, image: str) -> Path:
-    return layout.root / "kube-work" / image
-
-
-def kube_log(layout, image: str) -> Path:
-    return layout.root / "logs" / f"kube-{image}.log"
-
-
-def pod_checks(cfg, image, images: tuple[str, ...], layout, pod_template: str) -> dict:
-    """What `kube:<image>` does: the stage record in cache/results/kube/, and
-    CcpError with the failure report when a check failed."""
-    from . import docker_ops
-    from .render import INTEGRATION_TESTS
-
-    name = getattr(image, "name", image)
-    started = time.monotonic()
-    build_ids = _BuildIds(layout)
-    image_id = build_ids(name)
-    record = StageRecord(STAGE, name, passed=False, ref=cfg.image_ref(name), image_id=image_id)
-    spec_path = Path(pod_template).parent / INTEGRATION_TESTS
-    try:
-        record.checks = check_pod(
-            docker_ops.connect(), cfg, name, images, build_ids, Path(pod_template),
-            spec_path=spec_path if spec_path.is_file() else None,
-            workdir=kube_workdir(layout, name), log_path=kube_log(layout, name), recorded_dir=layout.recorded,
-            labels={"io.ccp.check": f"{cfg.namespace}/{name}", "io.ccp.check.stage": STAGE},
-        )
-        record.passed = bool(record.checks) and all(check.passed for check in record.checks)
-    except CcpError as exc:
-        record.error = str(exc)
-    record.seconds = round(time.monotonic() - started, 2)
-    save_record(layout.results, record)
-    if not record.passed:
-        raise CcpError(failure_report(record))
-    return {"checks": len(record.checks), "seconds": record.seconds}
-
-
-def run_pod_checks(cfg, image, images: tuple[str, ...], layout, pod_template: str):
-    """The doit action of `kube:<image>`: an expected failure becomes doit's
-    TaskFailed with a one-line-first message, as the other stages' actions do."""
-    from doit.exceptions import TaskFailed
-
-    try:
-        return pod_checks(cfg, image, images, layout, pod_template)
-    except CcpError as exc:
-        return TaskFailed(str(exc))

@@ -75,12 +75,14 @@ class CacheLayout:
         """Answers recorded by each image's last passing integration run, for regression checks."""
         return self.root / "results" / "recorded"
 
-    def test_workdir(self, image: str) -> Path:
-        """Rendered config files and throwaway certificates of one integration run."""
-        return self.root / "test-work" / image
+    def check_workdir(self, stage: str, image: str) -> Path:
+        """Rendered config files and throwaway certificates of one run of a
+        stage that starts containers (`test`, `kube`)."""
+        return self.root / f"{stage}-work" / image
 
-    def test_log(self, image: str) -> str:
-        return f"{self.root}/logs/test-{image}.log"
+    def check_log(self, stage: str, image: str) -> Path:
+        """Every container's log of that run."""
+        return self.root / "logs" / f"{stage}-{image}.log"
 
     def source_record(self, name: str) -> str:
         """The revision of an application source the images copying it depend on."""

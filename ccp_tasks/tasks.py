@@ -7,7 +7,9 @@ does what it says.
 
 from __future__ import annotations
 
+import functools
 import inspect
+from pathlib import Path
 
 from doit.tools import config_changed
 
@@ -299,7 +301,7 @@ def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
                    + (f" with {', '.join(others)}" if others else "") + f" (after test:{name})",
             "file_dep": [inputs.template, *inputs.files, *(layout.stamp(other) for other in inputs.images)],
             "targets": [layout.result("kube", name)],
-            "actions": [(kube.run_pod_checks, (cfg, image, images, layout, inputs.template))],
+            "actions": [(actions.run_pod_checks, (cfg, image, images, layout, inputs.template))],
             "task_dep": [f"test:{name}"],  # ordering and gating only
             "uptodate": [config_changed_as({"variables": cfg.template_globals(), "kubernetes": version,
                                             "external": list(cfg.external_images)}, f"kube:{name}")],
@@ -307,8 +309,18 @@ def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
         }
 
 
+@functools.cache
+def _ci_context(root: Path) -> CiContext:
+    """The CI job this run is part of (read once: push, publish and artifacts all name it)."""
+    return CiContext.from_env(root)
+
+
+def _ci(cfg: PipelineConfig, wanted: bool) -> CiContext:
+    return _ci_context(cfg.root) if wanted else CiContext()
+
+
 def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
-    ci = CiContext.from_env(cfg.root) if cfg.registry.url else CiContext()
+    ci = _ci(cfg, bool(cfg.registry.url))
     where = cfg.registry.url or "the registry (registry.url is not set)"
     yield {
         "basename": "push",
@@ -337,7 +349,7 @@ def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
 
 
 def publish_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
-    ci = CiContext.from_env(cfg.root) if cfg.registry.url else CiContext()
+    ci = _ci(cfg, bool(cfg.registry.url))
     moving = tag_plan(cfg, "x", "sha256:", ci).moving
     return {
         "basename": "publish",
@@ -354,7 +366,7 @@ def publish_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
 def artifacts_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     import os
 
-    ci = CiContext.from_env(cfg.root) if cfg.artifactory.url else CiContext()
+    ci = _ci(cfg, bool(cfg.artifactory.url))
     keep = os.environ.get("CCP_KEEP", "").lower() in ("1", "true", "yes")
     where = f"{cfg.artifactory.url}/{cfg.artifactory.repository}" if cfg.artifactory.url else "Artifactory (artifactory.url is not set)"
     return {

@@ -963,11 +963,12 @@ def test_sample_pods_show_what_the_issue_asks_for():
 
 @pytest.mark.parametrize("name", SAMPLES)
 def test_sample_pods_run_against_the_built_images(name, docker_client, tmp_path):
+    from ccp_tasks.actions import stamped_ids
     from ccp_tasks.layout import CacheLayout
 
     cfg, images, _ctx = sample_context(name)
     layout = CacheLayout(cfg.cache_dir)
-    build_ids = kube._BuildIds(layout)
+    build_ids = stamped_ids(layout)
     try:
         text = (REPO / "dockerfiles" / name / kube.POD_TEMPLATE).read_text()
         services = [s.image for s in _ctx.spec.services] if _ctx.spec else []
