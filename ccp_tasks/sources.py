@@ -58,6 +58,10 @@ class SourceRecord:
         except (OSError, ValueError, TypeError):
             return None
 
+    def describes(self, settings: SourceSettings) -> bool:
+        """Whether this record is of the source as configured now (same place, same ref)."""
+        return self.location == (settings.url or settings.path) and self.ref == (settings.ref if settings.url else "")
+
     @property
     def label(self) -> tuple[str, str]:
         return f"{LABEL_PREFIX}{self.name}.revision", self.revision

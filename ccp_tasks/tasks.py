@@ -97,7 +97,7 @@ class source_current:
 
         settings = self.cfg.sources[self.name]
         record = sources.SourceRecord.read(self.record_path)
-        if record is None or record.location != (settings.url or settings.path) or record.ref != (settings.ref if settings.url else ""):
+        if record is None or not record.describes(settings):
             return False
         try:
             return sources.current_revision(self.name, settings, self.cfg.root) == record.revision
