@@ -8,6 +8,11 @@ from pathlib import Path
 # The stages that start containers: each has a work directory and a log per image.
 CONTAINER_STAGES = ("test", "kube")
 _RECORDED = "recorded"  # results/recorded/: not a stage (see `recorded`)
+# Files under the per-image directories that belong to no image.
+_BASE_LOG = "logs/base-rootfs.log"
+_PUBLISHED = "pushed/published.json"
+_NOT_PER_IMAGE = frozenset((_BASE_LOG, _PUBLISHED))
+
 
 @dataclass(frozen=True)
 class CacheLayout:
@@ -43,7 +48,7 @@ class CacheLayout:
 
     @property
     def base_log(self) -> Path:
-        return self.root / "logs" / "base-rootfs.log"
+        return self.root / _BASE_LOG
 
     # Per-image paths are strings: task generation builds hundreds of them on
     # every run, and pathlib costs several times what an f-string does.
@@ -109,7 +114,7 @@ class CacheLayout:
     @property
     def published(self) -> Path:
         """The moving tags the last complete publish set."""
-        return self.root / "pushed" / "published.json"
+        return self.root / _PUBLISHED
 
     def manifest(self, image: str) -> str:
         return f"{self.root}/manifests/{image}.tsv"
@@ -126,20 +131,16 @@ class CacheLayout:
     # `x.failed`. So the answer is every image the file may belong to, and a
     # caller deleting files keeps one whose candidates include a live image.
 
-    # Directories holding per-image files (and, in a few, non-image files).
+    # Directories holding per-image files (and the two of _NOT_PER_IMAGE).
     PER_IMAGE_DIRS = ("build", "images", "logs", "results", "manifests", "pushed",
                       *(f"{stage}-work" for stage in CONTAINER_STAGES))
-
-    def not_per_image(self) -> frozenset[str]:
-        """Files under PER_IMAGE_DIRS that belong to no image, relative to root."""
-        return frozenset(Path(p).relative_to(self.root).as_posix() for p in (self.base_log, self.published))
 
     def owners(self, path: str | Path) -> tuple[str, ...]:
         """The images `path` (under root, or relative to it) may belong to; () for a
         file of no image."""
         path = Path(path)
         relative = (path.relative_to(self.root) if path.is_absolute() else path).as_posix()
-        if relative in self.not_per_image():
+        if relative in _NOT_PER_IMAGE:
             return ()
         parts = relative.split("/")
         top, name = parts[0], parts[-1]
