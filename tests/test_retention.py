@@ -938,3 +938,34 @@ def test_doit_retention_plans_and_applies_only_when_asked(tmp_path):
     applied = doit("retention", "--apply")
     assert "local: 0 kept, 2 to delete; deleted 2, skipped 0, already gone 0" in applied
     assert sorted(p.name for p in logs.iterdir()) == ["app.log"]
+
+
+def test_doit_retention_apply_keeps_a_tree_image_kube_log(tmp_path):
+    """Through doit: `doit retention --apply` once deleted cache/logs/kube-<image>.log
+    of an image in the tree (taken for the log of an image `kube-<image>`)."""
+    import sys
+
+    root = tmp_path / "proj"
+    for name in ("app", "api-service"):
+        (root / "dockerfiles" / name).mkdir(parents=True)
+        (root / "dockerfiles" / name / "Dockerfile.j2").write_text("FROM scratch\nCOPY busybox /bin/busybox\n")
+        (root / "dockerfiles" / name / "busybox").write_text("not really\n")
+    (root / "ccp.yaml").write_text(f"namespace: ccptest-{uuid.uuid4().hex[:8]}\nbase: {{enabled: false}}\n")
+    (root / "dodo.py").write_text((Path(retention.__file__).parent.parent / "dodo.py").read_text())
+    os.symlink(Path(retention.__file__).parent, root / "ccp_tasks")
+    layout = CacheLayout(root / "cache")
+    month_ago = time.time() - 30 * DAY
+    for image in ("app", "api-service", "old-db"):
+        for path in per_image_paths(layout, image):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(image)
+            os.utime(path, (month_ago, month_ago))
+    env = {k: v for k, v in os.environ.items() if k not in ("CCP_OVERRIDE", "DOCKER_HOST")}
+    done = subprocess.run([sys.executable, "-m", "doit", "retention", "--apply"], cwd=root, capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    removed = per_image_paths(layout, "old-db")
+    assert f"local: 0 kept, {len(removed)} to delete; deleted {len(removed)}, skipped 0, already gone 0" in done.stdout
+    assert (layout.root / "logs" / "kube-app.log").exists() and (layout.root / "logs" / "kube-api-service.log").exists()
+    assert all(path.exists() for image in ("app", "api-service") for path in per_image_paths(layout, image))
+    assert not any(path.exists() for path in removed)
