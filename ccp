@@ -8,14 +8,20 @@
 #
 # Every step is idempotent: packages are installed only when missing, dockerd
 # is started only when no engine answers, the virtualenv is refreshed only
-# when requirements.txt changed. With DOCKER_HOST set, that engine is used and
-# no local dockerd is started.
+# when requirements.txt changed. An engine that answers is used as it is, and
+# Debian's docker.io is installed only when this machine has no Docker at all
+# (no engine answering, no dockerd, no Docker CE package). With DOCKER_HOST
+# set, that engine is used and no local dockerd is started.
+# (`source ccp --functions-only` defines the functions and runs nothing.)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$HERE/.venv"
 CACHE="$HERE/cache"
-DEBIAN_PACKAGES=(docker.io mmdebstrap git busybox-static ca-certificates python3-venv)
+DEBIAN_PACKAGES=(mmdebstrap git busybox-static ca-certificates python3-venv)
+ENGINE_PACKAGE=docker.io  # only when there is no Docker at all (engine_plan)
+# Docker CE's and Moby's packages: Debian's docker.io conflicts with them.
+DOCKER_CE_PACKAGES=(docker-ce docker-ce-cli containerd.io moby-engine)
 # The tests also start real registries (Distribution 2.8, htpasswd from
 # apache2-utils), check pushes with an independent client (skopeo) and pack
 # the host's openssl into a TLS fixture image.
@@ -25,15 +31,21 @@ say() { printf 'ccp: %s\n' "$*" >&2; }
 die() { printf 'ccp: error: %s\n' "$*" >&2; exit 1; }
 
 SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || die "not root and no sudo: install ${DEBIAN_PACKAGES[*]} by hand"
-    SUDO="sudo"
-fi
+find_sudo() {
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || die "not root and no sudo: install ${DEBIAN_PACKAGES[*]} by hand"
+        SUDO="sudo"
+    fi
+}
+
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
 
 install_packages() {
     local missing=()
     for package in "${DEBIAN_PACKAGES[@]}" "$@"; do
-        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+        installed "$package" || missing+=("$package")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     say "installing Debian packages: ${missing[*]}"
@@ -45,12 +57,34 @@ engine_answers() {
     timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1
 }
 
-start_engine() {
+# How this machine gets its engine, one word: `use` (one answers), `start` (a
+# dockerd is installed, docker.io's or Docker CE's), `install` (no Docker at
+# all: Debian's docker.io). Installing docker.io next to Docker CE would make
+# apt remove or break it, so that case is an error instead.
+engine_plan() {
     if engine_answers; then
+        echo use
         return 0
     fi
     if [ -n "${DOCKER_HOST:-}" ]; then
         die "no Docker engine answers at DOCKER_HOST=$DOCKER_HOST; start it there, or unset DOCKER_HOST to use a local dockerd"
+    fi
+    if command -v dockerd >/dev/null; then
+        echo start
+        return 0
+    fi
+    local package
+    for package in "${DOCKER_CE_PACKAGES[@]}"; do
+        if installed "$package"; then
+            die "no Docker engine answers and no dockerd is on PATH, but Docker CE's package $package is installed: install and start its engine (apt-get install docker-ce; systemctl start docker) or set DOCKER_HOST; ccp does not install Debian's $ENGINE_PACKAGE over it (the packages conflict)"
+        fi
+    done
+    echo install
+}
+
+start_engine() {
+    if engine_answers; then
+        return 0
     fi
     mkdir -p "$CACHE"
     say "no Docker engine answers; starting dockerd (log: cache/dockerd.log)"
@@ -84,11 +118,22 @@ setup_venv() {
 }
 
 setup() {
-    install_packages "$@"
-    start_engine
+    local plan
+    plan="$(engine_plan)"
+    find_sudo
+    if [ "$plan" = install ]; then
+        install_packages "$ENGINE_PACKAGE" "$@"
+    else
+        install_packages "$@"
+    fi
+    [ "$plan" = use ] || start_engine
     setup_venv
     mkdir -p "$CACHE"
 }
+
+if [ "${1:-}" = "--functions-only" ]; then
+    return 0 2>/dev/null || exit 0
+fi
 
 command="${1:-build}"
 [ $# -gt 0 ] && shift
@@ -110,7 +155,7 @@ case "$command" in
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     -h|--help|help)
-        sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//'
         ;;
     *)
         die "unknown command '$command'; try ./ccp help"

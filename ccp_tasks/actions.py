@@ -224,7 +224,7 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
 
 @reports_errors
 def refresh_rootfs(cfg: PipelineConfig, layout: CacheLayout) -> dict:
-    return base_rootfs.make_rootfs(cfg.base, layout.rootfs, layout.rootfs_manifest, layout.root / "logs" / "base-rootfs.log")
+    return base_rootfs.make_rootfs(cfg.base, layout.rootfs, layout.rootfs_manifest, layout.base_log)
 
 
 @reports_errors
@@ -251,7 +251,7 @@ def lint_image(cfg: PipelineConfig, image: Image, dockerfile: str, layout: Cache
         checks.append(CheckResult(f"hadolint {hadolint.version} (fails at {hadolint.threshold} and above)", "tool", True))
     record = StageRecord("lint", image.name, passed=not findings, checks=checks, ref=image.ref,
                          seconds=round(time.monotonic() - started, 3))
-    save_record(layout.results, record)
+    save_record(layout, record)
     if findings:
         lines = [f.format(dockerfile) for f in findings]
         raise CcpError(f"image '{image.name}' breaks {len(findings)} lint rule(s):\n" + "\n".join(lines))
@@ -289,7 +289,7 @@ def _run_stage(stage: str, cfg: PipelineConfig, image: Image, layout: CacheLayou
     except CcpError as exc:
         record.error = str(exc)
     record.seconds = round(time.monotonic() - started, 2)
-    save_record(layout.results, record)
+    save_record(layout, record)
     if not record.passed:
         raise CcpError(failure_report(record))
     return {"checks": len(record.checks), "seconds": record.seconds}

@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .layout import CacheLayout
 from .state import dump_json, write_atomic
 
 STAGES = ("lint", "spec", "test", "kube")
@@ -61,26 +62,25 @@ class StageRecord:
         return [check for check in self.checks if not check.passed]
 
 
-def record_paths(results_dir: Path, stage: str, image: str) -> tuple[Path, Path]:
+def record_paths(layout: CacheLayout, stage: str, image: str) -> tuple[Path, Path]:
     """(passed, failed) record paths of one image's stage."""
-    base = results_dir / stage
-    return base / f"{image}.json", base / f"{image}.failed.json"
+    return Path(layout.result(stage, image)), Path(layout.failed_result(stage, image))
 
 
-def save_record(results_dir: Path, record: StageRecord) -> Path:
+def save_record(layout: CacheLayout, record: StageRecord) -> Path:
     """Write the record where its outcome says, and remove the other one, so
     there is never both a pass and a failure on disk for one stage."""
-    passed, failed = record_paths(results_dir, record.stage, record.image)
+    passed, failed = record_paths(layout, record.stage, record.image)
     keep, drop = (passed, failed) if record.passed else (failed, passed)
     drop.unlink(missing_ok=True)
     write_atomic(keep, record.to_json())
     return keep
 
 
-def load_records(results_dir: Path, stage: str, images) -> list[StageRecord]:
+def load_records(layout: CacheLayout, stage: str, images) -> list[StageRecord]:
     records = []
     for image in images:
-        for path in record_paths(results_dir, stage, image):
+        for path in record_paths(layout, stage, image):
             try:
                 records.append(StageRecord.from_json(path.read_bytes()))
             except FileNotFoundError:
@@ -155,12 +155,12 @@ def failure_report(record: StageRecord, limit: int = 12) -> str:
     return "\n".join(lines)
 
 
-def write_junit_reports(results_dir: Path, reports_dir: Path, stages, images) -> dict[str, str]:
+def write_junit_reports(layout: CacheLayout, stages, images) -> dict[str, str]:
     """Remake `reports/junit-<stage>.xml` for each stage from the records of the
     current images (a removed image's old record is not reported)."""
     written = {}
     for stage in stages:
-        path = reports_dir / f"junit-{stage}.xml"
-        write_atomic(path, junit_xml(stage, load_records(results_dir, stage, images)))
+        path = layout.reports / f"junit-{stage}.xml"
+        write_atomic(path, junit_xml(stage, load_records(layout, stage, images)))
         written[stage] = str(path)
     return written

@@ -370,6 +370,19 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
             fail("registry.url", "plain http needs registry.insecure: true (and only on a trusted network)")
         if "@" in cfg.registry.url:
             fail("registry.url", "credentials do not belong in the config: use CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD or docker login")
+        # An image reference has room for host[:port] only, and the registry
+        # client would address /v2/ on the host root: a path, query or fragment
+        # would be dropped without a word.
+        from urllib.parse import urlsplit
+
+        url = cfg.registry.url
+        parts = urlsplit(url if "://" in url else f"//{url}")
+        for what, part, hint in (("a path", parts.path.rstrip("/"), "use a namespace for {!r}"),
+                                 ("a query", "?" in url and f"?{parts.query}", "drop it"),
+                                 ("a fragment", "#" in url and f"#{parts.fragment}", "drop it")):
+            if part:
+                fail("registry.url", f"{url!r} has {what} ({part!r}); a registry is named host[:port] "
+                                     f"(its API is at /v2/ on the host root); {hint.format(part)}")
     for key, value in (("registry.ca_bundle", cfg.registry.ca_bundle), ("artifactory.ca_bundle", cfg.artifactory.ca_bundle)):
         if value and not (cfg.root / value).is_file():
             fail(key, f"{value} is not a file")

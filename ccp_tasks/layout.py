@@ -5,6 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# The stages that start containers: each has a work directory and a log per image.
+CONTAINER_STAGES = ("test", "kube")
+_RECORDED = "recorded"  # results/recorded/: not a stage (see `recorded`)
+# Files under the per-image directories that belong to no image.
+_BASE_LOG = "logs/base-rootfs.log"
+_PUBLISHED = "pushed/published.json"
+_NOT_PER_IMAGE = frozenset((_BASE_LOG, _PUBLISHED))
+
 
 @dataclass(frozen=True)
 class CacheLayout:
@@ -38,6 +46,10 @@ class CacheLayout:
     def rootfs_manifest(self) -> Path:
         return self.root / "base" / "rootfs.json"
 
+    @property
+    def base_log(self) -> Path:
+        return self.root / _BASE_LOG
+
     # Per-image paths are strings: task generation builds hundreds of them on
     # every run, and pathlib costs several times what an f-string does.
     def context_dir(self, image: str) -> str:
@@ -67,13 +79,20 @@ class CacheLayout:
         """The record a passing stage writes: the stage task's target."""
         return f"{self.root}/results/{stage}/{image}.json"
 
+    def failed_result(self, stage: str, image: str) -> str:
+        """The record a failing stage writes instead (never a target)."""
+        return f"{self.root}/results/{stage}/{image}.failed.json"
+
     def lint_report(self, image: str) -> str:
         return self.result("lint", image)
 
     @property
     def recorded(self) -> Path:
         """Answers recorded by each image's last passing integration run, for regression checks."""
-        return self.root / "results" / "recorded"
+        return self.root / "results" / _RECORDED
+
+    def recorded_answers(self, image: str) -> str:
+        return f"{self.root}/results/{_RECORDED}/{image}.json"
 
     def check_workdir(self, stage: str, image: str) -> Path:
         """Rendered config files and throwaway certificates of one run of a
@@ -95,10 +114,52 @@ class CacheLayout:
     @property
     def published(self) -> Path:
         """The moving tags the last complete publish set."""
-        return self.root / "pushed" / "published.json"
+        return self.root / _PUBLISHED
 
     def manifest(self, image: str) -> str:
         return f"{self.root}/manifests/{image}.tsv"
 
     def manifest_changes(self, image: str) -> str:
         return f"{self.root}/manifests/{image}.changes"
+
+    # -- which image a file under cache/ belongs to ----------------------------
+    #
+    # The inverse of the per-image methods above (tests/test_retention.py
+    # checks every method taking an `image` against it). Names can collide:
+    # logs/test-x.log is the build log of an image `test-x` and the test log of
+    # `x`; results/spec/x.failed.json the failure record of `x` and the pass of
+    # `x.failed`. So the answer is every image the file may belong to, and a
+    # caller deleting files keeps one whose candidates include a live image.
+
+    # Directories holding per-image files (and the two of _NOT_PER_IMAGE).
+    PER_IMAGE_DIRS = ("build", "images", "logs", "results", "manifests", "pushed",
+                      *(f"{stage}-work" for stage in CONTAINER_STAGES))
+
+    def owners(self, path: str | Path) -> tuple[str, ...]:
+        """The images `path` (under root, or relative to it) may belong to; () for a
+        file of no image."""
+        path = Path(path)
+        relative = (path.relative_to(self.root) if path.is_absolute() else path).as_posix()
+        if relative in _NOT_PER_IMAGE:
+            return ()
+        parts = relative.split("/")
+        top, name = parts[0], parts[-1]
+        if len(parts) >= 2 and (top == "build" or top in {f"{s}-work" for s in CONTAINER_STAGES}):
+            return (parts[1],)  # a directory per image: everything in it
+        if len(parts) == 2 and top == "images" and name.endswith(".json"):
+            return (name[:-5],)
+        if len(parts) == 2 and top == "logs" and name.endswith(".log"):
+            stem = name[:-4]
+            return (stem, *(stem[len(s) + 1:] for s in CONTAINER_STAGES if stem.startswith(f"{s}-")))
+        if len(parts) == 3 and top == "results" and name.endswith(".json"):
+            stem = name[:-5]
+            if parts[1] != _RECORDED and stem.endswith(".failed"):
+                return (stem[:-7], stem)
+            return (stem,)
+        if len(parts) == 2 and top == "manifests":
+            for suffix in (".tsv", ".changes"):
+                if name.endswith(suffix):
+                    return (name[: -len(suffix)],)
+        if len(parts) == 2 and top == "pushed" and name.endswith(".json"):
+            return (name[:-5],)
+        return ()

@@ -34,7 +34,7 @@ class Pipeline:
         return self.cfg, self.graph, self.layout
 
     def write_reports(self, stages) -> dict[str, str]:
-        return write_junit_reports(self.layout.results, self.layout.reports, stages, self.graph.order)
+        return write_junit_reports(self.layout, stages, self.graph.order)
 
     def doit_config(self) -> dict:
         return {
@@ -44,7 +44,7 @@ class Pipeline:
             "action_string_formatting": "new",
             "minversion": "0.36.0",
             "reporter": reporter_for(
-                self.layout.summary, self.layout.root / "logs", EngineView.save, on_checks=self.write_reports
+                self.layout.summary, self.layout.log, EngineView.save, on_checks=self.write_reports
             ),
         }
 

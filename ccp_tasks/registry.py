@@ -263,6 +263,8 @@ class RegistryClient:
         host = text.split("/", 1)[0]
         if not host:
             raise RegistryError(f"registry {registry!r}: no host")
+        if host != text or "?" in host or "#" in host:  # config validation says so first, naming the key
+            raise RegistryError(f"registry {registry!r}: a registry is named host[:port], without a path, query or fragment")
         if ca_bundle is not None and not Path(ca_bundle).is_file():
             raise RegistryError(f"registry {host}: the CA bundle {ca_bundle} does not exist (registry.ca_bundle)")
         self.name = host

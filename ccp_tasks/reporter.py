@@ -32,10 +32,10 @@ def _image_of(task_name: str) -> tuple[str, str] | None:
 
 
 class SummaryReporter(ConsoleReporter):
-    """Set `summary_path` (and `log_dir`) on a subclass before doit builds it."""
+    """Set `summary_path` (and `log_of`) on a subclass before doit builds it."""
 
     summary_path: Path | None = None
-    log_dir: Path | None = None
+    log_of = None  # image -> its build log's path (CacheLayout.log)
     # Called at the end of a run with the (reference, image ID) pairs it built,
     # adopted, pulled or tagged again after a push; what it returns is added to
     # the summary.
@@ -139,8 +139,8 @@ class SummaryReporter(ConsoleReporter):
             image = found[1]
             if task_name in self.failed_tasks:
                 entry = {"outcome": "failed", "error": self.failed_tasks[task_name]}
-                if self.log_dir and (self.log_dir / f"{image}.log").exists():
-                    entry["log"] = str(self.log_dir / f"{image}.log")
+                if self.log_of and Path(self.log_of(image)).exists():
+                    entry["log"] = str(self.log_of(image))
             else:
                 causes = self._root_causes(task_name)
                 entry = {"outcome": "blocked", "blocked_by": causes}
@@ -282,8 +282,8 @@ class SummaryReporter(ConsoleReporter):
             write_atomic(self.summary_path, dump_json(summary))
 
 
-def reporter_for(summary_path: Path, log_dir: Path, on_complete=None, on_checks=None) -> type[SummaryReporter]:
-    attributes = {"summary_path": summary_path, "log_dir": log_dir, "desc": "console + ccp summary",
+def reporter_for(summary_path: Path, log_of, on_complete=None, on_checks=None) -> type[SummaryReporter]:
+    attributes = {"summary_path": summary_path, "log_of": staticmethod(log_of), "desc": "console + ccp summary",
                   "on_complete": staticmethod(on_complete) if on_complete else None,
                   "on_checks": staticmethod(on_checks) if on_checks else None}
     return type("CcpReporter", (SummaryReporter,), attributes)

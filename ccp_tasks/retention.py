@@ -56,10 +56,11 @@ aged by its newest item's `created` time and kept or deleted whole. Items
 without a `branch` property are not ours and never touched. Apply re-reads
 each item's properties and skips a build marked keep=true meanwhile.
 
-Local (cache/): the per-image logs, check results, package manifests and
-push records of images no longer in the tree, by modification time
-(`local_days`); those of images in the tree are the pipeline's current state
-and always kept, as is everything else under cache/.
+Local (cache/): every per-image file a stage writes (build context, stamp,
+logs, check results and work directories, recorded answers, package
+manifests, push records: CacheLayout.owners) of images no longer in the tree,
+by modification time (`local_days`); those of images in the tree are the
+pipeline's current state and always kept, as is everything else under cache/.
 
 Time is injected (`now`) into every planning function; nothing here sleeps.
 """
@@ -589,51 +590,29 @@ def apply_artifacts(server, entries: Iterable[Entry]) -> Applied:
 
 # -- cache/ -----------------------------------------------------------------------------
 
-# Per-image files under cache/ and the image each belongs to (several
-# candidates: logs/test-x.log is the build log of `test-x` or the
-# integration log of `x`).
-LOCAL_DIRS = ("logs", "results", "manifests", "pushed")
-LOCAL_KEEP = {"logs/base-rootfs.log": "the base task's log", "pushed/published.json": "the last publish"}
-
-
 @dataclass(frozen=True)
 class CacheFile:
     path: str  # relative to cache/
-    owners: tuple[str, ...]  # the image it belongs to, whichever of these is in the tree
+    owners: tuple[str, ...]  # the image it belongs to, whichever of these is in the tree (CacheLayout.owners)
     mtime: float
     size: int
 
 
-def _owners(relative: str) -> tuple[str, ...]:
-    parts = relative.split("/")
-    name = parts[-1]
-    for suffix in (".failed.json", ".json", ".log", ".tsv", ".changes"):
-        if name.endswith(suffix):
-            stem = name[: -len(suffix)]
-            break
-    else:
-        return ()
-    if parts[0] == "logs" and len(parts) == 2:
-        return (stem, stem[5:]) if stem.startswith("test-") else (stem,)
-    if parts[0] == "results" and len(parts) == 3:
-        return (stem,)
-    if parts[0] in ("manifests", "pushed") and len(parts) == 2:
-        return (stem,)
-    return ()
-
-
 def local_inventory(cache_root: Path) -> list[CacheFile]:
+    """Every per-image file under cache/, with the images it may belong to: the
+    same rule the stages name their files by, so no stage's file is missed."""
+    layout = CacheLayout(Path(cache_root))
     files = []
-    for directory in LOCAL_DIRS:
-        top = Path(cache_root) / directory
+    for directory in layout.PER_IMAGE_DIRS:
+        top = layout.root / directory
         if not top.is_dir():
             continue
         for path in sorted(top.rglob("*")):
             if not path.is_file() or path.is_symlink():
                 continue
-            relative = path.relative_to(cache_root).as_posix()
-            owners = _owners(relative)
-            if owners and relative not in LOCAL_KEEP:
+            relative = path.relative_to(layout.root).as_posix()
+            owners = layout.owners(relative)
+            if owners:
                 stat = path.stat()
                 files.append(CacheFile(relative, owners, stat.st_mtime, stat.st_size))
     return files
@@ -670,7 +649,20 @@ def apply_local(cache_root: Path, entries: Iterable[Entry], policy: Policy, now:
             continue
         path.unlink()
         applied.deleted.append(entry.ref)
+        _prune_empty(Path(cache_root), path.parent)
     return applied
+
+
+def _prune_empty(cache_root: Path, directory: Path) -> None:
+    """Remove the directories a deletion emptied (a removed image's build context,
+    work directory), up to the per-image directory itself."""
+    tops = {cache_root / name for name in CacheLayout.PER_IMAGE_DIRS}
+    while directory not in tops and cache_root in directory.parents:
+        try:
+            directory.rmdir()
+        except OSError:  # not empty (or gone): whatever is left stays
+            return
+        directory = directory.parent
 
 
 # -- the whole plan ---------------------------------------------------------------------

@@ -38,3 +38,19 @@ def test_summary_json_names_every_outcome(tree):
     assert summary["images"]["lone"]["image_id"] == tree.stamp("lone")["image_id"]
     assert "built          1  lone" in result.stdout
     assert "up to date     4  app, app2, bb, leaf" in result.stdout
+
+
+def test_clean_forgets_the_stamp_and_the_next_run_adopts_the_image(tree, docker_client):
+    """What `doit clean build:x` does, as the daily-use table must say: the stamp
+    goes, the engine still holds the image the inputs name, so the next run adopts
+    it and builds nothing; removing the image from the engine is what rebuilds it."""
+    image_id = tree.stamp("lone")["image_id"]
+    tree.ok("clean", "build:lone")
+    assert not (tree.root / "cache" / "images" / "lone.json").exists()
+    result = tree.ok()
+    assert result.images("adopted") == {"lone"} and result.built == set()
+    assert re.search(r"^adopted +1  lone$", result.stdout, re.M), result.stdout
+    assert tree.stamp("lone")["image_id"] == image_id
+    docker_client.remove_image(tree.ref("lone"))
+    result = tree.ok()
+    assert result.built == {"lone"} and result.images("up to date") == {"bb", "app", "app2", "leaf"}

@@ -119,6 +119,41 @@ def test_bad_namespace_value(small):
     assert_one_line_error(small, "ccp.yaml: namespace: 'Not Valid' is not a valid repository namespace (lowercase letters, digits, . _ - and /)")
 
 
+def test_registry_url_with_a_path_is_refused_not_dropped(small):
+    small.config["registry"] = {"url": "http://host:5000/sub/path", "insecure": True}
+    small.write_config()
+    assert_one_line_error(small, "ccp.yaml: registry.url: 'http://host:5000/sub/path' has a path ('/sub/path'); "
+                                 "a registry is named host[:port] (its API is at /v2/ on the host root); "
+                                 "use a namespace for '/sub/path'")
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("registry.example:5000/team", "has a path ('/team')"),
+    ("https://registry.example/v2/", "has a path ('/v2')"),
+    ("https://registry.example?x=1", "has a query ('?x=1')"),
+    ("https://registry.example#top", "has a fragment ('#top')"),
+    ("https://ci:secret@registry.example", "credentials do not belong in the config"),
+])
+def test_registry_url_is_host_and_port_only(tmp_path, url, problem):
+    (tmp_path / "dockerfiles").mkdir()
+    (tmp_path / "ccp.yaml").write_text(f"registry: {{url: '{url}'}}\n")
+    with pytest.raises(ConfigError, match=r"^ccp.yaml: registry.url: ") as raised:
+        load_config(tmp_path)
+    assert problem in str(raised.value)
+    for fine in ("registry.example:5000", "https://registry.example/", "REGISTRY.example"):
+        (tmp_path / "ccp.yaml").write_text(f"registry: {{url: '{fine}'}}\n")
+        assert load_config(tmp_path).registry.url == fine
+
+
+@pytest.mark.parametrize("url", ["host:5000/sub/path", "https://host:5000/v2", "https://host?x=1"])
+def test_registry_client_refuses_a_path_instead_of_dropping_it(url):
+    from ccp_tasks.registry import RegistryClient, RegistryError
+
+    with pytest.raises(RegistryError, match=r"a registry is named host\[:port\], without a path"):
+        RegistryClient(url)
+    assert RegistryClient("https://host:5000/").base_url == "https://host:5000"
+
+
 def test_external_parent_must_be_declared_then_accepted(small):
     small.image("ext", "FROM debian:bookworm\n")
     with pytest.raises(GraphError, match="unknown parent 'debian:bookworm'"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import gzip
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -40,7 +41,8 @@ from hypothesis import strategies as st
 from ccp_tasks import retention
 from ccp_tasks.config import DEFAULT_RETENTION_RULES, load_config
 from ccp_tasks.errors import ConfigError
-from ccp_tasks.layout import CacheLayout
+from ccp_tasks import checks, integration
+from ccp_tasks.layout import CONTAINER_STAGES, CacheLayout
 from ccp_tasks.publish import parse_build_tag
 from ccp_tasks.registry import DOCKER_MANIFEST, Credentials, Manifest, RegistryClient
 from ccp_tasks.retention import (
@@ -461,6 +463,81 @@ def test_local_files_of_images_gone_from_the_tree_age_out(tmp_path):
         set(files) - set(applied.deleted))
 
 
+# Directories a stage fills with files of its own choosing (a file inside stands for them).
+LAYOUT_DIRECTORIES = {"context_dir", "check_workdir"}
+
+
+def per_image_paths(layout: CacheLayout, image: str) -> list[Path]:
+    """Every path CacheLayout names for `image`, found by signature: a per-image
+    method added later is covered without editing this list."""
+    paths = []
+    for name, method in inspect.getmembers(CacheLayout, inspect.isfunction):
+        params = list(inspect.signature(method).parameters)
+        if "image" not in params:
+            continue
+        if params == ["self", "image"]:
+            calls = [(image,)]
+        elif params == ["self", "stage", "image"]:
+            calls = [(stage, image) for stage in (CONTAINER_STAGES if name.startswith("check_") else checks.STAGES)]
+        else:
+            raise AssertionError(f"CacheLayout.{name}({', '.join(params)}): teach per_image_paths its arguments")
+        for args in calls:
+            path = Path(getattr(layout, name)(*args))
+            paths.append(path / "sub" / "file.pem" if name in LAYOUT_DIRECTORIES else path)
+    return sorted(set(paths))  # lint_report is result("lint", …)
+
+
+# Names that look like another name's path: dashes, dots, the check stages' prefixes.
+TRICKY_NAMES = ("x", "api-service", "test-x", "kube-x", "test", "kube", "x.failed", "recorded", "lint", "a.b-c")
+
+
+@pytest.mark.parametrize("image", TRICKY_NAMES)
+def test_every_per_image_path_of_the_layout_maps_back_to_its_image(tmp_path, image):
+    layout = CacheLayout(tmp_path / "cache")
+    paths = per_image_paths(layout, image)
+    assert len(paths) >= 17  # context, stamp, log, 2 records x 4 stages, 2 work dirs, 2 check logs, answers, manifests, push
+    for path in paths:
+        assert image in layout.owners(path), path
+        assert image in layout.owners(path.relative_to(layout.root).as_posix()), path
+    # The stages that take a directory name the file the same way.
+    assert str(integration.recorded_path(layout.recorded, image)) == layout.recorded_answers(image)
+    assert [str(p) for p in checks.record_paths(layout, "spec", image)] == [
+        layout.result("spec", image), layout.failed_result("spec", image)]
+
+
+def test_files_of_no_image_have_no_owner(tmp_path):
+    layout = CacheLayout(tmp_path / "cache")
+    for path in (layout.base_log, layout.published, layout.summary, layout.doit_db, layout.render_cache,
+                 layout.rootfs, layout.check_index, layout.reports / "junit-spec.xml", layout.source_record("app"),
+                 layout.root / "logs" / "notes.txt", layout.root / "results" / "spec" / "deep" / "x.json"):
+        assert layout.owners(path) == (), path
+
+
+def test_retention_deletes_every_stage_file_of_a_removed_image_and_none_of_a_tree_image(tmp_path):
+    """All per-image files a month old: those of the tree's images (`kube-app.log`
+    among them, which the owner rules once took for an image `kube-app`) stay, a
+    removed image's go, and so do the directories that held only them."""
+    cache = tmp_path / "cache"
+    layout = CacheLayout(cache)
+    tree, removed = ("app", "api-service"), ("old-db", "test-gone")
+    for image in tree + removed:
+        for path in per_image_paths(layout, image):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(image)
+            os.utime(path, (ago(30), ago(30)))
+    policy = seed_policy()
+    entries = retention.plan_local(retention.local_inventory(cache), tree, policy, NOW)
+    applied = retention.apply_local(cache, entries, policy, NOW)
+    left = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
+    assert left == sorted(p.relative_to(cache).as_posix() for image in tree for p in per_image_paths(layout, image))
+    assert sorted(applied.deleted) == sorted(
+        p.relative_to(cache).as_posix() for image in removed for p in per_image_paths(layout, image))
+    assert "logs/kube-app.log" in left and "logs/kube-old-db.log" not in left
+    for gone in ("build/old-db", "test-work/old-db", "kube-work/test-gone"):
+        assert not (cache / gone).exists()
+    assert (cache / "build" / "app" / "sub").is_dir()
+
+
 # -- Artifactory ---------------------------------------------------------------------------------
 
 ART_TOKEN = "tok-0123456789"
@@ -861,3 +938,34 @@ def test_doit_retention_plans_and_applies_only_when_asked(tmp_path):
     applied = doit("retention", "--apply")
     assert "local: 0 kept, 2 to delete; deleted 2, skipped 0, already gone 0" in applied
     assert sorted(p.name for p in logs.iterdir()) == ["app.log"]
+
+
+def test_doit_retention_apply_keeps_a_tree_image_kube_log(tmp_path):
+    """Through doit: `doit retention --apply` once deleted cache/logs/kube-<image>.log
+    of an image in the tree (taken for the log of an image `kube-<image>`)."""
+    import sys
+
+    root = tmp_path / "proj"
+    for name in ("app", "api-service"):
+        (root / "dockerfiles" / name).mkdir(parents=True)
+        (root / "dockerfiles" / name / "Dockerfile.j2").write_text("FROM scratch\nCOPY busybox /bin/busybox\n")
+        (root / "dockerfiles" / name / "busybox").write_text("not really\n")
+    (root / "ccp.yaml").write_text(f"namespace: ccptest-{uuid.uuid4().hex[:8]}\nbase: {{enabled: false}}\n")
+    (root / "dodo.py").write_text((Path(retention.__file__).parent.parent / "dodo.py").read_text())
+    os.symlink(Path(retention.__file__).parent, root / "ccp_tasks")
+    layout = CacheLayout(root / "cache")
+    month_ago = time.time() - 30 * DAY
+    for image in ("app", "api-service", "old-db"):
+        for path in per_image_paths(layout, image):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(image)
+            os.utime(path, (month_ago, month_ago))
+    env = {k: v for k, v in os.environ.items() if k not in ("CCP_OVERRIDE", "DOCKER_HOST")}
+    done = subprocess.run([sys.executable, "-m", "doit", "retention", "--apply"], cwd=root, capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    removed = per_image_paths(layout, "old-db")
+    assert f"local: 0 kept, {len(removed)} to delete; deleted {len(removed)}, skipped 0, already gone 0" in done.stdout
+    assert (layout.root / "logs" / "kube-app.log").exists() and (layout.root / "logs" / "kube-api-service.log").exists()
+    assert all(path.exists() for image in ("app", "api-service") for path in per_image_paths(layout, image))
+    assert not any(path.exists() for path in removed)
