@@ -234,7 +234,7 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
     """Every directory with a Dockerfile.j2 in every repository, by image name.
 
     One walk per repository: each directory's files go to every image whose
-    directory contains it (os.walk is top-down, so the open images are a stack).
+    directory contains it (the walk is top-down, so the open images are a stack).
     Inside an image directory, hidden files and directories are walked (`.git`
     excepted), and a symlink is followed (a symlinked directory walked under
     the link's name) only where it stays inside the repository; any other is
@@ -247,59 +247,77 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
         found: list[tuple[str, str, list[str], tuple[str, ...]]] = []  # (name, directory, context files, check files)
         open_images: list[_OpenImage] = []
 
-        def walk(top: str, links: tuple[str, ...]):
-            for dirpath, dirnames, filenames in os.walk(top):
-                while open_images and not dirpath.startswith(open_images[-1].prefix):
-                    open_images.pop()
-                # Images are where they were before hidden and linked directories were walked for contexts.
-                discoverable = not links and not any(
-                    part.startswith(".") for part in dirpath[len(str(repository)):].split("/"))
-                if discoverable and TEMPLATE_NAME in filenames:
-                    name = os.path.basename(dirpath)
-                    if not IMAGE_NAME_RE.match(name):
-                        raise GraphError(
-                            f"{dirpath}: '{name}' is not a valid image name "
-                            "(lowercase letters and digits, separated by '.', '_' or '-')"
-                        )
-                    if name in templates:
-                        raise GraphError(f"image '{name}' is defined twice: {templates[name]} and {dirpath}/{TEMPLATE_NAME}")
-                    template = f"{dirpath}/{TEMPLATE_NAME}"
-                    if os.path.islink(template):
-                        _followed_link(template, repository, real_repository)
-                    templates[name] = template
-                    files: list[str] = []
-                    found.append((name, dirpath, files, tuple(f for f in CHECK_FILES if f in filenames)))
-                    open_images.append(_OpenImage(dirpath + "/", files, DockerIgnore.read(f"{dirpath}/{DOCKERIGNORE}")))
+        def walk(dirpath: str, links: tuple[str, ...], discoverable: bool):
+            # os.scandir, not os.walk: its entries say which are symlinks without a stat each.
+            filenames, dirnames = [], []
+            try:
+                with os.scandir(dirpath) as entries:
+                    for entry in entries:
+                        try:
+                            is_dir = entry.is_dir()
+                        except OSError:
+                            is_dir = False
+                        (dirnames if is_dir else filenames).append((entry.name, entry.is_symlink()))
+            except OSError:
+                return  # as os.walk: an unreadable directory holds nothing
+            opened = False
+            if discoverable and any(name == TEMPLATE_NAME for name, _ in filenames):
+                name = os.path.basename(dirpath)
+                if not IMAGE_NAME_RE.match(name):
+                    raise GraphError(
+                        f"{dirpath}: '{name}' is not a valid image name "
+                        "(lowercase letters and digits, separated by '.', '_' or '-')"
+                    )
+                template = f"{dirpath}/{TEMPLATE_NAME}"
+                if name in templates:
+                    raise GraphError(f"image '{name}' is defined twice: {templates[name]} and {template}")
+                ignore = None
+                for filename, is_link in filenames:
+                    if is_link and filename in (TEMPLATE_NAME, DOCKERIGNORE):
+                        _followed_link(f"{dirpath}/{filename}", repository, real_repository)
+                    if filename == DOCKERIGNORE:
+                        ignore = DockerIgnore.read(f"{dirpath}/{DOCKERIGNORE}")
+                templates[name] = template
+                files: list[str] = []
+                present = {filename for filename, _ in filenames}
+                found.append((name, dirpath, files, tuple(f for f in CHECK_FILES if f in present)))
+                open_images.append(_OpenImage(dirpath + "/", files, ignore))
+                opened = True
+            try:
                 if not open_images:
-                    dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__pycache__")) and f"{dirpath}/{d}" != macros)
-                    continue
-                for filename in filenames:
+                    for d, is_link in sorted(dirnames):
+                        if not is_link and not d.startswith((".", "__pycache__")) and f"{dirpath}/{d}" != macros:
+                            walk(f"{dirpath}/{d}", links, discoverable)
+                    return
+                for filename, is_link in filenames:
                     path = f"{dirpath}/{filename}"
                     # Every image sees the file; a symlink is checked once, if any of them takes it.
                     taken = [image.add(image.rel(path), filename) for image in open_images]
-                    if any(taken) and os.path.islink(path):
+                    if is_link and any(taken):
                         _followed_link(path, repository, real_repository)
-                kept, linked = [], []
-                for d in sorted(dirnames):
+                for d, is_link in sorted(dirnames):
                     path = f"{dirpath}/{d}"
                     if d in NEVER_CONTEXT or path == macros:
                         continue
                     wanted = any([image.wants_directory(image.rel(path)) for image in open_images])
-                    if not os.path.islink(path):
-                        kept.append(d)  # walked even when no context wants it: it may hold images
+                    if not is_link:
+                        # Walked even when no context wants it: it may hold images (not in hidden directories,
+                        # where none was ever looked for).
+                        walk(path, links, discoverable and not d.startswith("."))
                     elif wanted:
-                        linked.append(path)
-                dirnames[:] = kept
-                for path in linked:
-                    real = _followed_link(path, repository, real_repository)
-                    if real in links or _inside(os.path.realpath(dirpath), real):
-                        raise ContextError(f"{path}: a symlink to {os.readlink(path)}, which leads back into a "
-                                           "directory it is in (a loop)")
-                    if len(links) >= MAX_LINK_DEPTH:
-                        raise ContextError(f"{path}: more than {MAX_LINK_DEPTH} symlinked directories inside each other")
-                    walk(path, links + (real,))
+                        real = _followed_link(path, repository, real_repository)
+                        if real in links or _inside(os.path.realpath(dirpath), real):
+                            raise ContextError(f"{path}: a symlink to {os.readlink(path)}, which leads back into a "
+                                               "directory it is in (a loop)")
+                        if len(links) >= MAX_LINK_DEPTH:
+                            raise ContextError(f"{path}: more than {MAX_LINK_DEPTH} symlinked directories inside each other")
+                        # Through a link a directory is context only: no image is looked for in it.
+                        walk(path, links + (real,), False)
+            finally:
+                if opened:
+                    open_images.pop()
 
-        walk(str(repository), ())
+        walk(str(repository), (), True)
         for name, dirpath, files, check_files in found:
             images[name] = ImageSource(name, Path(dirpath), repository, tuple(sorted(files)), templates[name], check_files)
     return images
