@@ -289,3 +289,31 @@ def test_dockerignore_bad_line_is_named(tmp_path, text, message):
     with pytest.raises(ContextError) as caught:
         _ignore(tmp_path, text)
     assert str(caught.value) == f"{tmp_path}/.dockerignore{message}"
+
+
+def test_symlinked_template_or_dockerignore_out_of_the_repository_is_refused(project, host_secret):
+    secret, _ = host_secret
+    project.write("dockerfiles/app/f", "f\n")
+    os.symlink(secret, project.root / "dockerfiles" / "app" / "Dockerfile.j2")
+    assert _discover_error(project).startswith(f"dockerfiles/app/Dockerfile.j2: a symlink to {secret}, outside ")
+    (project.root / "dockerfiles" / "app" / "Dockerfile.j2").unlink()
+    project.image("app", "FROM scratch\n")
+    os.symlink(secret, project.root / "dockerfiles" / "app" / ".dockerignore")
+    assert _discover_error(project).startswith(f"dockerfiles/app/.dockerignore: a symlink to {secret}, outside ")
+
+
+def test_a_symlink_planted_in_a_staged_context_is_replaced(small, host_secret, docker_client):
+    """cache/ can be of any shape: a link where a context file belongs is not sent to the engine as a link."""
+    secret, _ = host_secret
+    small.image("app", child_template("bb", "COPY motd /etc/motd"), {"motd": "hello\n"})
+    small.ok()
+    staged = small.root / "cache" / "build" / "app"
+    outside = secret.with_name("same-bytes")
+    outside.write_text("hello\n")  # the same bytes: only the file's kind differs
+    (staged / "motd").unlink()
+    os.symlink(outside, staged / "motd")
+    os.symlink(secret, staged / "extra")
+    small.write("dockerfiles/app/Dockerfile.j2", child_template("bb", "COPY motd /etc/motd") + "# restaged\n")
+    small.ok()
+    assert not any(p.is_symlink() for p in staged.rglob("*"))
+    assert run_in(docker_client, small.ref("app"), "cat", "/etc/motd") == "hello\n"
