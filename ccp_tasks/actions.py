@@ -49,7 +49,7 @@ def reports_errors(func):
 
 def _same_link(path: Path, source: Path) -> bool:
     try:
-        return os.path.samefile(path, source)
+        return not path.is_symlink() and os.path.samefile(path, source)
     except OSError:
         return False
 
@@ -68,11 +68,26 @@ def stage_context(image: Image, context_dir: str, generated: dict[str, Path], la
     wanted = {"Dockerfile"} | set(source.context_files) | set(generated) | set(staged_sources)
     context_dir.mkdir(parents=True, exist_ok=True)
     changed = []
+    # First what no longer belongs, and any symlink (ccp stages none; one here
+    # would be sent as a link, or written through): a file can become a directory.
+    for path in sorted(context_dir.rglob("*"), reverse=True):
+        rel = path.relative_to(context_dir).as_posix()
+        if path.is_symlink() or (path.is_file() and rel not in wanted):
+            path.unlink()
+            changed.append(f"-{rel}")
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
     if write_if_changed(context_dir / "Dockerfile", image.rendered.text.encode()):
         changed.append("Dockerfile")
+    real_repository = os.path.realpath(source.repository)
     for rel in source.context_files:
         origin = source.directory / rel
         target = context_dir / rel
+        # Discovery checked every symlink; a link retargeted since then must not slip through.
+        real = os.path.realpath(origin)
+        if not real.startswith(f"{real_repository}/"):
+            raise CcpError(f"image '{image.name}': context file {origin} now leads to {real}, outside the "
+                           f"template repository {source.repository}")
         try:
             data = origin.read_bytes()
             mode = origin.stat().st_mode & 0o7777
@@ -103,13 +118,6 @@ def stage_context(image: Image, context_dir: str, generated: dict[str, Path], la
                 shutil.copy2(origin, tmp)
             os.replace(tmp, target)
             changed.append(rel)
-    for path in sorted(context_dir.rglob("*"), reverse=True):
-        rel = path.relative_to(context_dir).as_posix()
-        if path.is_file() and rel not in wanted:
-            path.unlink()
-            changed.append(f"-{rel}")
-        elif path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
     return {"changed": changed}
 
 

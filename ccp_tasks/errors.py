@@ -17,6 +17,11 @@ class TemplateError(CcpError):
     """A Dockerfile.j2 does not render: syntax error, undefined variable, bad helper call."""
 
 
+class ContextError(CcpError):
+    """An image's build context would take in what must not reach an image: a symlink
+    out of its template repository, a dangling one, a bad .dockerignore line."""
+
+
 class GraphError(CcpError):
     """The image graph is inconsistent: duplicate name, unknown parent, cycle."""
 

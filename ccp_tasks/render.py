@@ -2,13 +2,17 @@
 
 An image is a directory holding `Dockerfile.j2` in one of the template
 repositories; its name is the directory's name. Every other file in that
-directory (except the reserved ones) belongs to its build context.
+directory (except the reserved ones, `.git`, and what its `.dockerignore`
+excludes) belongs to its build context, dotfiles included. Symlinks are
+followed only while they stay inside the template repository: nothing outside
+it reaches an image, and templates load only from inside the repositories.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 import traceback
 from dataclasses import dataclass, field
@@ -16,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import PipelineConfig
-from .errors import GraphError, TemplateError
+from .errors import ContextError, GraphError, TemplateError
 from .state import write_atomic
 
 TEMPLATE_NAME = "Dockerfile.j2"
@@ -25,7 +29,14 @@ STRUCTURE_TESTS = "tests.yaml"
 INTEGRATION_TESTS = "integration.yaml"
 POD_TEMPLATE = "pod.yaml.j2"
 CHECK_FILES = (STRUCTURE_TESTS, INTEGRATION_TESTS, POD_TEMPLATE)
-RESERVED_FILES = frozenset({TEMPLATE_NAME, *CHECK_FILES, "README.md"})
+# Read when staging the context (Docker's exclusion patterns), never staged itself:
+# docker-py would apply a staged one a second time, with its own matcher.
+DOCKERIGNORE = ".dockerignore"
+RESERVED_FILES = frozenset({TEMPLATE_NAME, *CHECK_FILES, "README.md", DOCKERIGNORE})
+# Version-control metadata (a submodule's `.git` file, a nested clone) is never context.
+NEVER_CONTEXT = frozenset({".git", "__pycache__"})
+# How deep symlinked directories may lead into each other (a tree of links can grow exponentially).
+MAX_LINK_DEPTH = 8
 # Files the checks use (config templates an integration test mounts) live in
 # this subdirectory, out of the build context: editing a test must not rebuild.
 TEST_FILES_DIR = "tests/"
@@ -63,62 +74,279 @@ def _is_context_file(rel: str, filename: str) -> bool:
     return (
         rel not in RESERVED_FILES
         and not rel.startswith(TEST_FILES_DIR)
-        and not filename.startswith(".")
+        and filename not in NEVER_CONTEXT
         and not filename.endswith(".pyc")
     )
+
+
+class DockerIgnore:
+    """An image's `.dockerignore`, matched as Docker 20.10 matches it (moby's
+    fileutils.PatternMatcher): lines are Go filepath.Match patterns on the
+    slash-separated path inside the context, cleaned (`./`, `a/..`, a leading
+    `/` dropped); `*` and `?` stay within one path element, `**` spans any
+    number of them; a pattern also excludes everything under a directory it
+    matches; a later `!pattern` re-includes; `#` starts a comment line. Like
+    `docker build`, a directory excluded whole is not looked into unless an
+    exception pattern names something under it."""
+
+    def __init__(self, path: str, patterns: list[tuple[bool, int, re.Pattern, str]]):
+        self.path = path
+        self.patterns = patterns  # (exception, number of path elements, regex, cleaned pattern)
+
+    @classmethod
+    def read(cls, path: str) -> "DockerIgnore | None":
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ContextError(f"{path}: cannot read it: {exc.strerror}") from None
+        patterns = []
+        for number, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            exception = line.startswith("!")
+            if exception:
+                line = line[1:].strip()
+                if not line:
+                    raise ContextError(f"{path}:{number}: '!' alone excludes nothing; name what to re-include")
+            cleaned = posixpath.normpath(line).lstrip("/") or "."
+            try:
+                regex = re.compile(_dockerignore_regex(cleaned))
+            except (re.error, ValueError) as exc:
+                raise ContextError(f"{path}:{number}: '{line}' is not a valid pattern ({exc})") from None
+            patterns.append((exception, len(cleaned.split("/")), regex, cleaned))
+        return cls(path, patterns)
+
+    def excludes(self, rel: str) -> bool:
+        parent = posixpath.dirname(rel)
+        parent_dirs = parent.split("/") if parent else []
+        excluded = False
+        for exception, depth, regex, _ in self.patterns:
+            match = regex.match(rel) is not None
+            if not match and parent_dirs and depth <= len(parent_dirs):
+                match = regex.match("/".join(parent_dirs[:depth])) is not None
+            if match:
+                excluded = not exception
+        return excluded
+
+    def skips_directory(self, rel: str) -> bool:
+        if not self.excludes(rel):
+            return False
+        return not any(exception and f"{cleaned}/".startswith(f"{rel}/") for exception, _, _, cleaned in self.patterns)
+
+
+def _dockerignore_regex(pattern: str) -> str:
+    out, i, n = ["^"], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            if i < n and pattern[i] == "*":
+                i += 1
+                if i < n and pattern[i] == "/":
+                    i += 1
+                out.append(".*" if i >= n else "(.*/)?")
+            else:
+                out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\":
+            if i >= n:
+                raise ValueError("a trailing backslash")
+            out.append(re.escape(pattern[i]))
+            i += 1
+        elif c == "[":
+            end = pattern.find("]", i + 1 if pattern[i:i + 1] in ("^", "!") else i)
+            if end < 0:
+                raise ValueError("an unclosed '['")
+            body = pattern[i:end]
+            negated = body[:1] in ("^", "!")
+            body = body[1:] if negated else body
+            if not body:
+                raise ValueError("an empty '[]'")
+            # A character class never matches the separator (Go's Match).
+            out.append(("[^/" if negated else "(?!/)[") + body.replace("\\", "\\\\").replace("[", "\\[") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+    out.append("$")
+    return "".join(out)
+
+
+def _inside(real: str, real_root: str) -> bool:
+    return real == real_root or real.startswith(real_root + "/")
+
+
+def _followed_link(path: str, repository: Path, real_repository: str) -> str:
+    """The real path the symlink `path` in an image directory leads to, while
+    it stays inside the image's template repository (and out of its .git);
+    otherwise the ContextError that names the link and where it points."""
+    text = os.readlink(path)
+    real = os.path.realpath(path)
+    leads = "" if real == text else f", which leads to {real}"
+    if not _inside(real, real_repository):
+        raise ContextError(
+            f"{path}: a symlink to {text}{leads}, outside the template repository {repository}: nothing "
+            "outside it may reach an image; copy what the image needs into the repository"
+        )
+    if ".git" in real[len(real_repository):].split("/"):
+        raise ContextError(f"{path}: a symlink to {text}{leads}, inside the .git directory of {repository}; "
+                           "version-control metadata never reaches an image")
+    if not os.path.exists(real):
+        raise ContextError(f"{path}: a symlink to {text}, which does not exist; remove it, "
+                           f"or list it in the image's {DOCKERIGNORE}")
+    return real
+
+
+@dataclass
+class _OpenImage:
+    """An image directory the walk is inside, and what it found so far."""
+
+    prefix: str  # its directory + "/"
+    files: list[str]
+    ignore: DockerIgnore | None
+    skipped: list[str] = field(default_factory=list)  # directories (rel + "/") its .dockerignore leaves out whole
+
+    def rel(self, path: str) -> str:
+        return path[len(self.prefix):]
+
+    def wants_directory(self, rel: str) -> bool:
+        if f"{rel}/".startswith(TEST_FILES_DIR) or any(rel.startswith(s) for s in self.skipped):
+            return False
+        if self.ignore is not None and self.ignore.skips_directory(rel):
+            self.skipped.append(rel + "/")
+            return False
+        return True
+
+    def add(self, rel: str, filename: str) -> bool:
+        if not _is_context_file(rel, filename) or any(rel.startswith(s) for s in self.skipped):
+            return False
+        if self.ignore is not None and self.ignore.excludes(rel):
+            return False
+        self.files.append(rel)
+        return True
 
 
 def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
     """Every directory with a Dockerfile.j2 in every repository, by image name.
 
     One walk per repository: each directory's files go to every image whose
-    directory contains it (os.walk is top-down, so the open images are a stack)."""
+    directory contains it (the walk is top-down, so the open images are a stack).
+    Inside an image directory, hidden files and directories are walked (`.git`
+    excepted), and a symlink is followed (a symlinked directory walked under
+    the link's name) only where it stays inside the repository; any other is
+    an error naming it, never silently dropped or dereferenced."""
     images: dict[str, ImageSource] = {}
     templates: dict[str, str] = {}
     for repository in cfg.repository_paths():
         macros = str(repository / cfg.macros_dir)
+        real_repository = os.path.realpath(repository)
         found: list[tuple[str, str, list[str], tuple[str, ...]]] = []  # (name, directory, context files, check files)
-        open_images: list[tuple[str, list[str]]] = []  # (directory + "/", its files)
-        for dirpath, dirnames, filenames in os.walk(repository):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "__pycache__")) and f"{dirpath}/{d}" != macros)
-            while open_images and not dirpath.startswith(open_images[-1][0]):
-                open_images.pop()
-            if TEMPLATE_NAME in filenames:
+        open_images: list[_OpenImage] = []
+
+        def walk(dirpath: str, links: tuple[str, ...], discoverable: bool):
+            # os.scandir, not os.walk: its entries say which are symlinks without a stat each.
+            filenames, dirnames = [], []
+            try:
+                with os.scandir(dirpath) as entries:
+                    for entry in entries:
+                        try:
+                            is_dir = entry.is_dir()
+                        except OSError:
+                            is_dir = False
+                        (dirnames if is_dir else filenames).append((entry.name, entry.is_symlink()))
+            except OSError:
+                return  # as os.walk: an unreadable directory holds nothing
+            opened = False
+            if discoverable and any(name == TEMPLATE_NAME for name, _ in filenames):
                 name = os.path.basename(dirpath)
                 if not IMAGE_NAME_RE.match(name):
                     raise GraphError(
                         f"{dirpath}: '{name}' is not a valid image name "
                         "(lowercase letters and digits, separated by '.', '_' or '-')"
                     )
+                template = f"{dirpath}/{TEMPLATE_NAME}"
                 if name in templates:
-                    raise GraphError(f"image '{name}' is defined twice: {templates[name]} and {dirpath}/{TEMPLATE_NAME}")
-                templates[name] = f"{dirpath}/{TEMPLATE_NAME}"
+                    raise GraphError(f"image '{name}' is defined twice: {templates[name]} and {template}")
+                ignore = None
+                for filename, is_link in filenames:
+                    if is_link and filename in (TEMPLATE_NAME, DOCKERIGNORE):
+                        _followed_link(f"{dirpath}/{filename}", repository, real_repository)
+                    if filename == DOCKERIGNORE:
+                        ignore = DockerIgnore.read(f"{dirpath}/{DOCKERIGNORE}")
+                templates[name] = template
                 files: list[str] = []
-                found.append((name, dirpath, files, tuple(f for f in CHECK_FILES if f in filenames)))
-                open_images.append((dirpath + "/", files))
-            for prefix, files in open_images:
-                base = dirpath[len(prefix):] if dirpath + "/" != prefix else ""
-                for filename in filenames:
-                    rel = f"{base}/{filename}" if base else filename
-                    if _is_context_file(rel, filename):
-                        files.append(rel)
+                present = {filename for filename, _ in filenames}
+                found.append((name, dirpath, files, tuple(f for f in CHECK_FILES if f in present)))
+                open_images.append(_OpenImage(dirpath + "/", files, ignore))
+                opened = True
+            try:
+                if not open_images:
+                    for d, is_link in sorted(dirnames):
+                        if not is_link and not d.startswith((".", "__pycache__")) and f"{dirpath}/{d}" != macros:
+                            walk(f"{dirpath}/{d}", links, discoverable)
+                    return
+                for filename, is_link in filenames:
+                    path = f"{dirpath}/{filename}"
+                    # Every image sees the file; a symlink is checked once, if any of them takes it.
+                    taken = [image.add(image.rel(path), filename) for image in open_images]
+                    if is_link and any(taken):
+                        _followed_link(path, repository, real_repository)
+                for d, is_link in sorted(dirnames):
+                    path = f"{dirpath}/{d}"
+                    if d in NEVER_CONTEXT or path == macros:
+                        continue
+                    wanted = any([image.wants_directory(image.rel(path)) for image in open_images])
+                    if not is_link:
+                        # Walked even when no context wants it: it may hold images (not in hidden directories,
+                        # where none was ever looked for).
+                        walk(path, links, discoverable and not d.startswith("."))
+                    elif wanted:
+                        real = _followed_link(path, repository, real_repository)
+                        if real in links or _inside(os.path.realpath(dirpath), real):
+                            raise ContextError(f"{path}: a symlink to {os.readlink(path)}, which leads back into a "
+                                               "directory it is in (a loop)")
+                        if len(links) >= MAX_LINK_DEPTH:
+                            raise ContextError(f"{path}: more than {MAX_LINK_DEPTH} symlinked directories inside each other")
+                        # Through a link a directory is context only: no image is looked for in it.
+                        walk(path, links + (real,), False)
+            finally:
+                if opened:
+                    open_images.pop()
+
+        walk(str(repository), (), True)
         for name, dirpath, files, check_files in found:
             images[name] = ImageSource(name, Path(dirpath), repository, tuple(sorted(files)), templates[name], check_files)
     return images
 
 
-def _tree_loader(macro_dirs: list[Path]):
+def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]):
     """Image templates are named by absolute path; everything else is a macro
-    file, looked up in the repositories' macro directories in config order."""
+    file, looked up in the repositories' macro directories in config order.
+    Whatever a name leads to (symlinks followed) must be inside a template
+    repository: a template never reads a host file."""
     import jinja2
+
+    real_repositories = [os.path.realpath(repo) for repo in repositories]
 
     class TreeLoader(jinja2.BaseLoader):
         def __init__(self):
             self.macro_dirs = macro_dirs
             self.macros = jinja2.FileSystemLoader([str(d) for d in macro_dirs])
 
+        def outside(self, path: str) -> str | None:
+            """Where `path` really is, when that is outside every template repository."""
+            real = os.path.realpath(path)
+            return None if any(_inside(real, repo) for repo in real_repositories) else real
+
         def get_source(self, environment, template):
             if os.path.isabs(template):
+                escaped = self.outside(template)
+                if escaped is not None:
+                    raise TemplateError(f"{template} leads to {escaped}, outside the template repositories")
                 path = Path(template)
                 try:
                     source = path.read_text()
@@ -126,16 +354,47 @@ def _tree_loader(macro_dirs: list[Path]):
                     raise jinja2.TemplateNotFound(template) from None
                 signature = _signature(template)
                 return source, template, lambda: _signature(template) == signature
-            return self.macros.get_source(environment, template)
+            check_template_name(template)
+            source, filename, uptodate = self.macros.get_source(environment, template)
+            escaped = self.outside(filename)
+            if escaped is not None:
+                raise TemplateError(f"includes '{template}', which leads to {escaped}, outside the template repositories")
+            return source, filename, uptodate
 
         def macro_path(self, name: str) -> str | None:
+            """The macro file `name` is, or None when there is none (or it may not be read)."""
+            try:
+                check_template_name(name)
+            except TemplateError:
+                return None
             for directory in self.macro_dirs:
                 candidate = directory / name
                 if candidate.is_file():
-                    return str(candidate)
+                    return None if self.outside(str(candidate)) else str(candidate)
             return None
 
     return TreeLoader()
+
+
+def check_template_name(name) -> None:
+    """A name a template includes or imports must be a macro file's, relative to
+    the macros directories: an absolute path or a `..` would reach the host."""
+    if isinstance(name, str) and (name.startswith("/") or ".." in name.replace("\\", "/").split("/")):
+        raise TemplateError(f"includes '{name}': templates load only from the macros directories, by a name "
+                            "relative to them (no absolute path, no '..')")
+
+
+def _tree_environment():
+    import jinja2
+
+    class TreeEnvironment(jinja2.Environment):
+        def join_path(self, template, parent):
+            # Called for every name a template includes, imports or extends (never for
+            # the image template the renderer asks for by its absolute path).
+            check_template_name(template)
+            return template
+
+    return TreeEnvironment
 
 
 def macro_dirs(cfg: PipelineConfig) -> list[Path]:
@@ -150,8 +409,8 @@ class Renderer:
 
         self.cfg = cfg
         self.images = images
-        self.loader = _tree_loader(macro_dirs(cfg))
-        self.env = jinja2.Environment(
+        self.loader = _tree_loader(macro_dirs(cfg), cfg.repository_paths())
+        self.env = _tree_environment()(
             loader=self.loader,
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
@@ -260,7 +519,8 @@ def _template_line(tb, default: str) -> str:
 # Remembering renders between runs
 
 
-RENDER_CACHE_VERSION = 2
+# 3: renders of version 2 may hold a host file an absolute include read.
+RENDER_CACHE_VERSION = 3
 
 
 def _signature(path: str) -> list[int] | None:

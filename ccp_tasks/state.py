@@ -33,10 +33,12 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_if_changed(path: Path, data: bytes) -> bool:
-    """Write only when the bytes differ, so an unchanged file keeps its mtime; True if written."""
+    """Write only when the bytes differ, so an unchanged file keeps its mtime; True if written.
+    A symlink at `path` is replaced, never read through."""
     try:
-        if path.read_bytes() == data:
-            return False
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
+            if handle.read() == data:
+                return False
     except OSError:
         pass
     write_atomic(path, data)
@@ -78,13 +80,17 @@ def hash_file(path: Path, digest=None):
 
 def input_digest(context_dir: Path, build_args: dict[str, str], labels: dict[str, str], parent_ids: dict[str, str]) -> str:
     """The identity of an image's inputs: its build context (the Dockerfile's
-    instructions, every other file with its executable bit, which COPY
-    preserves), its build arguments, its content labels and its parents' image IDs."""
+    instructions, every other file, dotfiles included, with its executable bit,
+    which COPY preserves; a symlink, which the engine receives as one, by its
+    link text), its build arguments, its content labels and its parents' image IDs."""
     from .render import dockerfile_essence
 
     digest = hashlib.sha256()
-    for path in sorted(p for p in context_dir.rglob("*") if p.is_file()):
+    for path in sorted(p for p in context_dir.rglob("*") if p.is_file() or p.is_symlink()):
         rel = path.relative_to(context_dir).as_posix()
+        if path.is_symlink():
+            digest.update(f"link {rel} {os.readlink(path)}\n".encode())
+            continue
         executable = bool(path.stat().st_mode & stat.S_IXUSR)
         digest.update(f"file {rel} {int(executable)}\n".encode())
         if rel == "Dockerfile":
