@@ -280,6 +280,10 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
                 templates[name] = template
                 files: list[str] = []
                 present = {filename for filename, _ in filenames}
+                if "Dockerfile" in present:
+                    # Staging would overwrite the rendered Dockerfile with it, or it the file.
+                    raise ContextError(f"{dirpath}/Dockerfile: the rendered {TEMPLATE_NAME} is staged under that "
+                                       "name; rename the file (or make it the template)")
                 found.append((name, dirpath, files, tuple(f for f in CHECK_FILES if f in present)))
                 open_images.append(_OpenImage(dirpath + "/", files, ignore))
                 opened = True

@@ -105,19 +105,48 @@ def remote_revision(name: str, settings: SourceSettings) -> str:
 def directory_revision(directory: Path) -> str:
     """A content hash of a directory: relative paths, executable bits and bytes."""
     digest = hashlib.sha256()
-    for path in _tree_files(directory):
+    for path in _tree_files(directory, follow=True):
         rel = path.relative_to(directory).as_posix()
         digest.update(f"{rel}\0{int(os.access(path, os.X_OK))}\0".encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return "sha256:" + digest.hexdigest()
 
 
-def _tree_files(directory: Path) -> list[Path]:
+def _tree_files(directory: Path, follow: bool = False) -> list[Path]:
+    """The files of a source tree. With `follow` (a directory source, read from
+    the user's disk) a symlink is followed only while it stays inside the
+    directory: one that leads out of it (a host file) or nowhere is an error,
+    never copied into an image or silently dropped."""
     files = []
-    for root, dirs, names in os.walk(directory):
+    real_root = os.path.realpath(directory)
+    seen = {real_root}
+    for root, dirs, names in os.walk(directory, followlinks=follow):
         dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
-        files.extend(Path(root) / n for n in sorted(names) if not n.endswith(".pyc"))
+        names = sorted(n for n in names if not n.endswith(".pyc"))
+        if follow:
+            for d in dirs:
+                path = os.path.join(root, d)
+                if os.path.islink(path):
+                    real = _inside_source(path, real_root)
+                    if real in seen or real_root.startswith(real + os.sep):
+                        raise SourceError(f"{path}: a symlink to {os.readlink(path)}, which leads back into a "
+                                          "directory it is in (a loop)")
+                    seen.add(real)
+            for n in names:
+                if os.path.islink(os.path.join(root, n)):
+                    _inside_source(os.path.join(root, n), real_root)
+        files.extend(Path(root) / n for n in names)
     return files
+
+
+def _inside_source(path: str, real_root: str) -> str:
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root + os.sep):
+        raise SourceError(f"{path}: a symlink to {os.readlink(path)}, outside the source directory {real_root}; "
+                          "copy the file into the directory instead")
+    if not os.path.exists(real):
+        raise SourceError(f"{path}: a symlink to {os.readlink(path)}, which does not exist; remove it or fix it")
+    return real
 
 
 def current_revision(name: str, settings: SourceSettings, root: Path) -> str:
@@ -174,7 +203,7 @@ def _replace_tree(tree: Path, fill) -> None:
 
 
 def _copy_directory(directory: Path, staging: Path) -> None:
-    for path in _tree_files(directory):
+    for path in _tree_files(directory, follow=True):
         target = staging / path.relative_to(directory)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)

@@ -317,3 +317,10 @@ def test_a_symlink_planted_in_a_staged_context_is_replaced(small, host_secret, d
     small.ok()
     assert not any(p.is_symlink() for p in staged.rglob("*"))
     assert run_in(docker_client, small.ref("app"), "cat", "/etc/motd") == "hello\n"
+
+
+def test_a_file_named_dockerfile_beside_the_template_is_refused(small):
+    """Staging would put it where the rendered Dockerfile goes: one of the two would silently win."""
+    small.image("app", child_template("bb", "RUN true"), {"Dockerfile": "FROM scratch\n"})
+    assert_refused(small, "dockerfiles/app/Dockerfile: the rendered Dockerfile.j2 is staged under that name; "
+                          "rename the file (or make it the template)")

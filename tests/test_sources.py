@@ -156,6 +156,32 @@ def test_a_directory_source_rebuilds_on_content_change(project, docker_client):
     assert _label(docker_client, project.ref("web"), "io.ccp.source.app.revision") != first
 
 
+def test_a_directory_source_never_copies_a_host_file_through_a_symlink(project, tmp_path, docker_client):
+    secret = tmp_path / "host-secret"
+    secret.write_text("host-only-secret\n")
+    app = project.root / "apps" / "app"
+    (app / "lib").mkdir(parents=True)
+    (app / "app.txt").write_text("v1\n")
+    (app / "lib" / "real.txt").write_text("inside\n")
+    os.symlink("lib/real.txt", app / "alias.txt")       # inside the source: copied as its content
+    os.symlink("lib", app / "lib-alias")                 # a linked directory inside: walked, not dropped
+    _tree(project, {"path": "apps/app"})
+    project.image("web", child_template("bb", "{{ copy_sources('app', '/opt/app') }}\n"
+                                             "RUN cat /opt/app/alias.txt /opt/app/lib-alias/real.txt > /copied"))
+    project.ok()
+    copied = subprocess.run(["docker", "run", "--rm", "--entrypoint", "/bin/cat", project.ref("web"), "/copied"],
+                            capture_output=True, text=True, check=True).stdout
+    assert copied == "inside\ninside\n"
+
+    os.symlink(secret, app / "leak.txt")
+    result = project.doit()
+    assert result.returncode != 0
+    assert f"apps/app/leak.txt: a symlink to {secret}, outside the source directory" in result.output
+    assert "Traceback" not in result.output
+    assert not any("host-only-secret" in p.read_text(errors="replace")
+                   for p in (project.root / "cache").rglob("*") if p.is_file() and not p.is_symlink())
+
+
 def test_config_errors_for_sources(project):
     project.busybox_base("bb")
     project.config["sources"] = {"app": {"url": "file:///x", "path": "y"}}
