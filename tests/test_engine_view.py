@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 import time
+import uuid
+
+import pytest
+from conftest import Project, _remove_namespace
 
 from ccp_tasks.engine_view import ImageEvent, _since, apply
+from tests.registry_server import RegistryServer
 
 
 def event(action: str, image_id: str, name: str = "", t: int = 1) -> ImageEvent:
@@ -180,6 +186,29 @@ def test_build_by_someone_else_onto_our_reference_is_noticed(tree, docker_client
     list(docker_client.build(fileobj=dockerfile, tag=tree.ref("lone"), rm=True))
     assert docker_client.inspect_image(tree.ref("lone"))["Config"]["Labels"]["someone"] == "else"
     assert_restored(tree, docker_client, tree.ok(), "lone")
+
+
+@pytest.mark.skipif(not shutil.which("docker-registry"), reason="needs Debian's docker-registry")
+def test_pull_onto_our_reference_is_noticed(tmp_path, docker_client):
+    """A pull's event names what was pulled, not the image it now is. The
+    namespace is a registry's, so the engine pulls our own reference."""
+    with RegistryServer(tmp_path / "registry", auth="none", tls=False) as registry:
+        namespace = f"{registry.host}/ccptest-{uuid.uuid4().hex[:8]}"
+        project = Project(tmp_path / "proj", namespace)
+        try:
+            project.sample_tree()
+            project.ok()
+            # Someone pushed another image as our `lone`; ours is tagged back here.
+            docker_client.tag(project.stamp("bb")["image_id"], f"{namespace}/lone", "latest")
+            pushed = list(docker_client.push(f"{namespace}/lone", tag="latest", stream=True, decode=True))
+            assert not [chunk for chunk in pushed if "error" in chunk], pushed
+            docker_client.tag(project.stamp("lone")["image_id"], f"{namespace}/lone", "latest")
+            assert project.ok().rebuilt == set()
+            docker_client.pull(f"{namespace}/lone", tag="latest")
+            assert docker_client.inspect_image(project.ref("lone"))["Id"] == project.stamp("bb")["image_id"]
+            assert_restored(project, docker_client, project.ok(), "lone")
+        finally:
+            _remove_namespace(docker_client, namespace)
 
 
 def test_view_of_another_daemon_is_not_believed(tree, docker_client):
