@@ -73,10 +73,6 @@ def _parse(body: bytes) -> list[tuple[list, ImageEvent | None]]:
     return events
 
 
-def parse_events(body: bytes) -> list[ImageEvent]:
-    return [image for _, image in _parse(body) if image is not None]
-
-
 def _all_events_until_now() -> list[tuple[list, ImageEvent | None]] | None:
     """The engine's event buffer, events of every kind (the marker must be the
     newest event of any kind: a run that only made containers still moves it),
