@@ -219,11 +219,7 @@ def test_view_of_another_daemon_is_not_believed(tree, docker_client):
     copied = json.loads(state_file.read_text())
     docker_client.remove_image(tree.ref("lone"), force=True)
     newest = events_since(0)[-1]
-    marker = copied["marker"]
-    if isinstance(marker, list):
-        copied["marker"] = [newest["timeNano"], "image", "tag", "sha256:" + "0" * 64]  # an event of another daemon
-    else:
-        copied["marker"] = newest["timeNano"]
+    copied["marker"] = [newest["timeNano"], "image", "tag", "sha256:" + "0" * 64]  # an event of another daemon
     state_file.write_text(json.dumps(copied))
     result = tree.ok()
     assert result.summary["engine_view"] == "listing"
