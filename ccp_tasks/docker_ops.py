@@ -77,6 +77,20 @@ def unix_get(socket_path: str, path: str, timeout: float = 30) -> bytes:
     return body
 
 
+def local_image_id(ref: str) -> str | None:
+    """The image ID `ref` names on the local engine: one inspect. None when no
+    image has that reference, the engine is remote or does not answer."""
+    from urllib.parse import quote
+
+    socket_path = local_socket()
+    if socket_path is None:
+        return None
+    try:
+        return json.loads(unix_get(socket_path, f"/images/{quote(ref, safe='/:@')}/json")).get("Id")
+    except (EngineError, ValueError, AttributeError):
+        return None
+
+
 class ArchiveReader(io.RawIOBase):
     """A file object over get_archive's chunks, so tarfile can stop reading
     a large directory as soon as its first entry answered the question."""

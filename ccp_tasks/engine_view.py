@@ -6,13 +6,27 @@ with 2,400 of them, whatever the filter. A no-op run cannot afford that, so the
 pipeline keeps its own view in cache/engine.json: which of our references
 pointed at which image ID when last verified, and the engine's newest event at
 that moment (a "marker"). The next run reads the engine's event buffer (one
-cheap `GET /events`) and replays the image events since the marker: a delete,
-an untag, or a tag moving one of our references makes that reference absent.
+cheap `GET /events`) and replays the image events since the marker (`apply`).
 
-The view is trusted only when the event buffer still reaches back to the
-marker. When it does not (the buffer overflowed, the daemon restarted, there is
-no marker yet) or the engine is remote (its clock is not ours), the run lists
-the engine once instead. Either way, one request per run, never one per image.
+The replay believes an event only as far as it says what happened. A `tag`
+names the reference it moves (so does an import's or a commit's, or a build's
+by anyone); a `delete` removes every reference to its image. Docker 20.10's
+`untag` names the image, not which of its references went, and a `pull` names
+a reference or a whole repository but not the image it now holds: the
+references they may have touched leave the view, and the run asks the engine
+about each of those it needs (one inspect each). A `load` moves whatever the
+tar's RepoTags say without any `tag` event and names no reference, so after
+one (or after any action this code does not know) the run lists the engine.
+
+The view is trusted only when the very event it recorded as its marker is
+still in the engine's buffer. That event is the daemon instance's identity: a
+restarted daemon starts with an empty buffer, another daemon behind the same
+socket (or a cache/ copied from another machine) never had that event, and a
+buffer that overflowed has dropped it. `/info`'s daemon ID would tell less (it
+survives restarts) at 15 times the cost of the events request. When the marker
+is not found, or the engine is remote (its clock is not ours), the run lists
+the engine once instead. Either way, one request per run, never one per image,
+unless references were left uncertain by an untag or a pull.
 """
 
 from __future__ import annotations
@@ -25,7 +39,9 @@ from pathlib import Path
 from . import docker_ops
 from .state import write_atomic
 
-KNOWN_HARMLESS = frozenset({"push", "save", "prune", "import", "load", "pull", "tag"})
+# Image actions that move no reference: an import's reference comes as its own
+# `tag` event, a prune's removals as `delete` and `untag` events.
+KNOWN_HARMLESS = frozenset({"push", "save", "prune", "import"})
 
 
 @dataclass(frozen=True)
@@ -36,63 +52,94 @@ class ImageEvent:
     name: str
 
 
-def parse_events(body: bytes) -> list[ImageEvent]:
+def _key(raw: dict) -> list:
+    """What identifies one event of the daemon (as JSON keeps it: a list)."""
+    return [int(raw.get("timeNano", 0)), raw.get("Type", ""), raw.get("Action", ""), (raw.get("Actor") or {}).get("ID", "")]
+
+
+def _parse(body: bytes) -> list[tuple[list, ImageEvent | None]]:
+    """Every event in the buffer (oldest first) as its key, and as an ImageEvent when it is an image's."""
     events = []
     for line in body.decode().splitlines():
         if not line.strip():
             continue
         raw = json.loads(line)
-        if raw.get("Type") != "image":
-            continue
         actor = raw.get("Actor") or {}
-        events.append(
-            ImageEvent(int(raw.get("timeNano", 0)), raw.get("Action", ""), actor.get("ID", ""),
-                       (actor.get("Attributes") or {}).get("name", ""))
-        )
+        image = None
+        if raw.get("Type") == "image":
+            image = ImageEvent(int(raw.get("timeNano", 0)), raw.get("Action", ""), actor.get("ID", ""),
+                               (actor.get("Attributes") or {}).get("name", ""))
+        events.append((_key(raw), image))
     return events
 
 
-def _all_events_until_now() -> tuple[list[ImageEvent], int | None, int | None] | None:
-    """The image events still in the engine's buffer (oldest first), and the times
-    of the oldest and the newest event of any kind (the marker must be the newest
-    event of any kind: a run that only made containers still moves it), or None
-    where events cannot be trusted (remote engine, error)."""
+def _all_events_until_now() -> list[tuple[list, ImageEvent | None]] | None:
+    """The engine's event buffer, events of every kind (the marker must be the
+    newest event of any kind: a run that only made containers still moves it),
+    or None where events cannot be trusted (remote engine, error)."""
     socket_path = docker_ops.local_socket()
     if socket_path is None:
         return None
     try:
-        body = docker_ops.unix_get(socket_path, f"/events?since=0&until={time.time():.9f}", timeout=30)
+        return _parse(docker_ops.unix_get(socket_path, f"/events?since=0&until={time.time():.9f}", timeout=30))
     except Exception:
         return None
-    lines = [line for line in body.decode().splitlines() if line.strip()]
-    oldest = int(json.loads(lines[0]).get("timeNano", 0)) if lines else None
-    newest = int(json.loads(lines[-1]).get("timeNano", 0)) if lines else None
-    return parse_events(body), oldest, newest
 
 
-def _reaches_back(buffered, marker: int | None) -> bool:
-    """The engine's event buffer still holds everything since `marker`: its oldest
-    event is no newer (nothing after the marker was dropped, no daemon restart)."""
-    return buffered is not None and marker is not None and buffered[1] is not None and buffered[1] <= marker
+def _newest(buffered) -> list | None:
+    return buffered[-1][0] if buffered else None
 
 
-def apply(present: dict[str, str], events: list[ImageEvent], ours: set[tuple[str, str]] = frozenset()) -> dict[str, str]:
-    """Replay image events on a reference -> image ID map.
+def _since(buffered, marker) -> list[ImageEvent] | None:
+    """The image events after the marker event, or None when the buffer does
+    not hold that event (another daemon, a restart, an overflow, no marker)."""
+    if not buffered or not isinstance(marker, list):
+        return None
+    keys = [key for key, _ in buffered]
+    if marker not in keys:
+        return None
+    return [image for _, image in buffered[keys.index(marker) + 1:] if image is not None]
 
-    Removing is conservative: an untag or delete of an image drops every
-    reference to it; a tag (or pull, load, import) of one of our references
-    onto another image drops it. A tag adds a reference only when it is one
-    this run made (`ours`), so a reference the view does not know stays
-    unknown, and a build (or adoption) verifies it."""
+
+def _repository(ref: str) -> str:
+    """`host:5000/ns/x:tag` -> `host:5000/ns/x` (a tag follows the last `/`; a digest follows `@`)."""
+    ref = ref.partition("@")[0]
+    head, slash, last = ref.rpartition("/")
+    return f"{head}{slash}{last.partition(':')[0]}"
+
+
+def apply(present: dict[str, str], events: list[ImageEvent],
+          ours: set[tuple[str, str]] = frozenset()) -> dict[str, str] | None:
+    """Replay image events on a reference -> image ID map; None when an event
+    may have moved references it does not name (then only a listing tells).
+
+    Removing is conservative: a delete of an image drops every reference to
+    it; an untag drops the reference it names, or, when it names only the
+    image (as Docker 20.10's does), every reference to that image; a pull drops
+    the reference or repository it names; a tag of one of our references onto
+    another image drops it. A tag adds a reference only when it is one this
+    run made (`ours`), so a reference the view does not know stays unknown,
+    and EngineView.has asks the engine about it."""
     present = dict(present)
     for event in events:
-        if event.action in ("delete", "untag"):
+        if event.action == "delete" or (event.action == "untag" and event.name not in present):
             for ref in [r for r, i in present.items() if i == event.image_id]:
                 del present[ref]
-        elif event.name in present and present[event.name] != event.image_id:
+        elif event.action == "untag":
             del present[event.name]
-        if event.action == "tag" and (event.name, event.image_id) in ours:
-            present[event.name] = event.image_id
+        elif event.action == "pull":
+            # Its Actor ID is what was pulled: `repo:tag`, `repo@digest` or (`pull -a`) `repo`.
+            pulled = event.image_id
+            tagged = ":" in pulled.rpartition("/")[2] and "@" not in pulled
+            for ref in [r for r in present if (r == pulled if tagged else _repository(r) == _repository(pulled))]:
+                del present[ref]
+        elif event.action == "tag":
+            if event.name in present and present[event.name] != event.image_id:
+                del present[event.name]
+            if (event.name, event.image_id) in ours:
+                present[event.name] = event.image_id
+        elif event.action not in KNOWN_HARMLESS:
+            return None  # a load, or an action this code does not know
     return present
 
 
@@ -102,43 +149,63 @@ class EngineView:
     state_path: Path | None = None
     namespace_prefix: str = ""
     _present: dict[str, str] | None = None
-    _marker: int | None = None
+    _marker: list | None = None
     _how: str = ""
+    _verified: bool = False
     _listing: dict[str, docker_ops.EngineImage] | None = None
 
     @classmethod
     def configure(cls, state_path: Path, namespace: str) -> None:
         cls.state_path, cls.namespace_prefix = state_path, f"{namespace}/"
         cls._present = cls._marker = cls._listing = None
+        cls._verified = False
 
     @classmethod
     def _host(cls) -> str:
         return docker_ops.engine_address()
 
     @classmethod
+    def _stored(cls) -> tuple[dict[str, str], object] | None:
+        """The view engine.json holds, and its marker, if it is one of this
+        engine and namespace; None for a missing, truncated or odd file."""
+        if cls.state_path is None:
+            return None
+        try:
+            state = json.loads(cls.state_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(state, dict) or state.get("host") != cls._host() \
+                or state.get("namespace") != cls.namespace_prefix:
+            return None
+        present = state.get("present")
+        if not isinstance(present, dict) or not all(isinstance(v, str) for v in present.values()):
+            return None
+        return present, state.get("marker")
+
+    @classmethod
     def _load(cls) -> None:
         if cls._present is not None:
             return
-        state = {}
-        if cls.state_path is not None:
-            try:
-                state = json.loads(cls.state_path.read_text())
-            except (OSError, ValueError):
-                state = {}
+        stored = cls._stored()
         buffered = _all_events_until_now()
-        marker = state.get("marker")
-        if state.get("host") == cls._host() and _reaches_back(buffered, marker):
-            events = buffered[0]
-            cls._present = apply(state.get("present", {}), [e for e in events if e.time_nano > marker])
-            cls._how = "events"
+        events = _since(buffered, stored[1]) if stored else None
+        replayed = apply(stored[0], events) if events is not None else None
+        if replayed is not None:
+            cls._present, cls._how = replayed, "events"
         else:
-            cls._present = cls._present_from_listing()
-            cls._how = "listing"
-        cls._marker = buffered[2] if buffered else None
+            cls._present, cls._how = cls._present_from_listing(), "listing"
+        cls._marker = _newest(buffered)
 
     @classmethod
     def has(cls, image_id: str, ref: str) -> bool:
         cls._load()
+        if ref not in cls._present and cls._how == "events":
+            # The replay could not say where the reference is (an untag or a
+            # pull left it uncertain, or engine.json lost it): one inspect does.
+            found = docker_ops.local_image_id(ref)
+            if found:
+                cls._present[ref] = found
+                cls._verified = True
         return cls._present.get(ref) == image_id
 
     @classmethod
@@ -167,8 +234,9 @@ class EngineView:
         if not made and not busy and cls._present is not None:
             # Nothing ran: the view as of the start stands, and events since
             # its marker are replayed next time. No request; a view that had
-            # to be listed is written, so the next run replays from here.
-            if cls._how == "listing":
+            # to be listed, or that the engine was asked about, is written, so
+            # the next run replays from here.
+            if cls._how == "listing" or cls._verified:
                 cls._write(cls._present, cls._marker)
             return {"engine_view": cls._how}
         if cls._present is None:
@@ -180,21 +248,21 @@ class EngineView:
         if buffered is None:
             present, marker = cls._present, None
         else:
-            marker = buffered[2]
-            if _reaches_back(buffered, cls._marker):
-                present = apply(cls._present, [e for e in buffered[0] if e.time_nano > cls._marker], made)
-            else:
+            marker = _newest(buffered)
+            events = _since(buffered, cls._marker)
+            present = apply(cls._present, events, made) if events is not None else None
+            if present is None:
                 cls._listing = None
                 present = cls._present_from_listing()
         cls._write(present, marker)
         return {"engine_view": cls._how}
 
     @classmethod
-    def _write(cls, present: dict[str, str], marker: int | None) -> None:
+    def _write(cls, present: dict[str, str], marker: list | None) -> None:
         write_atomic(
             cls.state_path,
-            (json.dumps({"host": cls._host(), "marker": marker, "how": cls._how, "present": present},
-                        indent=1, sort_keys=True) + "\n").encode(),
+            (json.dumps({"host": cls._host(), "namespace": cls.namespace_prefix, "marker": marker, "how": cls._how,
+                         "present": present}, indent=1, sort_keys=True) + "\n").encode(),
         )
 
     @classmethod

@@ -212,7 +212,9 @@ def _untag_if_ours(client, ref: str, image_id: str, keep: str | None = None) -> 
     The engine's `untag` event names the image, not the reference removed, so
     the engine view (engine_view.apply) drops every reference to the image,
     `keep` (our own reference to it) included: `keep` is tagged again after
-    the removal, and that `tag` event, which names it, restores it in the view."""
+    the removal, and that `tag` event, which names it, restores it in the view
+    when the task succeeds (the run made it). After a failed push the next run
+    asks the engine about `keep` (EngineView.has) instead."""
     from docker.errors import APIError
 
     try:

@@ -483,6 +483,31 @@ def test_5xx_are_retried_by_our_client_and_by_the_push(tree):
     assert back.summary["published"]["moved"] == []
 
 
+def test_after_a_failed_push_every_image_is_up_to_date(tree):
+    """The engine's push fails after ccp tagged its vehicle reference and removed
+    it again; that `untag` event names the image, so the run's view lost our
+    own reference to it too. The next run asks the engine and finds every image
+    where its stamp says: nothing built, nothing adopted."""
+    project, registry = tree.project, tree.registry
+    with EngineFaultProxy(registry.url, upstream_ca=registry.ca_path, tls_ca=registry.ca) as proxy:
+        project.config["registry"]["url"] = proxy.host
+        project.write_config()
+        try:
+            tree.bump()
+            project.ok(env=ENV)
+            proxy.fail_when(4, 400, method="PUT", path="/manifests/in-", agent="docker/")
+            failed = project.doit("push", env=ENV)
+        finally:
+            project.config["registry"]["url"] = registry.host
+            project.write_config()
+    assert failed.returncode != 0 and "Traceback" not in failed.output, failed.output
+    assert failed.summary["pushes"]["app2"]["outcome"] == "failed", failed.output
+    after = project.ok(env=ENV)
+    assert after.rebuilt == set(), after.output
+    assert after.images("up to date") == set(IMAGES) and not after.images("adopted")
+    assert project.ok("push", env=ENV).summary["pushes"]["app2"]["outcome"] == "pushed"
+
+
 # -- 3. reuse on a fresh machine ------------------------------------------------
 
 
