@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import tarfile
 import uuid
@@ -22,6 +23,7 @@ from ccp_tasks.structure import (
     go_expand,
     go_file_mode,
     go_regex,
+    go_string,
     load_suite,
     run_suite,
 )
@@ -37,6 +39,13 @@ FILES = {  # path -> (mode, uid, gid, content); content None: a directory; "->x"
     "etc/app/app.conf": (0o640, 12, 34, b"listen 8080\nname: ccp\n"),
     "etc/app/current": (0o777, 0, 0, "->/etc/app/app.conf"),
     "etc/app/digits": (0o644, 0, 0, "\u0663\n".encode()),  # an Arabic-Indic three: a digit, not an ASCII one
+    # Texts of REGEX_CASES and REFUSED_BY_CCP.
+    "etc/regex": (0o755, 0, 0, None),
+    "etc/regex/greek": (0o644, 0, 0, "\u03b1\u03b2\u03b3".encode()),
+    "etc/regex/kelvin": (0o644, 0, 0, "\u212a".encode()),  # KELVIN SIGN, which (?i) folds with k and K
+    "etc/regex/truncated": (0o644, 0, 0, b"\xe2\x82"),  # a 3-byte UTF-8 sequence cut short: Go reads two U+FFFD
+    "etc/regex/ready": (0o644, 0, 0, b"ready\n"),
+    "etc/regex/cjk-ext-i": (0o644, 0, 0, "\U0002ebf0".encode()),  # new in Unicode 15.1, unassigned in 15.0
     "opt": (0o755, 0, 0, None),
     "opt/app": (0o755, 0, 0, None),
     "opt/app/run": (0o750, 0, 0, b"#!/bin/sh\necho ready\n"),
@@ -448,6 +457,112 @@ def test_same_verdicts_as_container_structure_test(passing, failing, reference_r
         assert proc.returncode == (0 if name == "passing.yaml" else 1), stderr
 
 
+# Regexes as Go reads them: (pattern, file, whether Go's regexp matches), each
+# compared with the real binary. Unicode classes, (?U), Go's $ and \z, ASCII
+# \b \w [[:alpha:]], (?i) folding beyond ASCII, and invalid UTF-8 in the text.
+REGEX_CASES = [
+    (r"^\p{Greek}+$", "/etc/regex/greek", True),
+    (r"\P{Greek}", "/etc/regex/greek", False),
+    (r"\p{^Greek}", "/etc/regex/greek", False),
+    (r"[\p{Greek}\d]{3}", "/etc/regex/greek", True),
+    (r"\p{Cyrillic}|\p{Latin}", "/etc/regex/greek", False),
+    (r"(?i)\p{Lu}", "/etc/regex/greek", True),
+    (r"\pN", "/etc/app/digits", True),
+    (r"\p{Nd}", "/etc/app/digits", True),
+    (r"\d", "/etc/app/digits", False),
+    ("(?U)^\u03b1+\u03b2", "/etc/regex/greek", True),
+    ("(?U)\u03b1+?\u03b3", "/etc/regex/greek", False),
+    (r"\w", "/etc/regex/greek", False),
+    (r"[[:alpha:]]", "/etc/regex/greek", False),
+    ("\\b\u03b1", "/etc/regex/greek", False),
+    (r"(?i)k", "/etc/regex/kelvin", True),
+    (r"(?i)[^k]", "/etc/regex/kelvin", False),
+    (r"^..$", "/etc/regex/truncated", True),
+    (r"^.$", "/etc/regex/truncated", False),
+    (r"\x{FFFD}", "/etc/regex/truncated", True),
+    (r"ready$", "/etc/regex/ready", False),
+    (r"ready\z", "/etc/regex/ready", False),
+    (r"ready\n\z", "/etc/regex/ready", True),
+    (r"(?m)ready$", "/etc/regex/ready", True),
+    (r"\Aready", "/etc/regex/ready", True),
+    (r"\Q.*\E", "/etc/app/app.conf", False),
+    (r"\Qlisten 8\E", "/etc/app/app.conf", True),
+    (r"(?P<n>listen)(?<m> )", "/etc/app/app.conf", True),
+    (r"8080.name", "/etc/app/app.conf", False),
+    (r"(?s)8080.name", "/etc/app/app.conf", True),
+]
+
+# Patterns ccp refuses: (pattern, file, what Go does with it: "refuses" or
+# whether it matches, what ccp's message says). Go refuses the first two,
+# which RE2 would accept; the others Go accepts, but RE2 would not give them
+# Go's meaning (its Unicode 15.1 counts U+2EBF0 as a letter of Han, Go 1.22's
+# Unicode 15.0 does not) or cannot compile them (its program size limit).
+REFUSED_BY_CCP = [
+    (r"\C|listen", "/etc/app/app.conf", "refuses", "invalid escape sequence: `\\C`"),
+    ("(?P<\u00e9>l)isten", "/etc/app/app.conf", "refuses", "invalid named capture: `\u00e9`"),
+    (r"\p{Han}", "/etc/regex/cjk-ext-i", False, "(RE2, Unicode 15.1) counts characters in it"),
+    (r"^\PL$", "/etc/regex/cjk-ext-i", True, "(RE2, Unicode 15.1) counts characters in it"),
+    (r"\pL{1000}|listen", "/etc/app/app.conf", True, "too large for ccp's regexp engine"),
+]
+
+
+def _content_suite(cases) -> dict:
+    tests = [{"name": f"{i}: {pattern} on {path}", "path": path, "expectedContents": [pattern]}
+             for i, (pattern, path, *_) in enumerate(cases)]
+    return {"schemaVersion": "2.0.0", "fileContentTests": tests}
+
+
+def _cst_verdicts(proc) -> tuple[dict[str, bool], str]:
+    stdout, stderr = proc.communicate(timeout=300)
+    report = json.loads(stdout.strip().splitlines()[-1])
+    return {result["Name"].removeprefix(CST_PREFIX["file-content"]): result["Pass"] for result in report["Results"]}, stderr
+
+
+@pytest.fixture(scope="module")
+def regex_runs(docker_client, fixture):
+    """REGEX_CASES by the real binary and by ccp, REFUSED_BY_CCP by the binary alone."""
+    procs = {}
+    for name, cases in (("regex.yaml", REGEX_CASES), ("refused.yaml", REFUSED_BY_CCP)):
+        # JSON is YAML; ensure_ascii=False keeps characters beyond the BMP whole.
+        (fixture.suites / name).write_text(json.dumps(_content_suite(cases), ensure_ascii=False), encoding="utf-8")
+        procs[name] = subprocess.Popen(
+            [str(CST), "test", "--image", fixture.ref, "--config", str(fixture.suites / name), "--output", "json", "--save"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+    try:
+        ours = {r.name: r.passed for r in run_suite(docker_client, fixture.ref, load_suite(fixture.suites / "regex.yaml"),
+                                                     labels=fixture.labels)}
+        yield ours, _cst_verdicts(procs["regex.yaml"])[0], _cst_verdicts(procs["refused.yaml"])
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+
+
+def test_regex_verdicts_are_go_s_and_the_binary_s(regex_runs):
+    ours, theirs, _ = regex_runs
+    expected = {test["name"]: matches for test, (_, _, matches) in zip(_content_suite(REGEX_CASES)["fileContentTests"], REGEX_CASES)}
+    assert theirs == expected
+    assert ours == expected
+
+
+def test_patterns_ccp_refuses_and_what_go_does_with_them(regex_runs):
+    import re2
+
+    _, _, (theirs, stderr) = regex_runs
+    for (pattern, path, go, says), test in zip(REFUSED_BY_CCP, _content_suite(REFUSED_BY_CCP)["fileContentTests"]):
+        with pytest.raises(GoRegexError, match=re.escape(says)):
+            go_regex(pattern)
+        if go == "refuses":
+            quoted = pattern.replace("\\", "\\\\")  # as CST's log quotes it
+            assert theirs[test["name"]] is False and f"Error compiling regex {quoted} " in stderr, pattern
+        else:
+            assert theirs[test["name"]] is go, pattern
+    # Why \p{Han} is refused: RE2 itself would match where Go does not.
+    assert re2.search(r"\p{Han}", "\U0002ebf0") is not None
+
+
 # ---------------------------------------------------------------- clean-up
 
 
@@ -702,15 +817,51 @@ def test_supported_map_covers_every_section():
     ("(?P<1st>a)(?<n>b)", "ab", True),
     (".", "\n", False),
     ("(?s).", "\n", True),
+    (r"\p{Greek}+", "\u03b1\u03b2", True),
+    (r"\P{Greek}", "\u03b1", False),
+    (r"(?U)a+?b", "aab", True),
+    (r"\Q\C\E", "\\C", True),  # a literal \C is no any-byte escape
+    ("(?P<n>a)(?P<n>b)", "ab", True),  # Go accepts a name given twice
+    (r"(?i)k", "\u212a", True),
+    ("\u03b1", "\ud800\u03b1", True),  # a lone surrogate in the text (a JSON escape) is no crash
 ])
 def test_go_regex_semantics(pattern, text, matches):
     assert go_regex(pattern).search(text) is matches
 
 
-@pytest.mark.parametrize("pattern", ["(?=x)", "a**", "a++", r"\1", r"\Z", r"\y", "(", ")", "[a", "[z-a]", "a{1001}", r"x\E"])
+@pytest.mark.parametrize("pattern", ["(?=x)", "a**", "a++", r"\1", r"\Z", r"\y", "(", ")", "[a", "[z-a]", "a{1001}", r"x\E",
+                                     r"\C", r"[\C]", "(?P<\u00e9>a)", "(a{100}){100}", "x{2}{3}", r"\p{Zzzz}", "\ud800"])
 def test_patterns_go_refuses_are_refused(pattern):
     with pytest.raises(GoRegexError):
         go_regex(pattern)
+
+
+@pytest.mark.parametrize("pattern, says", [
+    ("a**", "invalid nested repetition operator: `**`"),
+    ("(", "missing closing ): `(`"),
+    ("[a", "missing closing ]: `[a`"),
+    ("a\\", "trailing backslash at end of expression"),
+    ("*", "missing argument to repetition operator: `*`"),
+    ("a{1001}", "invalid repeat count: `{1001}`"),
+    ("(?#x)", "invalid or unsupported Perl syntax: `(?#`"),
+    ("(?<!x)", "Go regexp has no lookaround assertions: `(?<!`"),
+    (r"\C", "invalid escape sequence: `\\C`"),
+    ("(?P<\u00e9>a)", "invalid named capture: `\u00e9`"),
+    (r"[\pL]", "`\\pL` is not supported by ccp: its regexp engine (RE2, Unicode 15.1)"),
+    (r"\P{^So}", "`\\P{^So}` is not supported by ccp"),
+    (r"\p{Common}", "`\\p{Common}` is not supported by ccp"),
+])
+def test_refused_pattern_says_why_in_go_s_words(pattern, says):
+    with pytest.raises(GoRegexError) as caught:
+        go_regex(pattern)
+    assert str(caught.value).startswith(says), str(caught.value)
+
+
+def test_invalid_utf8_reads_as_go_reads_it():
+    """Go decodes each byte of invalid UTF-8 as one U+FFFD; Python's "replace" would make one of a cut sequence."""
+    assert go_string(b"\xe2\x82") == "\ufffd\ufffd"
+    assert go_string(b"a\xffb\xed\xa0\x80") == "a\ufffdb\ufffd\ufffd\ufffd"  # an encoded surrogate: three bytes
+    assert go_string("\u03b1\U0002ebf0".encode()) == "\u03b1\U0002ebf0"
 
 
 def test_go_expand_is_os_expand():
