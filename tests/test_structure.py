@@ -563,6 +563,73 @@ def test_patterns_ccp_refuses_and_what_go_does_with_them(regex_runs):
     assert re2.search(r"\p{Han}", "\U0002ebf0") is not None
 
 
+# Every Unicode class name of Go 1.22 (CST v1.19's Go): the general
+# categories, then the scripts. Each partitions the code points.
+CATEGORIES = "Cc Cf Co Ll Lm Lo Lt Lu Mc Me Mn Nd Nl No Pc Pd Pe Pf Pi Po Ps Sc Sk Sm So Zl Zp Zs".split()
+SCRIPTS = """
+Adlam Ahom Anatolian_Hieroglyphs Arabic Armenian Avestan Balinese Bamum Bassa_Vah Batak Bengali Bhaiksuki
+Bopomofo Brahmi Braille Buginese Buhid Canadian_Aboriginal Carian Caucasian_Albanian Chakma Cham Cherokee
+Chorasmian Common Coptic Cuneiform Cypriot Cypro_Minoan Cyrillic Deseret Devanagari Dives_Akuru Dogra Duployan
+Egyptian_Hieroglyphs Elbasan Elymaic Ethiopic Georgian Glagolitic Gothic Grantha Greek Gujarati Gunjala_Gondi
+Gurmukhi Han Hangul Hanifi_Rohingya Hanunoo Hatran Hebrew Hiragana Imperial_Aramaic Inherited
+Inscriptional_Pahlavi Inscriptional_Parthian Javanese Kaithi Kannada Katakana Kawi Kayah_Li Kharoshthi
+Khitan_Small_Script Khmer Khojki Khudawadi Lao Latin Lepcha Limbu Linear_A Linear_B Lisu Lycian Lydian
+Mahajani Makasar Malayalam Mandaic Manichaean Marchen Masaram_Gondi Medefaidrin Meetei_Mayek Mende_Kikakui
+Meroitic_Cursive Meroitic_Hieroglyphs Miao Modi Mongolian Mro Multani Myanmar Nabataean Nag_Mundari
+Nandinagari New_Tai_Lue Newa Nko Nushu Nyiakeng_Puachue_Hmong Ogham Ol_Chiki Old_Hungarian Old_Italic
+Old_North_Arabian Old_Permic Old_Persian Old_Sogdian Old_South_Arabian Old_Turkic Old_Uyghur Oriya Osage
+Osmanya Pahawh_Hmong Palmyrene Pau_Cin_Hau Phags_Pa Phoenician Psalter_Pahlavi Rejang Runic Samaritan
+Saurashtra Sharada Shavian Siddham SignWriting Sinhala Sogdian Sora_Sompeng Soyombo Sundanese Syloti_Nagri
+Syriac Tagalog Tagbanwa Tai_Le Tai_Tham Tai_Viet Takri Tamil Tangsa Tangut Telugu Thaana Thai Tibetan Tifinagh
+Tirhuta Toto Ugaritic Vai Vithkuqi Wancho Warang_Citi Yezidi Yi Zanabazar_Square
+""".split()
+UNICODE_15_1 = [*range(0x2EBF0, 0x2EE5E), *range(0x2FFC, 0x3000), 0x31EF]  # assigned in 15.1, not in Go's 15.0
+# U+10FFFF, a noncharacter, is in no class of either: no \p{X}* can run over it.
+SEPARATOR = "\U0010ffff"
+
+
+def test_unicode_classes_have_go_s_members_but_for_unicode_15_1(docker_client, fixture, tmp_path):
+    """For each partition (general categories, scripts, one-letter categories), one
+    file holds every class's members as RE2 has them, minus Unicode 15.1's, apart;
+    the real binary matches each class's part with Go's own class. Classes
+    partition the code points, so all of RE2's classes but those with 15.1
+    characters, the ones ccp refuses, have exactly Go's members."""
+    import re2
+
+    from ccp_tasks.structure import _NEWER_IN_RE2
+
+    newer = {chr(c) for c in UNICODE_15_1}
+    text = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
+    members = {name: "".join(re2.findall(rf"\p{{{name}}}+", text)) for name in [*CATEGORIES, *SCRIPTS, *"CLMNPSZ"]}
+    assert {name for name, chars in members.items() if newer & set(chars)} == _NEWER_IN_RE2
+    assert members["Han"].count("\U0002ebf0") == 1 and members["So"].count("\u2ffc") == 1
+    partitions = {"categories": CATEGORIES, "scripts": SCRIPTS, "one-letter": list("CLMNPSZ")}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, classes in partitions.items():
+            parts = ["".join(ch for ch in members[c] if ch not in newer) for c in classes]
+            data = SEPARATOR.join(parts).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    repository = f"{fixture.namespace}/unicode"
+    docker_client.import_image_from_data(buffer.getvalue(), repository=repository, tag="latest",
+                                         changes=[f"LABEL ccp.test.namespace={fixture.namespace}"])
+    try:
+        tests = [{"name": name, "path": f"/{name}",
+                  "expectedContents": ["^" + r"\x{10FFFF}".join(rf"\p{{{c}}}*" for c in classes) + "$"]}
+                 for name, classes in partitions.items()]
+        (tmp_path / "unicode.yaml").write_text(json.dumps({"schemaVersion": "2.0.0", "fileContentTests": tests}))
+        proc = subprocess.run([str(CST), "test", "--image", f"{repository}:latest", "--config", str(tmp_path / "unicode.yaml"),
+                               "--output", "json", "--save"], capture_output=True, text=True, timeout=600)
+        # A failed test's report holds the content; Python's splitlines would also split it at U+2028.
+        report = json.loads(proc.stdout.strip().split("\n")[-1])
+        assert {r["Name"]: r["Pass"] for r in report["Results"]} == {CST_PREFIX["file-content"] + n: True for n in partitions}
+    finally:
+        _remove_leftovers(docker_client, fixture.namespace, fixture.image_id)
+        docker_client.remove_image(f"{repository}:latest", force=True)
+
+
 # ---------------------------------------------------------------- clean-up
 
 
