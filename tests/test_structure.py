@@ -624,10 +624,16 @@ def test_unicode_classes_have_go_s_members_but_for_unicode_15_1(docker_client, f
                                "--output", "json", "--save"], capture_output=True, text=True, timeout=600)
         # A failed test's report holds the content; Python's splitlines would also split it at U+2028.
         report = json.loads(proc.stdout.strip().split("\n")[-1])
-        assert {r["Name"]: r["Pass"] for r in report["Results"]} == {CST_PREFIX["file-content"] + n: True for n in partitions}
+        verdicts = {r["Name"]: r["Pass"] for r in report["Results"]}
+        assert verdicts == {CST_PREFIX["file-content"] + n: True for n in partitions}, proc.stderr[-2000:]
     finally:
+        from docker.errors import NotFound
+
         _remove_leftovers(docker_client, fixture.namespace, fixture.image_id)
-        docker_client.remove_image(f"{repository}:latest", force=True)
+        try:
+            docker_client.remove_image(f"{repository}:latest", force=True)
+        except NotFound:
+            pass  # removed with CST's containers
 
 
 # ---------------------------------------------------------------- clean-up
@@ -639,9 +645,9 @@ class RecordingClient:
 
     def __init__(self, client, interrupt_on_wait: int | None = None):
         self._client = client
-        self.containers: list[str] = []
+        self.created: list[str] = []  # not "containers": that is the client method clean-up calls
         self.volumes: list[str] = []
-        self.images: list[str] = []
+        self.committed: list[str] = []  # nor "images"
         self.waits = 0
         self.interrupt_on_wait = interrupt_on_wait
 
@@ -650,14 +656,14 @@ class RecordingClient:
 
     def create_container(self, *args, **kwargs):
         created = self._client.create_container(*args, **kwargs)
-        self.containers.append(created["Id"])
+        self.created.append(created["Id"])
         mounts = self._client.inspect_container(created["Id"])["Mounts"]
         self.volumes += [mount["Name"] for mount in mounts if mount.get("Type") == "volume"]
         return created
 
     def commit(self, *args, **kwargs):
         committed = self._client.commit(*args, **kwargs)
-        self.images.append(committed["Id"])
+        self.committed.append(committed["Id"])
         return committed
 
     def wait(self, *args, **kwargs):
@@ -683,16 +689,16 @@ fileExistenceTests:
 def _assert_nothing_left(docker_client, fixture: Fixture, recorder: RecordingClient):
     from docker.errors import NotFound
 
-    assert recorder.containers and recorder.volumes and recorder.images
+    assert recorder.created and recorder.volumes and recorder.committed
     label = f"io.ccp.check={fixture.labels['io.ccp.check']}"
     assert docker_client.containers(all=True, filters={"label": label}) == []
-    for container in recorder.containers:
+    for container in recorder.created:
         with pytest.raises(NotFound):
             docker_client.inspect_container(container)
     for volume in recorder.volumes:
         with pytest.raises(NotFound):
             docker_client.inspect_volume(volume)
-    for image in recorder.images:
+    for image in recorder.committed:
         with pytest.raises(NotFound):
             docker_client.inspect_image(image)
     docker_client.inspect_image(fixture.image_id)  # the image under test stays
@@ -712,7 +718,7 @@ def test_an_interrupted_run_removes_what_it_made(docker_client, fixture, tmp_pat
     recorder = RecordingClient(docker_client, interrupt_on_wait=2)  # after the setup was committed
     with pytest.raises(KeyboardInterrupt):
         run_suite(recorder, fixture.ref, load_suite(tmp_path / "tests.yaml"), labels=fixture.labels)
-    assert recorder.images, "the interruption should come after a commit"
+    assert recorder.committed, "the interruption should come after a commit"
     _assert_nothing_left(docker_client, fixture, recorder)
 
 
