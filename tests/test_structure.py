@@ -45,6 +45,9 @@ FILES = {  # path -> (mode, uid, gid, content); content None: a directory; "->x"
     "etc/regex/kelvin": (0o644, 0, 0, "\u212a".encode()),  # KELVIN SIGN, which (?i) folds with k and K
     "etc/regex/truncated": (0o644, 0, 0, b"\xe2\x82"),  # a 3-byte UTF-8 sequence cut short: Go reads two U+FFFD
     "etc/regex/ready": (0o644, 0, 0, b"ready\n"),
+    "etc/regex/long-s": (0o644, 0, 0, "\u017f".encode()),  # LATIN SMALL LETTER LONG S, which (?i) folds with s and S
+    "etc/regex/cut-4-byte": (0o644, 0, 0, b"\xf0\x9f\x98"),
+    "etc/regex/surrogate": (0o644, 0, 0, b"\xed\xa0\x80"),  # U+D800 encoded: not UTF-8, three bytes for Go
     "etc/regex/cjk-ext-i": (0o644, 0, 0, "\U0002ebf0".encode()),  # new in Unicode 15.1, unassigned in 15.0
     "opt": (0o755, 0, 0, None),
     "opt/app": (0o755, 0, 0, None),
@@ -480,6 +483,16 @@ REGEX_CASES = [
     (r"^..$", "/etc/regex/truncated", True),
     (r"^.$", "/etc/regex/truncated", False),
     (r"\x{FFFD}", "/etc/regex/truncated", True),
+    (r"^\x{FFFD}{3}$", "/etc/regex/cut-4-byte", True),
+    (r"^\x{FFFD}{3}$", "/etc/regex/surrogate", True),
+    (r"\x{D800}", "/etc/regex/surrogate", False),
+    (r"(?i)[[:lower:]]", "/etc/regex/kelvin", True),
+    (r"(?i)\bK", "/etc/regex/kelvin", False),
+    (r"(?i)[a-z]", "/etc/regex/long-s", True),
+    (r"(?i)[^a-z]", "/etc/regex/long-s", False),
+    (r"(?i)\w", "/etc/regex/long-s", True),
+    (r"[[=a=]]", "/etc/app/app.conf", False),  # no POSIX equivalence class in Go: the characters [=a and ]
+    (r"(?m)^\z", "/etc/regex/ready", True),
     (r"ready$", "/etc/regex/ready", False),
     (r"ready\z", "/etc/regex/ready", False),
     (r"ready\n\z", "/etc/regex/ready", True),
@@ -503,6 +516,12 @@ REFUSED_BY_CCP = [
     (r"\p{Han}", "/etc/regex/cjk-ext-i", False, "(RE2, Unicode 15.1) counts characters in it"),
     (r"^\PL$", "/etc/regex/cjk-ext-i", True, "(RE2, Unicode 15.1) counts characters in it"),
     (r"\pL{1000}|listen", "/etc/app/app.conf", True, "too large for ccp's regexp engine"),
+    # Refused by both, and by ccp in Go's words.
+    (r"a{1,2}{3}|listen", "/etc/app/app.conf", "refuses", "invalid nested repetition operator: `{1,2}{3}`"),
+    (r"(a{2}){501}|listen", "/etc/app/app.conf", "refuses", "invalid repeat count: `{501}`"),  # 1002 repeats
+    (r"(?P<a-b>l)isten", "/etc/app/app.conf", "refuses", "invalid named capture: `(?P<a-b>`"),
+    (r"[[:foo:]]|listen", "/etc/app/app.conf", "refuses", "invalid character class range: `[:foo:]`"),
+    (r"\x{41|listen", "/etc/app/app.conf", "refuses", "invalid escape sequence: `\\x{41`"),
 ]
 
 
