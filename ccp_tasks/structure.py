@@ -331,7 +331,7 @@ def _refusal(source: str, compiled) -> str | None:
     for name in compiled.groupindex:
         # RE2 allows any Unicode word character in a group name; Go only ASCII letters, digits and _.
         if not all(ch == "_" or ch.isascii() and ch.isalnum() for ch in name):
-            return f"invalid named capture: `{name}`"
+            return f"invalid named capture: `{'(?P<' if f'(?P<{name}>' in source else '(?<'}{name}>`"
     return None
 
 
@@ -362,7 +362,6 @@ def _go_wording(exc) -> str:
         return f"Go regexp has no lookaround assertions: `{argument}`"
     what = _GO_WORDING.get(what, what)
     return f"{what}: `{argument}`" if argument else what
-
 
 
 # ---------------------------------------------------------------- loading

@@ -512,7 +512,7 @@ REGEX_CASES = [
 # Unicode 15.0 does not) or cannot compile them (its program size limit).
 REFUSED_BY_CCP = [
     (r"\C|listen", "/etc/app/app.conf", "refuses", "invalid escape sequence: `\\C`"),
-    ("(?P<\u00e9>l)isten", "/etc/app/app.conf", "refuses", "invalid named capture: `\u00e9`"),
+    ("(?<\u00e9>l)isten", "/etc/app/app.conf", "refuses", "invalid named capture: `(?<\u00e9>`"),
     (r"\p{Han}", "/etc/regex/cjk-ext-i", False, "(RE2, Unicode 15.1) counts characters in it"),
     (r"^\PL$", "/etc/regex/cjk-ext-i", True, "(RE2, Unicode 15.1) counts characters in it"),
     (r"\pL{1000}|listen", "/etc/app/app.conf", True, "too large for ccp's regexp engine"),
@@ -622,6 +622,9 @@ def test_unicode_classes_have_go_s_members_but_for_unicode_15_1(docker_client, f
     members = {name: "".join(re2.findall(rf"\p{{{name}}}+", text)) for name in [*CATEGORIES, *SCRIPTS, *"CLMNPSZ"]}
     assert {name for name, chars in members.items() if newer & set(chars)} == _NEWER_IN_RE2
     assert members["Han"].count("\U0002ebf0") == 1 and members["So"].count("\u2ffc") == 1
+    # A newer RE2 (Unicode 16 adds scripts Go 1.22 has not) would need this test and _NEWER_IN_RE2 redone.
+    with pytest.raises(re2.error):
+        re2.compile(r"\p{Garay}")
     partitions = {"categories": CATEGORIES, "scripts": SCRIPTS, "one-letter": list("CLMNPSZ")}
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -938,7 +941,7 @@ def test_patterns_go_refuses_are_refused(pattern):
     ("(?#x)", "invalid or unsupported Perl syntax: `(?#`"),
     ("(?<!x)", "Go regexp has no lookaround assertions: `(?<!`"),
     (r"\C", "invalid escape sequence: `\\C`"),
-    ("(?P<\u00e9>a)", "invalid named capture: `\u00e9`"),
+    ("(?P<\u00e9>a)", "invalid named capture: `(?P<\u00e9>`"),
     (r"[\pL]", "`\\pL` is not supported by ccp: its regexp engine (RE2, Unicode 15.1)"),
     (r"\P{^So}", "`\\P{^So}` is not supported by ccp"),
     (r"\p{Common}", "`\\p{Common}` is not supported by ccp"),
