@@ -744,6 +744,31 @@ def test_an_interrupted_run_removes_what_it_made(docker_client, fixture, tmp_pat
     _assert_nothing_left(docker_client, fixture, recorder)
 
 
+def test_a_bug_in_clean_up_is_not_taken_for_an_engine_failure(docker_client, fixture, tmp_path):
+    """Clean-up passes over what the engine refuses, nothing else: a bug surfaces as itself."""
+
+    class Buggy(RecordingClient):
+        def containers(self, *args, **kwargs):
+            raise TypeError("a bug in ccp")
+
+    (tmp_path / "tests.yaml").write_text(SETUP_AND_FILES)
+    recorder = Buggy(docker_client, interrupt_on_wait=1)
+    try:
+        with pytest.raises(TypeError, match="a bug in ccp"):
+            try:
+                run_suite(recorder, fixture.ref, load_suite(tmp_path / "tests.yaml"), labels=fixture.labels)
+            except KeyboardInterrupt:
+                pytest.fail("clean-up swallowed the bug (the interruption came out instead)")
+    finally:
+        from docker.errors import NotFound
+
+        for container in recorder.created:  # the bug cut clean-up short
+            try:
+                docker_client.remove_container(container, force=True, v=True)
+            except NotFound:
+                pass
+
+
 def test_a_command_that_hangs_times_out(docker_client, fixture, tmp_path):
     (tmp_path / "tests.yaml").write_text(
         'schemaVersion: "2.0.0"\ncommandTests:\n  - name: hangs\n    command: sleep\n    args: ["30"]\n'
