@@ -507,7 +507,7 @@ REGEX_CASES = [
 
 # Patterns ccp refuses: (pattern, file, what Go does with it: "refuses" or
 # whether it matches, what ccp's message says). Go refuses the first two,
-# which RE2 would accept; the others Go accepts, but RE2 would not give them
+# which RE2 would accept; the next three Go accepts, but RE2 would not give them
 # Go's meaning (its Unicode 15.1 counts U+2EBF0 as a letter of Han, Go 1.22's
 # Unicode 15.0 does not) or cannot compile them (its program size limit).
 REFUSED_BY_CCP = [
@@ -533,7 +533,7 @@ def _content_suite(cases) -> dict:
 
 def _cst_verdicts(proc) -> tuple[dict[str, bool], str]:
     stdout, stderr = proc.communicate(timeout=300)
-    report = json.loads(stdout.strip().splitlines()[-1])
+    report = json.loads(stdout.strip().split("\n")[-1])  # splitlines() would also split a content at U+2028
     return {result["Name"].removeprefix(CST_PREFIX["file-content"]): result["Pass"] for result in report["Results"]}, stderr
 
 
