@@ -15,9 +15,11 @@ source (pkg/drivers/docker_driver.go, pkg/types/v2/*.go):
   of tar entries, symlink following and Go's os.FileMode.String();
 - the metadata test reads `inspect_image`; exposed ports compare by number
   alone, as CST's Port() does;
-- every regex is a Go regexp (RE2 syntax), translated to an equivalent
-  Python one: `$` is the end of the text unless (?m) (so 'ready$' does not
-  match "ready\\n"), \\d \\w \\s \\b are ASCII, (?i) can appear anywhere.
+- every regex is a Go regexp, compiled and matched by RE2 (Go's regexp is
+  its port): `$` is the end of the text unless (?m) (so 'ready$' does not
+  match "ready\\n"), \\d \\w \\s \\b are ASCII, (?i) can appear anywhere;
+  output and file content are read as Go reads them (invalid UTF-8: one
+  U+FFFD per byte). The few patterns RE2 takes differently from Go are refused.
 
 Unlike CST, a file is validated once, before anything runs: unknown or
 unsupported keys, wrong types, missing names, regexes Go would not compile
@@ -26,6 +28,7 @@ and checks that can never pass are errors naming the file and the key.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import json
 import re
@@ -34,7 +37,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from .checks import CheckResult
 from .errors import ConfigError, EngineError
@@ -87,13 +90,18 @@ _NOOP_COMMAND = ["NOOP_COMMAND_DO_NOT_RUN"]  # docker wants a command even for a
 
 @dataclass(frozen=True)
 class GoRegex:
-    """A Go regexp as written in the file, and its Python translation."""
+    """A Go regexp as written in the file, compiled by RE2 (the engine Go's regexp implements)."""
 
     source: str
-    compiled: re.Pattern
+    compiled: Any  # re2's compiled pattern
 
     def search(self, text: str) -> bool:
-        return self.compiled.search(text) is not None
+        """Go's MatchString: anywhere in the text."""
+        try:
+            return self.compiled.search(text) is not None
+        except UnicodeEncodeError:
+            # A lone surrogate (a JSON escape) has no UTF-8 form; Go would hold its bytes, read as U+FFFD each.
+            return self.compiled.search(go_string(text.encode("utf-8", "surrogatepass"))) is not None
 
 
 @dataclass(frozen=True)
@@ -252,335 +260,108 @@ def go_file_mode(mode: int, typeflag: bytes) -> str:
 
 _PERMISSIONS_RE = re.compile(r"^(?:-|(?=[dalTLDpSugct?])d?a?l?T?L?D?p?S?u?g?c?t?\??)(?:[r-][w-][x-]){3}$")
 
-# Go's Perl and POSIX classes (regexp/syntax perl_groups.go): ASCII only.
-_PERL_CLASSES = {
-    "d": ((0x30, 0x39),),
-    "s": ((0x09, 0x0A), (0x0C, 0x0D), (0x20, 0x20)),
-    "w": ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)),
-}
-_POSIX_CLASSES = {
-    "alnum": ((0x30, 0x39), (0x41, 0x5A), (0x61, 0x7A)),
-    "alpha": ((0x41, 0x5A), (0x61, 0x7A)),
-    "ascii": ((0x00, 0x7F),),
-    "blank": ((0x09, 0x09), (0x20, 0x20)),
-    "cntrl": ((0x00, 0x1F), (0x7F, 0x7F)),
-    "digit": ((0x30, 0x39),),
-    "graph": ((0x21, 0x7E),),
-    "lower": ((0x61, 0x7A),),
-    "print": ((0x20, 0x7E),),
-    "punct": ((0x21, 0x2F), (0x3A, 0x40), (0x5B, 0x60), (0x7B, 0x7E)),
-    "space": ((0x09, 0x0D), (0x20, 0x20)),
-    "upper": ((0x41, 0x5A),),
-    "word": ((0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)),
-    "xdigit": ((0x30, 0x39), (0x41, 0x46), (0x61, 0x66)),
-}
-_MAX_RUNE = 0x10FFFF
-_WORD = "[0-9A-Za-z_]"
-# Go's \b and \B look at ASCII word characters and never fold case.
-_WORD_BOUNDARY = f"(?-i:(?<={_WORD})(?!{_WORD})|(?<!{_WORD})(?={_WORD}))"
-_NOT_WORD_BOUNDARY = f"(?-i:(?<={_WORD})(?={_WORD})|(?<!{_WORD})(?!{_WORD}))"
-
-
 class GoRegexError(ValueError):
     pass
 
 
-def _class_ranges(ranges) -> str:
-    def one(c: int) -> str:
-        return f"\\U{c:08x}"
-
-    return "".join(one(lo) if lo == hi else f"{one(lo)}-{one(hi)}" for lo, hi in ranges)
-
-
-def _negate(ranges, fold: bool) -> list[tuple[int, int]]:
-    """The complement of a class; under (?i) Go folds the class first, so the
-    complement loses the other case too (and ſ and K, which fold to s and k)."""
-    points = list(ranges)
-    if fold:
-        for lo, hi in ranges:
-            for c in range(max(lo, 0x41), min(hi, 0x7A) + 1):
-                ch = chr(c)
-                if ch.isalpha():
-                    points.append((ord(ch.swapcase()),) * 2)
-                    if ch in "sS":
-                        points.append((0x17F, 0x17F))
-                    if ch in "kK":
-                        points.append((0x212A, 0x212A))
-    out, next_lo = [], 0
-    for lo, hi in sorted(points):
-        if lo > next_lo:
-            out.append((next_lo, lo - 1))
-        next_lo = max(next_lo, hi + 1)
-    if next_lo <= _MAX_RUNE:
-        out.append((next_lo, _MAX_RUNE))
-    return out
+# RE2 words some errors differently from Go's regexp/syntax; a rejected
+# pattern is reported in Go's words, as CST would report it.
+_GO_WORDING = {
+    "missing ]": "missing closing ]",
+    "missing )": "missing closing )",
+    "trailing \\": "trailing backslash at end of expression",
+    "no argument for repetition operator": "missing argument to repetition operator",
+    "invalid repetition size": "invalid repeat count",
+    "bad repetition operator": "invalid nested repetition operator",
+    "invalid perl operator": "invalid or unsupported Perl syntax",
+    "invalid named capture group": "invalid named capture",
+}
+_LOOKAROUND = ("(?=", "(?!", "(?<=", "(?<!")
+# Unicode classes whose members differ between RE2 (Unicode 15.1) and the Go
+# of CST v1.19 (Go 1.22, Unicode 15.0): the characters new in 15.1 (CJK
+# Extension I U+2EBF0-U+2EE5D, U+2FFC-U+2FFF, U+31EF) are in them for RE2 and
+# unassigned for Go. Every other class has the same members in both (checked
+# against the CST binary, code point by code point).
+_NEWER_IN_RE2 = frozenset({"L", "Lo", "S", "So", "Han", "Common"})
 
 
-class _GoRegexTranslator:
-    """Go regexp syntax (regexp/syntax, Perl flags) to a Python pattern with
-    the same language. Go's flags are kept as Python scoped groups, so
-    `(?i)` in mid-pattern, which Python refuses, means what it means in Go."""
+def _go_rune_error(exc: UnicodeDecodeError) -> tuple[str, int]:
+    # Go reads every byte of invalid UTF-8 as one utf8.RuneError; Python's
+    # "replace" would merge a truncated sequence into one U+FFFD, and RE2
+    # would let no `.` match the raw byte.
+    return "\ufffd", exc.start + 1
 
-    def __init__(self, src: str):
-        self.src = src
-        self.i = 0
-        self.out: list[str] = []
 
-    def fail(self, what: str, text: str = "") -> NoReturn:
-        raise GoRegexError(f"{what}: `{text}`" if text else what)
+codecs.register_error("ccp-go-runes", _go_rune_error)
 
-    def translate(self) -> str:
-        src, n = self.src, len(self.src)
-        flags: frozenset[str] = frozenset()
-        wrapped = False  # a flag change opened a scoped group at this level
-        stack: list[tuple[frozenset[str], bool]] = []
-        last_repeat = False
-        while self.i < n:
-            c = src[self.i]
-            repeat = False
-            if c == "(":
-                if src.startswith("(?", self.i):
-                    new_flags, kind = self._perl_flags(flags)
-                    if kind == "named":
-                        stack.append((flags, wrapped))
-                        wrapped = False
-                        self.out.append("(")
-                    elif kind == "group":
-                        stack.append((flags, wrapped))
-                        flags, wrapped = new_flags, False
-                        self.out.append(f"(?{_scoped(new_flags)}:")
-                    elif new_flags != flags:
-                        if wrapped:
-                            self.out.append(")")
-                        flags, wrapped = new_flags, True
-                        self.out.append(f"(?{_scoped(flags)}:")
-                else:
-                    self.i += 1
-                    stack.append((flags, wrapped))
-                    wrapped = False
-                    self.out.append("(")
-            elif c == ")":
-                if not stack:
-                    self.fail("unexpected )", src)
-                if wrapped:
-                    self.out.append(")")
-                flags, wrapped = stack.pop()
-                self.out.append(")")
-                self.i += 1
-            elif c == "|":
-                self.out.append(f")|(?{_scoped(flags)}:" if wrapped else "|")
-                self.i += 1
-            elif c == "^":
-                self.out.append("^")
-                self.i += 1
-            elif c == "$":
-                # Without (?m), Go's $ is the end of the text, never before a final newline.
-                self.out.append("$" if "m" in flags else r"\Z")
-                self.i += 1
-            elif c == ".":
-                self.out.append(".")
-                self.i += 1
-            elif c == "[":
-                self._char_class("i" in flags)
-            elif c in "*+?":
-                if last_repeat:
-                    self.fail("invalid nested repetition operator", src[self.i - 1:self.i + 1])
-                self.i += 1
-                lazy = self.i < n and src[self.i] == "?"
-                self.i += lazy
-                self.out.append(c + ("?" if lazy else ""))
-                repeat = True
-            elif c == "{":
-                parsed = self._repeat_counts()
-                if parsed is None:
-                    self.out.append(r"\{")  # Go reads a { that starts no valid count as a literal
-                    self.i += 1
-                else:
-                    if last_repeat:
-                        self.fail("invalid nested repetition operator", parsed)
-                    lazy = self.i < n and src[self.i] == "?"
-                    self.i += lazy
-                    self.out.append(parsed + ("?" if lazy else ""))
-                    repeat = True
-            elif c == "\\":
-                self._escape_outside_class()
-            else:
-                self.out.append(re.escape(c))
-                self.i += 1
-            last_repeat = repeat
-        if wrapped:
-            self.out.append(")")
-        if stack:
-            self.fail("missing closing )", src)
-        return "".join(self.out)
 
-    def _perl_flags(self, flags: frozenset[str]) -> tuple[frozenset[str], str]:
-        """At '(?': (the flags from here on, "named", "group" or "flags").
-        A named group becomes a plain one: names never change whether a
-        pattern matches, and Go allows names Python does not."""
-        src, start = self.src, self.i
-        t = src[start + 2:]
-        if t.startswith(("=", "!", "<=", "<!")):
-            self.fail("Go regexp has no lookaround assertions", src[start:start + 2 + (2 if t[0] == "<" else 1)])
-        if t.startswith("P<") or t.startswith("<"):
-            name_start = start + (4 if t.startswith("P<") else 3)
-            end = src.find(">", name_start)
-            name = src[name_start:end] if end >= 0 else ""
-            if end < 0 or not name or not all(_is_alnum(ch) for ch in name):
-                self.fail("invalid named capture", src[start:end + 1] if end >= 0 else src[start:])
-            self.i = end + 1
-            return flags, "named"
-        on, off, sign, saw = set(), set(), +1, False
-        j = start + 2
-        while j < len(src):
-            ch = src[j]
-            j += 1
-            if ch in "ims":
-                (on if sign > 0 else off).add(ch)
-                saw = True
-            elif ch == "U":
-                self.fail("the ungreedy flag (?U) is not supported by ccp", src[start:j])
-            elif ch == "-" and sign > 0:
-                sign, saw = -1, False
-            elif ch in ":)" and (sign > 0 or saw):
-                self.i = j
-                return (flags | on) - off, "group" if ch == ":" else "flags"
-            else:
-                break
-        self.fail("invalid or unsupported Perl syntax", src[start:j])
+def go_string(data: bytes) -> str:
+    """Output or file content as Go's regexp reads it (invalid UTF-8: one U+FFFD per byte)."""
+    return data.decode("utf-8", "ccp-go-runes")
 
-    def _repeat_counts(self) -> str | None:
-        """At '{': the Python form of a valid {n}, {n,} or {n,m}, advancing past
-        it, or None when Go would read the '{' as a literal."""
-        m = re.match(r"\{(0|[1-9][0-9]*)(?:(,)(0|[1-9][0-9]*)?)?\}", self.src[self.i:])
-        if not m:
-            return None
-        low = int(m.group(1))
-        high = low if not m.group(2) else (int(m.group(3)) if m.group(3) else -1)
-        if low > 1000 or high > 1000 or (high >= 0 and low > high):
-            self.fail("invalid repeat count", m.group(0))
-        self.i += m.end()
-        return m.group(0)
 
-    def _escape_outside_class(self) -> None:
-        src, i = self.src, self.i
-        nxt = src[i + 1] if i + 1 < len(src) else ""
-        simple = {"A": r"\A", "z": r"\Z", "b": _WORD_BOUNDARY, "B": _NOT_WORD_BOUNDARY}
-        if nxt in simple:
-            self.out.append(simple[nxt])
-            self.i += 2
-        elif nxt == "C":
-            self.fail("invalid escape sequence", r"\C")
-        elif nxt == "Q":
-            end = src.find(r"\E", i + 2)
-            literal = src[i + 2:] if end < 0 else src[i + 2:end]
-            self.out.append(re.escape(literal))
-            self.i = len(src) if end < 0 else end + 2
-        elif nxt in ("p", "P"):
-            self.fail(r"Unicode classes (\p, \P) are not supported by ccp", src[i:i + 2])
-        elif nxt and nxt.lower() in _PERL_CLASSES:
-            ranges = _PERL_CLASSES[nxt.lower()]
-            self.out.append(f"[{'^' if nxt.isupper() else ''}{_class_ranges(ranges)}]")
-            self.i += 2
+def _escapes(source: str):
+    """(index, letter) of every backslash escape outside \\Q...\\E."""
+    i = 0
+    while i < len(source) - 1:
+        if source[i] != "\\":
+            i += 1
+        elif source[i + 1] == "Q":
+            end = source.find("\\E", i + 2)
+            if end < 0:
+                return
+            i = end + 2
         else:
-            code, self.i = self._escape(i)
-            self.out.append(re.escape(chr(code)))
-
-    def _escape(self, i: int) -> tuple[int, int]:
-        """Go's parseEscape at a backslash: (code point, index after it)."""
-        src = self.src
-        if i + 1 >= len(src):
-            self.fail("trailing backslash at end of expression")
-        c = src[i + 1]
-        j = i + 2
-        if c < "\x80" and not c.isalnum():
-            return ord(c), j
-        if "1" <= c <= "7" and not (j < len(src) and "0" <= src[j] <= "7"):
-            self.fail("invalid escape sequence", src[i:j])  # \1 would be a backreference
-        if "0" <= c <= "7":
-            value = int(c)
-            for _ in range(2):
-                if j < len(src) and "0" <= src[j] <= "7":
-                    value = value * 8 + int(src[j])
-                    j += 1
-            return value, j
-        if c == "x":
-            if src.startswith("{", j):
-                end = src.find("}", j)
-                digits = src[j + 1:end] if end > j + 1 else ""
-                if digits and all(d in "0123456789abcdefABCDEF" for d in digits) and int(digits, 16) <= _MAX_RUNE:
-                    return int(digits, 16), end + 1
-            elif j + 2 <= len(src) and all(d in "0123456789abcdefABCDEF" for d in src[j:j + 2]):
-                return int(src[j:j + 2], 16), j + 2
-            self.fail("invalid escape sequence", src[i:j + 2])
-        controls = {"a": 7, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11}
-        if c in controls:
-            return controls[c], j
-        self.fail("invalid escape sequence", src[i:j])
-
-    def _char_class(self, fold: bool) -> None:
-        src, n = self.src, len(self.src)
-        start = self.i
-        i = start + 1
-        negate = i < n and src[i] == "^"
-        i += negate
-        ranges: list[tuple[int, int]] = []
-        first = True
-        while i >= n or src[i] != "]" or first:
-            if i >= n:
-                self.fail("missing closing ]", src[start:])
-            first = False
-            if src.startswith("[:", i) and src.find(":]", i + 2) >= 0:
-                end = src.find(":]", i + 2)
-                name = src[i + 2:end]
-                group = _POSIX_CLASSES.get(name.removeprefix("^"))
-                if group is None:
-                    self.fail("invalid character class range", src[i:end + 2])
-                ranges += _negate(group, fold) if name.startswith("^") else group
-                i = end + 2
-                continue
-            if src.startswith(("\\p", "\\P"), i):
-                self.fail(r"Unicode classes (\p, \P) are not supported by ccp", src[i:i + 2])
-            if src[i] == "\\" and i + 1 < n and src[i + 1].lower() in _PERL_CLASSES:
-                group = _PERL_CLASSES[src[i + 1].lower()]
-                ranges += _negate(group, fold) if src[i + 1].isupper() else group
-                i += 2
-                continue
-            low, i = self._class_char(i, start)
-            high = low
-            if i + 1 < n and src[i] == "-" and src[i + 1] != "]":
-                range_start = i - 1
-                high, i = self._class_char(i + 1, start)
-                if high < low:
-                    self.fail("invalid character class range", src[range_start:i])
-            ranges.append((low, high))
-        self.i = i + 1
-        if not ranges:
-            self.out.append("(?s:.)" if negate else "(?!)")
-        else:
-            self.out.append(f"[{'^' if negate else ''}{_class_ranges(ranges)}]")
-
-    def _class_char(self, i: int, class_start: int) -> tuple[int, int]:
-        if i >= len(self.src):
-            self.fail("missing closing ]", self.src[class_start:])
-        if self.src[i] == "\\":
-            return self._escape(i)
-        return ord(self.src[i]), i + 1
+            yield i, source[i + 1]
+            i += 2
 
 
-def _scoped(flags: frozenset[str]) -> str:
-    on = "".join(sorted(flags))
-    off = "".join(sorted({"i", "m", "s"} - flags))
-    return f"{on}-{off}" if off else on
+def _refusal(source: str, compiled) -> str | None:
+    """Why ccp refuses a pattern RE2 compiled: Go would not compile it, or
+    RE2 would not give it Go's meaning."""
+    for i, letter in _escapes(source):
+        if letter == "C":
+            return "invalid escape sequence: `\\C`"  # RE2's any-byte; Go has none
+        if letter in "pP":
+            end = source.find("}", i) + 1 if source.startswith("{", i + 2) else i + 3
+            name = source[i + 2:end].strip("{}").removeprefix("^")
+            if name in _NEWER_IN_RE2:
+                return (f"`{source[i:end]}` is not supported by ccp: its regexp engine (RE2, Unicode 15.1) counts "
+                        f"characters in it that CST's Go (Unicode 15.0) does not")
+    for name in compiled.groupindex:
+        # RE2 allows any Unicode word character in a group name; Go only ASCII letters, digits and _.
+        if not all(ch == "_" or ch.isascii() and ch.isalnum() for ch in name):
+            return f"invalid named capture: `{'(?P<' if f'(?P<{name}>' in source else '(?<'}{name}>`"
+    return None
 
 
 def go_regex(source: str) -> GoRegex:
-    """Compile a Go regexp; GoRegexError when Go would refuse it (or ccp cannot translate it)."""
-    python = _GoRegexTranslator(source).translate()
+    """Compile a Go regexp with RE2; GoRegexError when Go would refuse it (or RE2 would not give it Go's meaning)."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print every refused pattern to stderr
     try:
-        return GoRegex(source, re.compile(python))
-    except re.error as exc:
-        raise GoRegexError(f"cannot be used: {exc.msg}") from None
+        compiled = re2.compile(source, options)
+    except UnicodeEncodeError:
+        raise GoRegexError("not valid UTF-8 (a lone surrogate escape)") from None
+    except re2.error as exc:
+        raise GoRegexError(_go_wording(exc)) from None
+    why = _refusal(source, compiled)
+    if why:
+        raise GoRegexError(why)
+    return GoRegex(source, compiled)
+
+
+def _go_wording(exc) -> str:
+    message = exc.args[0].decode("utf-8", "replace") if isinstance(exc.args[0], bytes) else str(exc.args[0])
+    if message == "pattern too large - compile failed":
+        return "too large for ccp's regexp engine (RE2 compiles at most 8 MiB; Go allows more)"
+    what, _, argument = message.partition(": ")
+    if argument.startswith(_LOOKAROUND):
+        return f"Go regexp has no lookaround assertions: `{argument}`"
+    what = _GO_WORDING.get(what, what)
+    return f"{what}: `{argument}`" if argument else what
 
 
 # ---------------------------------------------------------------- loading
@@ -877,6 +658,14 @@ def _metadata_test(node: _Node) -> MetadataTest:
 # ---------------------------------------------------------------- running
 
 
+def _engine_errors() -> tuple[type[Exception], ...]:
+    """What a call to the engine raises when the engine (not ccp) fails: refused, gone, unreachable."""
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
+    return DockerException, RequestException, OSError
+
+
 def _engine_failure(what: str, exc: Exception) -> EngineError:
     from .docker_ops import engine_address
 
@@ -899,12 +688,9 @@ class _Session:
         self.committing = False
 
     def call(self, what: str, request: Callable):
-        from docker.errors import DockerException
-        from requests.exceptions import RequestException
-
         try:
             return request()
-        except (DockerException, RequestException, OSError) as exc:
+        except _engine_errors() as exc:
             raise _engine_failure(what, exc) from None
 
     def create(self, image: str, command: list[str], environment: dict[str, str] | None = None) -> str:
@@ -953,24 +739,24 @@ class _Session:
             try:
                 found = self.client.containers(all=True, filters={"label": f"{RUN_LABEL}={self.run_id}"})
                 self.containers += [c["Id"] for c in found if c["Id"] not in self.containers]
-            except Exception:
-                pass
+            except _engine_errors():
+                pass  # best effort: an engine that fails now must not hide why the run ended
         for container in list(self.containers):
             try:
                 self.remove(container)
-            except Exception:
-                pass
+            except _engine_errors():
+                pass  # e.g. a removal already in progress; the rest is still removed
         if interrupted and self.committing:
             # Only then can an image of ours be unknown; listing images costs
             # seconds on a large engine, so it is not done otherwise.
             try:
                 found = self.client.images(filters={"label": f"{RUN_LABEL}={self.run_id}"})
                 self.images += [i["Id"] for i in found if i["Id"] not in self.images]
-            except Exception:
+            except _engine_errors():
                 pass
         try:
             self.remove_images()
-        except Exception:
+        except _engine_errors():
             pass
 
 
@@ -1054,8 +840,8 @@ def _run_container(session: _Session, container: str, timeout: float) -> tuple[i
             raise _engine_failure("lost the engine while waiting for a container", exc) from None
         try:
             session.client.kill(container)
-        except Exception:
-            pass
+        except _engine_errors():
+            pass  # it may have ended meanwhile; removal follows either way
         return None, f"timed out after {timeout:g}s"
     except Exception as exc:
         raise _engine_failure("cannot wait for a container", exc) from None
@@ -1065,7 +851,7 @@ def _run_container(session: _Session, container: str, timeout: float) -> tuple[i
 def _logs(session: _Session, container: str) -> tuple[str, str]:
     out = session.call("cannot read container output", lambda: session.client.logs(container, stdout=True, stderr=False))
     err = session.call("cannot read container output", lambda: session.client.logs(container, stdout=False, stderr=True))
-    return out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    return go_string(out), go_string(err)
 
 
 def _run_command_test(session: _Session, image_id: str, image_env: dict[str, str], global_env: dict[str, str],
@@ -1224,7 +1010,7 @@ def _read(session: _Session, container: str, path: str, depth: int = 0) -> bytes
 def _run_file_content_test(session: _Session, container: str, test: FileContentTest) -> CheckResult:
     started = time.monotonic()
     try:
-        content = _read(session, container, test.path).decode("utf-8", "replace")
+        content = go_string(_read(session, container, test.path))
     except _Missing as exc:
         return _result(test.name, "file-content", [str(exc)], started)
     problems = [f"{test.path}: content does not match {p.source!r}" for p in test.expected_contents if not p.search(content)]
