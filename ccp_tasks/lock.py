@@ -3,20 +3,36 @@
 Two runs on one checkout would race on the same stamps and on doit's state
 file; the second run waits for the first and says so. Commands that only
 read (list, info, help) take no lock.
+
+The lock lives exactly as long as the process that took it. `doit -n N`
+forks its workers from that process, and a forked child shares the lock's
+open file description: a worker that outlived a killed main process kept
+every later run waiting forever. So each forked child closes its copy at
+once, and is asked (PR_SET_PDEATHSIG) to die with the process that forked
+it, taking the programs it started along.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from .errors import LockError
 
 READ_ONLY_COMMANDS = frozenset({"list", "info", "help", "tabcompletion", "dumpdb"})
-_held = []  # keeps the descriptor open, and so the lock held, until the process exits
+PR_SET_PDEATHSIG = 1
+
+
+class _Run:
+    fd: int | None = None  # open, and so the lock held, until the holding process exits
+    path: Path | None = None
+    holder: int | None = None  # the pid that took the lock; its forked workers belong to its run
+    id = uuid.uuid4().hex[:12]  # set again when the lock is taken; inherited by the workers
 
 
 def doit_command(argv: list[str]) -> str:
@@ -27,8 +43,18 @@ def doit_command(argv: list[str]) -> str:
     return "run"
 
 
+def held(path: Path) -> bool:
+    """Whether this process's run holds the lock on `path`: it took it, or it is a worker of the process that did."""
+    return _Run.path is not None and _Run.path == Path(path).resolve()
+
+
+def run_id() -> str:
+    """This run's identity, the same in its main process and in its workers."""
+    return _Run.id
+
+
 def acquire(path: Path, timeout: float | None = None, announce=print) -> None:
-    if _held:
+    if _Run.path is not None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -49,4 +75,56 @@ def acquire(path: Path, timeout: float | None = None, announce=print) -> None:
                 time.sleep(0.2)
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
-    _held.append(fd)
+    _Run.fd, _Run.path, _Run.holder, _Run.id = fd, Path(path).resolve(), os.getpid(), uuid.uuid4().hex[:12]
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def _end_worker(signum=None, frame=None) -> None:
+    """The run's main process is gone (or ended this worker): end what the
+    worker started, then the worker, before it touches the cache again."""
+    for pid in _descendants(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _after_fork_in_child() -> None:
+    if _Run.fd is None:
+        return  # not forked by the process holding the lock
+    os.close(_Run.fd)
+    _Run.fd = None
+    # SIGTERM, not SIGKILL: the handler ends the worker's own children too
+    # (the parent-death signal is not inherited across fork), and doit's own
+    # terminate() on Ctrl-C then does the same.
+    signal.signal(signal.SIGTERM, _end_worker)
+    try:
+        import ctypes  # here: a no-op run never forks, and should not pay for it
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the lock is still released with the main process; the worker may linger
+    if os.getppid() != _Run.holder:
+        _end_worker()  # the main process died before the guard was set
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
