@@ -171,7 +171,7 @@ from typing import Any, Callable, Collection
 
 from .checks import CheckResult
 from .errors import CcpError, ConfigError, EngineError, TemplateError
-from .leftovers import remove_labelled as remove_leftovers
+from .leftovers import of_any_run, remove_labelled as remove_leftovers
 from .state import dump_json, write_atomic
 
 SPEC_NAME = "integration.yaml"
@@ -1664,7 +1664,7 @@ def run_spec(
     run.recorded = _load_recorded(record_file)
 
     try:
-        remove_leftovers(client, sweep_labels)
+        remove_leftovers(client, of_any_run(sweep_labels))
     except (DockerException, RequestException) as exc:
         raise _engine_error(exc, f"removing what an earlier run of '{image}' left") from None
 

@@ -1194,7 +1194,7 @@ def run_pod(client, ctx: PodContext, refs: Callable[[str], str], *, workdir: Pat
     from requests.exceptions import RequestException
 
     from . import integration
-    from .leftovers import remove_labelled
+    from .leftovers import of_any_run, remove_labelled
     from .podrun import POD_IMAGE_LABEL, POD_RUN_LABEL, PodRun
 
     spec = ctx.spec
@@ -1205,7 +1205,7 @@ def run_pod(client, ctx: PodContext, refs: Callable[[str], str], *, workdir: Pat
     safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", image)
     network = f"ccp-pod-{safe}-{run_id}"
     try:
-        remove_labelled(client, sweep)
+        remove_labelled(client, of_any_run(sweep))
     except (DockerException, RequestException) as exc:
         raise integration._engine_error(exc, f"removing what an earlier pod run of '{image}' left") from None
     workdir = Path(workdir)

@@ -34,6 +34,11 @@ def run_labels(layout: CacheLayout) -> dict[str, str]:
     return {CHECKOUT_LABEL: checkout_id(layout), RUN_LABEL: lock.run_id()}
 
 
+def of_any_run(labels: dict[str, str]) -> dict[str, str]:
+    """`labels` without the run's own: what also finds an earlier run's things."""
+    return {key: value for key, value in labels.items() if key != RUN_LABEL}
+
+
 def remove_labelled(client, labels: dict[str, str], spare_run: str | None = None) -> int:
     """Remove the containers (pod holders last), then the volumes and networks,
     carrying all of `labels`, except those of run `spare_run`. Returns how

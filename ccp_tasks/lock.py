@@ -19,7 +19,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from .errors import LockError
@@ -32,7 +31,7 @@ class _Run:
     fd: int | None = None  # open, and so the lock held, until the holding process exits
     path: Path | None = None
     holder: int | None = None  # the pid that took the lock; its forked workers belong to its run
-    id = uuid.uuid4().hex[:12]  # set again when the lock is taken; inherited by the workers
+    id = os.urandom(6).hex()  # set again when the lock is taken; inherited by the workers
 
 
 def doit_command(argv: list[str]) -> str:
@@ -75,7 +74,7 @@ def acquire(path: Path, timeout: float | None = None, announce=print) -> None:
                 time.sleep(0.2)
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
-    _Run.fd, _Run.path, _Run.holder, _Run.id = fd, Path(path).resolve(), os.getpid(), uuid.uuid4().hex[:12]
+    _Run.fd, _Run.path, _Run.holder, _Run.id = fd, Path(path).resolve(), os.getpid(), os.urandom(6).hex()
 
 
 def _descendants(pid: int) -> list[int]:
