@@ -278,3 +278,35 @@ def test_what_a_killed_integration_test_left_is_swept_by_any_later_stage(project
         assert leftovers(docker_client, project.namespace) == [foreign_entry]
     finally:
         docker_client.remove_container(foreign["Id"], force=True)
+
+
+# ---------------------------------------------------------------------------
+# Killed while a worker waits for a program it started
+
+
+SLOW_HADOLINT = """\
+#!/bin/sh
+case "$1" in --version) echo "Haskell Dockerfile Linter 2.12.0"; exit 0;; esac
+cat > /dev/null
+touch "$0.started"
+sleep {seconds}
+echo "[]"
+"""
+
+
+def test_a_program_a_worker_started_ends_with_the_killed_run(project, runs):
+    """The parent-death signal is not inherited: hadolint (and what it starts)
+    would outlive the worker it belongs to."""
+    project.busybox_base("bb")
+    hadolint = project.write("slow-hadolint", SLOW_HADOLINT.format(seconds=60))
+    hadolint.chmod(0o755)
+    project.config["lint"] = {"hadolint": True, "hadolint_binary": "slow-hadolint"}
+    project.write_config()
+    run = runs(project, "lint")
+    run.wait_for(lambda: (project.root / "slow-hadolint.started").exists(), "hadolint run")
+    run.kill(signal.SIGKILL)
+    assert run.wait_gone() == []
+
+    hadolint.write_text(SLOW_HADOLINT.format(seconds=0))
+    result = next_run(project, "lint")
+    assert "lint:bb" in result.executed, result.output
