@@ -8,8 +8,11 @@ The lock lives exactly as long as the process that took it. `doit -n N`
 forks its workers from that process, and a forked child shares the lock's
 open file description: a worker that outlived a killed main process kept
 every later run waiting forever. So each forked child closes its copy at
-once, and is asked (PR_SET_PDEATHSIG) to die with the process that forked
-it, taking the programs it started along.
+once, and a thread of its own ends it, and the programs it started, when
+the main process is gone. Not PR_SET_PDEATHSIG: its signal would kill the
+worker before it could end its children (they do not inherit it), and a
+Python handler for it waits while the worker's main thread is blocked in a
+read (a build's log stream), which is where a worker mostly is.
 """
 
 from __future__ import annotations
@@ -18,19 +21,21 @@ import fcntl
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from .errors import LockError
 
 READ_ONLY_COMMANDS = frozenset({"list", "info", "help", "tabcompletion", "dumpdb"})
-PR_SET_PDEATHSIG = 1
 
 
 class _Run:
     fd: int | None = None  # open, and so the lock held, until the holding process exits
     path: Path | None = None
-    holder: int | None = None  # the pid that took the lock; its forked workers belong to its run
+    # A pipe whose write end only the holding process keeps open: a worker's
+    # read of it ends when that process does, however it ends.
+    alive: tuple[int, int] | None = None
     id = os.urandom(6).hex()  # set again when the lock is taken; inherited by the workers
 
 
@@ -74,7 +79,7 @@ def acquire(path: Path, timeout: float | None = None, announce=print) -> None:
                 time.sleep(0.2)
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
-    _Run.fd, _Run.path, _Run.holder, _Run.id = fd, Path(path).resolve(), os.getpid(), os.urandom(6).hex()
+    _Run.fd, _Run.path, _Run.alive, _Run.id = fd, Path(path).resolve(), os.pipe(), os.urandom(6).hex()
 
 
 def _descendants(pid: int) -> list[int]:
@@ -95,9 +100,11 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _end_worker(signum=None, frame=None) -> None:
-    """The run's main process is gone (or ended this worker): end what the
-    worker started, then the worker, before it touches the cache again."""
+def _end_with_run(alive: int) -> None:
+    """In a worker: wait for the main process to end, then end what the
+    worker started, and the worker, before it touches the cache again."""
+    while os.read(alive, 1):
+        pass
     for pid in _descendants(os.getpid()):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -111,19 +118,9 @@ def _after_fork_in_child() -> None:
         return  # not forked by the process holding the lock
     os.close(_Run.fd)
     _Run.fd = None
-    # SIGTERM, not SIGKILL: the handler ends the worker's own children too
-    # (the parent-death signal is not inherited across fork), and doit's own
-    # terminate() on Ctrl-C then does the same.
-    signal.signal(signal.SIGTERM, _end_worker)
-    try:
-        import ctypes  # here: a no-op run never forks, and should not pay for it
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the lock is still released with the main process; the worker may linger
-    if os.getppid() != _Run.holder:
-        _end_worker()  # the main process died before the guard was set
+    read_end, write_end = _Run.alive
+    os.close(write_end)
+    threading.Thread(target=_end_with_run, args=(read_end,), name="ccp-end-with-run", daemon=True).start()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
