@@ -84,7 +84,11 @@ def acquire(path: Path, timeout: float | None = None, announce=print) -> None:
 
 def _descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []  # no /proc (not Linux): the worker still ends, its programs may not
+    for entry in entries:
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as stat:
@@ -103,8 +107,11 @@ def _descendants(pid: int) -> list[int]:
 def _end_with_run(alive: int) -> None:
     """In a worker: wait for the main process to end, then end what the
     worker started, and the worker, before it touches the cache again."""
-    while os.read(alive, 1):
-        pass
+    try:
+        while os.read(alive, 1):
+            pass
+    except OSError:
+        return  # the pipe was closed under us: nothing to watch, and no reason to end
     for pid in _descendants(os.getpid()):
         try:
             os.kill(pid, signal.SIGKILL)
