@@ -14,7 +14,7 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 
 from . import base as base_rootfs
-from . import docker_ops, lint, manifest, publish, sources
+from . import docker_ops, leftovers, lint, manifest, publish, sources
 from .checks import CheckResult, StageRecord, failure_report, save_record
 from .config import PipelineConfig
 from .errors import BuildError, CcpError
@@ -274,9 +274,9 @@ def _built(name: str, layout: CacheLayout) -> Stamp:
     return stamp
 
 
-def _check_labels(cfg: PipelineConfig, image: Image, stage: str) -> dict[str, str]:
+def _check_labels(cfg: PipelineConfig, image: Image, stage: str, layout: CacheLayout) -> dict[str, str]:
     # What a later run (or a person) uses to find and remove what a killed run left behind.
-    return {CHECK_LABEL: f"{cfg.namespace}/{image.name}", f"{CHECK_LABEL}.stage": stage}
+    return {CHECK_LABEL: f"{cfg.namespace}/{image.name}", f"{CHECK_LABEL}.stage": stage, **leftovers.run_labels(layout)}
 
 
 def stamped_ids(layout: CacheLayout):
@@ -292,7 +292,8 @@ def _run_stage(stage: str, cfg: PipelineConfig, image: Image, layout: CacheLayou
     stamp = _built(image.name, layout)
     record = StageRecord(stage, image.name, passed=False, ref=image.ref, image_id=stamp.image_id)
     try:
-        record.checks = run(stamp.image_id, _check_labels(cfg, image, stage))
+        leftovers.sweep(layout)
+        record.checks = run(stamp.image_id, _check_labels(cfg, image, stage, layout))
         record.passed = (bool(record.checks) or not empty_fails) and all(check.passed for check in record.checks)
     except CcpError as exc:
         record.error = str(exc)
@@ -367,7 +368,8 @@ def _record_packages(client, image: Image, image_id: str, layout: CacheLayout) -
     target = Path(layout.manifest(image.name))
     if previous_stamp is not None and previous_stamp.image_id == image_id and target.exists():
         return {}
-    packages = manifest.read_packages(client, image_id)
+    leftovers.sweep(layout, client)
+    packages = manifest.read_packages(client, image_id, leftovers.run_labels(layout))
     changes_path = Path(layout.manifest_changes(image.name))
     if packages is None:
         write_if_changed(target, b"")

@@ -171,6 +171,7 @@ from typing import Any, Callable, Collection
 
 from .checks import CheckResult
 from .errors import CcpError, ConfigError, EngineError, TemplateError
+from .leftovers import of_any_run, remove_labelled as remove_leftovers
 from .state import dump_json, write_atomic
 
 SPEC_NAME = "integration.yaml"
@@ -815,31 +816,6 @@ def _engine_error(exc: Exception, doing: str) -> EngineError:
 
     explanation = getattr(exc, "explanation", None) or str(exc)
     return EngineError(f"the Docker engine at {engine_address()} failed while {doing}: {str(explanation).splitlines()[0]}")
-
-
-def _label_filter(labels: dict[str, str]) -> list[str]:
-    return [f"{key}={value}" for key, value in labels.items()]
-
-
-def remove_leftovers(client, labels: dict[str, str]) -> int:
-    """Remove the containers and networks carrying all of `labels`: what a
-    killed run left behind. Returns how many things were removed."""
-    from docker.errors import NotFound
-
-    removed = 0
-    for entry in client.containers(all=True, filters={"label": _label_filter(labels)}):
-        try:
-            client.remove_container(entry["Id"], force=True, v=True)
-            removed += 1
-        except NotFound:
-            pass
-    for entry in client.networks(filters={"label": _label_filter(labels)}):
-        try:
-            client.remove_network(entry["Id"])
-            removed += 1
-        except NotFound:
-            pass
-    return removed
 
 
 def _template_env(spec_dir: Path):
@@ -1688,7 +1664,7 @@ def run_spec(
     run.recorded = _load_recorded(record_file)
 
     try:
-        remove_leftovers(client, sweep_labels)
+        remove_leftovers(client, of_any_run(sweep_labels))
     except (DockerException, RequestException) as exc:
         raise _engine_error(exc, f"removing what an earlier run of '{image}' left") from None
 

@@ -1194,7 +1194,8 @@ def run_pod(client, ctx: PodContext, refs: Callable[[str], str], *, workdir: Pat
     from requests.exceptions import RequestException
 
     from . import integration
-    from .podrun import POD_IMAGE_LABEL, POD_RUN_LABEL, PodRun, remove_pod_leftovers
+    from .leftovers import of_any_run, remove_labelled
+    from .podrun import POD_IMAGE_LABEL, POD_RUN_LABEL, PodRun
 
     spec = ctx.spec
     image = ctx.image
@@ -1204,7 +1205,7 @@ def run_pod(client, ctx: PodContext, refs: Callable[[str], str], *, workdir: Pat
     safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", image)
     network = f"ccp-pod-{safe}-{run_id}"
     try:
-        remove_pod_leftovers(client, sweep)
+        remove_labelled(client, of_any_run(sweep))
     except (DockerException, RequestException) as exc:
         raise integration._engine_error(exc, f"removing what an earlier pod run of '{image}' left") from None
     workdir = Path(workdir)
@@ -1275,7 +1276,7 @@ def run_pod(client, ctx: PodContext, refs: Callable[[str], str], *, workdir: Pat
     finally:
         try:
             pod.cleanup()
-            remove_pod_leftovers(client, run_labels)
+            remove_labelled(client, run_labels)
         except (DockerException, RequestException, EngineError) as exc:
             if finished:
                 if isinstance(exc, EngineError):

@@ -3,20 +3,40 @@
 Two runs on one checkout would race on the same stamps and on doit's state
 file; the second run waits for the first and says so. Commands that only
 read (list, info, help) take no lock.
+
+The lock lives exactly as long as the process that took it. `doit -n N`
+forks its workers from that process, and a forked child shares the lock's
+open file description: a worker that outlived a killed main process kept
+every later run waiting forever. So each forked child closes its copy at
+once, and a thread of its own ends it, and the programs it started, when
+the main process is gone. Not PR_SET_PDEATHSIG: its signal would kill the
+worker before it could end its children (they do not inherit it), and a
+Python handler for it waits while the worker's main thread is blocked in a
+read (a build's log stream), which is where a worker mostly is.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 from .errors import LockError
 
 READ_ONLY_COMMANDS = frozenset({"list", "info", "help", "tabcompletion", "dumpdb"})
-_held = []  # keeps the descriptor open, and so the lock held, until the process exits
+
+
+class _Run:
+    fd: int | None = None  # open, and so the lock held, until the holding process exits
+    path: Path | None = None
+    # A pipe whose write end only the holding process keeps open: a worker's
+    # read of it ends when that process does, however it ends.
+    alive: tuple[int, int] | None = None
+    id = os.urandom(6).hex()  # set again when the lock is taken; inherited by the workers
 
 
 def doit_command(argv: list[str]) -> str:
@@ -27,8 +47,18 @@ def doit_command(argv: list[str]) -> str:
     return "run"
 
 
+def held(path: Path) -> bool:
+    """Whether this process's run holds the lock on `path`: it took it, or it is a worker of the process that did."""
+    return _Run.path is not None and _Run.path == Path(path).resolve()
+
+
+def run_id() -> str:
+    """This run's identity, the same in its main process and in its workers."""
+    return _Run.id
+
+
 def acquire(path: Path, timeout: float | None = None, announce=print) -> None:
-    if _held:
+    if _Run.path is not None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -49,4 +79,55 @@ def acquire(path: Path, timeout: float | None = None, announce=print) -> None:
                 time.sleep(0.2)
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
-    _held.append(fd)
+    _Run.fd, _Run.path, _Run.alive, _Run.id = fd, Path(path).resolve(), os.pipe(), os.urandom(6).hex()
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []  # no /proc (not Linux): the worker still ends, its programs may not
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, pending = [], [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def _end_with_run(alive: int) -> None:
+    """In a worker: wait for the main process to end, then end what the
+    worker started, and the worker, before it touches the cache again."""
+    try:
+        while os.read(alive, 1):
+            pass
+    except OSError:
+        return  # the pipe was closed under us: nothing to watch, and no reason to end
+    for pid in _descendants(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _after_fork_in_child() -> None:
+    if _Run.fd is None:
+        return  # not forked by the process holding the lock
+    os.close(_Run.fd)
+    _Run.fd = None
+    read_end, write_end = _Run.alive
+    os.close(write_end)
+    threading.Thread(target=_end_with_run, args=(read_end,), name="ccp-end-with-run", daemon=True).start()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

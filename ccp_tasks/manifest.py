@@ -38,15 +38,17 @@ def parse_dpkg_status(text: str) -> dict[str, str]:
     return packages
 
 
-def read_packages(client, image: str) -> dict[str, str] | None:
-    """The installed packages of `image`, or None when it has no dpkg database."""
+def read_packages(client, image: str, labels: dict[str, str]) -> dict[str, str] | None:
+    """The installed packages of `image`, or None when it has no dpkg database.
+    The helper container carries `labels` (see leftovers.py): a kill between
+    its creation and its removal leaves it for the next run to sweep."""
     import tarfile
 
     from docker.errors import APIError, NotFound
 
     try:
         container = client.create_container(
-            image, command=["/ccp-manifest-never-runs"], entrypoint=[], labels={HELPER_LABEL: "manifest"}
+            image, command=["/ccp-manifest-never-runs"], entrypoint=[], labels={**labels, HELPER_LABEL: "manifest"}
         )
     except APIError as exc:
         raise EngineError(f"cannot create a container from {image} to read its packages: {exc.explanation or exc}") from None

@@ -92,6 +92,7 @@ from typing import Any, Callable
 
 from .checks import CheckResult
 from .errors import CcpError, EngineError
+from .leftovers import remove_labelled as remove_pod_leftovers  # noqa: F401 (what a killed pod run left)
 
 POD_IMAGE_LABEL = "io.ccp.pod.image"
 POD_RUN_LABEL = "io.ccp.pod.run"
@@ -1422,31 +1423,3 @@ def _status(client, container_id: str) -> str:
         return "OOMKilled"
     return f"exited with code {state.get('ExitCode')}"
 
-
-def remove_pod_leftovers(client, labels: dict[str, str]) -> int:
-    """Containers (holders last), volumes and networks carrying all of `labels`: what a killed run left."""
-    from docker.errors import NotFound
-
-    filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
-    removed = 0
-    found = client.containers(all=True, filters=filters)
-    found.sort(key=lambda c: (c.get("Labels") or {}).get(ROLE_LABEL) == "holder")
-    for entry in found:
-        try:
-            client.remove_container(entry["Id"], force=True, v=True)
-            removed += 1
-        except NotFound:
-            pass
-    for volume in (client.volumes(filters=filters) or {}).get("Volumes") or []:
-        try:
-            client.remove_volume(volume["Name"], force=True)
-            removed += 1
-        except NotFound:
-            pass
-    for network in client.networks(filters=filters):
-        try:
-            client.remove_network(network["Id"])
-            removed += 1
-        except NotFound:
-            pass
-    return removed
