@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import signal
 import sys
 import threading
@@ -37,6 +38,9 @@ class _Run:
     # read of it ends when that process does, however it ends.
     alive: tuple[int, int] | None = None
     id = os.urandom(6).hex()  # set again when the lock is taken; inherited by the workers
+    # Each forked worker writes its pid here, for the main process to watch.
+    forked: tuple[int, int] | None = None
+    watching = False
 
 
 def doit_command(argv: list[str]) -> str:
@@ -80,6 +84,7 @@ def acquire(path: Path, timeout: float | None = None, announce=print) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     _Run.fd, _Run.path, _Run.alive, _Run.id = fd, Path(path).resolve(), os.pipe(), os.urandom(6).hex()
+    _Run.forked = os.pipe()
 
 
 def _descendants(pid: int) -> list[int]:
@@ -120,6 +125,51 @@ def _end_with_run(alive: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _exit_signal(pid: int) -> int | None:
+    """The signal that ended child `pid`, while it is a zombie not yet reaped; None otherwise."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    if fields[0] != "Z" or len(fields) < 50:
+        return None
+    return int(fields[49]) & 0x7F or None  # field 52, exit_code as waitpid reports it
+
+
+def _watch_workers(forked: int) -> None:
+    """In the main process: doit's multiprocess runner waits for its workers'
+    results forever, so a worker killed under it would hang the run (and keep
+    the lock). A worker that died of a signal ends the run, with one line."""
+    workers: set[int] = set()
+    while True:
+        ready, _, _ = select.select([forked], [], [], 0.5)
+        if ready:
+            data = os.read(forked, 4096)
+            workers.update(int(pid) for pid in data.decode().split())
+        for pid in sorted(workers):
+            sig = _exit_signal(pid)
+            if sig is None:
+                if not os.path.exists(f"/proc/{pid}"):
+                    workers.discard(pid)  # ended and reaped: doit's own business
+                continue
+            if sig == signal.SIGINT:
+                return  # a Ctrl-C reached the whole process group: doit is stopping already
+            # Interrupting doit's loop would end in its traceback; ending the process
+            # is clean: the lock goes with it, the other workers end with it (see
+            # _end_with_run), and every target under cache/ is written whole or not at all.
+            print(f"ccp: a doit worker (pid {pid}) was killed by {signal.Signals(sig).name}; "
+                  "this run stops here: run doit again", file=sys.stderr, flush=True)
+            os._exit(1)
+
+
+def _after_fork_in_parent() -> None:
+    if _Run.fd is None or _Run.forked is None or _Run.watching:
+        return
+    _Run.watching = True
+    threading.Thread(target=_watch_workers, args=(_Run.forked[0],), name="ccp-watch-workers", daemon=True).start()
+
+
 def _after_fork_in_child() -> None:
     if _Run.fd is None:
         return  # not forked by the process holding the lock
@@ -127,7 +177,13 @@ def _after_fork_in_child() -> None:
     _Run.fd = None
     read_end, write_end = _Run.alive
     os.close(write_end)
+    if _Run.forked is not None:
+        os.write(_Run.forked[1], f"{os.getpid()}\n".encode())
+        os.close(_Run.forked[0])
+        os.close(_Run.forked[1])
+        _Run.forked = None
+    _Run.watching = False
     threading.Thread(target=_end_with_run, args=(read_end,), name="ccp-end-with-run", daemon=True).start()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)

@@ -152,6 +152,44 @@ def test_a_run_killed_in_a_build_step_leaves_no_process_and_never_blocks_the_nex
     assert leftovers(docker_client, project.namespace) == []
 
 
+def _workers(run) -> list[int]:
+    """The doit worker processes of a run: the main process's forked children running Python."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+            exe = os.readlink(f"/proc/{entry}/exe")
+        except OSError:
+            continue
+        if int(fields[1]) == run.proc.pid and fields[0] != "Z" and "python" in os.path.basename(exe):
+            found.append(int(entry))
+    return found
+
+
+def test_a_killed_worker_ends_its_run_instead_of_hanging_it(project, docker_client, runs):
+    """doit's runner waits for its workers' results forever: a worker killed
+    under it used to hang the run, lock held, until someone killed the rest."""
+    project.busybox_base("bb")
+    project.image("slow", child_template("bb", "RUN echo started && sleep 60"))
+    run = runs(project)
+    run.wait_for(lambda: "slow: Step 2/" in run.output, "`RUN sleep` step")
+    workers = _workers(run)
+    assert workers, run.output
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    run.proc.wait(timeout=NEXT_RUN_BOUND)
+    assert run.proc.returncode != 0
+    assert f"ccp: a doit worker (pid {workers[0]}) was killed by SIGKILL" in run.output \
+        or any(f"(pid {pid}) was killed by SIGKILL" in run.output for pid in workers), run.output
+    assert "Traceback" not in run.output, run.output
+    assert run.wait_gone() == []
+    project.image("slow", child_template("bb", "RUN echo quick"))
+    result = next_run(project)
+    assert "slow" in result.built, result.output
+
+
 # ---------------------------------------------------------------------------
 # Killed while the package manifest is read from a helper container
 
