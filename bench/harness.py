@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -38,12 +39,23 @@ WORK = PROJECT / "cache" / "bench"
 RESULTS = HERE / "results"
 PYTHON = sys.executable
 DOIT = [PYTHON, "-m", "doit"]
-# The sample tree's shape, for the fast busybox copy used by the exactness matrix.
-SAMPLE_SHAPE = {
-    "base": None, "base-tools": "base", "cron": "base-tools", "etcd": "base-tools", "haproxy": "base-tools",
-    "memcached": "base-tools", "nginx": "base-tools", "redis": "base-tools", "python-base": "base-tools",
-    "python-web": "python-base", "api-service": "python-web",
-}
+
+
+@functools.cache
+def sample_shape() -> dict[str, str | None]:
+    """The sample tree's shape (image -> parent, None for the root), from the repository's own graph:
+    the expected rebuild sets and the busybox copy of the exactness matrix follow the tree as it is."""
+    from ccp_tasks.config import load_config
+    from ccp_tasks.graph import build_graph
+
+    graph = build_graph(load_config(PROJECT))
+    shape = {}
+    for name in graph.order:
+        parents = graph.images[name].parents
+        if len(parents) > 1:
+            raise RuntimeError(f"image '{name}' has {len(parents)} parents: the busybox copy needs a tree")
+        shape[name] = parents[0] if parents else None
+    return shape
 
 
 def log(message: str) -> None:
@@ -125,22 +137,16 @@ def render_plain(project_root: Path, out_dir: Path, namespace: str) -> list[str]
     """Our tree rendered for a plain `docker build` loop: <image>/Dockerfile plus context, in build order."""
     from ccp_tasks.config import load_config
     from ccp_tasks.graph import build_graph
-    from ccp_tasks.layout import CacheLayout
 
     cfg = dataclasses.replace(load_config(project_root), namespace=namespace)
     graph = build_graph(cfg)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     for name in graph.order:
-        image = graph.images[name]
         target = out_dir / name
         target.mkdir(parents=True)
-        (target / "Dockerfile").write_text(image.rendered.text)
-        for rel in image.source.context_files:
-            (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(image.source.directory / rel, target / rel)
-        if cfg.base.enabled and name == cfg.base.image:
-            os.link(CacheLayout(cfg.cache_dir).rootfs, target / "rootfs.tar")
+        (target / "Dockerfile").write_text(graph.images[name].rendered.text)
+        kolla_adapter.stage_context(cfg, graph.images[name], target)
     return list(graph.order)
 
 
@@ -198,18 +204,46 @@ class Kolla:
 # Checkouts the benchmark may edit
 
 
-def sample_checkout(namespace: str) -> Path:
-    """A copy of the repository's sample tree, so edits never touch the real templates."""
-    root = WORK / "sample"
+def checkout_inputs(project: Path) -> list[str]:
+    """The directories of `project` that ccp reads, from its config: the template
+    repositories and the application sources given as a path inside the checkout."""
+    from ccp_tasks.config import load_config
+
+    cfg = load_config(project)
+    wanted = [Path(os.path.normpath(rel)) for rel in cfg.repositories]
+    for settings in cfg.sources.values():
+        # An absolute path (or a git url) reads the same from a copy; ../ would not.
+        if settings.path and not Path(settings.path).is_absolute():
+            if not (project / settings.path).resolve().is_relative_to(project.resolve()):
+                raise RuntimeError(f"source path {settings.path} is outside {project}: the copy cannot hold it")
+            wanted.append(Path(os.path.normpath(settings.path)))
+    # A directory inside another one on the list is copied with it.
+    return sorted({str(rel) for rel in wanted if not any(rel != other and rel.is_relative_to(other) for other in wanted)})
+
+
+def copy_checkout(project: Path, root: Path, namespace: str) -> Path:
+    """`project` copied to `root` (replacing it) under `namespace`: its dodo.py, config and the
+    directories ccp reads; the package is a symlink, so the copy runs this checkout's code."""
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    shutil.copy(PROJECT / "dodo.py", root / "dodo.py")
-    os.symlink(PROJECT / "ccp_tasks", root / "ccp_tasks")
-    shutil.copytree(PROJECT / "dockerfiles", root / "dockerfiles")
-    text = (PROJECT / "ccp.yaml").read_text()
+    shutil.copy(project / "dodo.py", root / "dodo.py")
+    os.symlink(project / "ccp_tasks", root / "ccp_tasks")
+    for rel in checkout_inputs(project):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(project / rel, root / rel, ignore=shutil.ignore_patterns("__pycache__"))
+    text = (project / "ccp.yaml").read_text()
     (root / "ccp.yaml").write_text(re.sub(r"^namespace: .*$", f"namespace: {namespace}", text, flags=re.M))
-    # The root filesystem is the repository's (made by `./ccp build`): no second mmdebstrap.
+    return root
+
+
+def sample_checkout(namespace: str) -> Path:
+    """A copy of the repository's sample tree, so edits never touch the real templates."""
+    root = copy_checkout(PROJECT, WORK / "sample", namespace)
+    # The root filesystem is the repository's: made (or refreshed when stale) by its own
+    # base task here, once, and hard-linked into the copy, so no cold build times mmdebstrap.
+    log("the repository's root filesystem (doit base)")
+    doit_run(PROJECT, "base")
     (root / "cache" / "base").mkdir(parents=True)
     main_base = PROJECT / "cache" / "base"
     os.link(main_base / "rootfs.tar", root / "cache" / "base" / "rootfs.tar")
@@ -222,7 +256,7 @@ def busybox_sample_shape(root: Path, namespace: str) -> Path:
     repo = synth.new_checkout(
         root, f"namespace: {namespace}\nbase:\n  enabled: false\nvariables:\n  listen_port: '8080'\n"
     )
-    for name, parent in SAMPLE_SHAPE.items():
+    for name, parent in sample_shape().items():
         directory = repo / name
         directory.mkdir()
         (directory / "ctx.txt").write_text(f"{namespace} {name}\n")
@@ -261,6 +295,7 @@ def sample_scenarios(reps: int, kolla_reps: int, include_base: bool, results: di
     """No-op and edits on the real sample tree: ours, kolla-build, a docker build loop."""
     ours_ns, loop_ns = "ccpbench", "loopbench"
     root = sample_checkout(ours_ns)
+    results["sample_images"] = len(sample_shape())
     log("sample tree: cold build (ours)")
     cold, _, _ = doit_run(root, "-n", "2")
     results["sample_cold_ours_s"] = cold
@@ -318,10 +353,10 @@ def sample_scenarios(reps: int, kolla_reps: int, include_base: bool, results: di
     measure("one leaf (redis.conf)", lambda n: append(templates / "redis" / "redis.conf", f"# bench edit {time.time()}\n"),
             max(1, reps // 2), 1, {"redis"})
     measure("mid-level (python-base)", lambda n: append(templates / "python-base" / "Dockerfile.j2", f"ENV CCP_BENCH={time.time()}\n"),
-            1, 1, {"python-base", "python-web", "api-service"})
+            1, 1, {"python-base"} | descendants_in(sample_shape(), "python-base"))
     if include_base:
         measure("base", lambda n: append(templates / "base" / "Dockerfile.j2", f"ENV CCP_BENCH={time.time()}\n"),
-                1, 1, set(SAMPLE_SHAPE))
+                1, 1, set(sample_shape()))
     results["sample"] = rows
 
 
@@ -332,7 +367,7 @@ def exactness_matrix(results: dict, kolla_cases: int) -> None:
     doit_run(root, "-n", "2")
     repo = root / "dockerfiles"
     cases = []
-    for name in SAMPLE_SHAPE:
+    for name in sample_shape():
         cases.append((f"template {name}", lambda n=name: append(repo / n / "Dockerfile.j2", f"ENV EDIT={time.time()}\n"), name))
         cases.append((f"context file {name}", lambda n=name: append(repo / n / "ctx.txt", f"{time.time()}\n"), name))
     def config_edit():
@@ -343,7 +378,7 @@ def exactness_matrix(results: dict, kolla_cases: int) -> None:
     for label, edit, image in cases:
         edit()
         _, rebuilt, _ = doit_run(root)
-        expected = {image} | descendants_in(SAMPLE_SHAPE, image)
+        expected = {image} | descendants_in(sample_shape(), image)
         hit = rebuilt & expected
         rows.append({
             "change": label, "expected": sorted(expected), "rebuilt": sorted(rebuilt),
@@ -364,7 +399,7 @@ def exactness_matrix(results: dict, kolla_cases: int) -> None:
             append(repo / name / "Dockerfile.j2", f"ENV EDIT={time.time()}\n")
             kolla.render()
             wall, rebuilt = kolla.build("--skip-existing")
-            expected = {name} | descendants_in(SAMPLE_SHAPE, name)
+            expected = {name} | descendants_in(sample_shape(), name)
             kolla_rows.append({"change": f"template {name}", "expected": sorted(expected), "rebuilt": sorted(rebuilt),
                                "recall": len(rebuilt & expected) / len(expected), "wall": wall})
         results["kolla_skip_existing"] = kolla_rows
@@ -490,7 +525,7 @@ def markdown(results: dict) -> str:
              f"({m['storage_driver']}), Python {m['python']}, doit {m['doit']}, kolla {results.get('kolla_version', '–')}. "
              f"Mode: {results['mode']}. Times are wall clock, median (min–max, n).", ""]
     if "sample" in results:
-        lines += ["## Sample tree (11 Debian images)", "",
+        lines += [f"## Sample tree ({results['sample_images']} Debian images)", "",
                   "| case | exact set | ccp (doit) | rebuilt | kolla-build --cache | rebuilt | docker build loop | new IDs | kolla / ccp |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for case, row in results["sample"].items():

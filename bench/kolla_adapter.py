@@ -5,7 +5,8 @@ kolla-build only knows its own layout: every directory holding a
 kolla renders that template with its own Jinja pass and builds the result with
 the directory as the build context. So we render our tree with our package and
 hand kolla one directory per image whose `Dockerfile.j2` *is* our rendered
-Dockerfile, beside the image's context files.
+Dockerfile, beside the image's build context (its context files, the
+application sources it copies, the root filesystem).
 
 Two things about kolla shape this adapter:
 
@@ -74,8 +75,8 @@ def render_for_kolla(project_root: Path, out_dir: Path, namespace: str, prefix: 
     """Write one kolla image directory per image of our tree under `out_dir`.
 
     `out_dir` is emptied first (so a removed image or file cannot linger) and
-    then holds `<prefix><image>/Dockerfile.j2` with the image's context files,
-    `rootfs.tar` (hard-linked) for the base image, and `kolla.conf`. Returns
+    then holds `<prefix><image>/Dockerfile.j2` with the image's build context
+    (stage_context), and `kolla.conf`. Returns
     kolla's image names (the directory names) in our build order.
     """
     project_root, out_dir = Path(project_root).resolve(), Path(out_dir)
@@ -83,12 +84,10 @@ def render_for_kolla(project_root: Path, out_dir: Path, namespace: str, prefix: 
         sys.path.insert(0, str(project_root))
     from ccp_tasks.config import load_config
     from ccp_tasks.graph import build_graph
-    from ccp_tasks.layout import CacheLayout
 
     cfg = load_config(project_root)
     cfg = dataclasses.replace(cfg, namespace=namespace, image_prefix=prefix)
     graph = build_graph(cfg)
-    rootfs = CacheLayout(cfg.cache_dir).rootfs
 
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -96,19 +95,36 @@ def render_for_kolla(project_root: Path, out_dir: Path, namespace: str, prefix: 
     (out_dir / CONF_NAME).write_text(KOLLA_CONF.format(tag=cfg.tag))
     names = []
     for name in graph.order:
-        image = graph.images[name]
         image_dir = out_dir / f"{prefix}{name}"
         image_dir.mkdir()
-        (image_dir / "Dockerfile.j2").write_text(_for_kolla_jinja(image.rendered.text))
-        for rel in image.source.context_files:
-            (image_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(image.source.directory / rel, image_dir / rel)  # keeps the mode COPY preserves
-        if cfg.base.enabled and name == cfg.base.image:
-            if not rootfs.is_file():
-                raise FileNotFoundError(f"{rootfs} is missing: build the base once with doit first")
-            _link_or_copy(rootfs, image_dir / "rootfs.tar")
+        (image_dir / "Dockerfile.j2").write_text(_for_kolla_jinja(graph.images[name].rendered.text))
+        stage_context(cfg, graph.images[name], image_dir)
         names.append(image_dir.name)
     return names
+
+
+def stage_context(cfg, image, target: Path) -> None:
+    """Everything but the Dockerfile of `image`'s build context, as ccp stages it, into `target`:
+    its context files, the trees of the sources it copies (under sources/<name>/, where
+    copy_sources()'s COPY lines look: kolla has no copy_sources) and rootfs.tar for the base.
+
+    The source trees are the ones the last doit run synced into the checkout's cache,
+    so every tool builds the same revision."""
+    from ccp_tasks import sources
+    from ccp_tasks.layout import CacheLayout
+    from ccp_tasks.render import SOURCES_DIR
+
+    files = [(rel, image.source.directory / rel) for rel in image.source.context_files]
+    for name in image.sources:
+        files += [(f"{SOURCES_DIR}/{name}/{rel}", path) for rel, path in sources.tree_files(cfg.cache_dir, name)]
+    for rel, origin in files:
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(origin, target / rel)  # keeps the mode COPY preserves
+    if cfg.base.enabled and image.name == cfg.base.image:
+        rootfs = CacheLayout(cfg.cache_dir).rootfs
+        if not rootfs.is_file():
+            raise FileNotFoundError(f"{rootfs} is missing: build the base once with doit first")
+        _link_or_copy(rootfs, target / "rootfs.tar")
 
 
 def kolla_images(out_dir: Path) -> list[str]:
