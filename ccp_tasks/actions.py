@@ -197,7 +197,7 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     for parent in image.parents:
         stamp = Stamp.read(Path(layout.stamp(parent)))
         if stamp is None:
-            raise CcpError(f"image '{image.name}': parent '{parent}' has no build stamp; build it first")
+            raise CcpError(f"image '{image.name}': parent '{parent}' has no build stamp; build it first (doit build:{parent})")
         parent_ids[parent] = stamp.image_id
     labels = {**image_labels(cfg, image), **_source_labels(image, layout)}
     context_dir = Path(layout.context_dir(image.name))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import docker_ops
-from .state import write_atomic
+from .state import Malformed, fields, read_record, write_atomic
 
 KNOWN_HARMLESS = frozenset({"push", "save", "prune", "import", "load", "pull", "tag"})
 
@@ -96,6 +96,13 @@ def apply(present: dict[str, str], events: list[ImageEvent], ours: set[tuple[str
     return present
 
 
+def _saved_view(raw) -> dict:
+    fields(raw, host=str, marker=(int, None), present=dict)
+    if not all(isinstance(image_id, str) for image_id in raw["present"].values()):
+        raise Malformed("present: not image IDs")
+    return raw
+
+
 class EngineView:
     """The per-run view; its class state is the run's (forked workers inherit it)."""
 
@@ -121,10 +128,7 @@ class EngineView:
             return
         state = {}
         if cls.state_path is not None:
-            try:
-                state = json.loads(cls.state_path.read_text())
-            except (OSError, ValueError):
-                state = {}
+            state = read_record(cls.state_path, "an engine view", _saved_view) or {}
         buffered = _all_events_until_now()
         marker = state.get("marker")
         if state.get("host") == cls._host() and _reaches_back(buffered, marker):

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from .config import PipelineConfig
 from .errors import GraphError, TemplateError
-from .state import write_atomic
+from .state import Malformed, fields, is_signature, read_record, write_atomic
 
 TEMPLATE_NAME = "Dockerfile.j2"
 # Files beside a template that describe the image rather than go into it.
@@ -271,6 +271,17 @@ def _signature(path: str) -> list[int] | None:
     return [st.st_mtime_ns, st.st_size]
 
 
+def _cached_renders(raw, world: str) -> dict:
+    fields(raw, world=str, images=dict)
+    if raw["world"] != world:
+        return {}
+    for entry in raw["images"].values():
+        fields(entry, template=str, files=dict, text=str, variables=dict)
+        if not all(is_signature(signature) for signature in entry["files"].values()):
+            raise Malformed("files: not file signatures")
+    return raw["images"]
+
+
 class RenderCache:
     """Rendered Dockerfiles from the previous run, reused while every template
     file they read is unchanged (same mtime and size, the test doit itself
@@ -303,15 +314,8 @@ class RenderCache:
 
     @classmethod
     def load(cls, path: Path | None, world: str) -> "RenderCache":
-        entries = {}
-        if path is not None:
-            try:
-                data = json.loads(path.read_text())
-                if data.get("world") == world:
-                    entries = data["images"]
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-        return cls(path, world, entries)
+        entries = None if path is None else read_record(path, "a render cache", lambda raw: _cached_renders(raw, world))
+        return cls(path, world, entries or {})
 
     def get(self, source: ImageSource) -> RenderedImage | None:
         entry = self.entries.get(source.name)
