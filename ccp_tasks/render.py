@@ -261,6 +261,7 @@ def _template_line(tb, default: str) -> str:
 
 
 RENDER_CACHE_VERSION = 2
+MAX_CACHED_RENDER = 1 << 20  # characters of one rendered Dockerfile
 
 
 def _signature(path: str) -> list[int] | None:
@@ -327,13 +328,17 @@ class RenderCache:
         return RenderedImage(source, entry["text"], tuple(sorted(entry["files"])), entry["variables"])
 
     def put(self, rendered: RenderedImage) -> None:
+        self.dirty = True
+        if len(rendered.text) > MAX_CACHED_RENDER:
+            # Every run reads the whole cache: such a render is made again instead.
+            self.entries.pop(rendered.source.name, None)
+            return
         self.entries[rendered.source.name] = {
             "template": rendered.source.template,
             "files": {path: _signature(path) for path in rendered.template_files},
             "text": rendered.text,
             "variables": rendered.variables,
         }
-        self.dirty = True
 
     def save(self, names) -> None:
         stale = set(self.entries) - set(names)

@@ -16,7 +16,7 @@ from doit.tools import config_changed
 from . import actions, lint
 from .base import is_fresh
 from .check_index import IntegrationInputs
-from .checks import StageRecord
+from .checks import read_pass
 from .config import PipelineConfig
 from .engine_view import EngineView
 from .errors import CcpError
@@ -85,7 +85,7 @@ class record_intact:
         return self.read(self.path) is not None
 
     def __repr__(self):
-        return f"record_intact({self.what})"
+        return f"record_intact({self.what!r})"
 
 
 class stamp_intact(record_intact):
@@ -99,6 +99,9 @@ class stamp_intact(record_intact):
     def __call__(self, task, values):
         stamp = Stamp.read(self.path)
         return stamp is not None and stamp.image_id == values.get("image_id")
+
+    def __repr__(self):
+        return f"stamp_intact({Path(self.path).name!r})"
 
 
 class rootfs_fresh:
@@ -141,7 +144,7 @@ class source_current:
 
 
 def _result_intact(layout: CacheLayout, stage: str, name: str) -> record_intact:
-    return record_intact(layout.result(stage, name), StageRecord.read, f"{stage} record")
+    return record_intact(layout.result(stage, name), read_pass, f"{stage} record")
 
 
 def _rel(cfg: PipelineConfig, path) -> str:

@@ -76,7 +76,7 @@ def test_damaged_parent_stamp_is_rebuilt_by_adoption(built, kind):
     stamp = built.root / "cache" / "images" / "bb.json"
     good = stamp.read_bytes()
     answers = _every_command_survives(built, "cache/images/bb.json", CORRUPTIONS[kind], read_at_load=False)
-    assert "record_intact(build stamp)" in answers[("info", "build:bb")].stdout  # the truth: it must run
+    assert "stamp_intact('bb.json')" in answers[("info", "build:bb")].stdout  # the truth: it must run
     result = answers[()]
     assert result.images("adopted") == {"bb"} and result.images("up to date") == {"app"}, result.output
     assert stamp.read_bytes() == good
@@ -258,3 +258,24 @@ def test_values_json_cannot_hold_are_refused_with_their_key(tmp_path):
             read_yaml(path)
     path.write_text("a: [1, 2.5, null, true, {b: c}]\n")
     assert read_yaml(path) == {"a": [1, 2.5, None, True, {"b": "c"}]}
+
+
+def test_what_is_cached_is_bounded(tmp_path):
+    """Expanded aliases and huge renders are not kept in the caches every run reads whole."""
+    from ccp_tasks.config import read_yaml
+    from ccp_tasks.render import ImageSource, RenderCache, RenderedImage
+
+    path = tmp_path / "ccp.yaml"
+    path.write_text("variables:\n  a: &a '" + "x" * 200_000 + "'\n  b: [*a, *a, *a]\n")
+    parsed: dict = {}
+    assert len(read_yaml(path, parsed)["variables"]["b"]) == 3
+    assert parsed == {}
+    path.write_text("variables: {a: 1}\n")
+    read_yaml(path, parsed)
+    assert list(parsed.values()) == [{"variables": {"a": 1}}]
+
+    cache = RenderCache(tmp_path / "render-cache.json", "world", {})
+    source = ImageSource("big", tmp_path, tmp_path, (), str(tmp_path / "Dockerfile.j2"))
+    cache.put(RenderedImage(source, "RUN true\n" * 200_000, ()))
+    cache.save(["big"])
+    assert RenderCache.load(tmp_path / "render-cache.json", "world").entries == {}
