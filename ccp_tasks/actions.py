@@ -355,7 +355,8 @@ def _record_packages(client, image: Image, image_id: str, layout: CacheLayout) -
     rebuild" can be looked up later). Part of the build, not a task of its
     own: it only ever runs right after a build, and a no-op should not pay
     for three hundred more up-to-date checks."""
-    previous_stamp = Stamp.read(Path(layout.stamp(image.name)))
+    # The build's up-to-date check has read this stamp (and said so if it was damaged).
+    previous_stamp = Stamp.read(Path(layout.stamp(image.name)), quiet=True)
     target = Path(layout.manifest(image.name))
     if previous_stamp is not None and previous_stamp.image_id == image_id and target.exists():
         return {}

@@ -46,30 +46,32 @@ def warn_unusable(path: Path, why: str) -> None:
     print(f"ccp: warning: {shown} {why}; treating it as missing", file=sys.stderr, flush=True)
 
 
-def read_record(path: Path | str, what: str, parse: Callable[[Any], T]) -> T | None:
+def read_record(path: Path | str, what: str, parse: Callable[[Any], T], quiet: bool = False) -> T | None:
     """The record in the JSON file `path`, as `parse` makes it of the decoded
     value, or None when there is none. Any file under cache/ may be truncated,
     garbage or of another shape (a killed run, a disk, a hand): such a file
     counts as missing, so the task that writes it runs again, with one warning
     line naming it. `parse` raises Malformed (or another ValueError, KeyError,
-    TypeError) for a wrong shape; `fields()` checks the common ones."""
+    TypeError) for a wrong shape; `fields()` checks the common ones. `quiet`:
+    no warning (the caller's up-to-date check has given it)."""
     path = Path(path)
+    warn = (lambda path, why: None) if quiet else warn_unusable
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
-        warn_unusable(path, f"cannot be read ({exc.strerror})")
+        warn(path, f"cannot be read ({exc.strerror})")
         return None
     try:
         raw = json.loads(data)
     except (ValueError, RecursionError):  # a bad encoding is a ValueError too
-        warn_unusable(path, "is empty" if not data.strip() else "is unreadable (not JSON)")
+        warn(path, "is empty" if not data.strip() else "is unreadable (not JSON)")
         return None
     try:
         return parse(raw)
     except (ValueError, KeyError, TypeError, RecursionError):
-        warn_unusable(path, f"is not {what} (wrong shape)")
+        warn(path, f"is not {what} (wrong shape)")
         return None
 
 
@@ -148,8 +150,8 @@ class Stamp:
         return dump_json(asdict(self))
 
     @classmethod
-    def read(cls, path: Path | str) -> "Stamp | None":
-        return read_record(path, "a build stamp", cls._from_raw)
+    def read(cls, path: Path | str, quiet: bool = False) -> "Stamp | None":
+        return read_record(path, "a build stamp", cls._from_raw, quiet)
 
     @classmethod
     def _from_raw(cls, raw) -> "Stamp":

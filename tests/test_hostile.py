@@ -83,6 +83,17 @@ def test_damaged_parent_stamp_is_rebuilt_by_adoption(built, kind):
     assert built.ok().images("up to date") == {"bb", "app"}
 
 
+def test_damaged_stamps_in_a_parallel_run_are_one_line_each(built):
+    """A worker process (forked before app's up-to-date check, which runs once bb is
+    done) builds app: it does not repeat what that check said."""
+    for name in ("bb", "app"):
+        (built.root / "cache" / "images" / f"{name}.json").write_bytes(CORRUPTIONS["garbage"])
+    result = clean(built, "-n", "2")
+    assert warnings(result) == [f"ccp: warning: cache/images/{name}.json is unreadable (not JSON); treating it as missing"
+                                for name in ("bb", "app")], result.output
+    assert result.images("adopted") == {"bb", "app"}, result.output
+
+
 def test_stamp_naming_another_image_is_rebuilt(built):
     """A stamp of the right shape that names another image ID than the last build made is no stamp either."""
     good = built.stamp("bb")
@@ -279,3 +290,30 @@ def test_what_is_cached_is_bounded(tmp_path):
     cache.put(RenderedImage(source, "RUN true\n" * 200_000, ()))
     cache.save(["big"])
     assert RenderCache.load(tmp_path / "render-cache.json", "world").entries == {}
+
+
+@pytest.mark.parametrize("reader", ["stamp", "source record", "push record", "check records", "package list"])
+def test_every_record_reader_treats_damage_as_missing(tmp_path, reader, capsys):
+    """Each reader of a record under cache/ answers "none" for a damaged one, and says so once."""
+    from ccp_tasks.checks import load_records
+    from ccp_tasks.manifest import previous_manifest
+    from ccp_tasks.publish import PushRecord
+    from ccp_tasks.sources import SourceRecord
+    from ccp_tasks.state import Stamp
+
+    path = tmp_path / "results" / "lint" / "bb.json"
+    read = {
+        "stamp": lambda: Stamp.read(path),
+        "source record": lambda: SourceRecord.read(path),
+        "push record": lambda: PushRecord.read(path),
+        "check records": lambda: load_records(tmp_path / "results", "lint", ["bb"]) or None,
+        "package list": lambda: previous_manifest(path),
+    }[reader]
+    path.parent.mkdir(parents=True)
+    for kind, content in CORRUPTIONS.items():
+        if reader == "package list" and kind != "garbage":
+            continue  # any text is a package list
+        path.write_bytes(content)
+        assert read() is None, kind
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ccp: warning:")]
+    assert len(said) == 1 and "bb.json" in said[0], said
