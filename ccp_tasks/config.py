@@ -334,7 +334,8 @@ def _bounded_loader():
             try:
                 if self.depth > MAX_YAML_DEPTH:
                     line = self.peek_event().start_mark.line + 1
-                    raise ConfigError(f"{self.source}:{line}: lists and mappings nested deeper than {MAX_YAML_DEPTH} levels")
+                    raise ConfigError(f"{self.source}:{line}: lists and mappings nested deeper than {MAX_YAML_DEPTH} levels; "
+                                      "refusing to read it")
                 return super().compose_node(parent, index)
             finally:
                 self.depth -= 1
@@ -369,7 +370,8 @@ def _check_expansion(root, source: str, aliased: bool) -> None:
             if key in values:
                 continue
             if key in open_nodes:
-                raise ConfigError(f"{source}:{node.start_mark.line + 1}: an alias refers to a list or mapping it is inside of")
+                raise ConfigError(f"{source}:{node.start_mark.line + 1}: an alias refers to a list or mapping it is inside of; "
+                                  "refusing to read it")
             open_nodes.add(key)
             stack.append((node, True))
             stack.extend((child, False) for child in children if id(child) not in values)

@@ -1,4 +1,5 @@
-"""Files the pipeline writes under cache/: written whole or not at all.
+"""Files the pipeline writes under cache/: written whole or not at all, and
+read as missing (with one warning line) when they are not what they should be.
 
 A stamp records what a successful build produced. It holds no wall-clock
 time, and is rewritten only when its content changes, so a parent rebuilt to

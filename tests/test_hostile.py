@@ -220,7 +220,8 @@ def test_alias_bomb_is_refused_quickly_and_small(small, name):
 def test_deeply_nested_list_is_one_line(small):
     small.write_config(DEEP_LIST)
     out = measured_list(small)
-    assert re.fullmatch(r"ccp.yaml:\d+: lists and mappings nested deeper than 100 levels", one_error_line(out)), out
+    message = one_error_line(out)
+    assert re.fullmatch(r"ccp.yaml:\d+: lists and mappings nested deeper than 100 levels; refusing to read it", message), out
     assert "RecursionError" not in out["stderr"]
 
 
