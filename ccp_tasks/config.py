@@ -301,6 +301,7 @@ MAX_YAML_TEXT = 1 << 20  # characters of scalars, with every alias expanded
 MAX_YAML_DEPTH = 100  # lists and mappings within each other
 # A parse larger than this is not kept in cache/config-cache.json: read again instead.
 MAX_CACHED_PARSE = 256 << 10
+_TOO_LARGE = f"larger than {MAX_YAML_BYTES >> 10} KiB; refusing to read it"
 
 
 @functools.cache
@@ -393,7 +394,7 @@ def _check_expansion(root, source: str, aliased: bool) -> None:
 
 def _yaml_loader(text: str, source: str):
     if len(text) > MAX_YAML_BYTES:
-        raise ConfigError(f"{source}: larger than {MAX_YAML_BYTES >> 10} KiB; refusing to read it")
+        raise ConfigError(f"{source}: {_TOO_LARGE}")
     return _bounded_loader()(text, source)
 
 
@@ -467,6 +468,8 @@ def read_yaml(path: Path, parsed_cache: dict | None = None) -> dict[str, Any]:
             raw = handle.read(MAX_YAML_BYTES + 1)  # a larger file is refused, not read into memory
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {_TOO_LARGE}")
     key = hashlib.sha256(raw).hexdigest()
     if parsed_cache is not None and key in parsed_cache:
         return parsed_cache[key]
