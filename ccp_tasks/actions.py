@@ -205,7 +205,7 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     for parent in image.parents:
         stamp = Stamp.read(Path(layout.stamp(parent)))
         if stamp is None:
-            raise CcpError(f"image '{image.name}': parent '{parent}' has no build stamp; build it first")
+            raise CcpError(f"image '{image.name}': parent '{parent}' has no build stamp; build it first (doit build:{parent})")
         parent_ids[parent] = stamp.image_id
     labels = {**image_labels(cfg, image), **_source_labels(image, layout)}
     context_dir = Path(layout.context_dir(image.name))
@@ -364,7 +364,8 @@ def _record_packages(client, image: Image, image_id: str, layout: CacheLayout) -
     rebuild" can be looked up later). Part of the build, not a task of its
     own: it only ever runs right after a build, and a no-op should not pay
     for three hundred more up-to-date checks."""
-    previous_stamp = Stamp.read(Path(layout.stamp(image.name)))
+    # The build's up-to-date check has read this stamp (and said so if it was damaged).
+    previous_stamp = Stamp.read(Path(layout.stamp(image.name)), quiet=True)
     target = Path(layout.manifest(image.name))
     if previous_stamp is not None and previous_stamp.image_id == image_id and target.exists():
         return {}

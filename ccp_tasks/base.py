@@ -8,7 +8,6 @@ changes the image (and cascades) when packages really changed.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from .config import BaseSettings
 from .errors import CcpError
-from .state import dump_json, hash_file, write_atomic
+from .state import dump_json, fields, hash_file, read_record, write_atomic
 
 ROOTFS_NAME = "rootfs.tar"
 
@@ -52,15 +51,16 @@ def rootfs_command(settings: BaseSettings, output: Path) -> list[str]:
     return command + [settings.suite, str(output), settings.mirror]
 
 
+def _read_manifest(path: Path) -> dict | None:
+    return read_record(path, "a root filesystem record", lambda raw: fields(raw, settings=dict, sha256=str, refreshed_at=float))
+
+
 def is_fresh(settings: BaseSettings, tarball: Path, manifest: Path, now: float | None = None) -> bool:
     """The tarball exists, was made with these settings, and is younger than max_age_days."""
-    try:
-        recorded = json.loads(manifest.read_text())
-    except (OSError, ValueError):
+    recorded = _read_manifest(manifest)
+    if recorded is None or not tarball.exists() or recorded.get("settings") != settings.manifest():
         return False
-    if not tarball.exists() or recorded.get("settings") != settings.manifest():
-        return False
-    age = (now if now is not None else time.time()) - recorded.get("refreshed_at", 0)
+    age = (now if now is not None else time.time()) - recorded["refreshed_at"]
     return age < settings.max_age_days * 86400
 
 
@@ -91,12 +91,8 @@ def make_rootfs(settings: BaseSettings, tarball: Path, manifest: Path, log_path:
         partial.unlink(missing_ok=True)
         raise
     sha256 = hash_file(partial).hexdigest()
-    changed = True
-    try:
-        previous = json.loads(manifest.read_text())
-        changed = not (tarball.exists() and previous.get("sha256") == sha256)
-    except (OSError, ValueError):
-        pass
+    previous = _read_manifest(manifest)
+    changed = previous is None or not (tarball.exists() and previous["sha256"] == sha256)
     if changed:
         os.replace(partial, tarball)
     else:

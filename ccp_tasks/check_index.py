@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import CcpError
 from .graph import ImageGraph
 from .render import INTEGRATION_TESTS
-from .state import write_atomic
+from .state import STRINGS, fields, is_signature, read_record, write_atomic
 
 INDEX_VERSION = 1
 
@@ -48,11 +48,7 @@ def integration_inputs(graph: ImageGraph, index_path: Path) -> dict[str, Integra
     if not wanted:
         return {}
     world = [INDEX_VERSION, sorted(graph.images)]
-    try:
-        cached = json.loads(index_path.read_text())
-        entries = cached["entries"] if cached.get("world") == world else {}
-    except (OSError, ValueError, KeyError, TypeError):
-        entries = {}
+    entries = read_record(index_path, "a check index", lambda raw: _cached_entries(raw, world)) or {}
     found: dict[str, IntegrationInputs] = {}
     fresh: dict[str, dict] = {}
     dirty = set(entries) != set(wanted)
@@ -67,6 +63,15 @@ def integration_inputs(graph: ImageGraph, index_path: Path) -> dict[str, Integra
     if dirty:
         write_atomic(index_path, json.dumps({"world": world, "entries": fresh}).encode())
     return found
+
+
+def _cached_entries(raw, world: list) -> dict:
+    fields(raw, world=list, entries=dict)
+    if raw["world"] != world:
+        return {}
+    for entry in raw["entries"].values():
+        fields(entry, path=str, signature=is_signature, services=STRINGS, files=STRINGS, error=str)
+    return raw["entries"]
 
 
 def _read(path: str, graph: ImageGraph) -> dict:

@@ -11,12 +11,11 @@ pass). JUnit XML and the run summary are made from these records.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .layout import CacheLayout
-from .state import dump_json, write_atomic
+from .state import Malformed, dump_json, fields, read_record, write_atomic
 
 STAGES = ("lint", "spec", "test", "kube")
 STAGE_TITLES = {"lint": "Dockerfile spec tests", "spec": "structure tests", "test": "integration tests",
@@ -34,6 +33,7 @@ class CheckResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "CheckResult":
+        fields(data, {"message": str, "seconds": float, "detail": str}, name=str, kind=str, passed=bool)
         return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
 
 
@@ -52,14 +52,36 @@ class StageRecord:
         return dump_json(asdict(self))
 
     @classmethod
-    def from_json(cls, data: bytes) -> "StageRecord":
-        raw = json.loads(data)
-        raw["checks"] = [CheckResult.from_dict(check) for check in raw.get("checks", [])]
+    def from_raw(cls, raw) -> "StageRecord":
+        # Older records may lack the later keys; what a record holds must be of its type.
+        fields(raw, {"checks": list, "seconds": float, "ref": str, "image_id": str, "error": str},
+               stage=str, image=str, passed=bool)
+        raw = {**raw, "checks": [CheckResult.from_dict(check) for check in raw.get("checks", [])]}
         return cls(**{key: raw[key] for key in cls.__dataclass_fields__ if key in raw})
+
+    @classmethod
+    def read(cls, path: Path | str) -> "StageRecord | None":
+        """The record at `path`; None when it is missing or unusable (one warning names it)."""
+        return read_record(path, "a check record", cls.from_raw)
 
     @property
     def failures(self) -> list[CheckResult]:
         return [check for check in self.checks if not check.passed]
+
+
+def read_pass(path: Path | str) -> dict | None:
+    """The record a passing stage left at `path` (its task's target), or None
+    (one warning names an unusable one). Checked only as deep as an up-to-date
+    check needs, since a run asks this of hundreds; the JUnit reports read the
+    whole record (and skip one damaged deeper down)."""
+    return read_record(path, "a check record", _passed)
+
+
+def _passed(raw) -> dict:
+    fields(raw, stage=str, image=str, passed=bool, checks=list)
+    if raw["passed"] is not True:
+        raise Malformed("a failure where a pass belongs")
+    return raw
 
 
 def record_paths(layout: CacheLayout, stage: str, image: str) -> tuple[Path, Path]:
@@ -81,12 +103,9 @@ def load_records(layout: CacheLayout, stage: str, images) -> list[StageRecord]:
     records = []
     for image in images:
         for path in record_paths(layout, stage, image):
-            try:
-                records.append(StageRecord.from_json(path.read_bytes()))
-            except FileNotFoundError:
-                continue
-            except (ValueError, TypeError):
-                continue  # a record from an older layout is not worth failing a run for
+            record = StageRecord.read(path)  # an unusable one is not worth failing a run for
+            if record is not None:
+                records.append(record)
     return records
 
 

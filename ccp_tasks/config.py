@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .state import Malformed, fields, read_record, write_atomic
 
 CONFIG_NAME = "ccp.yaml"
 LOCAL_OVERRIDE_NAME = "ccp.local.yaml"
@@ -286,21 +288,195 @@ def _check_mapping(cls, data, filename: str, prefix: str = "") -> dict[str, Any]
     return checked
 
 
-def read_yaml(path: Path, parsed_cache: dict | None = None) -> dict[str, Any]:
-    """The mapping a config file holds. `parsed_cache` maps a file's sha256 to
-    what it parsed to last time: a run whose config did not change does not
-    import PyYAML (a tenth of a no-op over a small tree)."""
+# Bounds on any YAML the pipeline reads (ccp.yaml, integration.yaml, tests.yaml,
+# rendered pod definitions). Aliases share one parsed node, but everything
+# downstream (validation, JSON caches, digests) walks the expanded tree: nine
+# aliases nine levels deep are 387 million values, gigabytes and minutes
+# before a MemoryError. Real files are far inside these.
+# (PyYAML's pure-Python loader, the one that can count, composes about ten
+# thousand values a second.)
+MAX_YAML_BYTES = 256 << 10
+MAX_YAML_VALUES = 20_000  # scalars, lists and mappings, with every alias expanded
+MAX_YAML_TEXT = 1 << 20  # characters of scalars, with every alias expanded
+MAX_YAML_DEPTH = 100  # lists and mappings within each other
+# A parse larger than this is not kept in cache/config-cache.json: read again instead.
+MAX_CACHED_PARSE = 256 << 10
+_TOO_LARGE = f"larger than {MAX_YAML_BYTES >> 10} KiB; refusing to read it"
+
+
+@functools.cache
+def _bounded_loader():
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        """PyYAML's safe loader, refusing (ConfigError, naming the file and line)
+        documents nested or expanding past the bounds above. The composer
+        recurses per level, so depth is counted while composing; expansion is
+        measured on the composed graph, before anything is built from it."""
+
+        def __init__(self, text: str, source: str):
+            super().__init__(text)
+            self.source = source
+            self.depth = 0
+            self.composed = 0
+            self.aliased = False
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                self.aliased = True
+                return super().compose_node(parent, index)
+            self.composed += 1
+            if self.composed > MAX_YAML_VALUES:
+                line = self.peek_event().start_mark.line + 1
+                raise ConfigError(f"{self.source}:{line}: it holds more than {MAX_YAML_VALUES} values; refusing to read it")
+            if not self.check_event(yaml.CollectionStartEvent):
+                return super().compose_node(parent, index)
+            self.depth += 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    line = self.peek_event().start_mark.line + 1
+                    raise ConfigError(f"{self.source}:{line}: lists and mappings nested deeper than {MAX_YAML_DEPTH} levels; "
+                                      "refusing to read it")
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def compose_document(self):
+            node = super().compose_document()
+            _check_expansion(node, self.source, self.aliased)
+            return node
+
+    return BoundedLoader
+
+
+def _check_expansion(root, source: str, aliased: bool) -> None:
+    """Refuse a composed document whose expanded tree is past the bounds, or that
+    holds itself (an alias inside its own anchor). Each distinct node is
+    measured once, children first, without recursion."""
+    import yaml
+
+    values: dict[int, int] = {}
+    text: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.ScalarNode):
+            values[key], text[key], depth[key] = 1, len(node.value), 0
+            continue
+        children = [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) else node.value
+        if not children_done:
+            if key in values:
+                continue
+            if key in open_nodes:
+                raise ConfigError(f"{source}:{node.start_mark.line + 1}: an alias refers to a list or mapping it is inside of; "
+                                  "refusing to read it")
+            open_nodes.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in values)
+            continue
+        open_nodes.discard(key)
+        values[key] = 1 + sum(values[id(child)] for child in children)
+        text[key] = sum(text[id(child)] for child in children)
+        depth[key] = 1 + max((depth[id(child)] for child in children), default=0)
+        problem = (
+            f"more than {MAX_YAML_VALUES} values" if values[key] > MAX_YAML_VALUES
+            else f"more than {MAX_YAML_TEXT} characters of text" if text[key] > MAX_YAML_TEXT
+            else f"lists and mappings nested deeper than {MAX_YAML_DEPTH} levels" if depth[key] > MAX_YAML_DEPTH
+            else ""
+        )
+        if problem:
+            how = "its aliases expand to" if aliased else "it holds"
+            raise ConfigError(f"{source}:{node.start_mark.line + 1}: {how} {problem}; refusing to read it")
+
+
+def _yaml_loader(text: str, source: str):
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source}: {_TOO_LARGE}")
+    return _bounded_loader()(text, source)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """The one document in `text`, within the bounds above (`source` names it in errors)."""
+    loader = _yaml_loader(text, source)
     try:
-        raw = path.read_bytes()
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def load_yaml_all(text: str, source: str) -> list:
+    """Every document in `text`, each within the bounds above."""
+    loader = _yaml_loader(text, source)
+    try:
+        documents = []
+        while loader.check_data():
+            documents.append(loader.get_data())
+        return documents
+    finally:
+        loader.dispose()
+
+
+def compose_yaml(text: str, source: str):
+    """The composed node tree of the one document in `text` (None if empty), within the bounds above."""
+    loader = _yaml_loader(text, source)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+_NOT_PLAIN = {"date": "a date", "datetime": "a timestamp", "bytes": "binary data", "set": "a set"}
+
+
+def _plain_value_problem(value: Any, key: str) -> str:
+    """Where and why `value` holds something JSON cannot (every record, cache and
+    digest of the pipeline is JSON), or '' when it holds nothing of the kind.
+    Depth is bounded by the loader."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            where = f"{key}.{name}" if key else str(name)
+            if name is not None and not isinstance(name, (str, int, float, bool)):
+                return _plain_value_problem(name, where).replace(" is not allowed", " is not allowed as a key", 1)
+            problem = _plain_value_problem(item, where)
+            if problem:
+                return problem
+        return ""
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            problem = _plain_value_problem(item, f"{key}[{index}]")
+            if problem:
+                return problem
+        return ""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return ""
+    kind = _NOT_PLAIN.get(type(value).__name__, f"a {type(value).__name__}")
+    hint = f"; quote it ('{value.isoformat()}') to make it a string" if hasattr(value, "isoformat") else ""
+    return f"{key}: {kind} is not allowed{hint}"
+
+
+def read_yaml(path: Path, parsed_cache: dict | None = None) -> dict[str, Any]:
+    """The mapping a YAML file holds, of what JSON can hold (strings, numbers,
+    booleans, null, lists and mappings: no dates, binary data or sets) and within the
+    loader's bounds. `parsed_cache` maps a file's sha256 to what it parsed to
+    last time: a run whose config did not change does not import PyYAML (a
+    tenth of a no-op over a small tree)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_YAML_BYTES + 1)  # a larger file is refused, not read into memory
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {_TOO_LARGE}")
     key = hashlib.sha256(raw).hexdigest()
     if parsed_cache is not None and key in parsed_cache:
         return parsed_cache[key]
     import yaml
 
     try:
-        data = yaml.safe_load(raw.decode())
+        data = load_yaml(raw.decode(), str(path))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         place = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -310,12 +486,14 @@ def read_yaml(path: Path, parsed_cache: dict | None = None) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    problem = _plain_value_problem(data, "")
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
     if parsed_cache is not None:
-        try:
-            json.dumps(data)  # only what JSON can hold round-trips through the cache
+        text = json.dumps(data)
+        # Only what comes back the same (a key 1 comes back "1"), and is not too big to read on every run.
+        if len(text) <= MAX_CACHED_PARSE and json.loads(text) == data:
             parsed_cache[key] = data
-        except (TypeError, ValueError):
-            pass
     return data
 
 
@@ -452,6 +630,14 @@ def _validate_retention(settings: RetentionSettings, fail) -> None:
             fail(key, "must be 0 or more")
 
 
+def _parsed_configs(raw) -> dict:
+    """sha256 of a file -> the mapping it parsed to (what read_yaml returns)."""
+    fields(raw)
+    if not all(isinstance(data, dict) for data in raw.values()):
+        raise Malformed("not mappings")
+    return raw
+
+
 def config_files(root: Path) -> list[Path]:
     """The files that make the configuration, in the order they apply."""
     files = [root / CONFIG_NAME]
@@ -470,10 +656,7 @@ def load_config(root: Path | str = ".") -> PipelineConfig:
     if not files[0].exists():
         raise ConfigError(f"{files[0]}: not found; the pipeline needs its configuration file")
     parsed_cache_path = root / "cache" / "config-cache.json"
-    try:
-        parsed_cache = json.loads(parsed_cache_path.read_text())
-    except (OSError, ValueError):
-        parsed_cache = {}
+    parsed_cache = read_record(parsed_cache_path, "a cache of parsed configuration", _parsed_configs) or {}
     known = set(parsed_cache)
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
@@ -495,7 +678,5 @@ def load_config(root: Path | str = ".") -> PipelineConfig:
     cfg = PipelineConfig(**merged, root=root, files=tuple(str(p) for p in files))
     _validate_values(cfg, origin)
     if set(parsed_cache) != known and parsed_cache_path.parent.is_dir():
-        from .state import write_atomic
-
         write_atomic(parsed_cache_path, json.dumps(dict(list(parsed_cache.items())[-8:])).encode())
     return cfg

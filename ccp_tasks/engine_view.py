@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import docker_ops
-from .state import write_atomic
+from .state import Malformed, fields, read_record, write_atomic
 
 # Image actions that move no reference: an import's reference comes as its own
 # `tag` event, a prune's removals as `delete` and `untag` events.
@@ -143,6 +143,14 @@ def apply(present: dict[str, str], events: list[ImageEvent],
     return present
 
 
+def _saved_view(raw) -> dict:
+    # The marker's shape is _since's to judge: one it does not know means "list the engine".
+    fields(raw, host=str, present=dict)
+    if not all(isinstance(image_id, str) for image_id in raw["present"].values()):
+        raise Malformed("present: not image IDs")
+    return raw
+
+
 class EngineView:
     """The per-run view; its class state is the run's (forked workers inherit it)."""
 
@@ -170,17 +178,10 @@ class EngineView:
         engine and namespace; None for a missing, truncated or odd file."""
         if cls.state_path is None:
             return None
-        try:
-            state = json.loads(cls.state_path.read_text())
-        except (OSError, ValueError):
+        state = read_record(cls.state_path, "an engine view", _saved_view)
+        if state is None or state["host"] != cls._host() or state.get("namespace") != cls.namespace_prefix:
             return None
-        if not isinstance(state, dict) or state.get("host") != cls._host() \
-                or state.get("namespace") != cls.namespace_prefix:
-            return None
-        present = state.get("present")
-        if not isinstance(present, dict) or not all(isinstance(v, str) for v in present.values()):
-            return None
-        return present, state.get("marker")
+        return state["present"], state.get("marker")
 
     @classmethod
     def _load(cls) -> None:

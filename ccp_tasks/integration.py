@@ -172,7 +172,7 @@ from typing import Any, Callable, Collection
 from .checks import CheckResult
 from .errors import CcpError, ConfigError, EngineError, TemplateError
 from .leftovers import of_any_run, remove_labelled as remove_leftovers
-from .state import dump_json, write_atomic
+from .state import dump_json, fields, read_record, write_atomic
 
 SPEC_NAME = "integration.yaml"
 # Every container and network of a run carries the caller's labels plus these;
@@ -1544,12 +1544,7 @@ def recorded_path(recorded_dir: Path, image: str) -> Path:
 
 
 def _load_recorded(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    answers = data.get("answers") if isinstance(data, dict) else None
-    return answers if isinstance(answers, dict) else {}
+    return read_record(path, "a record of answers", lambda raw: fields(raw, answers=dict)["answers"]) or {}
 
 
 # -- the run

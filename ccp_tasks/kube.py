@@ -113,6 +113,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from .checks import CheckResult
+from .config import load_yaml_all
 from .errors import CcpError, ConfigError, EngineError
 from .render import POD_TEMPLATE
 
@@ -161,7 +162,7 @@ def load_documents(text: str, source: str) -> list[dict]:
     import yaml
 
     try:
-        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        documents = [doc for doc in load_yaml_all(text, source) if doc is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         place = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EngineError
+from .state import warn_unusable
 
 DPKG_STATUS = "/var/lib/dpkg/status"
 HELPER_LABEL = "io.ccp.helper"
@@ -114,6 +115,10 @@ def diff(old: dict[str, str], new: dict[str, str]) -> PackageChanges:
 
 def previous_manifest(path: Path) -> dict[str, str] | None:
     try:
-        return parse_manifest(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError):
+        warn_unusable(path, "is unreadable (not a package list)")
+        return None
+    return parse_manifest(text)

@@ -49,6 +49,58 @@ class Pipeline:
         }
 
 
+def _unreadable_db(path: Path) -> str:
+    """Why doit could not use its state file (as sqlite says), or ''."""
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(path, timeout=5)
+    except sqlite3.Error:
+        return ""  # cannot even be opened (permissions): doit says so itself
+    try:
+        check = connection.execute("PRAGMA quick_check").fetchall()
+        if check != [("ok",)]:
+            return f"is damaged ({check[0][0]})"
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(doit)")]
+        if columns and columns != ["task_id", "task_data"]:
+            return "holds another table 'doit' than doit's"
+        return ""
+    except sqlite3.OperationalError:
+        # Locked (another run is writing it), I/O, permissions: not the file's content.
+        return ""
+    except sqlite3.DatabaseError as exc:
+        return f"is unreadable ({exc})"
+    finally:
+        connection.close()
+
+
+def set_aside_if_unreadable(path: Path) -> None:
+    """doit opens its state file before any task runs and dies with a traceback
+    on one it cannot read (truncated, garbage, another format). Such a file is
+    moved aside to doit.db.corrupt-<n> (with its journal): every task then runs
+    as if for the first time, and each build adopts its image by input digest."""
+    try:
+        if path.stat().st_size == 0:
+            return  # sqlite makes an empty file a new database
+    except FileNotFoundError:
+        return
+    problem = _unreadable_db(path)
+    if not problem:
+        return
+    number = 1
+    while path.with_name(f"{path.name}.corrupt-{number}").exists():
+        number += 1
+    aside = path.with_name(f"{path.name}.corrupt-{number}")
+    os.replace(path, aside)
+    for suffix in ("-journal", "-wal", "-shm"):
+        # A journal left beside would be replayed into the new database.
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            os.replace(companion, aside.with_name(aside.name + suffix))
+    print(f"ccp: warning: {path.parent.name}/{path.name} {problem}; moved it to {path.parent.name}/{aside.name}, "
+          "so every task runs as if for the first time (builds adopt their images)", file=sys.stderr, flush=True)
+
+
 def load(root: Path, argv: list[str] | None = None) -> Pipeline:
     """Everything dodo.py needs, or one line naming what is wrong.
 
@@ -65,6 +117,7 @@ def load(root: Path, argv: list[str] | None = None) -> Pipeline:
         layout.root.mkdir(parents=True, exist_ok=True)
         if lock.doit_command(argv) not in lock.READ_ONLY_COMMANDS:
             lock.acquire(layout.lock)
+        set_aside_if_unreadable(layout.doit_db)
         graph = build_graph(cfg, layout.render_cache)
         EngineView.configure(layout.engine_view, cfg.namespace)
         integration = integration_inputs(graph, layout.check_index)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .config import PipelineConfig
 from .errors import CcpError, EngineError
-from .state import DIGEST_LABEL, dump_json, write_if_changed
+from .state import DIGEST_LABEL, STRINGS, dump_json, fields, read_record, write_if_changed
 
 CONTENT_TAG_PREFIX = "in-"
 # The environment of a CI job; Jenkins sets BRANCH_NAME/GIT_COMMIT/BUILD_NUMBER,
@@ -137,15 +137,15 @@ class PushRecord:
         return dump_json(asdict(self))
 
     @classmethod
-    def read(cls, path: Path) -> "PushRecord | None":
-        import json
+    def read(cls, path: Path | str) -> "PushRecord | None":
+        return read_record(path, "a push record", cls._from_raw)
 
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        raw["fixed_tags"], raw["moving_tags"] = tuple(raw["fixed_tags"]), tuple(raw["moving_tags"])
-        return cls(**raw)
+    @classmethod
+    def _from_raw(cls, raw) -> "PushRecord":
+        fields(raw, image=str, image_id=str, registry=str, repository=str, digest=str, content_tag=str,
+               fixed_tags=STRINGS, moving_tags=STRINGS, outcome=str)
+        values = {key: raw[key] for key in cls.__dataclass_fields__}
+        return cls(**{**values, "fixed_tags": tuple(values["fixed_tags"]), "moving_tags": tuple(values["moving_tags"])})
 
 
 def registry_client(cfg: PipelineConfig):

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from .config import PipelineConfig
 from .errors import ContextError, GraphError, TemplateError
-from .state import write_atomic
+from .state import Malformed, fields, is_signature, read_record, write_atomic
 
 TEMPLATE_NAME = "Dockerfile.j2"
 # Files beside a template that describe the image rather than go into it.
@@ -525,6 +525,7 @@ def _template_line(tb, default: str) -> str:
 
 # 3: renders of version 2 may hold a host file an absolute include read.
 RENDER_CACHE_VERSION = 3
+MAX_CACHED_RENDER = 1 << 20  # characters of one rendered Dockerfile
 
 
 def _signature(path: str) -> list[int] | None:
@@ -533,6 +534,17 @@ def _signature(path: str) -> list[int] | None:
     except OSError:
         return None
     return [st.st_mtime_ns, st.st_size]
+
+
+def _cached_renders(raw, world: str) -> dict:
+    fields(raw, world=str, images=dict)
+    if raw["world"] != world:
+        return {}
+    for entry in raw["images"].values():
+        fields(entry, template=str, files=dict, text=str, variables=dict)
+        if not all(is_signature(signature) for signature in entry["files"].values()):
+            raise Malformed("files: not file signatures")
+    return raw["images"]
 
 
 class RenderCache:
@@ -567,15 +579,8 @@ class RenderCache:
 
     @classmethod
     def load(cls, path: Path | None, world: str) -> "RenderCache":
-        entries = {}
-        if path is not None:
-            try:
-                data = json.loads(path.read_text())
-                if data.get("world") == world:
-                    entries = data["images"]
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-        return cls(path, world, entries)
+        entries = None if path is None else read_record(path, "a render cache", lambda raw: _cached_renders(raw, world))
+        return cls(path, world, entries or {})
 
     def get(self, source: ImageSource) -> RenderedImage | None:
         entry = self.entries.get(source.name)
@@ -587,13 +592,17 @@ class RenderCache:
         return RenderedImage(source, entry["text"], tuple(sorted(entry["files"])), entry["variables"])
 
     def put(self, rendered: RenderedImage) -> None:
+        self.dirty = True
+        if len(rendered.text) > MAX_CACHED_RENDER:
+            # Every run reads the whole cache: such a render is made again instead.
+            self.entries.pop(rendered.source.name, None)
+            return
         self.entries[rendered.source.name] = {
             "template": rendered.source.template,
             "files": {path: _signature(path) for path in rendered.template_files},
             "text": rendered.text,
             "variables": rendered.variables,
         }
-        self.dirty = True
 
     def save(self, names) -> None:
         stale = set(self.entries) - set(names)

@@ -82,7 +82,7 @@ from .config import PipelineConfig
 from .errors import CcpError
 from .layout import CacheLayout
 from .publish import parse_build_tag, tag_safe
-from .state import dump_json, write_atomic
+from .state import dump_json, fields, read_record, write_atomic
 
 DAY = 86400
 KEEP_PROPERTY = "keep"  # artifactory.PROP_KEEP: what `doit artifacts` sets
@@ -786,6 +786,14 @@ def make_plan(cfg: PipelineConfig, layout: CacheLayout, now: datetime, *, images
     return plan, {"marked": marked}
 
 
+def _cached_manifests(raw) -> dict:
+    """digest -> what _describe said of it."""
+    fields(raw)
+    for described in raw.values():
+        fields(described, created=(float, None), labels=dict, blobs=dict)
+    return raw
+
+
 def _manifest_cache_path(layout: CacheLayout) -> Path:
     return layout.root / "retention" / "manifests.json"
 
@@ -807,10 +815,7 @@ def run_retention(cfg: PipelineConfig, layout: CacheLayout, apply: bool = False,
         raise CcpError("retention: `now` needs a time zone")
     images = None if images is None else tuple(images)
     cache_path = _manifest_cache_path(layout)
-    try:
-        manifest_cache = json.loads(cache_path.read_text())
-    except (OSError, ValueError):
-        manifest_cache = {}
+    manifest_cache = read_record(cache_path, "a manifest cache", _cached_manifests) or {}
     registry = registry_client(cfg) if cfg.registry.url else None
     settings = cfg.artifactory
     artifactory = (Artifactory(settings.url, ArtifactoryAuth.from_env(),

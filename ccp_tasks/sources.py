@@ -16,7 +16,6 @@ directory; it goes into the image's input digest and labels
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from .config import SourceSettings
 from .errors import CcpError
-from .state import dump_json, write_if_changed
+from .state import dump_json, fields, read_record, write_if_changed
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 GIT_TIMEOUT = 300
@@ -52,11 +51,13 @@ class SourceRecord:
         return dump_json(asdict(self))
 
     @classmethod
-    def read(cls, path: Path) -> "SourceRecord | None":
-        try:
-            return cls(**json.loads(Path(path).read_text()))
-        except (OSError, ValueError, TypeError):
-            return None
+    def read(cls, path: Path | str) -> "SourceRecord | None":
+        return read_record(path, "a source record", cls._from_raw)
+
+    @classmethod
+    def _from_raw(cls, raw) -> "SourceRecord":
+        fields(raw, name=str, kind=str, location=str, ref=str, revision=str)
+        return cls(**{key: raw[key] for key in cls.__dataclass_fields__})
 
     def describes(self, settings: SourceSettings) -> bool:
         """Whether this record is of the source as configured now (same place, same ref)."""

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from .checks import CheckResult
+from .config import compose_yaml
 from .errors import ConfigError, EngineError
 
 SCHEMA_VERSION = "2.0.0"
@@ -501,7 +502,7 @@ def load_suite(path: Path) -> StructureSuite:
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: not UTF-8 text") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = compose_yaml(text, file)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]

@@ -16,13 +16,15 @@ from doit.tools import config_changed
 from . import actions, lint
 from .base import is_fresh
 from .check_index import IntegrationInputs
+from .checks import read_pass
 from .config import PipelineConfig
 from .engine_view import EngineView
 from .errors import CcpError
 from .graph import ImageGraph
 from .layout import CacheLayout
-from .publish import CiContext, tag_plan
+from .publish import CiContext, PushRecord, tag_plan
 from .render import INTEGRATION_TESTS, POD_TEMPLATE, STRUCTURE_TESTS
+from .state import Stamp
 
 # doit calls inspect.signature() on every uptodate callable of every task on
 # every run, to decide whether to pass it `task` and `values`; that was the
@@ -69,6 +71,39 @@ class image_present:
         return f"image_present({self.ref!r})"
 
 
+class record_intact:
+    """Up to date only while the task's record under cache/ (its target) reads
+    as one: doit only asks whether a target exists, so a truncated, garbage or
+    wrong-shaped record would stay "up to date" for ever, and whatever reads it
+    would fail. `read` warns once about such a file and returns None."""
+
+    def __init__(self, path: str, read, what: str):
+        self.path, self.read, self.what = path, read, what
+        self.__signature__ = UPTODATE_SIGNATURE
+
+    def __call__(self, task, values):
+        return self.read(self.path) is not None
+
+    def __repr__(self):
+        return f"record_intact({self.what!r})"
+
+
+class stamp_intact(record_intact):
+    """The build stamp reads as one and holds the image the last build made:
+    otherwise the build runs again and adopts that image by its input digest,
+    instead of leaving the children a parent without a stamp."""
+
+    def __init__(self, path: str):
+        super().__init__(path, Stamp.read, "build stamp")
+
+    def __call__(self, task, values):
+        stamp = Stamp.read(self.path)
+        return stamp is not None and stamp.image_id == values.get("image_id")
+
+    def __repr__(self):
+        return f"stamp_intact({Path(self.path).name!r})"
+
+
 class rootfs_fresh:
     """Up to date while the root filesystem matches its settings and is younger than max_age_days."""
 
@@ -106,6 +141,10 @@ class source_current:
 
     def __repr__(self):
         return f"source_current({self.name!r})"
+
+
+def _result_intact(layout: CacheLayout, stage: str, name: str) -> record_intact:
+    return record_intact(layout.result(stage, name), read_pass, f"{stage} record")
 
 
 def _rel(cfg: PipelineConfig, path) -> str:
@@ -185,7 +224,8 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "actions": [(actions.build_image, (cfg, image, layout))],
             # Spec tests come before the image exists: a Dockerfile that breaks a rule is not built.
             "task_dep": [f"lint:{name}"],
-            "uptodate": [config_changed_as(manifest, f"build:{name}"), image_present(image.ref)],
+            "uptodate": [config_changed_as(manifest, f"build:{name}"), stamp_intact(layout.stamp(name)),
+                         image_present(image.ref)],
             "clean": True,
         }
 
@@ -204,7 +244,8 @@ def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "file_dep": [dockerfile, image.source.template],
             "targets": [layout.lint_report(name)],
             "actions": [(actions.lint_image, (cfg, image, dockerfile, layout, waived))],
-            "uptodate": [config_changed_as({"waived": waived, "external": list(cfg.external_images), "hadolint": hadolint}, f"lint:{name}")],
+            "uptodate": [config_changed_as({"waived": waived, "external": list(cfg.external_images), "hadolint": hadolint}, f"lint:{name}"),
+                         _result_intact(layout, "lint", name)],
             "clean": True,
         }
 
@@ -227,6 +268,7 @@ def spec_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "file_dep": [tests_file, layout.stamp(name)],
             "targets": [layout.result("spec", name)],
             "actions": [(actions.run_structure_tests, (cfg, image, layout, tests_file))],
+            "uptodate": [_result_intact(layout, "spec", name)],
             "clean": True,
         }
 
@@ -269,7 +311,8 @@ def test_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
             "actions": [(actions.run_integration_tests, (cfg, image, images, layout, inputs.path))],
             # Ordering and gating only: a structure test rerun must not rerun the containers.
             "task_dep": earlier,
-            "uptodate": [config_changed_as({"variables": cfg.template_globals()}, f"test:{name}")],
+            "uptodate": [config_changed_as({"variables": cfg.template_globals()}, f"test:{name}"),
+                         _result_intact(layout, "test", name)],
             "clean": True,
         }
 
@@ -304,7 +347,8 @@ def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
             "actions": [(actions.run_pod_checks, (cfg, image, images, layout, inputs.template))],
             "task_dep": [f"test:{name}"],  # ordering and gating only
             "uptodate": [config_changed_as({"variables": cfg.template_globals(), "kubernetes": version,
-                                            "external": list(cfg.external_images)}, f"kube:{name}")],
+                                            "external": list(cfg.external_images)}, f"kube:{name}"),
+                         _result_intact(layout, "kube", name)],
             "clean": True,
         }
 
@@ -343,7 +387,8 @@ def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "task_dep": [f"test:{name}"] + ([f"kube:{name}"] if POD_TEMPLATE in image.source.check_files else []),
             "actions": [(actions.push_image, (cfg, image, layout, ci))],
             "uptodate": [config_changed_as({"registry": cfg.registry.url, "fixed": plan.fixed, "moving": plan.moving},
-                                           f"push:{name}")],
+                                           f"push:{name}"),
+                         record_intact(layout.pushed(name), PushRecord.read, "push record")],
             "clean": True,
         }
 
