@@ -17,6 +17,7 @@ from conftest import child_template
 from ccp_tasks.base import is_fresh
 from ccp_tasks.config import BaseSettings
 from ccp_tasks.errors import ConfigError
+from ccp_tasks.layout import CacheLayout
 
 # What a killed run, a full disk or a hand leaves in a record.
 CORRUPTIONS = {
@@ -308,7 +309,7 @@ def test_every_record_reader_treats_damage_as_missing(tmp_path, reader, capsys):
         "stamp": lambda: Stamp.read(path),
         "source record": lambda: SourceRecord.read(path),
         "push record": lambda: PushRecord.read(path),
-        "check records": lambda: load_records(tmp_path / "results", "lint", ["bb"]) or None,
+        "check records": lambda: load_records(CacheLayout(tmp_path), "lint", ["bb"]) or None,
         "package list": lambda: previous_manifest(path),
     }[reader]
     path.parent.mkdir(parents=True)
