@@ -4,7 +4,8 @@ live in ccp.yaml."""
 
 from pathlib import Path
 
-from ccp_tasks import pipeline, tasks
+from ccp_tasks.glue import pipeline
+from ccp_tasks.glue import tasks
 
 PIPELINE = pipeline.load(Path(__file__).resolve().parent)
 

@@ -45,8 +45,8 @@ DOIT = [PYTHON, "-m", "doit"]
 def sample_shape() -> dict[str, str | None]:
     """The sample tree's shape (image -> parent, None for the root), from the repository's own graph:
     the expected rebuild sets and the busybox copy of the exactness matrix follow the tree as it is."""
-    from ccp_tasks.config import load_config
-    from ccp_tasks.graph import build_graph
+    from ccp_tasks.model.config import load_config
+    from ccp_tasks.model.graph import build_graph
 
     graph = build_graph(load_config(PROJECT))
     shape = {}
@@ -135,8 +135,8 @@ def doit_run(root: Path, *args: str) -> tuple[float, set[str], dict]:
 
 def render_plain(project_root: Path, out_dir: Path, namespace: str) -> list[str]:
     """Our tree rendered for a plain `docker build` loop: <image>/Dockerfile plus context, in build order."""
-    from ccp_tasks.config import load_config
-    from ccp_tasks.graph import build_graph
+    from ccp_tasks.model.config import load_config
+    from ccp_tasks.model.graph import build_graph
 
     cfg = dataclasses.replace(load_config(project_root), namespace=namespace)
     graph = build_graph(cfg)
@@ -207,7 +207,7 @@ class Kolla:
 def checkout_inputs(project: Path) -> list[str]:
     """The directories of `project` that ccp reads, from its config: the template
     repositories and the application sources given as a path inside the checkout."""
-    from ccp_tasks.config import load_config
+    from ccp_tasks.model.config import load_config
 
     cfg = load_config(project)
     wanted = [Path(os.path.normpath(rel)) for rel in cfg.repositories]

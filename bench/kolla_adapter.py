@@ -82,8 +82,8 @@ def render_for_kolla(project_root: Path, out_dir: Path, namespace: str, prefix: 
     project_root, out_dir = Path(project_root).resolve(), Path(out_dir)
     if str(project_root) not in sys.path:
         sys.path.insert(0, str(project_root))
-    from ccp_tasks.config import load_config
-    from ccp_tasks.graph import build_graph
+    from ccp_tasks.model.config import load_config
+    from ccp_tasks.model.graph import build_graph
 
     cfg = load_config(project_root)
     cfg = dataclasses.replace(cfg, namespace=namespace, image_prefix=prefix)
@@ -110,9 +110,9 @@ def stage_context(cfg, image, target: Path) -> None:
 
     The source trees are the ones the last doit run synced into the checkout's cache,
     so every tool builds the same revision."""
-    from ccp_tasks import sources
-    from ccp_tasks.layout import CacheLayout
-    from ccp_tasks.render import SOURCES_DIR
+    from ccp_tasks.model import sources
+    from ccp_tasks.core.layout import CacheLayout
+    from ccp_tasks.model.render import SOURCES_DIR
 
     files = [(rel, image.source.directory / rel) for rel in image.source.context_files]
     for name in image.sources:

@@ -11,7 +11,7 @@ def main(argv: list[str]) -> int:
         for name, doc in COMMANDS.items():
             print(f"  {name:<8} {doc}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    from . import watch
+    from ccp_tasks.glue import watch
 
     return watch.main(argv[1:])
 

@@ -1,4 +1,4 @@
-"""A local stand-in for the part of Artifactory's REST API that ccp_tasks.artifactory uses.
+"""A local stand-in for the part of Artifactory's REST API that ccp_tasks.publish.artifactory uses.
 
 No Artifactory can run where these tests run, so this server plays one over
 real HTTP (http.server in a thread) and checks every request the way JFrog's

@@ -16,9 +16,9 @@ import pytest
 import requests
 from artifactory_server import ArtifactoryServer
 
-from ccp_tasks import artifactory as art
-from ccp_tasks.artifactory import Artifactory, ArtifactoryAuth, ArtifactoryError
-from ccp_tasks.errors import CcpError
+from ccp_tasks.publish import artifactory as art
+from ccp_tasks.publish.artifactory import Artifactory, ArtifactoryAuth, ArtifactoryError
+from ccp_tasks.core.errors import CcpError
 
 REPO = "ci-generic"
 TOKEN = "tok-0123456789"

@@ -8,7 +8,7 @@ from xml.etree import ElementTree
 
 from conftest import child_template
 
-from ccp_tasks.manifest import diff, parse_dpkg_status
+from ccp_tasks.build.manifest import diff, parse_dpkg_status
 
 PASSING_SPEC = """\
 schemaVersion: "2.0.0"

@@ -13,7 +13,7 @@ import sys
 from artifactory_server import ArtifactoryServer
 from conftest import REPO, child_template
 
-from ccp_tasks.artifactory import Artifactory, ArtifactoryAuth
+from ccp_tasks.publish.artifactory import Artifactory, ArtifactoryAuth
 
 # Tasks the Jenkinsfile may name before they exist (none now).
 PENDING_TASKS: set[str] = set()

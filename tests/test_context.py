@@ -9,9 +9,9 @@ import os
 import pytest
 from conftest import child_template
 
-from ccp_tasks.config import load_config
-from ccp_tasks.errors import ContextError
-from ccp_tasks.render import DockerIgnore, discover_images
+from ccp_tasks.model.config import load_config
+from ccp_tasks.core.errors import ContextError
+from ccp_tasks.model.render import DockerIgnore, discover_images
 
 SECRET = "s3cret-host-only-0b5c"
 

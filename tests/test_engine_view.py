@@ -13,7 +13,7 @@ import uuid
 import pytest
 from conftest import Project, _remove_namespace
 
-from ccp_tasks.engine_view import ImageEvent, _since, apply
+from ccp_tasks.engine.engine_view import ImageEvent, _since, apply
 from tests.registry_server import RegistryServer
 
 
@@ -118,7 +118,7 @@ ALL = {"bb", "app", "app2", "lone", "leaf"}
 
 
 def events_since(since: float) -> list[dict]:
-    from ccp_tasks import docker_ops
+    from ccp_tasks.engine import docker_ops
 
     body = docker_ops.unix_get(docker_ops.local_socket(), f"/events?since={since:.9f}&until={time.time():.9f}")
     return [json.loads(line) for line in body.decode().splitlines() if line.strip()]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from conftest import child_template
 
-from ccp_tasks.config import load_config
-from ccp_tasks.errors import ConfigError, GraphError
-from ccp_tasks.graph import build_graph
+from ccp_tasks.model.config import load_config
+from ccp_tasks.core.errors import ConfigError, GraphError
+from ccp_tasks.model.graph import build_graph
 
 
 def assert_one_line_error(project, expected: str, *args: str):
@@ -147,7 +147,7 @@ def test_registry_url_is_host_and_port_only(tmp_path, url, problem):
 
 @pytest.mark.parametrize("url", ["host:5000/sub/path", "https://host:5000/v2", "https://host?x=1"])
 def test_registry_client_refuses_a_path_instead_of_dropping_it(url):
-    from ccp_tasks.registry import RegistryClient, RegistryError
+    from ccp_tasks.publish.registry import RegistryClient, RegistryError
 
     with pytest.raises(RegistryError, match=r"a registry is named host\[:port\], without a path"):
         RegistryClient(url)

@@ -14,10 +14,10 @@ import time
 import pytest
 from conftest import child_template
 
-from ccp_tasks.base import is_fresh
-from ccp_tasks.config import BaseSettings
-from ccp_tasks.errors import ConfigError
-from ccp_tasks.layout import CacheLayout
+from ccp_tasks.build.base import is_fresh
+from ccp_tasks.model.config import BaseSettings
+from ccp_tasks.core.errors import ConfigError
+from ccp_tasks.core.layout import CacheLayout
 
 # What a killed run, a full disk or a hand leaves in a record.
 CORRUPTIONS = {
@@ -237,9 +237,9 @@ def test_yaml_date_variable_names_the_key(small):
 
 def test_every_yaml_reader_is_bounded(tmp_path):
     """integration.yaml, tests.yaml and rendered pod definitions go through the same bounded loader."""
-    from ccp_tasks.integration import load_spec
-    from ccp_tasks.kube import load_documents
-    from ccp_tasks.structure import load_suite
+    from ccp_tasks.checks.integration import load_spec
+    from ccp_tasks.checks.kube import load_documents
+    from ccp_tasks.checks.structure import load_suite
 
     bomb = alias_bomb()
     readers = {
@@ -259,7 +259,7 @@ def test_every_yaml_reader_is_bounded(tmp_path):
 
 
 def test_values_json_cannot_hold_are_refused_with_their_key(tmp_path):
-    from ccp_tasks.config import read_yaml
+    from ccp_tasks.model.config import read_yaml
 
     path = tmp_path / "x.yaml"
     for text, expected in (
@@ -276,8 +276,8 @@ def test_values_json_cannot_hold_are_refused_with_their_key(tmp_path):
 
 def test_what_is_cached_is_bounded(tmp_path):
     """Expanded aliases and huge renders are not kept in the caches every run reads whole."""
-    from ccp_tasks.config import read_yaml
-    from ccp_tasks.render import ImageSource, RenderCache, RenderedImage
+    from ccp_tasks.model.config import read_yaml
+    from ccp_tasks.model.render import ImageSource, RenderCache, RenderedImage
 
     path = tmp_path / "ccp.yaml"
     path.write_text("variables:\n  a: &a '" + "x" * 200_000 + "'\n  b: [*a, *a, *a]\n")
@@ -298,11 +298,11 @@ def test_what_is_cached_is_bounded(tmp_path):
 @pytest.mark.parametrize("reader", ["stamp", "source record", "push record", "check records", "package list"])
 def test_every_record_reader_treats_damage_as_missing(tmp_path, reader, capsys):
     """Each reader of a record under cache/ answers "none" for a damaged one, and says so once."""
-    from ccp_tasks.checks import load_records
-    from ccp_tasks.manifest import previous_manifest
-    from ccp_tasks.publish import PushRecord
-    from ccp_tasks.sources import SourceRecord
-    from ccp_tasks.state import Stamp
+    from ccp_tasks.checks.records import load_records
+    from ccp_tasks.build.manifest import previous_manifest
+    from ccp_tasks.publish.push import PushRecord
+    from ccp_tasks.model.sources import SourceRecord
+    from ccp_tasks.core.state import Stamp
 
     path = tmp_path / "results" / "lint" / "bb.json"
     read = {
@@ -323,7 +323,7 @@ def test_every_record_reader_treats_damage_as_missing(tmp_path, reader, capsys):
 
 
 def test_a_huge_yaml_file_is_refused_unread(tmp_path):
-    from ccp_tasks.config import read_yaml
+    from ccp_tasks.model.config import read_yaml
 
     path = tmp_path / "ccp.yaml"
     path.write_text("variables:\n  big: '" + "é" * 300_000 + "'\n")

@@ -232,7 +232,7 @@ def test_a_child_is_built_on_the_parent_its_inputs_name(tree, docker_client):
     puts it back on the parent of record before building, and checks after."""
     from conftest import child_template
 
-    from ccp_tasks import docker_ops
+    from ccp_tasks.engine import docker_ops
 
     bb_id = tree.stamp("bb")["image_id"]
     lone_id = tree.stamp("lone")["image_id"]

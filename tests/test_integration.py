@@ -1,4 +1,4 @@
-"""Integration tests on running containers (ccp_tasks.integration) against the real engine.
+"""Integration tests on running containers (ccp_tasks.checks.integration) against the real engine.
 
 One tiny image, built once FROM scratch, plays every part: static busybox
 (httpd, wget, sh, cat) plus this host's openssl binary with the libraries it
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from ccp_tasks import integration
-from ccp_tasks.errors import ConfigError, EngineError, TemplateError
+from ccp_tasks.checks import integration
+from ccp_tasks.core.errors import ConfigError, EngineError, TemplateError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "integration" / "web"
 OPENSSL = Path("/usr/bin/openssl")

@@ -238,7 +238,7 @@ class StallingEngine:
 
 
 def test_a_run_killed_while_reading_a_manifest_is_adopted_and_its_helper_swept(project, docker_client, runs):
-    from ccp_tasks import docker_ops
+    from ccp_tasks.engine import docker_ops
 
     def helpers():
         labels = ["io.ccp.helper=manifest", f"ccp.test.namespace={project.namespace}"]

@@ -1,4 +1,4 @@
-"""Pod definitions (ccp_tasks.kube) and pod semantics on the engine (ccp_tasks.podrun).
+"""Pod definitions (ccp_tasks.checks.kube) and pod semantics on the engine (ccp_tasks.checks.podrun).
 
 One tiny image, built once FROM scratch, plays every part: static busybox
 (httpd, wget, nc, sh) with an /etc/passwd, ENTRYPOINT ["/bin/echo",
@@ -22,9 +22,11 @@ from types import SimpleNamespace
 import pytest
 from conftest import REPO
 
-from ccp_tasks import integration, kube, podrun
-from ccp_tasks.config import PipelineConfig
-from ccp_tasks.errors import ConfigError, TemplateError
+from ccp_tasks.checks import integration
+from ccp_tasks.checks import kube
+from ccp_tasks.checks import podrun
+from ccp_tasks.model.config import PipelineConfig
+from ccp_tasks.core.errors import ConfigError, TemplateError
 
 SAMPLES = ("nginx", "memcached", "redis", "etcd", "haproxy", "api-service", "cron")
 
@@ -933,8 +935,8 @@ def test_sigint_while_waiting_for_readiness_removes_everything(tree):
 
 def sample_context(name: str):
     """(config, tree images, PodContext) of a sample image's pod."""
-    from ccp_tasks.config import load_config
-    from ccp_tasks.render import discover_images
+    from ccp_tasks.model.config import load_config
+    from ccp_tasks.model.render import discover_images
 
     cfg = load_config(REPO)
     images = tuple(sorted(discover_images(cfg)))
@@ -963,8 +965,8 @@ def test_sample_pods_show_what_the_issue_asks_for():
 
 @pytest.mark.parametrize("name", SAMPLES)
 def test_sample_pods_run_against_the_built_images(name, docker_client, tmp_path):
-    from ccp_tasks.actions import stamped_ids
-    from ccp_tasks.layout import CacheLayout
+    from ccp_tasks.glue.actions import stamped_ids
+    from ccp_tasks.core.layout import CacheLayout
 
     cfg, images, _ctx = sample_context(name)
     layout = CacheLayout(cfg.cache_dir)

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from ccp_tasks.config import LintSettings, PipelineConfig, load_config
-from ccp_tasks.errors import ConfigError
-from ccp_tasks.lint import (
+from ccp_tasks.model.config import LintSettings, PipelineConfig, load_config
+from ccp_tasks.core.errors import ConfigError
+from ccp_tasks.checks.lint import (
     HADOLINT_OFF,
     RULES,
     Hadolint,
@@ -74,7 +74,7 @@ def test_waiver_by_template_comment_and_by_config():
 def test_sample_tree_passes_every_rule():
     from conftest import REPO
 
-    from ccp_tasks.graph import build_graph
+    from ccp_tasks.model.graph import build_graph
 
     cfg = load_config(REPO)
     graph = build_graph(cfg)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import prune_namespace
 
-from ccp_tasks.errors import CcpError
-from ccp_tasks.registry import (
+from ccp_tasks.core.errors import CcpError
+from ccp_tasks.publish.registry import (
     DOCKER_MANIFEST,
     Credentials,
     RegistryClient,
@@ -230,7 +230,7 @@ def test_registry_down_is_not_reachable():
 
 
 def test_client_recovers_from_a_registry_restart(registry, pushed, caplog):
-    caplog.set_level(logging.INFO, logger="ccp_tasks.registry")
+    caplog.set_level(logging.INFO, logger="ccp_tasks.publish.registry")
     client = RegistryClient(registry.host, credentials=CI, ca_bundle=registry.ca_path, retries=6, backoff=0.2)
     before = client.manifest_digest(pushed.bb, "t2")
     registry.stop()

@@ -38,14 +38,15 @@ from conftest import prune_namespace
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ccp_tasks import retention
-from ccp_tasks.config import DEFAULT_RETENTION_RULES, load_config
-from ccp_tasks.errors import ConfigError
-from ccp_tasks import checks, integration
-from ccp_tasks.layout import CONTAINER_STAGES, CacheLayout
-from ccp_tasks.publish import parse_build_tag
-from ccp_tasks.registry import DOCKER_MANIFEST, Credentials, Manifest, RegistryClient
-from ccp_tasks.retention import (
+from ccp_tasks.publish import retention
+from ccp_tasks.model.config import DEFAULT_RETENTION_RULES, load_config
+from ccp_tasks.core.errors import ConfigError
+from ccp_tasks.checks import records as checks
+from ccp_tasks.checks import integration
+from ccp_tasks.core.layout import CONTAINER_STAGES, CacheLayout
+from ccp_tasks.publish.push import parse_build_tag
+from ccp_tasks.publish.registry import DOCKER_MANIFEST, Credentials, Manifest, RegistryClient
+from ccp_tasks.publish.retention import (
     DAY,
     Image,
     Policy,
@@ -556,7 +557,7 @@ def _deploy_build(server, client, tmp_path, folder: str, created: datetime, **pr
 def test_artifactory_builds_by_branch_age_keep_and_last(tmp_path):
     from artifactory_server import ArtifactoryServer
 
-    from ccp_tasks.artifactory import Artifactory, ArtifactoryAuth
+    from ccp_tasks.publish.artifactory import Artifactory, ArtifactoryAuth
 
     with ArtifactoryServer(repos=(ART_REPO,)) as server, \
             Artifactory(server.url, ArtifactoryAuth(token=ART_TOKEN), backoff=0.01) as client:
@@ -728,7 +729,7 @@ def _blob_bytes(registry) -> int:
 def test_doit_retention_on_a_real_registry_and_artifactory(tmp_path, registry, seed_images, monkeypatch, capsys):
     from artifactory_server import ArtifactoryServer
 
-    from ccp_tasks.artifactory import Artifactory, ArtifactoryAuth
+    from ccp_tasks.publish.artifactory import Artifactory, ArtifactoryAuth
 
     namespace, content_tag, keep_tag = seed_images
     now = datetime.now(UTC).replace(microsecond=0)
@@ -911,8 +912,8 @@ def test_doit_retention_plans_and_applies_only_when_asked(tmp_path):
     (root / "dockerfiles" / "app" / "Dockerfile.j2").write_text("FROM scratch\nCOPY busybox /bin/busybox\n")
     (root / "dockerfiles" / "app" / "busybox").write_text("not really\n")
     (root / "ccp.yaml").write_text(f"namespace: ccptest-{uuid.uuid4().hex[:8]}\nbase: {{enabled: false}}\n")
-    (root / "dodo.py").write_text((Path(retention.__file__).parent.parent / "dodo.py").read_text())
-    os.symlink(Path(retention.__file__).parent, root / "ccp_tasks")
+    (root / "dodo.py").write_text((Path(retention.__file__).parents[2] / "dodo.py").read_text())
+    os.symlink(Path(retention.__file__).parents[1], root / "ccp_tasks")
     logs = root / "cache" / "logs"
     logs.mkdir(parents=True)
     month_ago = time.time() - 30 * DAY
@@ -951,8 +952,8 @@ def test_doit_retention_apply_keeps_a_tree_image_kube_log(tmp_path):
         (root / "dockerfiles" / name / "Dockerfile.j2").write_text("FROM scratch\nCOPY busybox /bin/busybox\n")
         (root / "dockerfiles" / name / "busybox").write_text("not really\n")
     (root / "ccp.yaml").write_text(f"namespace: ccptest-{uuid.uuid4().hex[:8]}\nbase: {{enabled: false}}\n")
-    (root / "dodo.py").write_text((Path(retention.__file__).parent.parent / "dodo.py").read_text())
-    os.symlink(Path(retention.__file__).parent, root / "ccp_tasks")
+    (root / "dodo.py").write_text((Path(retention.__file__).parents[2] / "dodo.py").read_text())
+    os.symlink(Path(retention.__file__).parents[1], root / "ccp_tasks")
     layout = CacheLayout(root / "cache")
     month_ago = time.time() - 30 * DAY
     for image in ("app", "api-service", "old-db"):

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import BUSYBOX, REPO
 
-from ccp_tasks.errors import ConfigError, EngineError
-from ccp_tasks.structure import (
+from ccp_tasks.core.errors import ConfigError, EngineError
+from ccp_tasks.checks.structure import (
     SUPPORTED,
     GoRegexError,
     go_expand,
@@ -616,7 +616,7 @@ def test_unicode_classes_have_go_s_members_but_for_unicode_15_1(docker_client, f
     characters, the ones ccp refuses, have exactly Go's members."""
     import re2
 
-    from ccp_tasks.structure import _NEWER_IN_RE2
+    from ccp_tasks.checks.structure import _NEWER_IN_RE2
 
     newer = {chr(c) for c in UNICODE_15_1}
     text = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)

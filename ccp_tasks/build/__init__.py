@@ -1,0 +1,1 @@
+"""The build stage: the Debian base, package manifests."""

@@ -1,0 +1,1720 @@
+r"""Integration tests on running containers: the `integration.yaml` an image ships.
+
+## Integration tests: `integration.yaml`
+
+A service image may ship `integration.yaml` beside its `Dockerfile.j2`.
+`test:<image>` starts the built image (and the other images of the tree it
+needs) on a private Docker network made for the run, waits until it answers,
+runs the checks, and removes every container and the network again, also when
+a check fails or the run is interrupted. Leftovers of a killed run are removed
+by the next run of the same image.
+
+```yaml
+# dockerfiles/api-service/integration.yaml
+services:                           # other images of the tree, started first, in this order
+  memcached:                        # its host name (network alias) on the run's network
+    image: memcached                # an image of the tree
+    env: {MEMCACHED_MEMORY_MB: "64"}
+    ports: [11211]                  # wait until these accept connections
+# the image under test; its host name on the network is its image name
+env: {MEMCACHED_HOST: memcached}
+ports: [8080]                       # exactly the TCP ports it must listen on
+ready: {timeout: 30}
+checks:
+  - http: {path: /health, expect_json: {status: ok}}
+  - name: a value goes through memcached
+    http: {method: PUT, path: /kv/greeting, json: {value: hello}, expect_json: {value: hello}}
+  - http: {path: /kv/greeting, expect_json: {key: greeting, value: hello}}
+    regression: true                # the answer must match the last passing run's
+  - exec: {command: [id, -un], output: "^api-service$"}
+```
+
+```yaml
+# dockerfiles/nginx/integration.yaml
+files:                              # rendered with Jinja2, mounted read-only
+  /etc/nginx/conf.d/tls.conf: tls.conf.j2
+ports: [80, 443]
+tls: {hostnames: [www.test]}        # a throwaway CA and certificate, mounted at /etc/ccp/tls
+checks:
+  - tls: {port: 443, min_version: TLSv1.2, san: [www.test]}
+  - http: {port: 443, tls: true, path: /, status: 200, expect_headers: {Server: {regex: "^nginx"}}}
+```
+
+```yaml
+# dockerfiles/memcached/integration.yaml: configuration applied, shown on the wire
+env: {MEMCACHED_MEMORY_MB: "64"}
+ports: [11211]
+checks:
+  - send: {data: "stats\r\n", expect: 'STAT limit_maxbytes 67108864'}
+```
+
+Top-level keys (the image under test):
+
+| key | default | meaning |
+|---|---|---|
+| `env` | `{}` | environment variables (strings; numbers are accepted; not templated) |
+| `command` / `entrypoint` | the image's | a list of strings, or a string split like a shell would |
+| `user` | the image's | user to run as |
+| `files` | `{}` | container path → template file beside `integration.yaml` (or `{template: …, mode: "0755"}`); rendered into the run's work directory and bind-mounted read-only |
+| `ports` | not checked | the exact set of TCP ports the container listens on (an empty list: none) |
+| `local_ports` | `[]` | ports it listens on only on the loopback address (an admin socket, say): must listen, never reached from outside |
+| `ready` | see below | when the container counts as started |
+| `tls` | none | a throwaway CA and server certificate for this run (see below) |
+| `variables` | `{}` | extra variables for the `files` templates |
+| `services` | `{}` | dependencies: alias → `{image, env, command, entrypoint, user, files, ports, ready}` |
+| `checks` | `[]` | the checks, run in order after the port checks |
+
+Templates render like Dockerfile templates (`StrictUndefined`, `trim_blocks`,
+`lstrip_blocks`) and see the configured `variables`
+of `ccp.yaml`, the file's own `variables`, `image_name` (the image under
+test), `services` (the dependency aliases) and `tls_dir`.
+
+`ready` (also per service): `timeout` (seconds, default 30), `interval`
+(default 0.5), `ports` (default: the container's `ports`; each must accept a
+TCP connection from this host) and `log` (a regular expression the container
+log must match). A container that exits, or is not ready in time, fails the
+`ready` check with the tail of its log; the checks do not run then.
+
+`tls`: `hostnames` (the certificate's DNS names or IPs, required),
+`common_name` (default: the first host name), `key_type` (`ecdsa`, default, or
+`rsa`), `dir` (default `/etc/ccp/tls`). The container under test finds there,
+read-only: `cert.pem` (the server certificate), `key.pem` (its unencrypted
+private key), `ca.pem` (the CA that signed it) and `bundle.pem` (certificate
+then key, as haproxy wants). Every host-side TLS client of the run trusts only
+that CA.
+
+Each check is a mapping with an optional `name` (default: derived from the
+check; names must be unique, regression answers are recorded by name) and
+exactly one of `http`, `send`, `exec`, `tls`. Checks address the image under
+test (services are there to be used by it). Key paths in error messages count
+list items from 0 (`checks[0]` is the first check).
+
+- **port** (from `ports`, no entry needed): one result per configured port —
+  it listens (read from `/proc/net/tcp` and `/proc/net/tcp6` in the
+  container with `cat`, or through the container's process on this host when
+  the image has no `cat`) on a non-loopback address and this host can connect
+  to it at the container's address on the run's network; and one failing
+  result per port it listens on that the config does not name
+  (`listens on 8080, which the config does not name`). Docker's own DNS
+  listener on 127.0.0.11 does not count.
+- **`http`**: `port` (default: the first of `ports`), `method` (`GET`),
+  `path` (`/`), `headers`, `body` (a string) or `json` (sent as JSON), `tls`
+  (`false`; `true` verifies against the run's CA), `hostname` (SNI and `Host`;
+  default the first TLS host name), `timeout` (10: connection failures and
+  502/503/504 are retried until then), and what to expect: `status` (200),
+  `expect_headers` (name → exact value, `{regex: …}`, or `null` for absent),
+  `expect_json` (dotted path such as `items.0.id` → value or `{regex: …}`),
+  `expect_body` (a regular expression searched in the body).
+- **`send`**: `port`, `data` (a string; YAML double quotes give `\r\n`),
+  `expect` (a regular expression searched in the answer), `tls`, `hostname`,
+  `timeout` (10). The answer is read until it matches (with `regression`:
+  until the end), the server closes, or it has been quiet for half a second.
+- **`exec`**: `command` (a list, or a string split like a shell would; write
+  `[sh, -c, "…"]` for a shell), `user`, `exit_code` (0), `output` (a regular
+  expression searched in stdout and stderr).
+- **`tls`**: `port`, `hostname` (default the first of `tls.hostnames`),
+  `min_version` (`TLSv1.2`; `TLSv1.1`, `TLSv1.2` or `TLSv1.3`), `subject`
+  (attribute → value, `commonName` or `CN`, …), `san` (the exact list of
+  names in the certificate), `plaintext` (`true`), `timeout` (10). Three
+  results: `handshake` (verified against the run's CA with host name
+  checking, negotiated version at least `min_version`, subject and names),
+  `floor` (a client limited to the version below `min_version`, with every
+  cipher allowed, is refused by the server) and `plaintext` (a plain HTTP
+  request to the port gets no 2xx answer), named `<name>: handshake` and so on.
+- **regression**: an `http` or `send` check with `regression: true` (beside
+  `http:`/`send:`, like `name`) compares its answer (status and body; a JSON
+  body as JSON without the dotted paths listed in `ignore`, `*` matching any
+  key or index; text with each regular expression in `mask` blanked) with the
+  answer recorded by the last run of the image in which every check passed.
+  The first run records and passes; a run with a failure records nothing.
+
+```yaml
+  - name: version from API_VERSION is applied
+    http: {path: /version}
+    regression: true
+    ignore: [build.time]
+  - name: stats are stable
+    send: {port: 11211, data: "stats settings\r\n"}
+    regression: true
+    mask: ['STAT (pid|uptime|time) \d+']
+```
+
+Each run writes the rendered files and certificates under the work directory
+the task passes (`cache/test-work/<image>/`), the full log of every container
+to `cache/logs/test-<image>.log`, and the recorded answers to
+`cache/results/recorded/<image>/<image>.json`. Host-side checks connect to the
+container's address on the run's network, so integration tests need a local
+engine: with `DOCKER_HOST=tcp://…` or `ssh://…` they fail saying so. Every
+container and network of a run carries the task's labels plus
+`io.ccp.integration.image=<image>` and `io.ccp.integration.run=<id>`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import http.client
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import ssl
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Collection
+
+from ccp_tasks.checks.records import CheckResult
+from ccp_tasks.core.errors import CcpError, ConfigError, EngineError, TemplateError
+from ccp_tasks.engine.leftovers import of_any_run, remove_labelled as remove_leftovers
+from ccp_tasks.core.state import dump_json, fields, read_record, write_atomic
+
+SPEC_NAME = "integration.yaml"
+# Every container and network of a run carries the caller's labels plus these;
+# the image label is what the next run sweeps by, the run label tells runs apart.
+IMAGE_LABEL = "io.ccp.integration.image"
+RUN_LABEL = "io.ccp.integration.run"
+TLS_FILES = ("cert.pem", "key.pem", "ca.pem", "bundle.pem")
+DEFAULT_TLS_DIR = "/etc/ccp/tls"
+TLS_VERSIONS = ("TLSv1.1", "TLSv1.2", "TLSv1.3")
+LOG_TAIL_LINES = 12
+SEND_QUIET_SECONDS = 0.5
+# Docker's embedded DNS server listens inside every container on a user-defined
+# network; it is the engine's, not the service's.
+DOCKER_DNS_ADDRESS = "127.0.0.11"
+_ALIAS_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_RETRY_STATUSES = (502, 503, 504)
+_SUBJECT_NAMES = {
+    "CN": "commonName",
+    "O": "organizationName",
+    "OU": "organizationalUnitName",
+    "C": "countryName",
+    "L": "localityName",
+    "ST": "stateOrProvinceName",
+    "E": "emailAddress",
+}
+
+
+# ---------------------------------------------------------------------------
+# The model
+
+
+@dataclass(frozen=True)
+class FileMount:
+    target: str  # absolute path in the container
+    template: str  # relative to the spec's directory
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class Readiness:
+    timeout: float = 30.0
+    interval: float = 0.5
+    ports: tuple[int, ...] | None = None  # None: the container's ports
+    log: str | None = None
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    alias: str
+    image: str | None  # None for the image under test: the caller names it
+    env: dict[str, str] = field(default_factory=dict)
+    command: list[str] | str | None = None
+    entrypoint: list[str] | str | None = None
+    user: str | None = None
+    files: tuple[FileMount, ...] = ()
+    ports: tuple[int, ...] | None = None  # None: not checked
+    local_ports: tuple[int, ...] = ()
+    ready: Readiness = field(default_factory=Readiness)
+
+    @property
+    def ready_ports(self) -> tuple[int, ...]:
+        return self.ready.ports if self.ready.ports is not None else (self.ports or ())
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    hostnames: tuple[str, ...]
+    common_name: str
+    dir: str = DEFAULT_TLS_DIR
+    key_type: str = "ecdsa"
+
+
+@dataclass(frozen=True)
+class HttpCheck:
+    port: int
+    method: str = "GET"
+    path: str = "/"
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str | None = None
+    json: Any = None
+    has_json: bool = False  # `json: null` is a body too
+    tls: bool = False
+    hostname: str | None = None
+    timeout: float = 10.0
+    status: int = 200
+    expect_headers: dict[str, Any] = field(default_factory=dict)
+    expect_json: dict[str, Any] = field(default_factory=dict)
+    expect_body: str | None = None
+
+
+@dataclass(frozen=True)
+class SendCheck:
+    port: int
+    data: str
+    expect: str | None = None
+    tls: bool = False
+    hostname: str | None = None
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class ExecCheck:
+    command: list[str] | str
+    exit_code: int = 0
+    output: str | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class TlsCheck:
+    port: int
+    hostname: str
+    min_version: str = "TLSv1.2"
+    subject: dict[str, str] = field(default_factory=dict)
+    san: tuple[str, ...] | None = None
+    plaintext: bool = True
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    kind: str  # 'http', 'send', 'exec', 'tls'
+    spec: HttpCheck | SendCheck | ExecCheck | TlsCheck
+    regression: bool = False
+    ignore: tuple[str, ...] = ()  # dotted paths left out of a JSON answer's comparison
+    mask: tuple[str, ...] = ()  # regular expressions blanked in a text answer
+
+
+@dataclass(frozen=True)
+class IntegrationSpec:
+    path: Path
+    container: ContainerSpec  # the image under test
+    services: tuple[ContainerSpec, ...] = ()
+    tls: TlsSettings | None = None
+    checks: tuple[Check, ...] = ()
+    variables: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+# Loading and validating
+
+
+class _Reader:
+    """Type checks that fail with one line naming the file and the key path."""
+
+    def __init__(self, filename: str):
+        self.filename = filename
+
+    def fail(self, where: str, message: str):
+        raise ConfigError(f"{self.filename}: {where}: {message}" if where else f"{self.filename}: {message}")
+
+    def mapping(self, value, where: str, known: Collection[str], required: Collection[str] = ()) -> dict:
+        if not isinstance(value, dict):
+            self.fail(where, f"expected a mapping, got {value!r}")
+        for key in value:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), list(known), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                path = f"{where}.{key}" if where else str(key)
+                raise ConfigError(f"{self.filename}: unknown key '{path}'{hint}; known keys: {', '.join(sorted(known))}")
+        for key in required:
+            if key not in value:
+                self.fail(where, f"missing key '{key}'")
+        return value
+
+    def string(self, value, where: str) -> str:
+        if not isinstance(value, str):
+            self.fail(where, f"expected a string, got {value!r}")
+        return value
+
+    def boolean(self, value, where: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(where, f"expected true or false, got {value!r}")
+        return value
+
+    def integer(self, value, where: str, low: int | None = None, high: int | None = None) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.fail(where, f"expected an integer, got {value!r}")
+        if (low is not None and value < low) or (high is not None and value > high):
+            self.fail(where, f"expected an integer from {low} to {high}, got {value}")
+        return value
+
+    def seconds(self, value, where: str) -> float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            self.fail(where, f"expected a number of seconds above 0, got {value!r}")
+        return float(value)
+
+    def port(self, value, where: str) -> int:
+        return self.integer(value, where, 1, 65535)
+
+    def ports(self, value, where: str) -> tuple[int, ...]:
+        if not isinstance(value, list):
+            self.fail(where, f"expected a list of port numbers, got {value!r}")
+        ports = tuple(self.port(item, f"{where}[{i}]") for i, item in enumerate(value))
+        if len(set(ports)) != len(ports):
+            self.fail(where, f"port {next(p for p in ports if ports.count(p) > 1)} is listed twice")
+        return ports
+
+    def strings(self, value, where: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            self.fail(where, f"expected a list of strings, got {value!r}")
+        return tuple(self.string(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+    def regex(self, value, where: str) -> str:
+        self.string(value, where)
+        try:
+            re.compile(value)
+        except re.error as exc:
+            self.fail(where, f"not a valid regular expression: {exc}")
+        return value
+
+    def text_map(self, value, where: str) -> dict[str, str]:
+        """env and headers: numbers are fine (YAML makes 8080 an int); booleans are
+        not, since `yes` silently becoming 'True' is never what was meant."""
+        if not isinstance(value, dict):
+            self.fail(where, f"expected a mapping, got {value!r}")
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                self.fail(where, f"expected string keys, got {key!r}")
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                self.fail(f"{where}.{key}", f"expected a string, got {item!r}")
+            out[key] = str(item)
+        return out
+
+    def command(self, value, where: str) -> list[str] | str:
+        if isinstance(value, str):
+            try:
+                shlex.split(value)
+            except ValueError as exc:
+                self.fail(where, f"cannot split {value!r}: {exc}")
+            return value
+        if not isinstance(value, list) or not value:
+            self.fail(where, f"expected a list of strings or a string, got {value!r}")
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+                self.fail(f"{where}[{i}]", f"expected a string, got {item!r}")
+            out.append(str(item))
+        return out
+
+    def expected_value(self, value, where: str):
+        """An exact value, or {regex: …}."""
+        if isinstance(value, dict) and set(value) == {"regex"}:
+            return {"regex": self.regex(value["regex"], f"{where}.regex")}
+        return value
+
+
+_READY_KEYS = ("timeout", "interval", "ports", "log")
+_CONTAINER_KEYS = ("env", "command", "entrypoint", "user", "files", "ports", "ready")
+_TOP_KEYS = (*_CONTAINER_KEYS, "local_ports", "variables", "services", "tls", "checks")
+_SERVICE_KEYS = ("image", *_CONTAINER_KEYS)
+_TLS_KEYS = ("hostnames", "common_name", "key_type", "dir")
+_KINDS = ("http", "send", "exec", "tls")
+_REGRESSION_KEYS = ("regression", "ignore", "mask")
+_CHECK_KEYS = ("name", *_KINDS, *_REGRESSION_KEYS)
+_HTTP_KEYS = (
+    "port", "method", "path", "headers", "body", "json", "tls", "hostname", "timeout",
+    "status", "expect_headers", "expect_json", "expect_body",
+)
+_SEND_KEYS = ("port", "data", "expect", "tls", "hostname", "timeout")
+_EXEC_KEYS = ("command", "user", "exit_code", "output")
+_TLS_CHECK_KEYS = ("port", "hostname", "min_version", "subject", "san", "plaintext", "timeout")
+
+
+def _read_ready(r: _Reader, data, where: str) -> Readiness:
+    r.mapping(data, where, _READY_KEYS)
+    return Readiness(
+        timeout=r.seconds(data["timeout"], f"{where}.timeout") if "timeout" in data else 30.0,
+        interval=r.seconds(data["interval"], f"{where}.interval") if "interval" in data else 0.5,
+        ports=r.ports(data["ports"], f"{where}.ports") if "ports" in data else None,
+        log=r.regex(data["log"], f"{where}.log") if "log" in data else None,
+    )
+
+
+def _read_files(r: _Reader, data, where: str, spec_dir: Path) -> tuple[FileMount, ...]:
+    if not isinstance(data, dict):
+        r.fail(where, f"expected a mapping of container path to template, got {data!r}")
+    mounts = []
+    for target, item in data.items():
+        at = f"{where}.{target}"
+        if not isinstance(target, str) or not target.startswith("/"):
+            r.fail(at, "the container path must be absolute")
+        mode = 0o644
+        if isinstance(item, dict):
+            r.mapping(item, at, ("template", "mode"), required=("template",))
+            template = r.string(item["template"], f"{at}.template")
+            if "mode" in item:
+                raw = item["mode"]
+                try:
+                    # YAML reads 0755 as the integer 493 and "0755" as a string; both mean rwxr-xr-x
+                    mode = raw if isinstance(raw, int) and not isinstance(raw, bool) else int(str(raw), 8)
+                except ValueError:
+                    mode = -1
+                if not 0 <= mode <= 0o777:
+                    r.fail(f"{at}.mode", f"expected a file mode such as \"0755\", got {raw!r}")
+        else:
+            template = r.string(item, at)
+        source = (spec_dir / template).resolve()
+        if not source.is_relative_to(spec_dir.resolve()):
+            r.fail(at, f"template '{template}' is outside {spec_dir}")
+        if not source.is_file():
+            r.fail(at, f"template '{template}' not found beside {SPEC_NAME} (in {spec_dir})")
+        mounts.append(FileMount(target, template, mode))
+    return tuple(mounts)
+
+
+def _read_container(r: _Reader, data: dict, where: str, alias: str, image: str | None, spec_dir: Path) -> ContainerSpec:
+    at = (lambda key: f"{where}.{key}") if where else (lambda key: key)
+    return ContainerSpec(
+        alias=alias,
+        image=image,
+        env=r.text_map(data["env"], at("env")) if "env" in data else {},
+        command=r.command(data["command"], at("command")) if "command" in data else None,
+        entrypoint=r.command(data["entrypoint"], at("entrypoint")) if "entrypoint" in data else None,
+        user=r.string(data["user"], at("user")) if "user" in data else None,
+        files=_read_files(r, data["files"], at("files"), spec_dir) if "files" in data else (),
+        ports=r.ports(data["ports"], at("ports")) if "ports" in data else None,
+        local_ports=r.ports(data["local_ports"], at("local_ports")) if "local_ports" in data else (),
+        ready=_read_ready(r, data["ready"], at("ready")) if "ready" in data else Readiness(),
+    )
+
+
+def _read_tls(r: _Reader, data) -> TlsSettings:
+    r.mapping(data, "tls", _TLS_KEYS, required=("hostnames",))
+    hostnames = r.strings(data["hostnames"], "tls.hostnames")
+    if not hostnames:
+        r.fail("tls.hostnames", "name at least one host name for the certificate")
+    key_type = r.string(data.get("key_type", "ecdsa"), "tls.key_type")
+    if key_type not in ("ecdsa", "rsa"):
+        r.fail("tls.key_type", f"expected 'ecdsa' or 'rsa', got {key_type!r}")
+    tls_dir = r.string(data.get("dir", DEFAULT_TLS_DIR), "tls.dir")
+    if not tls_dir.startswith("/"):
+        r.fail("tls.dir", "the container path must be absolute")
+    return TlsSettings(
+        hostnames=hostnames,
+        common_name=r.string(data.get("common_name", hostnames[0]), "tls.common_name"),
+        dir=tls_dir.rstrip("/") or "/",
+        key_type=key_type,
+    )
+
+
+def _default_port(r: _Reader, data: dict, where: str, container: ContainerSpec) -> int:
+    if "port" in data:
+        return r.port(data["port"], f"{where}.port")
+    if not container.ports:
+        r.fail(where, "missing key 'port' (and no top-level 'ports' to take the first of)")
+    return container.ports[0]
+
+
+def _need_tls(r: _Reader, tls: TlsSettings | None, where: str) -> TlsSettings:
+    if tls is None:
+        r.fail(where, "needs a top-level 'tls' section: the run's CA is what the check trusts")
+    return tls
+
+
+def _read_regression(r: _Reader, data: dict, where: str, kind: str) -> tuple[bool, tuple, tuple]:
+    """regression/ignore/mask sit beside the check's kind: they are about how
+    its answer is kept, not about the request."""
+    inside = data[kind] if isinstance(data[kind], dict) else {}
+    for key in _REGRESSION_KEYS:
+        if key in inside:
+            r.fail(f"{where}.{kind}.{key}", f"'{key}' belongs beside '{kind}' (at {where}.{key}), not inside it")
+    regression = r.boolean(data.get("regression", False), f"{where}.regression")
+    if regression and kind not in ("http", "send"):
+        r.fail(f"{where}.regression", f"only http and send checks have an answer to compare, not {kind}")
+    ignore = r.strings(data["ignore"], f"{where}.ignore") if "ignore" in data else ()
+    mask = ()
+    if "mask" in data:
+        mask = tuple(r.regex(m, f"{where}.mask[{i}]") for i, m in enumerate(r.strings(data["mask"], f"{where}.mask")))
+    for key, given in (("ignore", ignore), ("mask", mask)):
+        if key in data and not regression:
+            r.fail(f"{where}.{key}", "only means something with 'regression: true'")
+    if ignore and kind != "http":
+        r.fail(f"{where}.ignore", "names paths in a JSON answer, which only http checks get; use 'mask' on text")
+    return regression, ignore, mask
+
+
+def _hostname(r: _Reader, data: dict, where: str, tls: TlsSettings | None) -> str | None:
+    if "hostname" in data:
+        return r.string(data["hostname"], f"{where}.hostname")
+    return tls.hostnames[0] if tls else None
+
+
+def _read_http(r: _Reader, data, where: str, container: ContainerSpec, tls: TlsSettings | None) -> HttpCheck:
+    r.mapping(data, where, _HTTP_KEYS)
+    if "body" in data and "json" in data:
+        r.fail(where, "give 'body' or 'json', not both")
+    use_tls = r.boolean(data.get("tls", False), f"{where}.tls")
+    if use_tls:
+        _need_tls(r, tls, f"{where}.tls")
+    method = r.string(data.get("method", "GET"), f"{where}.method")
+    if not re.fullmatch(r"[A-Z]+", method):
+        r.fail(f"{where}.method", f"expected an HTTP method such as GET, got {method!r}")
+    path = r.string(data.get("path", "/"), f"{where}.path")
+    if not path.startswith("/"):
+        r.fail(f"{where}.path", f"expected a path starting with '/', got {path!r}")
+    expect_headers = {}
+    if "expect_headers" in data:
+        if not isinstance(data["expect_headers"], dict):
+            r.fail(f"{where}.expect_headers", f"expected a mapping of header name to value, got {data['expect_headers']!r}")
+        for name, value in data["expect_headers"].items():
+            at = f"{where}.expect_headers.{name}"
+            value = r.expected_value(value, at)
+            if value is not None and not isinstance(value, dict):
+                value = r.text_map({name: value}, f"{where}.expect_headers")[name]
+            expect_headers[str(name)] = value
+    expect_json = {}
+    if "expect_json" in data:
+        raw = data["expect_json"]
+        if not isinstance(raw, dict):
+            r.fail(f"{where}.expect_json", f"expected a mapping of dotted path to value, got {raw!r}")
+        expect_json = {str(k): r.expected_value(v, f"{where}.expect_json.{k}") for k, v in raw.items()}
+    return HttpCheck(
+        port=_default_port(r, data, where, container),
+        method=method,
+        path=path,
+        headers=r.text_map(data["headers"], f"{where}.headers") if "headers" in data else {},
+        body=r.string(data["body"], f"{where}.body") if "body" in data else None,
+        json=data.get("json"),
+        has_json="json" in data,
+        tls=use_tls,
+        hostname=_hostname(r, data, where, tls if use_tls else None),
+        timeout=r.seconds(data["timeout"], f"{where}.timeout") if "timeout" in data else 10.0,
+        status=r.integer(data.get("status", 200), f"{where}.status", 100, 599),
+        expect_headers=expect_headers,
+        expect_json=expect_json,
+        expect_body=r.regex(data["expect_body"], f"{where}.expect_body") if "expect_body" in data else None,
+    )
+
+
+def _read_send(r: _Reader, data, where: str, container: ContainerSpec, tls: TlsSettings | None) -> SendCheck:
+    r.mapping(data, where, _SEND_KEYS, required=("data",))
+    use_tls = r.boolean(data.get("tls", False), f"{where}.tls")
+    if use_tls:
+        _need_tls(r, tls, f"{where}.tls")
+    return SendCheck(
+        port=_default_port(r, data, where, container),
+        data=r.string(data["data"], f"{where}.data"),
+        expect=r.regex(data["expect"], f"{where}.expect") if "expect" in data else None,
+        tls=use_tls,
+        hostname=_hostname(r, data, where, tls if use_tls else None),
+        timeout=r.seconds(data["timeout"], f"{where}.timeout") if "timeout" in data else 10.0,
+    )
+
+
+def _read_exec(r: _Reader, data, where: str) -> ExecCheck:
+    r.mapping(data, where, _EXEC_KEYS, required=("command",))
+    return ExecCheck(
+        command=r.command(data["command"], f"{where}.command"),
+        exit_code=r.integer(data.get("exit_code", 0), f"{where}.exit_code", 0, 255),
+        output=r.regex(data["output"], f"{where}.output") if "output" in data else None,
+        user=r.string(data["user"], f"{where}.user") if "user" in data else None,
+    )
+
+
+def _read_tls_check(r: _Reader, data, where: str, container: ContainerSpec, tls: TlsSettings | None) -> TlsCheck:
+    r.mapping(data, where, _TLS_CHECK_KEYS)
+    tls = _need_tls(r, tls, where)
+    floor = r.string(data.get("min_version", "TLSv1.2"), f"{where}.min_version")
+    if floor not in TLS_VERSIONS:
+        close = difflib.get_close_matches(floor, TLS_VERSIONS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        r.fail(f"{where}.min_version", f"expected one of {', '.join(TLS_VERSIONS)}, got {floor!r}{hint}")
+    subject = {}
+    if "subject" in data:
+        for key, value in r.text_map(data["subject"], f"{where}.subject").items():
+            subject[_SUBJECT_NAMES.get(key, key)] = value
+    return TlsCheck(
+        port=_default_port(r, data, where, container),
+        hostname=r.string(data.get("hostname", tls.hostnames[0]), f"{where}.hostname"),
+        min_version=floor,
+        subject=subject,
+        san=r.strings(data["san"], f"{where}.san") if "san" in data else None,
+        plaintext=r.boolean(data.get("plaintext", True), f"{where}.plaintext"),
+        timeout=r.seconds(data["timeout"], f"{where}.timeout") if "timeout" in data else 10.0,
+    )
+
+
+def _default_name(kind: str, spec) -> str:
+    if kind == "http":
+        return f"{spec.method} {spec.path}" + (" over TLS" if spec.tls else "") + (f" on port {spec.port}")
+    if kind == "send":
+        return f"send {spec.data[:24]!r} to port {spec.port}"
+    if kind == "exec":
+        return "exec " + (spec.command if isinstance(spec.command, str) else shlex.join(spec.command))
+    return f"TLS on port {spec.port}"
+
+
+def load_spec(path: Path, images: Collection[str]) -> IntegrationSpec:
+    """Parse and validate an integration.yaml once; every error is one line naming the file and key."""
+    # The pipeline's one YAML reader: malformed YAML is reported as file:line:col.
+    from ccp_tasks.model.config import read_yaml
+
+    path = Path(path)
+    r = _Reader(str(path))
+    data = read_yaml(path)
+    r.mapping(data, "", _TOP_KEYS)
+    spec_dir = path.parent
+    variables = data.get("variables", {})
+    if not isinstance(variables, dict) or not all(isinstance(k, str) and k.isidentifier() for k in variables):
+        r.fail("variables", f"expected a mapping of identifiers to values, got {variables!r}")
+    tls = _read_tls(r, data["tls"]) if "tls" in data else None
+    container = _read_container(r, data, "", alias="", image=None, spec_dir=spec_dir)
+    overlap = set(container.local_ports) & set(container.ports or ())
+    if overlap:
+        r.fail("local_ports", f"port {min(overlap)} is in 'ports' too")
+
+    services = []
+    raw_services = data.get("services", {})
+    if not isinstance(raw_services, dict):
+        r.fail("services", f"expected a mapping of host name to service, got {raw_services!r}")
+    for alias, item in raw_services.items():
+        where = f"services.{alias}"
+        if not isinstance(alias, str) or not _ALIAS_RE.match(alias):
+            r.fail(where, f"{alias!r} is not a valid host name (lowercase letters, digits and '-')")
+        r.mapping(item, where, _SERVICE_KEYS, required=("image",))
+        image = r.string(item["image"], f"{where}.image")
+        if image not in images:
+            close = difflib.get_close_matches(image, list(images), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            r.fail(f"{where}.image", f"'{image}' is not an image of the tree{hint}")
+        services.append(_read_container(r, item, where, alias=alias, image=image, spec_dir=spec_dir))
+
+    checks = []
+    raw_checks = data.get("checks", [])
+    if not isinstance(raw_checks, list):
+        r.fail("checks", f"expected a list of checks, got {raw_checks!r}")
+    names: dict[str, int] = {}
+    for index, item in enumerate(raw_checks):
+        where = f"checks[{index}]"
+        r.mapping(item, where, _CHECK_KEYS)
+        kinds = [kind for kind in _KINDS if kind in item]
+        if len(kinds) != 1:
+            found = " and ".join(kinds) if kinds else "none"
+            r.fail(where, f"expected exactly one of http, send, exec, tls (found {found})")
+        kind = kinds[0]
+        regression, ignore, mask = _read_regression(r, item, where, kind)
+        at = f"{where}.{kind}"
+        if kind == "http":
+            spec = _read_http(r, item[kind], at, container, tls)
+        elif kind == "send":
+            spec = _read_send(r, item[kind], at, container, tls)
+        elif kind == "exec":
+            spec = _read_exec(r, item[kind], at)
+        else:
+            spec = _read_tls_check(r, item[kind], at, container, tls)
+        name = r.string(item["name"], f"{where}.name") if "name" in item else _default_name(kind, spec)
+        if name in names:
+            r.fail(f"{where}.name", f"'{name}' names checks[{names[name]}] too; give one a different 'name'")
+        names[name] = index
+        checks.append(Check(name, kind, spec, regression, ignore, mask))
+
+    return IntegrationSpec(
+        path=path,
+        container=container,
+        services=tuple(services),
+        tls=tls,
+        checks=tuple(checks),
+        variables=dict(variables),
+    )
+
+
+def service_images(spec: IntegrationSpec) -> list[str]:
+    """The tree images the spec starts as dependencies, each once, in start order."""
+    return list(dict.fromkeys(service.image for service in spec.services))
+
+
+def spec_files(spec: IntegrationSpec, path: Path) -> list[Path]:
+    """The templates the spec renders and the ones they include, for doit's
+    file_dep (the spec file itself is not listed)."""
+    import jinja2
+    from jinja2 import meta
+
+    spec_dir = Path(path).parent
+    named = list(dict.fromkeys(m.template for c in (spec.container, *spec.services) for m in c.files))
+    found: list[Path] = []
+    seen: set[str] = set()
+    env = None
+    while named:
+        name = named.pop(0)
+        if name in seen:
+            continue
+        seen.add(name)
+        source = spec_dir / name
+        if not source.is_file():
+            continue  # a dynamic include naming a missing file fails at render time, with its line
+        found.append(source)
+        env = env or jinja2.Environment()
+        try:
+            ast = env.parse(source.read_text())
+        except (jinja2.TemplateSyntaxError, UnicodeDecodeError):
+            continue  # reported when the run renders it
+        named.extend(ref for ref in meta.find_referenced_templates(ast) if ref)
+    return found
+
+
+# ---------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class _Started:
+    spec: ContainerSpec
+    ref: str
+    container_id: str
+    ip: str = ""
+
+
+@dataclass
+class _Run:
+    client: Any
+    image: str
+    network: str
+    labels: dict[str, str]
+    workdir: Path
+    started: list[_Started] = field(default_factory=list)
+    ca_pem: str = ""
+    answers: dict[str, Any] = field(default_factory=dict)  # regression answers of this run
+    recorded: dict[str, Any] = field(default_factory=dict)  # of the last passing run
+
+    @property
+    def under_test(self) -> _Started:
+        return self.started[-1]
+
+
+def _require_local_engine() -> None:
+    from ccp_tasks.engine.docker_ops import engine_address, local_socket
+
+    if local_socket() is None:
+        raise EngineError(
+            f"integration tests need a local Docker engine: their checks connect from this host to the "
+            f"containers' addresses on a private network, which the engine at {engine_address()} does not offer; "
+            "unset DOCKER_HOST or run them on the engine's host"
+        )
+
+
+def _engine_error(exc: Exception, doing: str) -> EngineError:
+    from ccp_tasks.engine.docker_ops import engine_address
+
+    explanation = getattr(exc, "explanation", None) or str(exc)
+    return EngineError(f"the Docker engine at {engine_address()} failed while {doing}: {str(explanation).splitlines()[0]}")
+
+
+def _template_env(spec_dir: Path):
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(spec_dir)),
+        undefined=jinja2.StrictUndefined,
+        # the same rendering rules as the Dockerfile templates
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def _template_line(tb, spec_dir: Path, default: str) -> str:
+    import traceback
+
+    where = default
+    for frame in traceback.extract_tb(tb):
+        if Path(frame.filename).parent == spec_dir or frame.filename.startswith(str(spec_dir) + os.sep):
+            where = f"{frame.filename}:{frame.lineno}"
+    return where
+
+
+def _render_files(spec: IntegrationSpec, container: ContainerSpec, context: dict, out_dir: Path) -> list[tuple[Path, str]]:
+    """Render a container's files; return (host file, container path) pairs to mount."""
+    import jinja2
+
+    spec_dir = spec.path.parent
+    env = _template_env(spec_dir)
+    mounts = []
+    for mount in container.files:
+        source = spec_dir / mount.template
+        try:
+            text = env.get_template(mount.template).render(context)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(f"{exc.filename or source}:{exc.lineno}: template syntax error: {exc.message}") from None
+        except jinja2.TemplateNotFound as exc:
+            line = _template_line(exc.__traceback__, spec_dir, str(source))
+            raise TemplateError(f"{line}: includes '{exc.name}', which is not beside {spec.path}") from None
+        except jinja2.UndefinedError as exc:
+            line = _template_line(exc.__traceback__, spec_dir, str(source))
+            raise TemplateError(f"{line}: {exc.message} (define it under 'variables:' in {spec.path.name} or ccp.yaml)") from None
+        except Exception as exc:  # a filter raised: still the template's fault
+            line = _template_line(exc.__traceback__, spec_dir, str(source))
+            raise TemplateError(f"{line}: {type(exc).__name__}: {exc}") from None
+        host = out_dir / mount.target.lstrip("/")
+        host.parent.mkdir(parents=True, exist_ok=True)
+        host.write_text(text)
+        # The container's user is rarely ours: the mounted file keeps these bits.
+        host.chmod(mount.mode)
+        mounts.append((host.resolve(), mount.target))
+    return mounts
+
+
+def _make_tls(tls: TlsSettings, out_dir: Path) -> str:
+    """Write a fresh CA's server certificate, key, CA and bundle; return the CA's PEM."""
+    import trustme
+
+    key_type = trustme.KeyType.RSA if tls.key_type == "rsa" else trustme.KeyType.ECDSA
+    ca = trustme.CA(key_type=key_type)
+    leaf = ca.issue_cert(*tls.hostnames, common_name=tls.common_name, key_type=key_type)
+    cert = b"".join(pem.bytes() for pem in leaf.cert_chain_pems)
+    key = leaf.private_key_pem.bytes()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in (("cert.pem", cert), ("key.pem", key), ("ca.pem", ca.cert_pem.bytes()), ("bundle.pem", cert + key)):
+        target = out_dir / name
+        target.write_bytes(data)
+        # Readable by whatever user the service drops to; the key is thrown away with the run.
+        target.chmod(0o644)
+    return ca.cert_pem.bytes().decode()
+
+
+def _start(run: _Run, container: ContainerSpec, ref: str, mounts: list[tuple[Path, str]]) -> _Started:
+    from docker.errors import ImageNotFound, NotFound
+
+    client = run.client
+    binds = {str(host): {"bind": target, "mode": "ro"} for host, target in mounts}
+    host_config = client.create_host_config(binds=binds)
+    networking = client.create_networking_config({run.network: client.create_endpoint_config(aliases=[container.alias])})
+    try:
+        created = client.create_container(
+            image=ref,
+            command=container.command,
+            entrypoint=container.entrypoint,
+            user=container.user or None,
+            environment=container.env or None,
+            hostname=container.alias,
+            labels=run.labels,
+            name=f"{run.network}-{container.alias}",
+            host_config=host_config,
+            networking_config=networking,
+        )
+    except (ImageNotFound, NotFound):
+        raise EngineError(f"image '{container.image or run.image}' ({ref}) is not in the engine; build it first") from None
+    started = _Started(container, ref, created["Id"])
+    run.started.append(started)  # before start: a failed start is still removed
+    client.start(created["Id"])
+    networks = client.inspect_container(created["Id"])["NetworkSettings"]["Networks"]
+    started.ip = networks[run.network]["IPAddress"]
+    return started
+
+
+def _can_connect(ip: str, port: int, timeout: float = 1.0) -> str | None:
+    """None when ip:port accepts a TCP connection, else why not."""
+    try:
+        with socket.create_connection((ip, port), timeout=timeout):
+            return None
+    except ConnectionRefusedError:
+        return "refuses connections"
+    except socket.timeout:
+        return "does not answer"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def _logs(client, container_id: str) -> str:
+    from docker.errors import NotFound
+
+    try:
+        return client.logs(container_id, stdout=True, stderr=True).decode("utf-8", "replace")
+    except NotFound:
+        return ""
+
+
+def _wait_ready(run: _Run, started: _Started) -> CheckResult:
+    container = started.spec
+    name = "ready" if container.image is None else f"ready: {container.alias}"
+    ready = container.ready
+    begin = time.monotonic()
+    deadline = begin + ready.timeout
+    log_re = re.compile(ready.log) if ready.log else None
+    while True:
+        state = run.client.inspect_container(started.container_id)["State"]
+        if not state.get("Running"):
+            how = "was killed for lack of memory" if state.get("OOMKilled") else f"exited with code {state.get('ExitCode')}"
+            message = f"{container.alias} {how} before it was ready"
+            return CheckResult(name, "ready", False, message, round(time.monotonic() - begin, 2))
+        waiting, closed = [], []
+        for port in container.ready_ports:
+            problem = _can_connect(started.ip, port)
+            if problem:
+                waiting.append(f"port {port} {problem}")
+                closed.append(port)
+        if log_re and not log_re.search(_logs(run.client, started.container_id)):
+            waiting.append(f"its log has no line matching {_short(ready.log, 200)}")
+        seconds = round(time.monotonic() - begin, 2)
+        if not waiting:
+            return CheckResult(name, "ready", True, seconds=seconds)
+        if time.monotonic() >= deadline:
+            message = f"{container.alias} not ready after {ready.timeout:g}s: {'; '.join(waiting)}"
+            return CheckResult(name, "ready", False, message + _loopback_hint(run, started, closed), seconds)
+        time.sleep(ready.interval)
+
+
+def _loopback_hint(run: _Run, started: _Started, ports: list[int]) -> str:
+    """The usual reason a port that is up refuses outside connections: it is bound to loopback."""
+    if not ports:
+        return ""
+    try:
+        listening = _listening(run, started)
+    except OSError:
+        return ""
+    local = [p for p in ports if listening.get(p) and all(_is_loopback(a) for a in listening[p])]
+    shown = "; ".join(f"{p} on {', '.join(sorted(listening[p]))}" for p in local)
+    return f" (it listens on {shown} only)" if local else ""
+
+
+# -- listening sockets
+
+
+def _parse_proc_net(text: str, ipv6: bool) -> list[tuple[str, int]]:
+    """(address, port) of each LISTEN socket in a /proc/net/tcp{,6} table."""
+    import ipaddress
+
+    found = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or fields[3] != "0A":
+            continue
+        address_hex, _, port_hex = fields[1].partition(":")
+        try:
+            raw = bytes.fromhex(address_hex)
+            # The kernel prints each 32-bit word in host (little-endian) order.
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            address = ipaddress.IPv6Address(raw) if ipv6 else ipaddress.IPv4Address(raw)
+            if ipv6 and address.ipv4_mapped:
+                address = address.ipv4_mapped
+            found.append((str(address), int(port_hex, 16)))
+        except ValueError:
+            continue
+    return found
+
+
+def _exec(client, container_id: str, command, user: str | None = None) -> tuple[int, str]:
+    exec_id = client.exec_create(container_id, command, user=user or "", stdout=True, stderr=True)["Id"]
+    output = client.exec_start(exec_id)
+    code = client.exec_inspect(exec_id).get("ExitCode")
+    return (code if code is not None else -1), output.decode("utf-8", "replace")
+
+
+def _listening(run: _Run, started: _Started) -> dict[int, set[str]]:
+    """Port -> addresses the container listens on, from its own /proc/net tables."""
+    from docker.errors import APIError
+
+    tables = {}
+    for name in ("tcp", "tcp6"):
+        try:
+            code, output = _exec(run.client, started.container_id, ["cat", f"/proc/net/{name}"])
+        except APIError as exc:
+            raise OSError(f"cannot read the container's listening sockets: {exc.explanation or exc}") from None
+        if code == 0:
+            tables[name] = output
+    if "tcp" not in tables:
+        # No `cat` in the image (distroless, scratch): the engine is local, so
+        # the same tables are readable through the container's process on this host.
+        pid = run.client.inspect_container(started.container_id)["State"].get("Pid")
+        for name in ("tcp", "tcp6"):
+            try:
+                tables[name] = Path(f"/proc/{pid}/net/{name}").read_text()
+            except OSError:
+                pass
+    if "tcp" not in tables:
+        raise OSError("cannot read /proc/net/tcp in the container (no `cat`) nor through its process on this host")
+    ports: dict[int, set[str]] = {}
+    for name, text in tables.items():
+        for address, port in _parse_proc_net(text, ipv6=name == "tcp6"):
+            if address != DOCKER_DNS_ADDRESS:
+                ports.setdefault(port, set()).add(address)
+    return ports
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    return ipaddress.ip_address(address).is_loopback
+
+
+def port_problem(port: int, addresses: Collection[str] | None, ip: str, *, absent: str, loopback: str,
+                 unreachable: str = "") -> str:
+    """What is wrong with `port`, which a container declares and listens on at
+    `addresses` (None: it does not listen on it), seen from this host at `ip`:
+    `absent`, `loopback` (it listens on loopback addresses only), or
+    `unreachable` followed by why ip:port cannot be connected to; "" when it answers."""
+    if not addresses:
+        return absent
+    if all(_is_loopback(a) for a in addresses):
+        return loopback
+    problem = _can_connect(ip, port, timeout=3.0)
+    return f"{unreachable}{ip}:{port} {problem} from this host" if problem else ""
+
+
+def port_results(ports: Collection[int], local_ports: Collection[int], listening: dict[int, set[str]], ip: str,
+                 detail: str, *, outside: str = "other containers cannot reach") -> list[CheckResult]:
+    """The port checks of a running container listening on `listening` (port ->
+    addresses), at `ip`: each of `ports` listened on and reachable from this
+    host, each of `local_ports` listened on, and no port the config does not
+    name. `outside` completes "listens on <port> on <addresses> only, which ..."."""
+    shown = ", ".join(str(p) for p in sorted(listening)) or "no TCP port"
+    results = []
+    for port in ports:
+        addresses = listening.get(port)
+        message = port_problem(
+            port, addresses, ip,
+            absent=f"does not listen on {port} (listens on {shown})",
+            loopback=f"listens on {port} on {', '.join(sorted(addresses or ()))} only, which {outside}",
+            unreachable=f"listens on {port} but ",
+        )
+        results.append(CheckResult(f"port {port}", "port", not message, message, detail=detail if message else ""))
+    for port in local_ports:
+        addresses = listening.get(port)
+        message = "" if addresses else f"does not listen on {port} (listens on {shown})"
+        results.append(CheckResult(f"port {port} (local)", "port", not message, message, detail=detail if message else ""))
+    named = set(ports) | set(local_ports)
+    for port in sorted(set(listening) - named):
+        message = f"listens on {port}, which the config does not name"
+        results.append(CheckResult(f"port {port} (not in config)", "port", False, message, detail=detail))
+    return results
+
+
+def _port_checks(run: _Run, started: _Started) -> list[CheckResult]:
+    container = started.spec
+    begin = time.monotonic()
+    try:
+        listening = _listening(run, started)
+    except OSError as exc:
+        return [CheckResult(f"port {p}", "port", False, str(exc)) for p in container.ports or ()]
+    detail = "listening: " + (", ".join(f"{p} on {', '.join(sorted(a))}" for p, a in sorted(listening.items())) or "nothing")
+    results = port_results(container.ports or (), container.local_ports, listening, started.ip, detail)
+    seconds = round(time.monotonic() - begin, 2)
+    for result in results:
+        result.seconds = seconds
+    return results
+
+
+# -- network clients
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    if exc.reason == "WRONG_VERSION_NUMBER":
+        return "the port does not speak TLS (WRONG_VERSION_NUMBER)"
+    return str(exc.reason or exc)
+
+
+def _verifying_context(run: _Run) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # certificate and host name checked
+    context.load_verify_locations(cadata=run.ca_pem)
+    return context
+
+
+def _connect_retrying(ip: str, port: int, deadline: float) -> socket.socket:
+    """A TCP connection, retried while the port refuses (the service may still be starting)."""
+    while True:
+        try:
+            return socket.create_connection((ip, port), timeout=max(1.0, min(5.0, deadline - time.monotonic())))
+        except (ConnectionRefusedError, ConnectionResetError, socket.timeout):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
+class _HttpConnection(http.client.HTTPConnection):
+    """Connects to the container's address whatever the Host header says."""
+
+    def __init__(self, ip: str, port: int, host: str | None, timeout: float, context: ssl.SSLContext | None):
+        super().__init__(host or ip, port, timeout=timeout)
+        self._ip = ip
+        self._context = context
+
+    def connect(self):
+        sock = socket.create_connection((self._ip, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host) if self._context else sock
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _short(text: str, width: int = 80) -> str:
+    """Quoted, on one line, line ends shown as \\r \\n (not doubled like repr() would)."""
+    return "'" + _clip(text.replace("\r", "\\r").replace("\n", "\\n"), width) + "'"
+
+
+def _lookup(value, path: str):
+    """(True, found) or (False, None) for a dotted path such as items.0.id."""
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and re.fullmatch(r"-?\d+", part) and -len(value) <= int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return False, None
+    return True, value
+
+
+def _matches(expected, got) -> bool:
+    if isinstance(expected, dict) and set(expected) == {"regex"}:
+        if isinstance(got, bool) or not isinstance(got, (str, int, float)):
+            return False
+        return re.search(expected["regex"], str(got)) is not None
+    if got != expected:
+        return False
+    # 1 == 1.0 is fine; true == 1 is not what a JSON check means
+    return type(got) is type(expected) or {type(got), type(expected)} <= {int, float}
+
+
+def _show(expected) -> str:
+    if isinstance(expected, dict) and set(expected) == {"regex"}:
+        return f"to match {_short(expected['regex'], 200)}"
+    return json.dumps(expected)
+
+
+def _http_request(run: _Run, ip: str, check: HttpCheck):
+    """(status, reason, headers, body) of one answer, retried while the service starts."""
+    deadline = time.monotonic() + check.timeout
+    headers = dict(check.headers)
+    body = None
+    if check.has_json:
+        body = json.dumps(check.json).encode()
+        headers.setdefault("Content-Type", "application/json")
+    elif check.body is not None:
+        body = check.body.encode()
+    context = _verifying_context(run) if check.tls else None
+    while True:
+        connection = _HttpConnection(ip, check.port, check.hostname, max(1.0, min(5.0, deadline - time.monotonic())), context)
+        try:
+            connection.request(check.method, check.path, body=body, headers=headers)
+            response = connection.getresponse()
+            answer = (response.status, response.reason, response.getheaders(), response.read())
+        except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected, socket.timeout):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+            continue
+        finally:
+            connection.close()
+        if answer[0] in _RETRY_STATUSES and check.status != answer[0] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            continue
+        return answer
+
+
+def _check_http(run: _Run, check: Check) -> CheckResult:
+    spec: HttpCheck = check.spec
+    ip = run.under_test.ip
+    try:
+        status, reason, headers, raw = _http_request(run, ip, spec)
+    except ssl.SSLCertVerificationError as exc:
+        return CheckResult(check.name, "http", False, f"TLS certificate not accepted: {exc.verify_message}")
+    except ssl.SSLError as exc:
+        return CheckResult(check.name, "http", False, f"TLS handshake failed: {_ssl_reason(exc)}")
+    except (OSError, http.client.HTTPException) as exc:
+        message = f"no answer from {ip}:{spec.port} within {spec.timeout:g}s: {exc or type(exc).__name__}"
+        return CheckResult(check.name, "http", False, message)
+    text = raw.decode("utf-8", "replace")
+    problems = []
+    if status != spec.status:
+        problems.append(f"expected status {spec.status}, got {status} {reason}".rstrip())
+    got_headers: dict[str, str] = {}
+    for name, value in headers:
+        got_headers.setdefault(name.lower(), value)
+    for name, expected in spec.expect_headers.items():
+        got = got_headers.get(name.lower())
+        if expected is None:
+            if got is not None:
+                problems.append(f"header {name}: expected absent, got {got!r}")
+        elif got is None:
+            problems.append(f"header {name}: missing")
+        elif isinstance(expected, dict):
+            if not re.search(expected["regex"], got):
+                problems.append(f"header {name}: expected to match {_short(expected['regex'], 200)}, got {got!r}")
+        elif got != expected:
+            problems.append(f"header {name}: expected {expected!r}, got {got!r}")
+    parsed, is_json = None, False
+    try:
+        parsed, is_json = json.loads(text), True
+    except ValueError:
+        pass
+    if spec.expect_json:
+        if not is_json:
+            problems.append(f"expected a JSON body, got {_short(text, 60)}")
+        else:
+            for path, expected in spec.expect_json.items():
+                found, got = _lookup(parsed, path)
+                if not found:
+                    problems.append(f"json {path}: missing")
+                elif not _matches(expected, got):
+                    problems.append(f"json {path}: expected {_show(expected)}, got {json.dumps(got)}")
+    if spec.expect_body and not re.search(spec.expect_body, text):
+        problems.append(f"body does not match {_short(spec.expect_body, 200)}: got {_short(text, 60)}")
+    if not problems and check.regression:
+        answer = {"status": status, "json": parsed} if is_json else {"status": status, "text": text}
+        return _regression(run, check, answer)
+    head = "\n".join([f"HTTP {status} {reason}", *(f"{k}: {v}" for k, v in headers)])
+    detail = f"{head}\n\n{text[:2000]}" if problems else ""
+    return CheckResult(check.name, "http", not problems, "; ".join(problems), detail=detail)
+
+
+def _read_answer(sock: socket.socket, expect: re.Pattern | None, deadline: float) -> tuple[bytes, str]:
+    """Read until the answer matches, the server closes, the answer pauses, or time is up."""
+    chunks: list[bytes] = []
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            return b"".join(chunks), "timeout"
+        # Before the first byte the whole timeout applies; after it, a pause ends the answer.
+        sock.settimeout(min(deadline - now, SEND_QUIET_SECONDS) if chunks else deadline - now)
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            return b"".join(chunks), "quiet" if chunks else "timeout"
+        except ConnectionResetError:
+            return b"".join(chunks), "reset"
+        if not chunk:
+            return b"".join(chunks), "closed"
+        chunks.append(chunk)
+        if expect and expect.search(b"".join(chunks).decode("utf-8", "replace")):
+            return b"".join(chunks), "matched"
+
+
+def _check_send(run: _Run, check: Check) -> CheckResult:
+    spec: SendCheck = check.spec
+    ip = run.under_test.ip
+    deadline = time.monotonic() + spec.timeout
+    expect = re.compile(spec.expect) if spec.expect else None
+    try:
+        sock = _connect_retrying(ip, spec.port, deadline)
+        with sock:
+            if spec.tls:
+                sock = _verifying_context(run).wrap_socket(sock, server_hostname=spec.hostname)
+            sock.sendall(spec.data.encode())
+            # A regression answer is the whole answer, not as much as the first match needed.
+            raw, ended = _read_answer(sock, None if check.regression else expect, deadline)
+    except ssl.SSLError as exc:
+        reason = getattr(exc, "verify_message", None) or _ssl_reason(exc)
+        return CheckResult(check.name, "send", False, f"TLS handshake failed: {reason}")
+    except OSError as exc:
+        reason = exc.strerror or exc or type(exc).__name__
+        return CheckResult(check.name, "send", False, f"cannot send to {ip}:{spec.port}: {reason}")
+    text = raw.decode("utf-8", "replace")
+    if expect and not expect.search(text):
+        if not raw:
+            how = {
+                "timeout": f"no answer within {spec.timeout:g}s",
+                "closed": "the connection closed without an answer",
+            }.get(ended, "no answer")
+            return CheckResult(check.name, "send", False, f"expected an answer matching {_short(spec.expect, 200)}, got {how}")
+        message = f"answer does not match {_short(spec.expect, 200)}: got {_short(text)}"
+        return CheckResult(check.name, "send", False, message, detail=text[:2000])
+    if check.regression:
+        return _regression(run, check, {"text": text})
+    return CheckResult(check.name, "send", True)
+
+
+def _check_exec(run: _Run, check: Check) -> CheckResult:
+    from docker.errors import APIError
+
+    spec: ExecCheck = check.spec
+    try:
+        code, output = _exec(run.client, run.under_test.container_id, spec.command, spec.user)
+    except APIError as exc:
+        if exc.status_code in (404, 409):  # the container stopped: the check's failure, not the engine's
+            return CheckResult(check.name, "exec", False, f"cannot run it: {exc.explanation or exc}")
+        raise
+    problems = []
+    if code != spec.exit_code:
+        problems.append(f"exit code {code}, expected {spec.exit_code}")
+    if spec.output and not re.search(spec.output, output):
+        problems.append(f"output does not match {_short(spec.output, 200)}: got {_short(output.strip(), 60)}")
+    return CheckResult(check.name, "exec", not problems, "; ".join(problems), detail=output[-2000:] if problems else "")
+
+
+def _subject(cert: dict) -> dict[str, str]:
+    return {key: value for rdn in cert.get("subject", ()) for key, value in rdn}
+
+
+def _tls_floor_context(floor: str) -> tuple[ssl.SSLContext, str]:
+    below = TLS_VERSIONS[TLS_VERSIONS.index(floor) - 1] if floor != "TLSv1.1" else "TLSv1"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # Only the protocol matters here; whatever certificate the server sends.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # old versions are the point
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = getattr(ssl.TLSVersion, below.replace(".", "_"))
+    # Every cipher, at security level 0: a refusal must come from the server's
+    # protocol floor, not from this host's OpenSSL declining old ciphers.
+    context.set_ciphers("ALL:@SECLEVEL=0")
+    return context, below
+
+
+def _check_tls(run: _Run, check: Check) -> list[CheckResult]:
+    spec: TlsCheck = check.spec
+    ip = run.under_test.ip
+    results = []
+
+    # handshake: verified, hostname-checked, new enough, the expected certificate
+    begin = time.monotonic()
+    problems, detail = [], ""
+    try:
+        sock = _connect_retrying(ip, spec.port, begin + spec.timeout)
+        with _verifying_context(run).wrap_socket(sock, server_hostname=spec.hostname) as tls:
+            version, cipher, cert = tls.version(), tls.cipher(), tls.getpeercert()
+    except ssl.SSLCertVerificationError as exc:
+        problems.append(f"TLS handshake as {spec.hostname} failed: {str(exc.verify_message).rstrip('.')}")
+    except ssl.SSLError as exc:
+        problems.append(f"TLS handshake as {spec.hostname} failed: {_ssl_reason(exc)}")
+    except OSError as exc:
+        problems.append(f"cannot connect to {ip}:{spec.port}: {exc.strerror or exc or type(exc).__name__}")
+    else:
+        subject = _subject(cert)
+        names = [value for _, value in cert.get("subjectAltName", ())]
+        detail = f"negotiated {version} with {cipher[0]}; subject {subject}; names {names}"
+        rank = TLS_VERSIONS.index(version) if version in TLS_VERSIONS else -1  # TLSv1, SSLv3: below every floor
+        if rank < TLS_VERSIONS.index(spec.min_version):
+            problems.append(f"negotiated {version}, below the floor {spec.min_version}")
+        for key, want in spec.subject.items():
+            got = subject.get(key)
+            if got != want:
+                found = f"is {got!r}" if got else "is missing"
+                problems.append(f"certificate subject {key} {found}, expected {want!r}")
+        if spec.san is not None and sorted(set(names)) != sorted(set(spec.san)):
+            problems.append(f"certificate names are {', '.join(names) or 'none'}, expected {', '.join(spec.san)}")
+    results.append(CheckResult(f"{check.name}: handshake", "tls", not problems, "; ".join(problems),
+                               round(time.monotonic() - begin, 2), detail if problems else ""))
+
+    # floor: a client that cannot reach the floor must be turned away by the server
+    begin = time.monotonic()
+    context, below = _tls_floor_context(spec.min_version)
+    message = ""
+    try:
+        with socket.create_connection((ip, spec.port), timeout=5) as sock:
+            with context.wrap_socket(sock, server_hostname=spec.hostname) as tls:
+                message = f"accepted a {tls.version()} client (floor {spec.min_version})"
+    except ssl.SSLError as exc:
+        if exc.reason in ("NO_CIPHERS_AVAILABLE", "NO_PROTOCOLS_AVAILABLE") and "ALERT" not in str(exc):
+            message = f"this host's OpenSSL cannot offer {below}, so the floor was not checked ({exc.reason})"
+    except (ConnectionResetError, BrokenPipeError, socket.timeout):
+        pass  # hung up on the old client: refused
+    except OSError as exc:
+        message = f"cannot connect to {ip}:{spec.port}: {exc.strerror or exc}"
+    results.append(CheckResult(f"{check.name}: floor", "tls", not message, message, round(time.monotonic() - begin, 2)))
+
+    if spec.plaintext:
+        begin = time.monotonic()
+        message, detail = "", ""
+        try:
+            with socket.create_connection((ip, spec.port), timeout=5) as sock:
+                sock.sendall(f"GET / HTTP/1.0\r\nHost: {spec.hostname}\r\n\r\n".encode())
+                raw, _ = _read_answer(sock, re.compile(r"\r?\n"), time.monotonic() + 3)
+            first = raw.split(b"\n", 1)[0].strip().decode("latin-1")
+            detail = f"plain-text answer: {first!r}" if raw else "no plain-text answer"
+            if re.match(r"HTTP/\d(?:\.\d)? 2\d\d", first):
+                message = f"answered a plain-text request on the TLS port with {first!r}"
+        except OSError as exc:
+            if not isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+                message = f"cannot connect to {ip}:{spec.port}: {exc.strerror or exc}"
+        results.append(CheckResult(f"{check.name}: plaintext", "tls", not message, message,
+                                   round(time.monotonic() - begin, 2), detail if message else ""))
+    return results
+
+
+# -- regression
+
+
+def _drop_path(value, parts: list[str]):
+    if not parts:
+        return
+    head, rest = parts[0], parts[1:]
+    if isinstance(value, dict):
+        keys = list(value) if head == "*" else [head] if head in value else []
+        for key in keys:
+            if rest:
+                _drop_path(value[key], rest)
+            else:
+                del value[key]
+    elif isinstance(value, list):
+        if head == "*":
+            indexes = range(len(value))
+        elif re.fullmatch(r"\d+", head) and int(head) < len(value):
+            indexes = [int(head)]
+        else:
+            indexes = []
+        for index in sorted(indexes, reverse=True):
+            if rest:
+                _drop_path(value[index], rest)
+            else:
+                value[index] = "(ignored)"  # keeps the other indexes where they were
+
+
+def _normalized(answer: dict, ignore: tuple[str, ...], mask: tuple[str, ...]) -> dict:
+    answer = copy.deepcopy(answer)
+    if "json" in answer:
+        for path in ignore:
+            if path in ("", "*"):
+                answer["json"] = "(ignored)"
+            else:
+                _drop_path(answer["json"], path.split("."))
+    if "text" in answer:
+        for pattern in mask:
+            answer["text"] = re.sub(pattern, "(masked)", answer["text"])
+    return answer
+
+
+def _differences(old, new, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            at = f"{path}.{key}" if path else str(key)
+            if key not in new:
+                found.append(f"{at}: {json.dumps(old[key])} -> absent")
+            elif key not in old:
+                found.append(f"{at}: absent -> {json.dumps(new[key])}")
+            else:
+                found.extend(_differences(old[key], new[key], at))
+        return found
+    if isinstance(old, list) and isinstance(new, list):
+        found = []
+        for index, (a, b) in enumerate(zip(old, new)):
+            found.extend(_differences(a, b, f"{path}.{index}" if path else str(index)))
+        if len(old) != len(new):
+            found.append(f"{path or 'answer'}: {len(old)} items -> {len(new)}")
+        return found
+    if old != new or type(old) is not type(new):
+        if isinstance(old, str) and isinstance(new, str) and ("\n" in old or "\n" in new):
+            old_lines, new_lines = old.splitlines(), new.splitlines()
+            for number, (a, b) in enumerate(zip(old_lines, new_lines), 1):
+                if a != b:
+                    return [f"{path + ' ' if path else ''}line {number}: {_short(a, 50)} -> {_short(b, 50)}"]
+            return [f"{path or 'answer'}: {len(old_lines)} lines -> {len(new_lines)}"]
+        return [f"{path or 'answer'}: {_clip(json.dumps(old), 50)} -> {_clip(json.dumps(new), 50)}"]
+    return []
+
+
+def _regression(run: _Run, check: Check, answer: dict) -> CheckResult:
+    run.answers[check.name] = answer
+    previous = run.recorded.get(check.name)
+    if previous is None:
+        return CheckResult(check.name, check.kind, True,
+                           detail="no answer recorded yet: this one is recorded if every check of the run passes")
+    old, new = _normalized(previous, check.ignore, check.mask), _normalized(answer, check.ignore, check.mask)
+    differences = []
+    if old.get("status") != new.get("status"):
+        differences.append(f"status {old.get('status')} -> {new.get('status')}")
+    if ("json" in old) != ("json" in new):
+        differences.append("a JSON answer -> text" if "json" in old else "a text answer -> JSON")
+    elif "json" in old:
+        differences.extend(_differences(old["json"], new["json"]))
+    else:
+        differences.extend(_differences(old.get("text", ""), new.get("text", "")))
+    if not differences:
+        return CheckResult(check.name, check.kind, True)
+    more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
+    return CheckResult(
+        check.name, check.kind, False,
+        f"answer differs from the last passing run: {differences[0]}{more}",
+        detail="\n".join(differences[:30]),
+    )
+
+
+def recorded_path(recorded_dir: Path, image: str) -> Path:
+    return Path(recorded_dir) / f"{image}.json"
+
+
+def _load_recorded(path: Path) -> dict:
+    return read_record(path, "a record of answers", lambda raw: fields(raw, answers=dict)["answers"]) or {}
+
+
+# -- the run
+
+
+_CHECKERS: dict[str, Callable[[_Run, Check], CheckResult | list[CheckResult]]] = {
+    "http": _check_http,
+    "send": _check_send,
+    "exec": _check_exec,
+    "tls": _check_tls,
+}
+
+
+def _run_check(run: _Run, check: Check) -> list[CheckResult]:
+    begin = time.monotonic()
+    outcome = _CHECKERS[check.kind](run, check)
+    results = outcome if isinstance(outcome, list) else [outcome]
+    if not isinstance(outcome, list):
+        outcome.seconds = outcome.seconds or round(time.monotonic() - begin, 2)
+    return results
+
+
+def _tail(text: str, lines: int = LOG_TAIL_LINES) -> list[str]:
+    return [line for line in text.rstrip().splitlines()][-lines:]
+
+
+def _write_logs(run: _Run, results: list[CheckResult], log_path: Path) -> None:
+    """Every container's full log to log_path; the tails to each failed result."""
+    logs = []
+    for started in run.started:
+        try:
+            state = run.client.inspect_container(started.container_id)["State"]
+            status = "running" if state.get("Running") else f"exited with code {state.get('ExitCode')}"
+        except Exception:
+            status = "gone"
+        logs.append((started, status, _logs(run.client, started.container_id)))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as out:
+        for started, status, text in logs:
+            role = "under test" if started.spec.image is None else f"service {started.spec.alias}"
+            out.write(f"==== {started.spec.alias or run.image} ({role}, {started.ref}, {status})\n{text}")
+            if text and not text.endswith("\n"):
+                out.write("\n")
+    failed = [result for result in results if not result.passed]
+    if not failed:
+        return
+    tails = []
+    # Dependencies first, the image under test last: a report shows a detail's last lines.
+    for started, status, text in logs:
+        alias = started.spec.alias or run.image
+        tail = _tail(text)
+        tails.append(f"--- last lines of {alias}'s log ({status}):" if tail else f"--- {alias}'s log is empty ({status})")
+        tails.extend(f"    {line}" for line in tail)
+    tails.append(f"full logs: {log_path}")
+    for result in failed:
+        result.detail = "\n".join(part for part in (result.detail.rstrip(), *tails) if part)
+
+
+def _cleanup(run: _Run) -> None:
+    """Remove everything carrying this run's labels. Asking the engine by
+    label, not going by what this process noted, also catches a container or
+    network created just before an interrupt landed."""
+    from docker.errors import APIError
+
+    try:
+        remove_leftovers(run.client, run.labels)
+    except APIError as exc:
+        reason = exc.explanation or exc
+        raise EngineError(f"could not remove what the integration run of '{run.image}' started: {reason}") from None
+
+
+def run_spec(
+    client,
+    image: str,
+    refs: dict[str, str],
+    spec: IntegrationSpec,
+    *,
+    workdir: Path,
+    recorded_dir: Path,
+    log_path: Path,
+    labels: dict[str, str],
+    variables: dict | None = None,
+) -> list[CheckResult]:
+    """Start `image` (refs[image]) and its services on a private network, wait
+    until they answer, run the spec's checks, and remove everything again.
+
+    Returns one CheckResult per check (a TLS check gives three); a failing
+    one carries the containers' log tails in its detail. Raises EngineError
+    (engine trouble), TemplateError (a file does not render) or ConfigError."""
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
+    _require_local_engine()
+    for alias in (s.alias for s in spec.services):
+        if alias == image:
+            raise ConfigError(f"{spec.path}: services.{alias}: the image under test already has the host name '{image}'")
+    missing = [name for name in (image, *service_images(spec)) if name not in refs]
+    if missing:
+        raise CcpError(f"integration run of '{image}': no image reference given for '{missing[0]}'")
+
+    run_id = uuid.uuid4().hex[:10]
+    sweep_labels = {**labels, IMAGE_LABEL: image}
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", image)
+    run = _Run(
+        client=client,
+        image=image,
+        network=f"ccp-it-{safe}-{run_id}",
+        labels={**sweep_labels, RUN_LABEL: run_id},
+        workdir=Path(workdir),
+    )
+    record_file = recorded_path(recorded_dir, image)
+    run.recorded = _load_recorded(record_file)
+
+    try:
+        remove_leftovers(client, of_any_run(sweep_labels))
+    except (DockerException, RequestException) as exc:
+        raise _engine_error(exc, f"removing what an earlier run of '{image}' left") from None
+
+    # Files first: a template error needs no container to report.
+    for sub in ("files", "tls"):
+        shutil.rmtree(run.workdir / sub, ignore_errors=True)
+    context = {
+        **(variables or {}),
+        **spec.variables,
+        "image_name": image,
+        "services": [s.alias for s in spec.services],
+        "tls_dir": spec.tls.dir if spec.tls else None,
+    }
+    main = dataclasses.replace(spec.container, alias=image)
+    containers = [*spec.services, main]
+    mounts = {c.alias: _render_files(spec, c, context, run.workdir / "files" / c.alias) for c in containers}
+    if spec.tls:
+        run.ca_pem = _make_tls(spec.tls, run.workdir / "tls")
+        mounts[image] += [((run.workdir / "tls" / name).resolve(), f"{spec.tls.dir}/{name}") for name in TLS_FILES]
+
+    results: list[CheckResult] = []
+    finished = False
+    try:
+        try:
+            client.create_network(run.network, driver="bridge", labels=run.labels, check_duplicate=True)
+            for container in containers:
+                ref = refs[container.image or image]
+                started = _start(run, container, ref, mounts[container.alias])
+                ready = _wait_ready(run, started)
+                results.append(ready)
+                if not ready.passed:
+                    break
+            else:
+                if main.ports is not None or main.local_ports:
+                    results.extend(_port_checks(run, run.under_test))
+                for check in spec.checks:
+                    results.extend(_run_check(run, check))
+            finished = True
+        except (DockerException, RequestException) as exc:
+            raise _engine_error(exc, f"running the integration checks of '{image}'") from None
+        finally:
+            try:
+                _write_logs(run, results, Path(log_path))
+            except (DockerException, RequestException, OSError):
+                pass  # the logs are evidence; losing them must not keep the containers
+    finally:
+        try:
+            _cleanup(run)
+        except (DockerException, RequestException, EngineError) as exc:
+            # Never hide the failure (or the Ctrl-C) in flight: the next run sweeps what is left.
+            if finished:
+                if isinstance(exc, EngineError):
+                    raise
+                raise _engine_error(exc, f"removing the containers of '{image}'") from None
+
+    if all(result.passed for result in results) and (run.answers or record_file.exists()):
+        write_atomic(record_file, dump_json({"image": image, "ref": refs[image], "answers": run.answers}))
+    return results

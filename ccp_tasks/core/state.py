@@ -1,0 +1,170 @@
+"""Files the pipeline writes under cache/: written whole or not at all, and
+read as missing (with one warning line) when they are not what they should be.
+
+A stamp records what a successful build produced. It holds no wall-clock
+time, and is rewritten only when its content changes, so a parent rebuilt to
+the same image leaves its children's dependency untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+DIGEST_LABEL = "io.ccp.input-digest"
+
+T = TypeVar("T")
+# A list of strings, as `fields()` spells the kind.
+STRINGS = "a list of strings"
+_warned: set[str] = set()
+
+
+class Malformed(ValueError):
+    """A record under cache/ is valid JSON but not of the shape its reader expects."""
+
+
+def _shown(path: Path) -> str:
+    """`path` as the user typed their commands: relative to the working directory when under it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def warn_unusable(path: Path, why: str) -> None:
+    """One line per file and run: the file is not used, and what happens instead."""
+    shown = _shown(path)
+    if shown in _warned:
+        return
+    _warned.add(shown)
+    print(f"ccp: warning: {shown} {why}; treating it as missing", file=sys.stderr, flush=True)
+
+
+def read_record(path: Path | str, what: str, parse: Callable[[Any], T], quiet: bool = False) -> T | None:
+    """The record in the JSON file `path`, as `parse` makes it of the decoded
+    value, or None when there is none. Any file under cache/ may be truncated,
+    garbage or of another shape (a killed run, a disk, a hand): such a file
+    counts as missing, so the task that writes it runs again, with one warning
+    line naming it. `parse` raises Malformed (or another ValueError, KeyError,
+    TypeError) for a wrong shape; `fields()` checks the common ones. `quiet`:
+    no warning (the caller's up-to-date check has given it)."""
+    path = Path(path)
+    warn = (lambda path, why: None) if quiet else warn_unusable
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        warn(path, f"cannot be read ({exc.strerror})")
+        return None
+    try:
+        raw = json.loads(data)
+    except (ValueError, RecursionError):  # a bad encoding is a ValueError too
+        warn(path, "is empty" if not data.strip() else "is unreadable (not JSON)")
+        return None
+    try:
+        return parse(raw)
+    except (ValueError, KeyError, TypeError, RecursionError):
+        warn(path, f"is not {what} (wrong shape)")
+        return None
+
+
+def is_signature(value: Any) -> bool:
+    """A file's [mtime_ns, size], as the render cache and the check index record it (None: the file was missing)."""
+    return value is None or isinstance(value, list) and len(value) == 2 and all(_is_kind(v, int) for v in value)
+
+
+def _is_kind(value: Any, kind) -> bool:
+    if isinstance(kind, tuple):
+        return any(_is_kind(value, k) for k in kind)
+    if kind is None:
+        return value is None
+    if not isinstance(kind, (type, str)):
+        return kind(value)
+    if kind is STRINGS:
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if isinstance(value, bool):  # JSON's true is no number
+        return kind is bool
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def fields(raw: Any, optional: dict | None = None, **kinds) -> dict:
+    """`raw` itself, once it is a mapping holding every named key with a value
+    of its kind (a type, STRINGS, None, a predicate, or a tuple of these), and every key of
+    `optional` it holds of its kind too; else Malformed."""
+    if not isinstance(raw, dict):
+        raise Malformed(f"expected a mapping, got {type(raw).__name__}")
+    for key, kind in kinds.items():
+        if key not in raw or not _is_kind(raw[key], kind):
+            raise Malformed(f"{key}: missing or of the wrong type")
+    for key, kind in (optional or {}).items():
+        if key in raw and not _is_kind(raw[key], kind):
+            raise Malformed(f"{key}: of the wrong type")
+    return raw
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` via a temporary file and a rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Write only when the bytes differ, so an unchanged file keeps its mtime; True if written.
+    A symlink at `path` is replaced, never read through."""
+    try:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as handle:
+            if handle.read() == data:
+                return False
+    except OSError:
+        pass
+    write_atomic(path, data)
+    return True
+
+
+def dump_json(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What a successful build left in the engine, keyed by what went into it."""
+
+    image: str
+    image_id: str
+    input_digest: str
+    tags: tuple[str, ...]
+
+    def to_bytes(self) -> bytes:
+        return dump_json(asdict(self))
+
+    @classmethod
+    def read(cls, path: Path | str, quiet: bool = False) -> "Stamp | None":
+        return read_record(path, "a build stamp", cls._from_raw, quiet)
+
+    @classmethod
+    def _from_raw(cls, raw) -> "Stamp":
+        fields(raw, image=str, image_id=str, input_digest=str, tags=STRINGS)
+        return cls(raw["image"], raw["image_id"], raw["input_digest"], tuple(raw["tags"]))
+
+
+def hash_file(path: Path, digest=None):
+    digest = digest or hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest

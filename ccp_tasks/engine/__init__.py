@@ -1,0 +1,1 @@
+"""The engine boundary: the only code that talks to the Docker engine."""

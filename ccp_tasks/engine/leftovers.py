@@ -1,0 +1,100 @@
+"""What killed runs left in the engine, and its removal.
+
+Every container, network and volume the pipeline makes (the package
+manifest's helper, structure tests, integration tests, pods) carries
+`io.ccp.checkout=<host>:<cache dir>` and `io.ccp.run=<run id>`. Only one run
+of a checkout holds cache/ccp.lock at a time, so while a run holds it,
+whatever carries its checkout's label and another run's was left by a run
+that is dead: a kill lands between create and remove, and no `finally`
+runs. Each process of a run sweeps those once, just before it first creates
+something in the engine; a run that creates nothing (a no-op) asks nothing.
+Another checkout's things, on the same engine, are never touched.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from ccp_tasks.core import lock
+from ccp_tasks.core.layout import CacheLayout
+
+CHECKOUT_LABEL = "io.ccp.checkout"
+RUN_LABEL = "io.ccp.run"
+ROLE_LABEL = "io.ccp.pod.role"  # holder, init, container, service: a pod is taken down holder last
+_swept: set[Path] = set()  # per process: the checkouts already swept
+
+
+def checkout_id(layout: CacheLayout) -> str:
+    # The host too: two machines may share an engine and a checkout path.
+    return f"{socket.gethostname()}:{Path(layout.root).resolve()}"
+
+
+def run_labels(layout: CacheLayout) -> dict[str, str]:
+    """The labels everything this run makes in the engine carries."""
+    return {CHECKOUT_LABEL: checkout_id(layout), RUN_LABEL: lock.run_id()}
+
+
+def of_any_run(labels: dict[str, str]) -> dict[str, str]:
+    """`labels` without the run's own: what also finds an earlier run's things."""
+    return {key: value for key, value in labels.items() if key != RUN_LABEL}
+
+
+def remove_labelled(client, labels: dict[str, str], spare_run: str | None = None) -> int:
+    """Remove the containers (pod holders last), then the volumes and networks,
+    carrying all of `labels`, except those of run `spare_run`. Returns how
+    many were removed."""
+    from docker.errors import NotFound
+
+
+    def spared(entry) -> bool:
+        return spare_run is not None and (entry.get("Labels") or {}).get(RUN_LABEL) == spare_run
+
+    filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
+    removed = 0
+    found = [c for c in client.containers(all=True, filters=filters) if not spared(c)]
+    # The holder owns the network namespace the pod's other containers joined.
+    found.sort(key=lambda c: (c.get("Labels") or {}).get(ROLE_LABEL) == "holder")
+    for entry in found:
+        try:
+            client.remove_container(entry["Id"], force=True, v=True)
+            removed += 1
+        except NotFound:
+            pass
+    for volume in (client.volumes(filters=filters) or {}).get("Volumes") or []:
+        if not spared(volume):
+            try:
+                client.remove_volume(volume["Name"], force=True)
+                removed += 1
+            except NotFound:
+                pass
+    for network in client.networks(filters=filters):
+        if not spared(network):
+            try:
+                client.remove_network(network["Id"])
+                removed += 1
+            except NotFound:
+                pass
+    return removed
+
+
+def sweep(layout: CacheLayout, client=None) -> int:
+    """Remove what dead runs of this checkout left, once per process. Only
+    under the checkout's lock: without it, a run of the checkout may be alive."""
+    root = Path(layout.root).resolve()
+    if root in _swept or not lock.held(layout.lock):
+        return 0
+    from docker.errors import DockerException
+    from requests.exceptions import RequestException
+
+    from ccp_tasks.engine.docker_ops import connect
+    from ccp_tasks.core.errors import EngineError
+
+    client = client or connect()
+    try:
+        removed = remove_labelled(client, {CHECKOUT_LABEL: checkout_id(layout)}, spare_run=lock.run_id())
+    except (DockerException, RequestException) as exc:
+        reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0]
+        raise EngineError(f"could not remove what a killed run of this checkout left in the engine: {reason}") from None
+    _swept.add(root)
+    return removed

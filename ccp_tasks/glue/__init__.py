@@ -1,0 +1,1 @@
+"""The doit glue: task generators, actions, the reporter, loading the pipeline, watch mode."""

@@ -1,0 +1,129 @@
+"""Loading the pipeline for dodo.py: config, graph and cache layout, once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from doit.exceptions import InvalidDodoFile
+
+from ccp_tasks.core import lock
+from ccp_tasks.checks.check_index import IntegrationInputs, integration_inputs
+from ccp_tasks.checks.records import write_junit_reports
+from ccp_tasks.model.config import PipelineConfig, load_config
+from ccp_tasks.engine.engine_view import EngineView
+from ccp_tasks.core.errors import CcpError
+from ccp_tasks.model.graph import ImageGraph, build_graph
+from ccp_tasks.core.layout import CacheLayout
+from ccp_tasks.glue.reporter import reporter_for
+
+DEBUG_ENV = "CCP_DEBUG"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    cfg: PipelineConfig
+    graph: ImageGraph
+    layout: CacheLayout
+    integration: dict[str, IntegrationInputs]
+
+    @property
+    def args(self):
+        return self.cfg, self.graph, self.layout
+
+    def write_reports(self, stages) -> dict[str, str]:
+        return write_junit_reports(self.layout, stages, self.graph.order)
+
+    def doit_config(self) -> dict:
+        return {
+            "default_tasks": ["build"],
+            "dep_file": str(self.layout.doit_db),
+            "backend": "sqlite3",
+            "action_string_formatting": "new",
+            "minversion": "0.36.0",
+            "reporter": reporter_for(
+                self.layout.summary, self.layout.log, EngineView.save, on_checks=self.write_reports
+            ),
+        }
+
+
+def _unreadable_db(path: Path) -> str:
+    """Why doit could not use its state file (as sqlite says), or ''."""
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(path, timeout=5)
+    except sqlite3.Error:
+        return ""  # cannot even be opened (permissions): doit says so itself
+    try:
+        check = connection.execute("PRAGMA quick_check").fetchall()
+        if check != [("ok",)]:
+            return f"is damaged ({check[0][0]})"
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(doit)")]
+        if columns and columns != ["task_id", "task_data"]:
+            return "holds another table 'doit' than doit's"
+        return ""
+    except sqlite3.OperationalError:
+        # Locked (another run is writing it), I/O, permissions: not the file's content.
+        return ""
+    except sqlite3.DatabaseError as exc:
+        return f"is unreadable ({exc})"
+    finally:
+        connection.close()
+
+
+def set_aside_if_unreadable(path: Path) -> None:
+    """doit opens its state file before any task runs and dies with a traceback
+    on one it cannot read (truncated, garbage, another format). Such a file is
+    moved aside to doit.db.corrupt-<n> (with its journal): every task then runs
+    as if for the first time, and each build adopts its image by input digest."""
+    try:
+        if path.stat().st_size == 0:
+            return  # sqlite makes an empty file a new database
+    except FileNotFoundError:
+        return
+    problem = _unreadable_db(path)
+    if not problem:
+        return
+    number = 1
+    while path.with_name(f"{path.name}.corrupt-{number}").exists():
+        number += 1
+    aside = path.with_name(f"{path.name}.corrupt-{number}")
+    os.replace(path, aside)
+    for suffix in ("-journal", "-wal", "-shm"):
+        # A journal left beside would be replayed into the new database.
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            os.replace(companion, aside.with_name(aside.name + suffix))
+    print(f"ccp: warning: {path.parent.name}/{path.name} {problem}; moved it to {path.parent.name}/{aside.name}, "
+          "so every task runs as if for the first time (builds adopt their images)", file=sys.stderr, flush=True)
+
+
+def load(root: Path, argv: list[str] | None = None) -> Pipeline:
+    """Everything dodo.py needs, or one line naming what is wrong.
+
+    Expected mistakes (bad config, broken template, graph errors) become
+    doit's InvalidDodoFile, which doit prints as one `ERROR:` line and exits
+    non-zero; set CCP_DEBUG=1 to see the traceback instead.
+    """
+    argv = sys.argv if argv is None else argv
+    try:
+        cfg = load_config(root)
+        layout = CacheLayout(cfg.cache_dir)
+        # doit opens its state file in cache/ before any task runs, and
+        # crashes if the directory is missing.
+        layout.root.mkdir(parents=True, exist_ok=True)
+        if lock.doit_command(argv) not in lock.READ_ONLY_COMMANDS:
+            lock.acquire(layout.lock)
+        set_aside_if_unreadable(layout.doit_db)
+        graph = build_graph(cfg, layout.render_cache)
+        EngineView.configure(layout.engine_view, cfg.namespace)
+        integration = integration_inputs(graph, layout.check_index)
+    except CcpError as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        # Paths inside the checkout read better relative to it.
+        raise InvalidDodoFile(str(exc).replace(f"{Path(root).resolve()}/", "")) from None
+    return Pipeline(cfg, graph, layout, integration)

@@ -1,0 +1,470 @@
+"""Task generators: they build doit task dicts from the graph and do no I/O.
+
+Every stage yields its documented group task first, then one subtask per
+image named after it, so `doit list` reads as a manual and `doit build:redis`
+does what it says.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from pathlib import Path
+
+from doit.tools import config_changed
+
+from ccp_tasks.glue import actions
+from ccp_tasks.checks import lint
+from ccp_tasks.build.base import is_fresh
+from ccp_tasks.checks.check_index import IntegrationInputs
+from ccp_tasks.checks.records import read_pass
+from ccp_tasks.model.config import PipelineConfig
+from ccp_tasks.engine.engine_view import EngineView
+from ccp_tasks.core.errors import CcpError
+from ccp_tasks.model.graph import ImageGraph
+from ccp_tasks.core.layout import CacheLayout
+from ccp_tasks.publish.push import CiContext, PushRecord, tag_plan
+from ccp_tasks.model.render import INTEGRATION_TESTS, POD_TEMPLATE, STRUCTURE_TESTS
+from ccp_tasks.core.state import Stamp
+
+# doit calls inspect.signature() on every uptodate callable of every task on
+# every run, to decide whether to pass it `task` and `values`; that was the
+# largest single cost of a no-op over a large tree. A precomputed __signature__
+# is what inspect returns first.
+UPTODATE_SIGNATURE = inspect.signature(lambda task, values: None)
+
+
+class config_changed_as(config_changed):
+    """doit's config_changed stores its digest under one fixed key, so two on a
+    task collide; this one keeps its digest under its own name (as Nikola does)."""
+
+    def __init__(self, config, name: str):
+        super().__init__(config)
+        self.key = f"_config_changed:{name}"
+        self.__signature__ = UPTODATE_SIGNATURE
+
+    def configure_task(self, task):
+        task.value_savers.append(lambda: {self.key: self.config_digest})
+
+    def __call__(self, task, values):
+        self.config_digest = self._calc_digest()
+        last = values.get(self.key)
+        return last is not None and last == self.config_digest
+
+    def __repr__(self):
+        return f"config_changed_as({self.config!r}, {self.key!r})"
+
+
+class image_present:
+    """Up to date only while the engine still has the image the last build made
+    (doit keeps its ID among the task's values) under its tag, as the run's
+    EngineView knows it: one engine request per run, not one per image."""
+
+    def __init__(self, ref: str):
+        self.ref = ref
+        self.__signature__ = UPTODATE_SIGNATURE
+
+    def __call__(self, task, values):
+        image_id = values.get("image_id")
+        return image_id is not None and EngineView.has(image_id, self.ref)
+
+    def __repr__(self):
+        return f"image_present({self.ref!r})"
+
+
+class record_intact:
+    """Up to date only while the task's record under cache/ (its target) reads
+    as one: doit only asks whether a target exists, so a truncated, garbage or
+    wrong-shaped record would stay "up to date" for ever, and whatever reads it
+    would fail. `read` warns once about such a file and returns None."""
+
+    def __init__(self, path: str, read, what: str):
+        self.path, self.read, self.what = path, read, what
+        self.__signature__ = UPTODATE_SIGNATURE
+
+    def __call__(self, task, values):
+        return self.read(self.path) is not None
+
+    def __repr__(self):
+        return f"record_intact({self.what!r})"
+
+
+class stamp_intact(record_intact):
+    """The build stamp reads as one and holds the image the last build made:
+    otherwise the build runs again and adopts that image by its input digest,
+    instead of leaving the children a parent without a stamp."""
+
+    def __init__(self, path: str):
+        super().__init__(path, Stamp.read, "build stamp")
+
+    def __call__(self, task, values):
+        stamp = Stamp.read(self.path)
+        return stamp is not None and stamp.image_id == values.get("image_id")
+
+    def __repr__(self):
+        return f"stamp_intact({Path(self.path).name!r})"
+
+
+class rootfs_fresh:
+    """Up to date while the root filesystem matches its settings and is younger than max_age_days."""
+
+    def __init__(self, cfg: PipelineConfig, layout: CacheLayout):
+        self.settings = cfg.base
+        self.layout = layout
+
+    def __call__(self, task, values):
+        return is_fresh(self.settings, self.layout.rootfs, self.layout.rootfs_manifest)
+
+    def __repr__(self):
+        return f"rootfs_fresh(max_age_days={self.settings.max_age_days})"
+
+
+class source_current:
+    """Up to date while the source's revision upstream (one `git ls-remote`, or a
+    directory's content hash) is the one its record holds. Any error counts as
+    out of date: the task then runs and says what is wrong."""
+
+    def __init__(self, cfg: PipelineConfig, name: str, layout: CacheLayout):
+        self.cfg, self.name, self.record_path = cfg, name, layout.source_record(name)
+        self.__signature__ = UPTODATE_SIGNATURE
+
+    def __call__(self, task, values):
+        from ccp_tasks.model import sources
+
+        settings = self.cfg.sources[self.name]
+        record = sources.SourceRecord.read(self.record_path)
+        if record is None or not record.describes(settings):
+            return False
+        try:
+            return sources.current_revision(self.name, settings, self.cfg.root) == record.revision
+        except CcpError:
+            return False
+
+    def __repr__(self):
+        return f"source_current({self.name!r})"
+
+
+def _result_intact(layout: CacheLayout, stage: str, name: str) -> record_intact:
+    return record_intact(layout.result(stage, name), read_pass, f"{stage} record")
+
+
+def _rel(cfg: PipelineConfig, path) -> str:
+    """`path` relative to the checkout, for docs (a string slice: this runs once per image)."""
+    path, root = str(path), f"{cfg.root}/"
+    return path[len(root):] if path.startswith(root) else path
+
+
+def base_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    if not cfg.base.enabled:
+        yield {"basename": "base", "doc": "Debian root filesystem: disabled (base.enabled is false in ccp.yaml)", "actions": None}
+        return
+    settings = cfg.base
+    yield {
+        "basename": "base",
+        "doc": (
+            f"Make the Debian root filesystem ({settings.suite}, {settings.variant}, from {settings.mirror}) "
+            f"with mmdebstrap for image '{settings.image}'; refreshed after {settings.max_age_days} days"
+        ),
+        "actions": [(actions.refresh_rootfs, (cfg, layout))],
+        "targets": [str(layout.rootfs), str(layout.rootfs_manifest)],
+        "uptodate": [rootfs_fresh(cfg, layout)],
+        "clean": True,
+    }
+
+
+def _generated_context(cfg: PipelineConfig, layout: CacheLayout, name: str) -> dict:
+    if cfg.base.enabled and name == cfg.base.image:
+        return {"rootfs.tar": layout.rootfs}
+    return {}
+
+
+def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    yield {"basename": "render", "name": None, "doc": "Render every Dockerfile.j2 and stage its build context under cache/build/"}
+    for name in graph.order:
+        image = graph.images[name]
+        source = image.source
+        generated = _generated_context(cfg, layout, name)
+        context_dir = layout.context_dir(name)
+        directory = str(source.directory)
+        file_dep = set(image.rendered.template_files)
+        file_dep.update(f"{directory}/{rel}" for rel in source.context_files)
+        file_dep.update(str(path) for path in generated.values())
+        file_dep.update(layout.source_record(s) for s in image.sources)
+        targets = [f"{context_dir}/Dockerfile"] + [f"{context_dir}/{rel}" for rel in (*source.context_files, *generated)]
+        yield {
+            "basename": "render",
+            "name": name,
+            "doc": f"Render {_rel(cfg, source.template)} and stage the build context of '{name}'",
+            "file_dep": sorted(file_dep),
+            "targets": targets,
+            "actions": [(actions.stage_context, (image, context_dir, generated, layout))],
+            "uptodate": [config_changed_as({"variables": image.rendered.variables}, f"render:{name}")],
+            "clean": True,
+        }
+
+
+def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    yield {"basename": "build", "name": None, "doc": "Build every image of the tree, parents first"}
+    for name in graph.order:
+        image = graph.images[name]
+        context_dir = layout.context_dir(name)
+        staged = ["Dockerfile", *image.source.context_files, *_generated_context(cfg, layout, name)]
+        manifest = {
+            "ref": image.ref,
+            "labels": actions.image_labels(cfg, image),
+            "build_args": cfg.build_args,
+            "external_parents": list(image.external_parents),
+        }
+        yield {
+            "basename": "build",
+            "name": name,
+            "doc": f"Build {image.ref}" + (f" on {', '.join(image.parents)}" if image.parents else ""),
+            "file_dep": sorted(f"{context_dir}/{rel}" for rel in staged) + [layout.stamp(parent) for parent in image.parents]
+            + [layout.source_record(s) for s in image.sources],
+            "targets": [layout.stamp(name)],
+            "actions": [(actions.build_image, (cfg, image, layout))],
+            # Spec tests come before the image exists: a Dockerfile that breaks a rule is not built.
+            "task_dep": [f"lint:{name}"],
+            "uptodate": [config_changed_as(manifest, f"build:{name}"), stamp_intact(layout.stamp(name)),
+                         image_present(image.ref)],
+            "clean": True,
+        }
+
+
+def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    yield {"basename": "lint", "name": None, "doc": "Spec-test every rendered Dockerfile (rules CCP001-CCP010, and hadolint's), before any image exists"}
+    hadolint = lint.hadolint_fingerprint(cfg)  # settings and binary: changing either reruns every lint
+    for name in graph.order:
+        image = graph.images[name]
+        dockerfile = f"{layout.context_dir(name)}/Dockerfile"
+        waived = sorted(cfg.lint.waive.get(name, []))
+        yield {
+            "basename": "lint",
+            "name": name,
+            "doc": f"Spec-test the Dockerfile of '{name}'" + (f" (waived: {', '.join(waived)})" if waived else ""),
+            "file_dep": [dockerfile, image.source.template],
+            "targets": [layout.lint_report(name)],
+            "actions": [(actions.lint_image, (cfg, image, dockerfile, layout, waived))],
+            "uptodate": [config_changed_as({"waived": waived, "external": list(cfg.external_images), "hadolint": hadolint}, f"lint:{name}"),
+                         _result_intact(layout, "lint", name)],
+            "clean": True,
+        }
+
+
+def spec_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    yield {
+        "basename": "spec",
+        "name": None,
+        "doc": f"Run every image's structure tests ({STRUCTURE_TESTS}, container-structure-test schema 2.0.0) on the built image",
+    }
+    for name in graph.order:
+        image = graph.images[name]
+        if STRUCTURE_TESTS not in image.source.check_files:
+            continue
+        tests_file = f"{image.source.directory}/{STRUCTURE_TESTS}"
+        yield {
+            "basename": "spec",
+            "name": name,
+            "doc": f"Run the structure tests {_rel(cfg, tests_file)} on {image.ref}",
+            "file_dep": [tests_file, layout.stamp(name)],
+            "targets": [layout.result("spec", name)],
+            "actions": [(actions.run_structure_tests, (cfg, image, layout, tests_file))],
+            "uptodate": [_result_intact(layout, "spec", name)],
+            "clean": True,
+        }
+
+
+def test_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, integration: dict[str, IntegrationInputs]):
+    yield {
+        "basename": "test",
+        "name": None,
+        "doc": "Every check of every image: Dockerfile spec tests, structure tests, then integration tests on running containers",
+    }
+    images = tuple(graph.order)
+    for name in graph.order:
+        image = graph.images[name]
+        earlier = [f"lint:{name}"]
+        if STRUCTURE_TESTS in image.source.check_files:
+            earlier.append(f"spec:{name}")
+        else:
+            earlier.append(f"build:{name}")
+        inputs = integration.get(name)
+        if inputs is None:
+            yield {
+                "basename": "test",
+                "name": name,
+                "doc": f"Check '{name}': {' and '.join(earlier)} (no {INTEGRATION_TESTS})",
+                "actions": None,
+                "task_dep": earlier,
+            }
+            continue
+        services = [service for service in inputs.services if service in graph.images]
+        yield {
+            "basename": "test",
+            "name": name,
+            "doc": (
+                f"Start {image.ref}"
+                + (f" with {', '.join(services)}" if services else "")
+                + f" and run the checks of {_rel(cfg, inputs.path)} (after {', '.join(earlier)})"
+            ),
+            "file_dep": [inputs.path, *inputs.files, layout.stamp(name), *(layout.stamp(s) for s in services)],
+            "targets": [layout.result("test", name)],
+            "actions": [(actions.run_integration_tests, (cfg, image, images, layout, inputs.path))],
+            # Ordering and gating only: a structure test rerun must not rerun the containers.
+            "task_dep": earlier,
+            "uptodate": [config_changed_as({"variables": cfg.template_globals()}, f"test:{name}"),
+                         _result_intact(layout, "test", name)],
+            "clean": True,
+        }
+
+
+def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, integration: dict[str, IntegrationInputs]):
+    """kube:<image>: pod.yaml.j2 validated and cross-checked, then run as a pod with the integration checks."""
+    from ccp_tasks.checks import kube
+
+    version = kube.kubernetes_version(cfg)
+    yield {
+        "basename": "kube",
+        "name": None,
+        "doc": f"Check every image's pod definition ({kube.POD_TEMPLATE}) against Kubernetes {version} and the image, "
+               "then run it as a pod and its integration checks against it",
+    }
+    images = tuple(graph.order)
+    for name in graph.order:
+        if POD_TEMPLATE not in graph.images[name].source.check_files:
+            continue
+        inputs = kube.pod_inputs(cfg, graph, name, integration)
+        if inputs is None:
+            continue
+        image = graph.images[name]
+        others = [other for other in inputs.images if other != name]
+        yield {
+            "basename": "kube",
+            "name": name,
+            "doc": f"Check {_rel(cfg, inputs.template)} (Kubernetes {version}) and run it as a pod"
+                   + (f" with {', '.join(others)}" if others else "") + f" (after test:{name})",
+            "file_dep": [inputs.template, *inputs.files, *(layout.stamp(other) for other in inputs.images)],
+            "targets": [layout.result("kube", name)],
+            "actions": [(actions.run_pod_checks, (cfg, image, images, layout, inputs.template))],
+            "task_dep": [f"test:{name}"],  # ordering and gating only
+            "uptodate": [config_changed_as({"variables": cfg.template_globals(), "kubernetes": version,
+                                            "external": list(cfg.external_images)}, f"kube:{name}"),
+                         _result_intact(layout, "kube", name)],
+            "clean": True,
+        }
+
+
+@functools.cache
+def _ci_context(root: Path) -> CiContext:
+    """The CI job this run is part of (read once: push, publish and artifacts all name it)."""
+    return CiContext.from_env(root)
+
+
+def _ci(cfg: PipelineConfig, wanted: bool) -> CiContext:
+    return _ci_context(cfg.root) if wanted else CiContext()
+
+
+def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    ci = _ci(cfg, bool(cfg.registry.url))
+    where = cfg.registry.url or "the registry (registry.url is not set)"
+    yield {
+        "basename": "push",
+        "name": None,
+        "doc": f"Check, then push every image to {where}; the moving tags move last (publish)",
+        "task_dep": ["publish"],
+    }
+    for name in graph.order:
+        image = graph.images[name]
+        plan = tag_plan(cfg, name, "sha256:<input>", ci)
+        yield {
+            "basename": "push",
+            "name": name,
+            "doc": f"Push '{name}' to {where} as {plan.repository}:in-<input digest>"
+            + (f" and :{', :'.join(plan.fixed)}" if plan.fixed else "")
+            + f", after test:{name}",
+            "file_dep": [layout.stamp(name)],
+            "targets": [layout.pushed(name)],
+            # Checks first: nothing is pushed for an image whose checks (pod included) fail.
+            "task_dep": [f"test:{name}"] + ([f"kube:{name}"] if POD_TEMPLATE in image.source.check_files else []),
+            "actions": [(actions.push_image, (cfg, image, layout, ci))],
+            "uptodate": [config_changed_as({"registry": cfg.registry.url, "fixed": plan.fixed, "moving": plan.moving},
+                                           f"push:{name}"),
+                         record_intact(layout.pushed(name), PushRecord.read, "push record")],
+            "clean": True,
+        }
+
+
+def publish_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    ci = _ci(cfg, bool(cfg.registry.url))
+    moving = tag_plan(cfg, "x", "sha256:", ci).moving
+    return {
+        "basename": "publish",
+        "doc": f"Move the moving tags ({', '.join(moving)}) of every image, once all of them are pushed",
+        "file_dep": [layout.pushed(name) for name in graph.order],
+        "task_dep": [f"push:{name}" for name in graph.order],
+        "targets": [str(layout.published)],
+        "actions": [(actions.publish_tags, (cfg, tuple(graph.order), layout))],
+        "uptodate": [config_changed_as({"registry": cfg.registry.url, "moving": moving}, "publish")],
+        "clean": True,
+    }
+
+
+def artifacts_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    import os
+
+    ci = _ci(cfg, bool(cfg.artifactory.url))
+    keep = os.environ.get("CCP_KEEP", "").lower() in ("1", "true", "yes")
+    where = f"{cfg.artifactory.url}/{cfg.artifactory.repository}" if cfg.artifactory.url else "Artifactory (artifactory.url is not set)"
+    return {
+        "basename": "artifacts",
+        "doc": f"Deploy the last run's logs, JUnit reports, package manifests and summary to {where} (CCP_KEEP=1 marks the build to keep)",
+        "actions": [(actions.deploy_artifacts, (cfg, layout, ci, keep))],
+        "uptodate": [False],
+    }
+
+
+def sources_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    yield {"basename": "sources", "name": None, "doc": "Fetch every application source whose upstream moved (one fetch per source per run)"}
+    users: dict[str, list[str]] = {}
+    for name in graph.order:
+        for source in graph.images[name].sources:
+            users.setdefault(source, []).append(name)
+    for name, settings in sorted(cfg.sources.items()):
+        where = f"{settings.url} at {settings.ref}" if settings.url else f"directory {settings.path}"
+        used_by = f"; used by {', '.join(users[name])}" if name in users else "; used by no image"
+        yield {
+            "basename": "sources",
+            "name": name,
+            "doc": f"Fetch source '{name}' ({where}) when it moved{used_by}",
+            "actions": [(actions.sync_source, (cfg, name, layout))],
+            "targets": [layout.source_record(name)],
+            "uptodate": [source_current(cfg, name, layout)],
+            "clean": True,
+        }
+
+
+def retention_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    parts = [part for part, on in (("the registry", cfg.registry.url), ("Artifactory", cfg.artifactory.url)) if on]
+    return {
+        "basename": "retention",
+        "doc": (f"Plan the retention policy for {', '.join(parts + ['cache/'])} (table, and cache/retention/plan.json); "
+                "--apply deletes what no rule keeps"),
+        "params": [{"name": "apply", "long": "apply", "type": bool, "default": False,
+                    "help": "delete what the plan does not keep (without it nothing is deleted)"}],
+        "actions": [(actions.run_retention, (cfg, layout), {"images": tuple(graph.order)})],
+        "uptodate": [False],
+        "verbosity": 2,  # the table goes to the terminal
+    }
+
+
+def tree_task(graph: ImageGraph):
+    def show():
+        print(graph.format_tree())
+
+    return {
+        "basename": "tree",
+        "doc": "Print the image tree (each image under its parent)",
+        "actions": [show],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

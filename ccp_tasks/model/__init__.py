@@ -1,0 +1,1 @@
+"""The model: configuration, template repositories and rendering, the image graph, application sources."""

@@ -1,0 +1,682 @@
+"""The pipeline's configuration: one typed, frozen model loaded from YAML.
+
+Defaults live in the dataclasses below and nowhere else. `load_config()` reads
+`ccp.yaml`, then the per-user override (`ccp.local.yaml` beside it, or the file
+named by $CCP_OVERRIDE), validates every key and type once, naming the file and
+the key, and returns a `PipelineConfig`. Nothing downstream re-validates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import hashlib
+import json
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ccp_tasks.core.errors import ConfigError
+from ccp_tasks.model.rules import waiver_problem
+from ccp_tasks.core.state import Malformed, fields, read_record, write_atomic
+
+CONFIG_NAME = "ccp.yaml"
+LOCAL_OVERRIDE_NAME = "ccp.local.yaml"
+OVERRIDE_ENV = "CCP_OVERRIDE"
+
+# Names a template sees besides the config's free variables; a free variable
+# may not shadow them.
+RESERVED_VARIABLES = frozenset({"namespace", "image_prefix", "tag", "maintainer", "image_name", "image", "copy_sources"})
+
+_NAMESPACE_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+_PREFIX_RE = re.compile(r"^[a-z0-9._-]*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class BaseSettings:
+    """How the Debian root image is made (the `base` task)."""
+
+    enabled: bool = True
+    image: str = "base"  # the image of the tree whose build context receives rootfs.tar
+    suite: str = "bookworm"
+    mirror: str = "http://deb.debian.org/debian"
+    variant: str = "minbase"
+    packages: tuple[str, ...] = ()
+    max_age_days: int = 7
+    # A fixed SOURCE_DATE_EPOCH makes mmdebstrap's tarball bit-identical while
+    # Debian publishes no update, so a refresh that brings nothing new
+    # rebuilds to the same image ID and cascades nowhere.
+    source_date_epoch: int = 1700000000
+
+    def manifest(self) -> dict[str, Any]:
+        """The settings that shape the root filesystem (not the age)."""
+        return {
+            "suite": self.suite,
+            "mirror": self.mirror,
+            "variant": self.variant,
+            "packages": sorted(self.packages),
+            "source_date_epoch": self.source_date_epoch,
+        }
+
+
+@dataclass(frozen=True)
+class LintSettings:
+    """Spec tests on rendered Dockerfiles (the `lint` stage)."""
+
+    # image -> rule ids waived for it, e.g. {"legacy-app": ["CCP010", "DL3059"]}
+    waive: dict[str, Any] = field(default_factory=dict)
+    # hadolint as a second rule source: auto runs it when installed, true
+    # requires it (a missing binary fails the lint), false never runs it.
+    hadolint: typing.Literal["auto", True, False] = "auto"
+    # The least severe hadolint level that fails the lint; findings below it are not reported.
+    hadolint_threshold: typing.Literal["error", "warning", "info", "style"] = "warning"
+    # The hadolint executable (relative to ccp.yaml's directory); empty: the one
+    # beside the running Python (the venv's bin/), else the first on PATH.
+    hadolint_binary: str = ""
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """An application source a template can copy into its image (copy_sources):
+    a git repository at a ref, or a local directory."""
+
+    url: str = ""  # a git URL (https://, ssh, file://, or a path to a repository)
+    ref: str = "main"  # a branch, a tag, or a full commit SHA (pinned)
+    path: str = ""  # instead of url: a directory, relative to ccp.yaml
+
+    @property
+    def pinned(self) -> bool:
+        return bool(_COMMIT_RE.match(self.ref))
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    """Pod definitions (pod.yaml.j2, the `kube` stage)."""
+
+    # The Kubernetes API version whose schemas pods are validated against (offline).
+    kubernetes_version: str = "1.33"
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """Where `doit push` publishes, and where builds look for images to reuse.
+    Credentials never live here: CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD or
+    docker's config.json."""
+
+    url: str = ""  # host[:port] (https) or https://host; empty: pushing is not configured
+    insecure: bool = False  # plain http: only for a registry on a trusted network
+    ca_bundle: str = ""  # a CA file to trust besides the system's (relative to ccp.yaml)
+    # Before building, pull the image the registry already holds for the same
+    # input digest (its content tag) instead of building it.
+    reuse: bool = True
+
+
+@dataclass(frozen=True)
+class ArtifactorySettings:
+    """A generic Artifactory repository for build artifacts (logs, reports,
+    manifests, summary). Credentials: CCP_ARTIFACTORY_TOKEN, or
+    CCP_ARTIFACTORY_USER and CCP_ARTIFACTORY_PASSWORD."""
+
+    url: str = ""  # e.g. https://artifactory.example.org/artifactory; empty: not configured
+    repository: str = "ccp-builds"
+    ca_bundle: str = ""
+
+
+# The seed's policy: builds of master/main/stable-* kept for half a year and
+# always the last five; any other branch's for a week. Patterns are globs on
+# the branch as tags spell it ('/' becomes '-'); the rules are OR-ed.
+DEFAULT_RETENTION_RULES: dict[str, dict[str, int]] = {
+    "master": {"days": 180, "last": 5},
+    "main": {"days": 180, "last": 5},
+    "stable-*": {"days": 180, "last": 5},
+    "*": {"days": 7},
+}
+RETENTION_RULE_KEYS = ("days", "last")
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """What `doit retention` keeps in the registry, in Artifactory and under
+    cache/ (ccp_tasks/retention.py). Keep rules are OR-ed, as in Harbor and
+    GitLab: a build is kept when any rule or marker keeps it, and whatever
+    none keeps is deleted (only with `doit retention --apply`)."""
+
+    # branch pattern -> {days: keep builds younger than this, last: always keep
+    # the newest this many}; a build is aged by the commit time in its build tag
+    # (Artifactory: the item's creation time).
+    rules: dict[str, Any] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_RETENTION_RULES.items()})
+    # Exceptions, always kept: a tag matching one of these globs, ...
+    keep_tags: tuple[str, ...] = ("keep-*",)
+    # ... a tag, a digest, repository:tag or repository@digest listed here (a
+    # build tag listed here keeps that build's images and Artifactory items), ...
+    keep: tuple[str, ...] = ()
+    # ... an image whose config carries this label with the value "true" (empty:
+    # no label marks), and an Artifactory build with the property keep=true.
+    keep_label: str = "io.ccp.keep"
+    # Images with no build tag (pushed outside CI) are aged by their config's
+    # creation time.
+    untagged_days: int = 7
+    # Logs, results, manifests and push records under cache/ of images no longer
+    # in the tree, by modification time.
+    local_days: int = 7
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything ccp.yaml can say. Paths are relative to the config's directory."""
+
+    namespace: str = "ccp"
+    image_prefix: str = ""
+    tag: str = "latest"
+    maintainer: str = "ccp maintainers <ccp@example.org>"
+    # Template repositories, searched in order; an earlier repository's macros
+    # override a later one's (the "repositories split").
+    repositories: tuple[str, ...] = ("dockerfiles",)
+    macros_dir: str = "macros"
+    # Parents outside the tree that a FROM may name (exact references).
+    external_images: tuple[str, ...] = ()
+    build_args: dict[str, str] = field(default_factory=dict)
+    variables: dict[str, Any] = field(default_factory=dict)
+    source_url: str = ""
+    base: BaseSettings = field(default_factory=BaseSettings)
+    lint: LintSettings = field(default_factory=LintSettings)
+    # name -> SourceSettings (a mapping in YAML, checked key by key like the rest)
+    sources: dict[str, Any] = field(default_factory=dict)
+    kube: KubeSettings = field(default_factory=KubeSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    artifactory: ArtifactorySettings = field(default_factory=ArtifactorySettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
+    # Not settable from YAML: where the config was found, and which files were read.
+    root: Path = field(default=Path("."), metadata={"yaml": False})
+    files: tuple[str, ...] = field(default=(), metadata={"yaml": False})
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    def repository_paths(self) -> list[Path]:
+        return [self.root / repo for repo in self.repositories]
+
+    def image_ref(self, name: str) -> str:
+        return f"{self.namespace}/{self.image_prefix}{name}:{self.tag}"
+
+    def template_globals(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "image_prefix": self.image_prefix,
+            "tag": self.tag,
+            "maintainer": self.maintainer,
+            **self.variables,
+        }
+
+
+def _yaml_fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)}
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if tp is str:
+        return "a string"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if origin is tuple:
+        return "a list of strings"
+    if origin is dict:
+        return "a mapping"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(json.dumps(c) if isinstance(c, bool) else str(c) for c in typing.get_args(tp))
+    return "a mapping"
+
+
+def _coerce(tp, value, filename: str, key: str):
+    """Check `value` against the annotation `tp`; return it normalized."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _check_mapping(tp, value, filename, prefix=f"{key}.")
+    ok = False
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is str:
+        ok = isinstance(value, str)
+    elif origin is typing.Literal:  # exact values: True is not 1, "true" is not True
+        ok = any(type(value) is type(choice) and value == choice for choice in typing.get_args(tp))
+    elif origin is tuple:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if ok:
+            value = tuple(value)
+    elif origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
+        if ok and value_type is str:
+            bad = [k for k, v in value.items() if not isinstance(v, (str, int, float)) or isinstance(v, bool)]
+            if bad:
+                raise ConfigError(f"{filename}: {key}.{bad[0]}: expected a string, got {value[bad[0]]!r}")
+            value = {k: str(v) for k, v in value.items()}
+    if not ok:
+        raise ConfigError(f"{filename}: {key}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _check_mapping(cls, data, filename: str, prefix: str = "") -> dict[str, Any]:
+    """Validate the keys present in `data` for dataclass `cls`; defaults are not filled in here."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{filename}: {prefix.rstrip('.')}: expected a mapping, got {data!r}")
+    fields = _yaml_fields(cls)
+    hints = typing.get_type_hints(cls)
+    checked = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{filename}: unknown key '{prefix}{key}'{hint}; known keys: {known}")
+        checked[key] = _coerce(hints[key], value, filename, f"{prefix}{key}")
+    return checked
+
+
+# Bounds on any YAML the pipeline reads (ccp.yaml, integration.yaml, tests.yaml,
+# rendered pod definitions). Aliases share one parsed node, but everything
+# downstream (validation, JSON caches, digests) walks the expanded tree: nine
+# aliases nine levels deep are 387 million values, gigabytes and minutes
+# before a MemoryError. Real files are far inside these.
+# (PyYAML's pure-Python loader, the one that can count, composes about ten
+# thousand values a second.)
+MAX_YAML_BYTES = 256 << 10
+MAX_YAML_VALUES = 20_000  # scalars, lists and mappings, with every alias expanded
+MAX_YAML_TEXT = 1 << 20  # characters of scalars, with every alias expanded
+MAX_YAML_DEPTH = 100  # lists and mappings within each other
+# A parse larger than this is not kept in cache/config-cache.json: read again instead.
+MAX_CACHED_PARSE = 256 << 10
+_TOO_LARGE = f"larger than {MAX_YAML_BYTES >> 10} KiB; refusing to read it"
+
+
+@functools.cache
+def _bounded_loader():
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        """PyYAML's safe loader, refusing (ConfigError, naming the file and line)
+        documents nested or expanding past the bounds above. The composer
+        recurses per level, so depth is counted while composing; expansion is
+        measured on the composed graph, before anything is built from it."""
+
+        def __init__(self, text: str, source: str):
+            super().__init__(text)
+            self.source = source
+            self.depth = 0
+            self.composed = 0
+            self.aliased = False
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                self.aliased = True
+                return super().compose_node(parent, index)
+            self.composed += 1
+            if self.composed > MAX_YAML_VALUES:
+                line = self.peek_event().start_mark.line + 1
+                raise ConfigError(f"{self.source}:{line}: it holds more than {MAX_YAML_VALUES} values; refusing to read it")
+            if not self.check_event(yaml.CollectionStartEvent):
+                return super().compose_node(parent, index)
+            self.depth += 1
+            try:
+                if self.depth > MAX_YAML_DEPTH:
+                    line = self.peek_event().start_mark.line + 1
+                    raise ConfigError(f"{self.source}:{line}: lists and mappings nested deeper than {MAX_YAML_DEPTH} levels; "
+                                      "refusing to read it")
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def compose_document(self):
+            node = super().compose_document()
+            _check_expansion(node, self.source, self.aliased)
+            return node
+
+    return BoundedLoader
+
+
+def _check_expansion(root, source: str, aliased: bool) -> None:
+    """Refuse a composed document whose expanded tree is past the bounds, or that
+    holds itself (an alias inside its own anchor). Each distinct node is
+    measured once, children first, without recursion."""
+    import yaml
+
+    values: dict[int, int] = {}
+    text: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.ScalarNode):
+            values[key], text[key], depth[key] = 1, len(node.value), 0
+            continue
+        children = [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) else node.value
+        if not children_done:
+            if key in values:
+                continue
+            if key in open_nodes:
+                raise ConfigError(f"{source}:{node.start_mark.line + 1}: an alias refers to a list or mapping it is inside of; "
+                                  "refusing to read it")
+            open_nodes.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in values)
+            continue
+        open_nodes.discard(key)
+        values[key] = 1 + sum(values[id(child)] for child in children)
+        text[key] = sum(text[id(child)] for child in children)
+        depth[key] = 1 + max((depth[id(child)] for child in children), default=0)
+        problem = (
+            f"more than {MAX_YAML_VALUES} values" if values[key] > MAX_YAML_VALUES
+            else f"more than {MAX_YAML_TEXT} characters of text" if text[key] > MAX_YAML_TEXT
+            else f"lists and mappings nested deeper than {MAX_YAML_DEPTH} levels" if depth[key] > MAX_YAML_DEPTH
+            else ""
+        )
+        if problem:
+            how = "its aliases expand to" if aliased else "it holds"
+            raise ConfigError(f"{source}:{node.start_mark.line + 1}: {how} {problem}; refusing to read it")
+
+
+def _yaml_loader(text: str, source: str):
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source}: {_TOO_LARGE}")
+    return _bounded_loader()(text, source)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """The one document in `text`, within the bounds above (`source` names it in errors)."""
+    loader = _yaml_loader(text, source)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def load_yaml_all(text: str, source: str) -> list:
+    """Every document in `text`, each within the bounds above."""
+    loader = _yaml_loader(text, source)
+    try:
+        documents = []
+        while loader.check_data():
+            documents.append(loader.get_data())
+        return documents
+    finally:
+        loader.dispose()
+
+
+def compose_yaml(text: str, source: str):
+    """The composed node tree of the one document in `text` (None if empty), within the bounds above."""
+    loader = _yaml_loader(text, source)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+_NOT_PLAIN = {"date": "a date", "datetime": "a timestamp", "bytes": "binary data", "set": "a set"}
+
+
+def _plain_value_problem(value: Any, key: str) -> str:
+    """Where and why `value` holds something JSON cannot (every record, cache and
+    digest of the pipeline is JSON), or '' when it holds nothing of the kind.
+    Depth is bounded by the loader."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            where = f"{key}.{name}" if key else str(name)
+            if name is not None and not isinstance(name, (str, int, float, bool)):
+                return _plain_value_problem(name, where).replace(" is not allowed", " is not allowed as a key", 1)
+            problem = _plain_value_problem(item, where)
+            if problem:
+                return problem
+        return ""
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            problem = _plain_value_problem(item, f"{key}[{index}]")
+            if problem:
+                return problem
+        return ""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return ""
+    kind = _NOT_PLAIN.get(type(value).__name__, f"a {type(value).__name__}")
+    hint = f"; quote it ('{value.isoformat()}') to make it a string" if hasattr(value, "isoformat") else ""
+    return f"{key}: {kind} is not allowed{hint}"
+
+
+def read_yaml(path: Path, parsed_cache: dict | None = None) -> dict[str, Any]:
+    """The mapping a YAML file holds, of what JSON can hold (strings, numbers,
+    booleans, null, lists and mappings: no dates, binary data or sets) and within the
+    loader's bounds. `parsed_cache` maps a file's sha256 to what it parsed to
+    last time: a run whose config did not change does not import PyYAML (a
+    tenth of a no-op over a small tree)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_YAML_BYTES + 1)  # a larger file is refused, not read into memory
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {_TOO_LARGE}")
+    key = hashlib.sha256(raw).hexdigest()
+    if parsed_cache is not None and key in parsed_cache:
+        return parsed_cache[key]
+    import yaml
+
+    try:
+        data = load_yaml(raw.decode(), str(path))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        place = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{place}: malformed YAML: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    problem = _plain_value_problem(data, "")
+    if problem:
+        raise ConfigError(f"{path}: {problem}")
+    if parsed_cache is not None:
+        text = json.dumps(data)
+        # Only what comes back the same (a key 1 comes back "1"), and is not too big to read on every run.
+        if len(text) <= MAX_CACHED_PARSE and json.loads(text) == data:
+            parsed_cache[key] = data
+    return data
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
+    """Checks that need more than a type: reference syntax, names, ranges."""
+
+    def fail(key: str, message: str):
+        raise ConfigError(f"{origin.get(key.split('.')[0], CONFIG_NAME)}: {key}: {message}")
+
+    if not _NAMESPACE_RE.match(cfg.namespace):
+        fail("namespace", f"'{cfg.namespace}' is not a valid repository namespace (lowercase letters, digits, . _ - and /)")
+    if not _PREFIX_RE.match(cfg.image_prefix):
+        fail("image_prefix", f"'{cfg.image_prefix}' may only hold lowercase letters, digits, '.', '_' and '-'")
+    if not _TAG_RE.match(cfg.tag):
+        fail("tag", f"'{cfg.tag}' is not a valid Docker tag")
+    if not cfg.repositories:
+        fail("repositories", "at least one template repository is needed")
+    for repo in cfg.repositories:
+        if not (cfg.root / repo).is_dir():
+            fail("repositories", f"template repository '{repo}' is not a directory under {cfg.root}")
+    for name in cfg.variables:
+        if not _IDENTIFIER_RE.match(name):
+            fail(f"variables.{name}", "a variable name must be a Python identifier")
+        if name in RESERVED_VARIABLES:
+            fail(f"variables.{name}", "shadows a name the pipeline provides to templates; rename it")
+    if cfg.base.max_age_days < 0:
+        fail("base.max_age_days", "must be 0 or more")
+
+    for image, rules in cfg.lint.waive.items():
+        if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
+            fail(f"lint.waive.{image}", f"expected a list of rule ids, got {rules!r}")
+        for rule in rules:
+            problem = waiver_problem(rule)
+            if problem:
+                fail(f"lint.waive.{image}", problem)
+    for arg in cfg.build_args:
+        if not _IDENTIFIER_RE.match(arg):
+            fail(f"build_args.{arg}", "a build argument name must be an identifier")
+    if cfg.registry.url:
+        if cfg.registry.url.startswith("http://") and not cfg.registry.insecure:
+            fail("registry.url", "plain http needs registry.insecure: true (and only on a trusted network)")
+        if "@" in cfg.registry.url:
+            fail("registry.url", "credentials do not belong in the config: use CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD or docker login")
+        # An image reference has room for host[:port] only, and the registry
+        # client would address /v2/ on the host root: a path, query or fragment
+        # would be dropped without a word.
+        from urllib.parse import urlsplit
+
+        url = cfg.registry.url
+        parts = urlsplit(url if "://" in url else f"//{url}")
+        for what, part, hint in (("a path", parts.path.rstrip("/"), "use a namespace for {!r}"),
+                                 ("a query", "?" in url and f"?{parts.query}", "drop it"),
+                                 ("a fragment", "#" in url and f"#{parts.fragment}", "drop it")):
+            if part:
+                fail("registry.url", f"{url!r} has {what} ({part!r}); a registry is named host[:port] "
+                                     f"(its API is at /v2/ on the host root); {hint.format(part)}")
+    for key, value in (("registry.ca_bundle", cfg.registry.ca_bundle), ("artifactory.ca_bundle", cfg.artifactory.ca_bundle)):
+        if value and not (cfg.root / value).is_file():
+            fail(key, f"{value} is not a file")
+    for name, source in cfg.sources.items():
+        if not _SOURCE_NAME_RE.match(name):
+            fail(f"sources.{name}", "a source name is lowercase letters, digits, '.', '_' and '-'")
+        if bool(source.url) == bool(source.path):
+            fail(f"sources.{name}", "give either url (a git repository) or path (a directory), not both or neither")
+        if source.path and not (cfg.root / source.path).is_dir():
+            fail(f"sources.{name}.path", f"{source.path} is not a directory under {cfg.root}")
+        if source.url and not source.ref:
+            fail(f"sources.{name}.ref", "a branch, tag or commit is needed")
+    if cfg.artifactory.url and "@" in cfg.artifactory.url:
+        fail("artifactory.url", "credentials do not belong in the config: use CCP_ARTIFACTORY_TOKEN or CCP_ARTIFACTORY_USER/CCP_ARTIFACTORY_PASSWORD")
+    _validate_retention(cfg.retention, fail)
+
+
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+
+
+def _keep_entry_problem(entry: str) -> str:
+    """Why `entry` is not a tag, a digest, repository:tag or repository@digest ('' when it is one)."""
+    repository, at, digest = entry.rpartition("@")
+    if at:
+        if not _DIGEST_RE.match(digest):
+            return f"'{entry}': the part after '@' is not a digest (sha256: and 64 hex digits)"
+        return "" if _NAMESPACE_RE.match(repository) else f"'{entry}': '{repository}' is not a repository name"
+    if entry.startswith("sha256:"):
+        return "" if _DIGEST_RE.match(entry) else f"'{entry}' is not a digest (sha256: and 64 hex digits)"
+    repository, colon, tag = entry.rpartition(":")
+    if colon and "/" in repository:
+        if not _NAMESPACE_RE.match(repository):
+            return f"'{entry}': '{repository}' is not a repository name"
+    else:
+        tag = entry
+    return "" if _TAG_RE.match(tag) else f"'{entry}': '{tag}' is not a valid Docker tag"
+
+
+def _validate_retention(settings: RetentionSettings, fail) -> None:
+    for pattern, rule in settings.rules.items():
+        key = f"retention.rules.{pattern}"
+        if not pattern.strip():
+            fail("retention.rules", "a branch pattern may not be empty (use '*' for every branch)")
+        if not isinstance(rule, dict):
+            fail(key, f"expected a mapping with days and/or last, got {rule!r}")
+        for name, value in rule.items():
+            if name not in RETENTION_RULE_KEYS:
+                close = difflib.get_close_matches(str(name), RETENTION_RULE_KEYS, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                fail(key, f"unknown key '{name}'{hint}; known keys: {', '.join(RETENTION_RULE_KEYS)}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                fail(f"{key}.{name}", f"expected an integer, 0 or more, got {value!r}")
+        if not rule:
+            fail(key, "a rule needs days (keep builds younger than that) or last (keep the newest that many), or both")
+    for pattern in settings.keep_tags:
+        if not pattern.strip():
+            fail("retention.keep_tags", "a tag pattern may not be empty")
+    for entry in settings.keep:
+        problem = _keep_entry_problem(entry)
+        if problem:
+            fail("retention.keep", problem + " (a tag, a digest, repository:tag or repository@digest)")
+    if settings.keep_label and not _LABEL_KEY_RE.match(settings.keep_label):
+        fail("retention.keep_label", f"'{settings.keep_label}' is not a label key")
+    for key, value in (("retention.untagged_days", settings.untagged_days), ("retention.local_days", settings.local_days)):
+        if value < 0:
+            fail(key, "must be 0 or more")
+
+
+def _parsed_configs(raw) -> dict:
+    """sha256 of a file -> the mapping it parsed to (what read_yaml returns)."""
+    fields(raw)
+    if not all(isinstance(data, dict) for data in raw.values()):
+        raise Malformed("not mappings")
+    return raw
+
+
+def config_files(root: Path) -> list[Path]:
+    """The files that make the configuration, in the order they apply."""
+    files = [root / CONFIG_NAME]
+    override = os.environ.get(OVERRIDE_ENV)
+    if override:
+        files.append(Path(override) if Path(override).is_absolute() else root / override)
+    elif (root / LOCAL_OVERRIDE_NAME).exists():
+        files.append(root / LOCAL_OVERRIDE_NAME)
+    return files
+
+
+def load_config(root: Path | str = ".") -> PipelineConfig:
+    """Read and validate ccp.yaml and its override under `root`."""
+    root = Path(root).resolve()
+    files = config_files(root)
+    if not files[0].exists():
+        raise ConfigError(f"{files[0]}: not found; the pipeline needs its configuration file")
+    parsed_cache_path = root / "cache" / "config-cache.json"
+    parsed_cache = read_record(parsed_cache_path, "a cache of parsed configuration", _parsed_configs) or {}
+    known = set(parsed_cache)
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for path in files:
+        checked = _check_mapping(PipelineConfig, read_yaml(path, parsed_cache), path.name)
+        origin.update({key: path.name for key in checked})
+        merged = _merge(merged, checked)
+    if "base" in merged:
+        merged["base"] = BaseSettings(**merged["base"])
+    for key, settings in (("lint", LintSettings), ("registry", RegistrySettings), ("artifactory", ArtifactorySettings),
+                          ("retention", RetentionSettings)):
+        if key in merged:
+            merged[key] = settings(**merged[key])
+    if "sources" in merged:
+        merged["sources"] = {
+            name: SourceSettings(**_check_mapping(SourceSettings, value, origin.get("sources", CONFIG_NAME), f"sources.{name}."))
+            for name, value in merged["sources"].items()
+        }
+    cfg = PipelineConfig(**merged, root=root, files=tuple(str(p) for p in files))
+    _validate_values(cfg, origin)
+    if set(parsed_cache) != known and parsed_cache_path.parent.is_dir():
+        write_atomic(parsed_cache_path, json.dumps(dict(list(parsed_cache.items())[-8:])).encode())
+    return cfg

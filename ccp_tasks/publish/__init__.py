@@ -1,0 +1,1 @@
+"""Publishing: the registry client, push and moving tags, Artifactory, retention."""
