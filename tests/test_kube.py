@@ -81,7 +81,8 @@ class Tree:
         self.log = root / "logs" / "kube-web.log"
 
     def write(self, rel: str, text: str) -> Path:
-        path = self.root / "web" / rel
+        # Inside the template repository: a template (pod.yaml.j2 too) loads only from there.
+        path = self.root / "dockerfiles" / "web" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         return path
