@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from .config import PipelineConfig
 from .errors import ContextError, GraphError, TemplateError
-from .state import write_atomic
+from .state import read_regular_file, write_atomic
 
 TEMPLATE_NAME = "Dockerfile.j2"
 # Files beside a template that describe the image rather than go into it.
@@ -96,8 +96,7 @@ class DockerIgnore:
     @classmethod
     def read(cls, path: str) -> "DockerIgnore | None":
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as handle:
-                text = handle.read()
+            text = read_regular_file(path)[0].decode("utf-8", errors="surrogateescape")
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -351,11 +350,12 @@ def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]):
                 escaped = self.outside(template)
                 if escaped is not None:
                     raise TemplateError(f"{template} leads to {escaped}, outside the template repositories")
-                path = Path(template)
                 try:
-                    source = path.read_text()
-                except OSError:
+                    source = read_regular_file(template)[0].decode()
+                except FileNotFoundError:
                     raise jinja2.TemplateNotFound(template) from None
+                except OSError as exc:
+                    raise TemplateError(f"{template}: cannot read it: {exc.strerror}") from None
                 signature = _signature(template)
                 return source, template, lambda: _signature(template) == signature
             check_template_name(template)

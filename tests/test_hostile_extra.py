@@ -1,0 +1,82 @@
+"""Hostile inputs beyond the ones each stage's own tests try: files that are not
+files, contexts changed between render and build."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from conftest import child_template
+
+
+def fifo_tree(project):
+    project.busybox_base("bb")
+    project.image("lone", child_template("bb", "RUN echo lone > /lone"))
+
+
+def assert_one_line_about(result, path, root):
+    """One line naming the file (as the user's path or relative to the project) and what it is."""
+    assert result.returncode != 0, result.output
+    assert "Traceback" not in result.output, result.output
+    rel = str(path.relative_to(root))
+    assert [line for line in result.output.splitlines() if rel in line and "FIFO" in line], result.output
+
+
+def test_fifo_in_a_build_context_is_an_error_not_a_hang(project):
+    """A FIFO's read blocks until someone writes to it: forever, in a build."""
+    fifo_tree(project)
+    fifo = project.root / "dockerfiles" / "lone" / "pipe"
+    os.mkfifo(fifo)
+    assert_one_line_about(project.doit(timeout=120), fifo, project.root)
+    assert not (project.root / "cache" / "images" / "lone.json").exists()
+    os.unlink(fifo)
+    assert project.ok().built == {"bb", "lone"}
+
+
+def test_fifo_as_dockerignore_or_template_is_an_error_not_a_hang(project):
+    fifo_tree(project)
+    lone = project.root / "dockerfiles" / "lone"
+    os.mkfifo(lone / ".dockerignore")
+    assert_one_line_about(project.doit(timeout=120), lone / ".dockerignore", project.root)
+    os.unlink(lone / ".dockerignore")
+    os.unlink(lone / "Dockerfile.j2")
+    os.mkfifo(lone / "Dockerfile.j2")
+    assert_one_line_about(project.doit(timeout=120), lone / "Dockerfile.j2", project.root)
+
+
+def test_fifo_in_a_directory_source_is_an_error_not_a_hang(project):
+    fifo_tree(project)
+    project.write("src/app/main.txt", "hi\n")
+    os.mkfifo(project.root / "src" / "app" / "pipe")
+    project.config["sources"] = {"app": {"path": "src/app"}}
+    project.write_config()
+    project.image("lone", child_template("bb", "{{ copy_sources('app', '/srv') }}"))
+    assert_one_line_about(project.doit(timeout=120), project.root / "src" / "app" / "pipe", project.root)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
+def test_device_file_in_a_build_context_is_an_error(project):
+    """A character device like /dev/zero never ends: the read would fill memory."""
+    fifo_tree(project)
+    zero = project.root / "dockerfiles" / "lone" / "zero"
+    os.mknod(zero, 0o600 | stat.S_IFCHR, os.makedev(1, 5))
+    result = project.doit(timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.output, result.output
+    assert f"{zero}: it is a character device, not a regular file" in result.output
+
+
+def test_context_file_swapped_for_a_host_link_after_render_is_refused(project):
+    """TOCTOU: discovery and render saw a regular file; the build must not follow the link put there since."""
+    fifo_tree(project)
+    project.image("lone", child_template("bb", "COPY data /data"), {"data": "mine\n"})
+    project.ok("render:lone")
+    data = project.root / "dockerfiles" / "lone" / "data"
+    data.unlink()
+    data.symlink_to("/etc/passwd")
+    # Only the build, as a run started before the swap would go on to it.
+    result = project.doit("build:lone", timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.output, result.output
+    assert "/etc/passwd" in result.output and "outside the template repository" in result.output
+    staged = project.root / "cache" / "contexts" / "lone" / "data"
+    assert not staged.exists() or b"root:" not in staged.read_bytes()
