@@ -389,9 +389,14 @@ def check_template_name(name) -> None:
 
 
 def _tree_environment():
-    import jinja2
+    # Sandboxed: a template may come from another team's repository, and an
+    # unsandboxed one reaches Python itself (`cycler.__init__.__globals__.os`):
+    # it would run host commands at render time and read host files into the
+    # image past every symlink rule. The sandbox costs the sample tree's 12
+    # renders a few milliseconds, and a no-op run renders nothing.
+    from jinja2.sandbox import SandboxedEnvironment
 
-    class TreeEnvironment(jinja2.Environment):
+    class TreeEnvironment(SandboxedEnvironment):
         def join_path(self, template, parent):
             # Called for every name a template includes, imports or extends (never for
             # the image template the renderer asks for by its absolute path).

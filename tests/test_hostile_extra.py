@@ -80,3 +80,19 @@ def test_context_file_swapped_for_a_host_link_after_render_is_refused(project):
     assert "/etc/passwd" in result.output and "outside the template repository" in result.output
     staged = project.root / "cache" / "contexts" / "lone" / "data"
     assert not staged.exists() or b"root:" not in staged.read_bytes()
+
+
+@pytest.mark.parametrize("expression", [
+    "cycler.__init__.__globals__.os.popen('echo pwned > /tmp/ccp-pwned-' ~ namespace).read()",
+    "''.__class__.__mro__[1].__subclasses__()",
+])
+def test_a_template_cannot_reach_python_or_run_host_commands(project, expression):
+    """A template may come from another team's repository: rendering is sandboxed."""
+    fifo_tree(project)
+    project.image("lone", child_template("bb", f"RUN echo {{{{ {expression} }}}}"))
+    result = project.doit(timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.output, result.output
+    assert [line for line in result.output.splitlines()
+            if "dockerfiles/lone/Dockerfile.j2:3:" in line and "unsafe" in line], result.output
+    assert not os.path.exists(f"/tmp/ccp-pwned-{project.namespace}")
+    assert not (project.root / "cache" / "images" / "lone.json").exists()
