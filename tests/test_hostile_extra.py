@@ -96,3 +96,31 @@ def test_a_template_cannot_reach_python_or_run_host_commands(project, expression
             if "dockerfiles/lone/Dockerfile.j2:3:" in line and "unsafe" in line], result.output
     assert not os.path.exists(f"/tmp/ccp-pwned-{project.namespace}")
     assert not (project.root / "cache" / "images" / "lone.json").exists()
+
+
+def test_files_whose_bytes_spell_other_files_do_not_share_an_input_digest(project, docker_client):
+    """A name and the bytes after it were hashed as one stream: file `a` holding
+    what the next file's header looks like collided with that file, and the new
+    context adopted the old image (without `b`, with the old `a`)."""
+    fifo_tree(project)
+    project.image("lone", child_template("bb", "COPY . /ctx/"), {"a": "1\nfile b 0\n2"})
+    project.ok()
+    old = project.stamp("lone")
+    project.write("dockerfiles/lone/a", "1\n")
+    project.write("dockerfiles/lone/b", "2")
+    result = project.ok()
+    assert result.summary["images"]["lone"]["outcome"] == "built", result.output
+    assert project.stamp("lone")["input_digest"] != old["input_digest"]
+    assert docker_client.inspect_image(project.ref("lone"))["Id"] == project.stamp("lone")["image_id"] != old["image_id"]
+
+
+def test_a_context_file_name_that_is_not_utf8_builds(project):
+    """A file name is bytes; the input digest took it as text and raised UnicodeEncodeError."""
+    fifo_tree(project)
+    with open(os.path.join(os.fsencode(project.root / "dockerfiles" / "lone"), b"bad\xffname"), "w") as handle:
+        handle.write("x")
+    project.write("dockerfiles/lone/new\nline", "y")
+    result = project.doit(timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.output, result.output
+    assert result.built == {"bb", "lone"}
+    assert project.ok().rebuilt == set()
