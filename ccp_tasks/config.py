@@ -343,9 +343,16 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
         fail("tag", f"'{cfg.tag}' is not a valid Docker tag")
     if not cfg.repositories:
         fail("repositories", "at least one template repository is needed")
+    real_root = os.path.realpath(cfg.root)
     for repo in cfg.repositories:
         if not (cfg.root / repo).is_dir():
             fail("repositories", f"template repository '{repo}' is not a directory under {cfg.root}")
+        real = os.path.realpath(cfg.root / repo)
+        if real_root == real or real_root.startswith(real.rstrip("/") + "/"):
+            # It would hold this checkout's cache/ (staged contexts, synced sources), and '/' the whole host:
+            # discovery would walk all of it, and every file in it could become context.
+            fail("repositories", f"template repository '{repo}' is {real}, which holds the checkout {cfg.root} "
+                                 "itself; name the templates' own directory (such as dockerfiles)")
     for name in cfg.variables:
         if not _IDENTIFIER_RE.match(name):
             fail(f"variables.{name}", "a variable name must be a Python identifier")

@@ -124,3 +124,33 @@ def test_a_context_file_name_that_is_not_utf8_builds(project):
     assert result.returncode == 0 and "Traceback" not in result.output, result.output
     assert result.built == {"bb", "lone"}
     assert project.ok().rebuilt == set()
+
+
+@pytest.mark.parametrize("repository", ["/", ".", ".."])
+def test_a_repository_holding_the_checkout_is_refused(project, repository):
+    """`/` made discovery walk the whole host (other checkouts' images came out as
+    `defined twice`); `.` holds cache/ with its staged contexts and synced sources."""
+    fifo_tree(project)
+    project.config["repositories"] = [repository]
+    project.write_config()
+    result = project.doit("list", timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.output, result.output
+    assert result.output.strip().splitlines() == [
+        f"ERROR: ccp.yaml: repositories: template repository '{repository}' is "
+        f"{os.path.realpath(project.root / repository)}, which holds the checkout {project.root} itself; "
+        "name the templates' own directory (such as dockerfiles)"], result.output
+
+
+@pytest.mark.parametrize("kind", ["binary", "fifo"])
+def test_a_pod_template_that_is_not_text_is_one_line(project, kind):
+    """Task generation read it as text (a traceback from `doit list`) or waited on the FIFO forever."""
+    fifo_tree(project)
+    pod = project.root / "dockerfiles" / "lone" / "pod.yaml.j2"
+    if kind == "binary":
+        pod.write_bytes(b"\x00\xff\xfe\x81garbage")
+    else:
+        os.mkfifo(pod)
+    assert "kube:lone" in project.ok("list", "--all", timeout=120).output
+    result = project.doit("kube:lone", timeout=300)
+    assert result.returncode != 0 and "Traceback" not in result.output, result.output
+    assert [line for line in result.output.splitlines() if "lone/pod.yaml.j2" in line], result.output
