@@ -450,7 +450,13 @@ class Renderer:
             raise TemplateError(f"copy_sources({name!r}): no such source in ccp.yaml's 'sources' (known: {known})")
         if not isinstance(destination, str) or not destination.startswith("/"):
             raise TemplateError(f"copy_sources({name!r}, {destination!r}): the destination must be an absolute path")
-        return f"COPY {SOURCES_DIR}/{name}/ {destination.rstrip('/')}/"
+        if re.search(r"\s|[\x00-\x1f\x7f]", destination):
+            # A newline would end the COPY and start an instruction of its own; a space would split it.
+            raise TemplateError(f"copy_sources({name!r}, {destination!r}): the destination may not hold "
+                                "whitespace or control characters")
+        # The engine refuses a COPY to `/..` with a message about its own overlay directories.
+        destination = posixpath.normpath(destination).lstrip("/")
+        return f"COPY {SOURCES_DIR}/{name}/ /{destination}{'/' if destination else ''}"
 
     def _analyse(self, name: str, path: str) -> tuple[frozenset[str], frozenset[str]]:
         """Macro files and free variables `name` reaches, following includes and imports."""

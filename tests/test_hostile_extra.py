@@ -154,3 +154,19 @@ def test_a_pod_template_that_is_not_text_is_one_line(project, kind):
     result = project.doit("kube:lone", timeout=300)
     assert result.returncode != 0 and "Traceback" not in result.output, result.output
     assert [line for line in result.output.splitlines() if "lone/pod.yaml.j2" in line], result.output
+
+
+def test_copy_sources_destination_is_one_clean_path(project, docker_client):
+    """`/../../` reached the engine, which failed with a message about its overlay
+    directories; a newline in the destination started an instruction of its own."""
+    fifo_tree(project)
+    project.write("src/app/main.txt", "hi\n")
+    project.config["sources"] = {"app": {"path": "src/app"}}
+    project.write_config()
+    project.image("lone", child_template("bb", "{{ copy_sources('app', '/../../srv/../opt/') }}"))
+    project.ok()
+    assert "COPY sources/app/ /opt/\n" in (project.root / "cache" / "build" / "lone" / "Dockerfile").read_text()
+    project.image("lone", child_template("bb", "{{ copy_sources('app', '/a\\nRUN touch /injected') }}"))
+    result = project.doit(timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.output, result.output
+    assert "the destination may not hold whitespace or control characters" in result.output
