@@ -337,6 +337,15 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
 
     if not _NAMESPACE_RE.match(cfg.namespace):
         fail("namespace", f"'{cfg.namespace}' is not a valid repository namespace (lowercase letters, digits, . _ - and /)")
+    hub, _, rest = cfg.namespace.partition("/")
+    if hub in ("docker.io", "index.docker.io") and rest:
+        # The engine names (and reports events about) these images without the host:
+        # a view keyed by the spelled-out reference missed every move of them.
+        fail("namespace", f"'{cfg.namespace}': the engine names these images '{rest}/...' (Docker Hub is implied); "
+                          f"write namespace: {rest}")
+    if cfg.namespace == "library" or (hub in ("docker.io", "index.docker.io") and rest == "library"):
+        fail("namespace", f"'{cfg.namespace}': the engine names Docker Hub's official images without 'library/'; "
+                          "choose another namespace")
     if not _PREFIX_RE.match(cfg.image_prefix):
         fail("image_prefix", f"'{cfg.image_prefix}' may only hold lowercase letters, digits, '.', '_' and '-'")
     if not _TAG_RE.match(cfg.tag):

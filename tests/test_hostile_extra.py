@@ -170,3 +170,21 @@ def test_copy_sources_destination_is_one_clean_path(project, docker_client):
     result = project.doit(timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.output, result.output
     assert "the destination may not hold whitespace or control characters" in result.output
+
+
+@pytest.mark.parametrize("namespace, hint", [
+    ("docker.io/someone", "write namespace: someone"),
+    ("index.docker.io/someone", "write namespace: someone"),
+    ("library", "choose another namespace"),
+])
+def test_a_namespace_the_engine_spells_otherwise_is_refused(project, namespace, hint):
+    """With `docker.io/x` the engine's references and events say `x/...`: the
+    view kept `docker.io/x/...`, missed a `docker tag` onto one of them, and
+    called the moved image up to date."""
+    fifo_tree(project)
+    project.config["namespace"] = namespace
+    project.write_config()
+    result = project.doit("list", timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.output, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith(f"ERROR: ccp.yaml: namespace: '{namespace}'") and line.endswith(hint), line
