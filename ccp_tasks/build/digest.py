@@ -19,14 +19,19 @@ def input_digest(context_dir: Path, build_args: dict[str, str], labels: dict[str
     digest = hashlib.sha256()
     for path in sorted(p for p in context_dir.rglob("*") if p.is_file() or p.is_symlink()):
         rel = path.relative_to(context_dir).as_posix()
+        # Fields end in NUL (no name or link text holds one) and a file's bytes go in
+        # as their own fixed-size hash: with names and bytes streamed as they are,
+        # file `a` holding "1\nfile b 0\n2" hashed like `a` = "1\n" beside `b` = "2",
+        # and the second context adopted the first's image. A name that is not
+        # UTF-8 is hashed as its bytes (surrogateescape gives them back).
         if path.is_symlink():
-            digest.update(f"link {rel} {os.readlink(path)}\n".encode())
+            digest.update(f"link\0{rel}\0{os.readlink(path)}\0".encode("utf-8", "surrogateescape"))
             continue
         executable = bool(path.stat().st_mode & stat.S_IXUSR)
-        digest.update(f"file {rel} {int(executable)}\n".encode())
+        digest.update(f"file\0{rel}\0{int(executable)}\0".encode("utf-8", "surrogateescape"))
         if rel == "Dockerfile":
-            digest.update(dockerfile_essence(path.read_text()).encode())
+            digest.update(hashlib.sha256(dockerfile_essence(path.read_text()).encode()).digest())
         else:
-            hash_file(path, digest)
+            digest.update(hash_file(path).digest())
     digest.update(dump_json({"build_args": build_args, "labels": labels, "parents": parent_ids}))
     return "sha256:" + digest.hexdigest()

@@ -820,8 +820,10 @@ def _engine_error(exc: Exception, doing: str) -> EngineError:
 
 def _template_env(spec_dir: Path):
     import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
 
-    return jinja2.Environment(
+    # Sandboxed as the Dockerfile templates are (render._tree_environment).
+    return SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(str(spec_dir)),
         undefined=jinja2.StrictUndefined,
         # the same rendering rules as the Dockerfile templates

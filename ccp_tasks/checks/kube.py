@@ -117,6 +117,7 @@ from ccp_tasks.engine.leftovers import ROLE_LABEL
 from ccp_tasks.model.config import load_yaml_all
 from ccp_tasks.core.errors import CcpError, ConfigError, EngineError
 from ccp_tasks.model.render import POD_TEMPLATE
+from ccp_tasks.core.state import read_regular_file
 
 # podrun (and the http, ssl and thread machinery it brings) is imported where it
 # is used: task generation only needs pod_inputs(), and a no-op run stays cheap.
@@ -1318,9 +1319,13 @@ def pod_inputs(cfg, graph, name: str, integration_inputs: dict) -> PodInputs | N
     image = graph.images[name]
     template = f"{image.source.directory}/{POD_TEMPLATE}"
     try:
-        text = Path(template).read_text()
-    except OSError:
+        text = read_regular_file(template)[0].decode()
+    except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError):
+        # A FIFO (whose read would block task generation forever) or binary garbage:
+        # the kube task's render names the file and what is wrong with it.
+        return PodInputs(template, (name,), ())
     referenced = referenced_images(cfg, graph.images, text)
     images = [name, *referenced]
     files: list[str] = []

@@ -123,6 +123,30 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                  (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+
+
+def read_regular_file(path) -> tuple[bytes, os.stat_result, str]:
+    """The bytes and status of the regular file at `path` (symlinks followed),
+    and the real path of what was opened. Anything else is an OSError: a FIFO
+    would block the read forever, a device never ends. Opened without
+    blocking and checked by its descriptor, so a file swapped for one of those
+    after a check is caught too; the real path comes from the descriptor, for
+    a caller that must know where the bytes really came from."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as handle:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            kind = next((name for test, name in _SPECIAL_KINDS if test(status.st_mode)), "not a regular file")
+            raise OSError(0, f"it is {kind}, not a regular file", str(path))
+        try:
+            real = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            real = os.path.realpath(path)
+        return handle.read(), status, real
+
+
 def write_if_changed(path: Path, data: bytes) -> bool:
     """Write only when the bytes differ, so an unchanged file keeps its mtime; True if written.
     A symlink at `path` is replaced, never read through."""

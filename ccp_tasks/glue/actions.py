@@ -32,6 +32,7 @@ from ccp_tasks.core.state import (
     DIGEST_LABEL,
     Stamp,
     dump_json,
+    read_regular_file,
     write_atomic,
     write_if_changed,
 )
@@ -94,10 +95,15 @@ def stage_context(image: Image, context_dir: str, generated: dict[str, Path], la
             raise CcpError(f"image '{image.name}': context file {origin} now leads to {real}, outside the "
                            f"template repository {source.repository}")
         try:
-            data = origin.read_bytes()
-            mode = origin.stat().st_mode & 0o7777
+            data, status, real = read_regular_file(origin)
         except OSError as exc:
-            raise CcpError(f"image '{image.name}': cannot read context file {origin}: {exc.strerror}") from None
+            raise CcpError(f"image '{image.name}': cannot read context file {origin}: {exc.strerror}; remove it "
+                           f"or list it in the image's .dockerignore") from None
+        if not real.startswith(f"{real_repository}/"):
+            # Swapped for a link (or its directory for one) between the check above and the open.
+            raise CcpError(f"image '{image.name}': context file {origin} now leads to {real}, outside the "
+                           f"template repository {source.repository}")
+        mode = status.st_mode & 0o7777
         if write_if_changed(target, data):
             changed.append(rel)
         if target.stat().st_mode & 0o7777 != mode:

@@ -516,15 +516,31 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
 
     if not _NAMESPACE_RE.match(cfg.namespace):
         fail("namespace", f"'{cfg.namespace}' is not a valid repository namespace (lowercase letters, digits, . _ - and /)")
+    hub, _, rest = cfg.namespace.partition("/")
+    if hub in ("docker.io", "index.docker.io") and rest:
+        # The engine names (and reports events about) these images without the host:
+        # a view keyed by the spelled-out reference missed every move of them.
+        fail("namespace", f"'{cfg.namespace}': the engine names these images '{rest}/...' (Docker Hub is implied); "
+                          f"write namespace: {rest}")
+    if cfg.namespace == "library" or (hub in ("docker.io", "index.docker.io") and rest == "library"):
+        fail("namespace", f"'{cfg.namespace}': the engine names Docker Hub's official images without 'library/'; "
+                          "choose another namespace")
     if not _PREFIX_RE.match(cfg.image_prefix):
         fail("image_prefix", f"'{cfg.image_prefix}' may only hold lowercase letters, digits, '.', '_' and '-'")
     if not _TAG_RE.match(cfg.tag):
         fail("tag", f"'{cfg.tag}' is not a valid Docker tag")
     if not cfg.repositories:
         fail("repositories", "at least one template repository is needed")
+    real_root = os.path.realpath(cfg.root)
     for repo in cfg.repositories:
         if not (cfg.root / repo).is_dir():
             fail("repositories", f"template repository '{repo}' is not a directory under {cfg.root}")
+        real = os.path.realpath(cfg.root / repo)
+        if real_root == real or real_root.startswith(real.rstrip("/") + "/"):
+            # It would hold this checkout's cache/ (staged contexts, synced sources), and '/' the whole host:
+            # discovery would walk all of it, and every file in it could become context.
+            fail("repositories", f"template repository '{repo}' is {real}, which holds the checkout {cfg.root} "
+                                 "itself; name the templates' own directory (such as dockerfiles)")
     for name in cfg.variables:
         if not _IDENTIFIER_RE.match(name):
             fail(f"variables.{name}", "a variable name must be a Python identifier")

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.core.errors import ContextError, GraphError, TemplateError
-from ccp_tasks.core.state import Malformed, fields, is_signature, read_record, write_atomic
+from ccp_tasks.core.state import Malformed, fields, is_signature, read_record, read_regular_file, write_atomic
 
 TEMPLATE_NAME = "Dockerfile.j2"
 # Files beside a template that describe the image rather than go into it.
@@ -96,8 +96,7 @@ class DockerIgnore:
     @classmethod
     def read(cls, path: str) -> "DockerIgnore | None":
         try:
-            with open(path, encoding="utf-8", errors="surrogateescape") as handle:
-                text = handle.read()
+            text = read_regular_file(path)[0].decode("utf-8", errors="surrogateescape")
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -351,11 +350,12 @@ def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]):
                 escaped = self.outside(template)
                 if escaped is not None:
                     raise TemplateError(f"{template} leads to {escaped}, outside the template repositories")
-                path = Path(template)
                 try:
-                    source = path.read_text()
-                except OSError:
+                    source = read_regular_file(template)[0].decode()
+                except FileNotFoundError:
                     raise jinja2.TemplateNotFound(template) from None
+                except OSError as exc:
+                    raise TemplateError(f"{template}: cannot read it: {exc.strerror}") from None
                 signature = _signature(template)
                 return source, template, lambda: _signature(template) == signature
             check_template_name(template)
@@ -389,9 +389,14 @@ def check_template_name(name) -> None:
 
 
 def _tree_environment():
-    import jinja2
+    # Sandboxed: a template may come from another team's repository, and an
+    # unsandboxed one reaches Python itself (`cycler.__init__.__globals__.os`):
+    # it would run host commands at render time and read host files into the
+    # image past every symlink rule. The sandbox costs the sample tree's 12
+    # renders a few milliseconds, and a no-op run renders nothing.
+    from jinja2.sandbox import SandboxedEnvironment
 
-    class TreeEnvironment(jinja2.Environment):
+    class TreeEnvironment(SandboxedEnvironment):
         def join_path(self, template, parent):
             # Called for every name a template includes, imports or extends (never for
             # the image template the renderer asks for by its absolute path).
@@ -445,7 +450,13 @@ class Renderer:
             raise TemplateError(f"copy_sources({name!r}): no such source in ccp.yaml's 'sources' (known: {known})")
         if not isinstance(destination, str) or not destination.startswith("/"):
             raise TemplateError(f"copy_sources({name!r}, {destination!r}): the destination must be an absolute path")
-        return f"COPY {SOURCES_DIR}/{name}/ {destination.rstrip('/')}/"
+        if re.search(r"\s|[\x00-\x1f\x7f]", destination):
+            # A newline would end the COPY and start an instruction of its own; a space would split it.
+            raise TemplateError(f"copy_sources({name!r}, {destination!r}): the destination may not hold "
+                                "whitespace or control characters")
+        # The engine refuses a COPY to `/..` with a message about its own overlay directories.
+        destination = posixpath.normpath(destination).lstrip("/")
+        return f"COPY {SOURCES_DIR}/{name}/ /{destination}{'/' if destination else ''}"
 
     def _analyse(self, name: str, path: str) -> tuple[frozenset[str], frozenset[str]]:
         """Macro files and free variables `name` reaches, following includes and imports."""

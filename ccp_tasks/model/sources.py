@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ccp_tasks.model.config import SourceSettings
 from ccp_tasks.core.errors import CcpError
-from ccp_tasks.core.state import dump_json, fields, read_record, write_if_changed
+from ccp_tasks.core.state import dump_json, fields, read_record, read_regular_file, write_if_changed
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 GIT_TIMEOUT = 300
@@ -109,7 +109,11 @@ def directory_revision(directory: Path) -> str:
     for path in _tree_files(directory, follow=True):
         rel = path.relative_to(directory).as_posix()
         digest.update(f"{rel}\0{int(os.access(path, os.X_OK))}\0".encode())
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
+        try:
+            data = read_regular_file(path)[0]
+        except OSError as exc:
+            raise SourceError(f"{path}: cannot read it: {exc.strerror}; remove it from the source directory") from None
+        digest.update(hashlib.sha256(data).digest())
     return "sha256:" + digest.hexdigest()
 
 
