@@ -4,8 +4,7 @@ live in ccp.yaml."""
 
 from pathlib import Path
 
-from ccp_tasks.glue import pipeline
-from ccp_tasks.glue import tasks
+from ccp_tasks.glue import pipeline, tasks
 
 PIPELINE = pipeline.load(Path(__file__).resolve().parent)
 

@@ -129,7 +129,7 @@ def doit_run(root: Path, *args: str) -> tuple[float, set[str], dict]:
     result = run([*DOIT, *args], cwd=root)
     if result.returncode != 0:
         raise RuntimeError(f"doit {' '.join(args)} failed in {root}:\n{result.output[-3000:]}")
-    rebuilt = {line[len(".  build:"):].strip() for line in result.output.splitlines() if line.startswith(".  build:")}
+    rebuilt = {line[len(".  build:") :].strip() for line in result.output.splitlines() if line.startswith(".  build:")}
     return result.wall, rebuilt, {"cpu": result.cpu, "peak_mib": result.peak_mib}
 
 
@@ -155,8 +155,11 @@ def docker_loop(out_dir: Path, order: list[str], namespace: str) -> tuple[float,
     before = engine_ids(namespace)
     started = time.perf_counter()
     for name in order:
-        result = run(["docker", "build", "-q", "-t", f"{namespace}/{name}:latest", str(out_dir / name)],
-                     cwd=out_dir, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+        result = run(
+            ["docker", "build", "-q", "-t", f"{namespace}/{name}:latest", str(out_dir / name)],
+            cwd=out_dir,
+            env={**os.environ, "DOCKER_BUILDKIT": "0"},
+        )
         if result.returncode != 0:
             raise RuntimeError(f"docker build {name} failed:\n{result.output[-2000:]}")
     wall = time.perf_counter() - started
@@ -218,7 +221,9 @@ def checkout_inputs(project: Path) -> list[str]:
                 raise RuntimeError(f"source path {settings.path} is outside {project}: the copy cannot hold it")
             wanted.append(Path(os.path.normpath(settings.path)))
     # A directory inside another one on the list is copied with it.
-    return sorted({str(rel) for rel in wanted if not any(rel != other and rel.is_relative_to(other) for other in wanted)})
+    return sorted(
+        {str(rel) for rel in wanted if not any(rel != other and rel.is_relative_to(other) for other in wanted)}
+    )
 
 
 def copy_checkout(project: Path, root: Path, namespace: str) -> Path:
@@ -339,24 +344,51 @@ def sample_scenarios(reps: int, kolla_reps: int, include_base: bool, results: di
                 loop_rebuilt = sorted(l_rebuilt)
         rows[case] = {
             "expected": sorted(expected),
-            "ours": summarize(ours), "ours_rebuilt": sorted(ours_rebuilt),
-            "kolla": summarize(kolla_times), "kolla_rebuilt": kolla_rebuilt,
-            "loop": summarize(loop_times), "loop_rebuilt": loop_rebuilt,
+            "ours": summarize(ours),
+            "ours_rebuilt": sorted(ours_rebuilt),
+            "kolla": summarize(kolla_times),
+            "kolla_rebuilt": kolla_rebuilt,
+            "loop": summarize(loop_times),
+            "loop_rebuilt": loop_rebuilt,
         }
-        log(f"sample {case}: ours {rows[case]['ours'].get('median', 0):.2f}s rebuilt {ours_rebuilt}; "
-            f"kolla {rows[case]['kolla'].get('median', 0):.2f}s rebuilt {len(kolla_rebuilt or [])}")
+        log(
+            f"sample {case}: ours {rows[case]['ours'].get('median', 0):.2f}s rebuilt {ours_rebuilt}; "
+            f"kolla {rows[case]['kolla'].get('median', 0):.2f}s rebuilt {len(kolla_rebuilt or [])}"
+        )
 
     templates = root / "dockerfiles"
     measure("no-op", None, reps, kolla_reps, set())
-    measure("comment-only edit", lambda n: (templates / "nginx" / "Dockerfile.j2").write_text(
-        f"{{# bench comment {n} #}}\n" + (templates / "nginx" / "Dockerfile.j2").read_text()), 1, 1, set())
-    measure("one leaf (redis.conf)", lambda n: append(templates / "redis" / "redis.conf", f"# bench edit {time.time()}\n"),
-            max(1, reps // 2), 1, {"redis"})
-    measure("mid-level (python-base)", lambda n: append(templates / "python-base" / "Dockerfile.j2", f"ENV CCP_BENCH={time.time()}\n"),
-            1, 1, {"python-base"} | descendants_in(sample_shape(), "python-base"))
+    measure(
+        "comment-only edit",
+        lambda n: (templates / "nginx" / "Dockerfile.j2").write_text(
+            f"{{# bench comment {n} #}}\n" + (templates / "nginx" / "Dockerfile.j2").read_text()
+        ),
+        1,
+        1,
+        set(),
+    )
+    measure(
+        "one leaf (redis.conf)",
+        lambda n: append(templates / "redis" / "redis.conf", f"# bench edit {time.time()}\n"),
+        max(1, reps // 2),
+        1,
+        {"redis"},
+    )
+    measure(
+        "mid-level (python-base)",
+        lambda n: append(templates / "python-base" / "Dockerfile.j2", f"ENV CCP_BENCH={time.time()}\n"),
+        1,
+        1,
+        {"python-base"} | descendants_in(sample_shape(), "python-base"),
+    )
     if include_base:
-        measure("base", lambda n: append(templates / "base" / "Dockerfile.j2", f"ENV CCP_BENCH={time.time()}\n"),
-                1, 1, set(sample_shape()))
+        measure(
+            "base",
+            lambda n: append(templates / "base" / "Dockerfile.j2", f"ENV CCP_BENCH={time.time()}\n"),
+            1,
+            1,
+            set(sample_shape()),
+        )
     results["sample"] = rows
 
 
@@ -368,11 +400,17 @@ def exactness_matrix(results: dict, kolla_cases: int) -> None:
     repo = root / "dockerfiles"
     cases = []
     for name in sample_shape():
-        cases.append((f"template {name}", lambda n=name: append(repo / n / "Dockerfile.j2", f"ENV EDIT={time.time()}\n"), name))
+        cases.append(
+            (f"template {name}", lambda n=name: append(repo / n / "Dockerfile.j2", f"ENV EDIT={time.time()}\n"), name)
+        )
         cases.append((f"context file {name}", lambda n=name: append(repo / n / "ctx.txt", f"{time.time()}\n"), name))
+
     def config_edit():
         text = (root / "ccp.yaml").read_text()
-        (root / "ccp.yaml").write_text(re.sub(r"listen_port: '(\d+)'", lambda m: f"listen_port: '{int(m.group(1)) + 1}'", text))
+        (root / "ccp.yaml").write_text(
+            re.sub(r"listen_port: '(\d+)'", lambda m: f"listen_port: '{int(m.group(1)) + 1}'", text)
+        )
+
     cases.append(("config value listen_port (api-service only)", config_edit, "api-service"))
     rows = []
     for label, edit, image in cases:
@@ -380,13 +418,25 @@ def exactness_matrix(results: dict, kolla_cases: int) -> None:
         _, rebuilt, _ = doit_run(root)
         expected = {image} | descendants_in(sample_shape(), image)
         hit = rebuilt & expected
-        rows.append({
-            "change": label, "expected": sorted(expected), "rebuilt": sorted(rebuilt),
-            "precision": len(hit) / len(rebuilt) if rebuilt else 1.0,
-            "recall": len(hit) / len(expected) if expected else 1.0,
-        })
-    rows.append({"change": "source commit", "expected": None, "rebuilt": None, "precision": None, "recall": None,
-                 "note": "application sources are not part of the pipeline yet (issue 7)"})
+        rows.append(
+            {
+                "change": label,
+                "expected": sorted(expected),
+                "rebuilt": sorted(rebuilt),
+                "precision": len(hit) / len(rebuilt) if rebuilt else 1.0,
+                "recall": len(hit) / len(expected) if expected else 1.0,
+            }
+        )
+    rows.append(
+        {
+            "change": "source commit",
+            "expected": None,
+            "rebuilt": None,
+            "precision": None,
+            "recall": None,
+            "note": "application sources are not part of the pipeline yet (issue 7)",
+        }
+    )
     results["exactness"] = rows
 
     if kolla_cases:
@@ -400,8 +450,15 @@ def exactness_matrix(results: dict, kolla_cases: int) -> None:
             kolla.render()
             wall, rebuilt = kolla.build("--skip-existing")
             expected = {name} | descendants_in(sample_shape(), name)
-            kolla_rows.append({"change": f"template {name}", "expected": sorted(expected), "rebuilt": sorted(rebuilt),
-                               "recall": len(rebuilt & expected) / len(expected), "wall": wall})
+            kolla_rows.append(
+                {
+                    "change": f"template {name}",
+                    "expected": sorted(expected),
+                    "rebuilt": sorted(rebuilt),
+                    "recall": len(rebuilt & expected) / len(expected),
+                    "wall": wall,
+                }
+            )
         results["kolla_skip_existing"] = kolla_rows
         remove_namespace(Kolla.namespace)
     remove_namespace(namespace)
@@ -434,10 +491,14 @@ def scale_scenario(sizes: list[int], reps: int, results: dict, profile_size: int
             walls.append(wall)
             peaks.append(extra["peak_mib"])
             rebuilt_counts.append(len(rebuilt))
-        rows[str(size)] = {"cold_build_s": cold, "noop": summarize(walls), "peak_mib": summarize(peaks),
-                           "rebuilt": rebuilt_counts,
-                           # ccp has two tasks per image (render, build): the same count of bare tasks
-                           "bare_doit_noop": bare_doit_noop(2 * size, reps)}
+        rows[str(size)] = {
+            "cold_build_s": cold,
+            "noop": summarize(walls),
+            "peak_mib": summarize(peaks),
+            "rebuilt": rebuilt_counts,
+            # ccp has two tasks per image (render, build): the same count of bare tasks
+            "bare_doit_noop": bare_doit_noop(2 * size, reps),
+        }
         log(f"scale {size}: no-op median {rows[str(size)]['noop']['median']:.3f}s")
         if size == max(sizes):
             if profile_size:
@@ -495,13 +556,24 @@ def profile_noop(root: Path) -> list[dict]:
     """Where a no-op spends its time (cProfile, in-process), by own time, doit's and ours."""
     doit_run(root)  # settle: the profiled run must be a true no-op
     out = WORK / "noop.prof"
-    subprocess.run([PYTHON, "-m", "cProfile", "-o", str(out), "-m", "doit"], cwd=root, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [PYTHON, "-m", "cProfile", "-o", str(out), "-m", "doit"],
+        cwd=root,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     stats = pstats.Stats(str(out))
     rows = []
-    for (filename, line, func), (cc, nc, tt, ct, callers) in stats.stats.items():
-        rows.append({"function": f"{Path(filename).name}:{line}({func})", "calls": nc,
-                     "cumulative_s": round(ct, 4), "own_s": round(tt, 4)})
+    for (filename, line, func), (_cc, nc, tt, ct, _callers) in stats.stats.items():
+        rows.append(
+            {
+                "function": f"{Path(filename).name}:{line}({func})",
+                "calls": nc,
+                "cumulative_s": round(ct, 4),
+                "own_s": round(tt, 4),
+            }
+        )
     rows.sort(key=lambda r: r["own_s"], reverse=True)
     return rows[:15]
 
@@ -520,65 +592,108 @@ def fmt(stat: dict | None, unit: str = "s") -> str:
 
 def markdown(results: dict) -> str:
     m = results["machine"]
-    lines = [f"# Benchmarks — {m['date']}", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Docker {m['docker_engine']} "
-             f"({m['storage_driver']}), Python {m['python']}, doit {m['doit']}, kolla {results.get('kolla_version', '–')}. "
-             f"Mode: {results['mode']}. Times are wall clock, median (min–max, n).", ""]
+    lines = [
+        f"# Benchmarks — {m['date']}",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; Docker {m['docker_engine']} "
+        f"({m['storage_driver']}), Python {m['python']}, doit {m['doit']}, kolla {results.get('kolla_version', '–')}. "
+        f"Mode: {results['mode']}. Times are wall clock, median (min–max, n).",
+        "",
+    ]
     if "sample" in results:
-        lines += [f"## Sample tree ({results['sample_images']} Debian images)", "",
-                  "| case | exact set | ccp (doit) | rebuilt | kolla-build --cache | rebuilt | docker build loop | new IDs | kolla / ccp |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Sample tree ({results['sample_images']} Debian images)",
+            "",
+            "| case | exact set | ccp (doit) | rebuilt | kolla-build --cache | rebuilt | docker build loop | new IDs | kolla / ccp |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for case, row in results["sample"].items():
             ratio = "–"
             if row["kolla"].get("n") and row["ours"].get("n"):
                 ratio = f"{row['kolla']['median'] / row['ours']['median']:.0f}×"
-            lines.append(f"| {case} | {len(row['expected'])} | {fmt(row['ours'])} | {len(row['ours_rebuilt'] or [])} | "
-                         f"{fmt(row['kolla'])} | {len(row['kolla_rebuilt'] or [])} | {fmt(row['loop'])} | "
-                         f"{len(row['loop_rebuilt'] or [])} | {ratio} |")
-        lines += ["", f"Cold build: ccp {results['sample_cold_ours_s']:.1f} s, kolla-build {results['sample_cold_kolla_s']:.1f} s, "
-                  f"docker loop {results['sample_cold_loop_s']:.1f} s (each on a warm layer cache from earlier runs).", ""]
+            lines.append(
+                f"| {case} | {len(row['expected'])} | {fmt(row['ours'])} | {len(row['ours_rebuilt'] or [])} | "
+                f"{fmt(row['kolla'])} | {len(row['kolla_rebuilt'] or [])} | {fmt(row['loop'])} | "
+                f"{len(row['loop_rebuilt'] or [])} | {ratio} |"
+            )
+        lines += [
+            "",
+            f"Cold build: ccp {results['sample_cold_ours_s']:.1f} s, kolla-build {results['sample_cold_kolla_s']:.1f} s, "
+            f"docker loop {results['sample_cold_loop_s']:.1f} s (each on a warm layer cache from earlier runs).",
+            "",
+        ]
     if "exactness" in results:
         exact = [r for r in results["exactness"] if r["precision"] is not None]
         perfect = sum(1 for r in exact if r["precision"] == 1 and r["recall"] == 1)
-        lines += ["## Exactness: rebuilt set against the exact set", "",
-                  f"{perfect} of {len(exact)} changes rebuilt exactly the changed image and its descendants "
-                  "(busybox copy of the sample tree's shape; the rebuilt set is read from doit's own `.  build:` lines).", "",
-                  "| change | exact | rebuilt | precision | recall |", "|---|---|---|---|---|"]
+        lines += [
+            "## Exactness: rebuilt set against the exact set",
+            "",
+            f"{perfect} of {len(exact)} changes rebuilt exactly the changed image and its descendants "
+            "(busybox copy of the sample tree's shape; the rebuilt set is read from doit's own `.  build:` lines).",
+            "",
+            "| change | exact | rebuilt | precision | recall |",
+            "|---|---|---|---|---|",
+        ]
         for row in results["exactness"]:
             if row["precision"] is None:
                 lines.append(f"| {row['change']} | – | – | – | – ({row['note']}) |")
             else:
-                lines.append(f"| {row['change']} | {len(row['expected'])} | {len(row['rebuilt'])} | "
-                             f"{row['precision']:.2f} | {row['recall']:.2f} |")
+                lines.append(
+                    f"| {row['change']} | {len(row['expected'])} | {len(row['rebuilt'])} | "
+                    f"{row['precision']:.2f} | {row['recall']:.2f} |"
+                )
         lines.append("")
     if "kolla_skip_existing" in results:
-        lines += ["## kolla-build --skip-existing on the same edits", "",
-                  "| change | exact | rebuilt by kolla | recall |", "|---|---|---|---|"]
+        lines += [
+            "## kolla-build --skip-existing on the same edits",
+            "",
+            "| change | exact | rebuilt by kolla | recall |",
+            "|---|---|---|---|",
+        ]
         for row in results["kolla_skip_existing"]:
             lines.append(f"| {row['change']} | {len(row['expected'])} | {len(row['rebuilt'])} | {row['recall']:.2f} |")
         lines += ["", "A recall below 1 is a missed change, not a speed-up.", ""]
     if "parallel" in results:
         p = results["parallel"]
-        lines += ["## Parallel cold build", "",
-                  f"{p['size']} tiny images (fan-out 6): 1 worker {p['runs']['1']['wall']:.1f} s, "
-                  f"2 workers {p['runs']['2']['wall']:.1f} s (speed-up {p['speedup']:.2f}×).", ""]
+        lines += [
+            "## Parallel cold build",
+            "",
+            f"{p['size']} tiny images (fan-out 6): 1 worker {p['runs']['1']['wall']:.1f} s, "
+            f"2 workers {p['runs']['2']['wall']:.1f} s (speed-up {p['speedup']:.2f}×).",
+            "",
+        ]
     if "scale" in results:
-        lines += ["## Scale: synthetic trees", "",
-                  "| images | cold build (-n 2) | ccp no-op | images rebuilt | peak memory | bare doit no-op, same task count |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "## Scale: synthetic trees",
+            "",
+            "| images | cold build (-n 2) | ccp no-op | images rebuilt | peak memory | bare doit no-op, same task count |",
+            "|---|---|---|---|---|---|",
+        ]
         for size, row in results["scale"].items():
-            lines.append(f"| {size} | {row['cold_build_s']:.1f} s | {fmt(row['noop'])} | {max(row['rebuilt'])} | "
-                         f"{row['peak_mib']['median']:.0f} MiB | {fmt(row['bare_doit_noop'])} |")
+            lines.append(
+                f"| {size} | {row['cold_build_s']:.1f} s | {fmt(row['noop'])} | {max(row['rebuilt'])} | "
+                f"{row['peak_mib']['median']:.0f} MiB | {fmt(row['bare_doit_noop'])} |"
+            )
         largest = results["scale"][max(results["scale"], key=int)]
         if "leaf_overhead" in largest:
             o = largest["leaf_overhead"]
-            lines += ["", f"One leaf ({o['image']}) edited in the largest tree: ccp {fmt(o['ours'])}, "
-                      f"its `docker build` alone {fmt(o['docker_build'])}: overhead {o['overhead_s']:.2f} s.", ""]
+            lines += [
+                "",
+                f"One leaf ({o['image']}) edited in the largest tree: ccp {fmt(o['ours'])}, "
+                f"its `docker build` alone {fmt(o['docker_build'])}: overhead {o['overhead_s']:.2f} s.",
+                "",
+            ]
         if "profile" in largest:
-            lines += ["No-op profile of the largest tree (cProfile, by own time; profiling slows it about 2×):", "",
-                      "| function | calls | own | cumulative |", "|---|---|---|---|"]
+            lines += [
+                "No-op profile of the largest tree (cProfile, by own time; profiling slows it about 2×):",
+                "",
+                "| function | calls | own | cumulative |",
+                "|---|---|---|---|",
+            ]
             for row in largest["profile"][:12]:
-                lines.append(f"| `{row['function']}` | {row.get('calls', '')} | {row['own_s']:.3f} s | {row['cumulative_s']:.3f} s |")
+                lines.append(
+                    f"| `{row['function']}` | {row.get('calls', '')} | {row['own_s']:.3f} s | {row['cumulative_s']:.3f} s |"
+                )
             lines.append("")
     lines.append("![no-op time against tree size](noop_vs_size.png)" if "scale" in results else "")
     return "\n".join(lines) + "\n"
@@ -597,13 +712,23 @@ def plot(results: dict, path: Path) -> None:
     lows = [results["scale"][str(s)]["noop"]["min"] for s in sizes]
     highs = [results["scale"][str(s)]["noop"]["max"] for s in sizes]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    ax.errorbar(sizes, medians, yerr=[[m - lo for m, lo in zip(medians, lows)], [hi - m for m, hi in zip(medians, highs)]],
-                marker="o", capsize=4, label="ccp no-op (median, min–max)")
+    ax.errorbar(
+        sizes,
+        medians,
+        yerr=[[m - lo for m, lo in zip(medians, lows)], [hi - m for m, hi in zip(medians, highs)]],
+        marker="o",
+        capsize=4,
+        label="ccp no-op (median, min–max)",
+    )
     bare = [results["scale"][str(s)]["bare_doit_noop"]["median"] for s in sizes]
     ax.plot(sizes, bare, marker="s", linestyle=":", label="bare doit no-op, 2 tasks per image")
     if "sample" in results and results["sample"]["no-op"]["kolla"].get("n"):
-        ax.axhline(results["sample"]["no-op"]["kolla"]["median"], color="tab:red", linestyle="--",
-                   label="kolla-build no-op, 11-image sample tree")
+        ax.axhline(
+            results["sample"]["no-op"]["kolla"]["median"],
+            color="tab:red",
+            linestyle="--",
+            label="kolla-build no-op, 11-image sample tree",
+        )
     ax.set_xlabel("images in the tree")
     ax.set_ylabel("wall time (s)")
     ax.set_yscale("log")

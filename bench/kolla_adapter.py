@@ -110,8 +110,8 @@ def stage_context(cfg, image, target: Path) -> None:
 
     The source trees are the ones the last doit run synced into the checkout's cache,
     so every tool builds the same revision."""
-    from ccp_tasks.model import sources
     from ccp_tasks.core.layout import CacheLayout
+    from ccp_tasks.model import sources
     from ccp_tasks.model.render import SOURCES_DIR
 
     files = [(rel, image.source.directory / rel) for rel in image.source.context_files]
@@ -156,16 +156,28 @@ def kolla_command(out_dir: Path, namespace: str, work_dir: Path, extra_args=()) 
     regex = "^(" + "|".join(re.escape(n) for n in names) + ")$"
     return [
         str(KOLLA_BUILD),
-        "--config-file", str(out_dir / CONF_NAME),
-        "--docker-dir", str(out_dir),
-        "--work-dir", str(work_dir),
-        "--namespace", namespace,
-        "--base", "debian",
-        "--nobuildkit", "--cache", "--nopull", "--nopush",
-        "--retries", "0",
-        "--threads", "2",
-        "--summary-json-file", str(work_dir / "summary.json"),
-        "--logs-dir", str(work_dir / "logs"),
+        "--config-file",
+        str(out_dir / CONF_NAME),
+        "--docker-dir",
+        str(out_dir),
+        "--work-dir",
+        str(work_dir),
+        "--namespace",
+        namespace,
+        "--base",
+        "debian",
+        "--nobuildkit",
+        "--cache",
+        "--nopull",
+        "--nopush",
+        "--retries",
+        "0",
+        "--threads",
+        "2",
+        "--summary-json-file",
+        str(work_dir / "summary.json"),
+        "--logs-dir",
+        str(work_dir / "logs"),
         *extra_args,
         regex,
     ]

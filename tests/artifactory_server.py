@@ -40,7 +40,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
@@ -48,11 +48,21 @@ CONTEXT = "/artifactory"
 # Set Item Properties: "The following special characters are forbidden in the key field".
 KEY_FORBIDDEN = set(")(}{][*+^$\\/~`!@#%&<>;=,±§ ")
 ITEM_FIELDS = {
-    "repo": "string", "path": "string", "name": "string", "type": "string",
-    "size": "int", "depth": "int",
-    "created": "date", "modified": "date", "updated": "date",
-    "created_by": "string", "modified_by": "string",
-    "original_md5": "string", "actual_md5": "string", "original_sha1": "string", "actual_sha1": "string",
+    "repo": "string",
+    "path": "string",
+    "name": "string",
+    "type": "string",
+    "size": "int",
+    "depth": "int",
+    "created": "date",
+    "modified": "date",
+    "updated": "date",
+    "created_by": "string",
+    "modified_by": "string",
+    "original_md5": "string",
+    "actual_md5": "string",
+    "original_sha1": "string",
+    "actual_sha1": "string",
     "sha256": "string",
 }
 DEFAULT_OUTPUT = ["repo", "path", "name", "type", "size", "created", "created_by", "modified", "modified_by", "updated"]
@@ -102,7 +112,7 @@ class _Fault:
 
 def iso(moment: datetime) -> str:
     """Joda's ISODateTimeFormat.dateTime() in UTC, as AQL and the deploy answer print dates."""
-    utc = moment.astimezone(timezone.utc)
+    utc = moment.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
@@ -143,7 +153,7 @@ class ArtifactoryServer:
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def start(self) -> "ArtifactoryServer":
+    def start(self) -> ArtifactoryServer:
         server = self
 
         class Handler(_Handler):
@@ -151,7 +161,12 @@ class ArtifactoryServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="artifactory-test-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="artifactory-test-server",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -161,7 +176,7 @@ class ArtifactoryServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "ArtifactoryServer":
+    def __enter__(self) -> ArtifactoryServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -174,13 +189,21 @@ class ArtifactoryServer:
 
     # -- test controls ----------------------------------------------------------------
 
-    def fail_next(self, count: int, status: int = 500, *, method: str | None = None,
-                  path_contains: str | None = None, retry_after: str | None = None) -> None:
+    def fail_next(
+        self,
+        count: int,
+        status: int = 500,
+        *,
+        method: str | None = None,
+        path_contains: str | None = None,
+        retry_after: str | None = None,
+    ) -> None:
         with self._lock:
             self._faults.append(_Fault("status", count, status, method, path_contains, retry_after))
 
-    def drop_next(self, count: int, *, method: str | None = None, path_contains: str | None = None,
-                  with_body: bool | None = None) -> None:
+    def drop_next(
+        self, count: int, *, method: str | None = None, path_contains: str | None = None, with_body: bool | None = None
+    ) -> None:
         with self._lock:
             self._faults.append(_Fault("drop", count, method=method, path_contains=path_contains, with_body=with_body))
 
@@ -198,9 +221,12 @@ class ArtifactoryServer:
     def _take_fault(self, method: str, target: str, has_body: bool) -> _Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.remaining > 0 and (fault.method in (None, method)) and (
-                    fault.path_contains is None or fault.path_contains in target
-                ) and fault.with_body in (None, has_body):
+                if (
+                    fault.remaining > 0
+                    and (fault.method in (None, method))
+                    and (fault.path_contains is None or fault.path_contains in target)
+                    and fault.with_body in (None, has_body)
+                ):
                     fault.remaining -= 1
                     return fault
         return None
@@ -262,7 +288,10 @@ class _Handler(BaseHTTPRequestHandler):
         except RequestError as exc:
             status, headers = exc.status, exc.headers
             if exc.json_body:
-                payload, content_type = json.dumps({"errors": [{"status": exc.status, "message": exc.message}]}, indent=2), "application/json"
+                payload, content_type = (
+                    json.dumps({"errors": [{"status": exc.status, "message": exc.message}]}, indent=2),
+                    "application/json",
+                )
             else:
                 payload, content_type = exc.message, "text/plain"
         record.status = status
@@ -290,14 +319,14 @@ class _Handler(BaseHTTPRequestHandler):
         raw_path, _, query = self.path.partition("?")
         if not (raw_path == CONTEXT or raw_path.startswith(CONTEXT + "/")):
             raise RequestError(404, "Not Found", json_body=False)
-        rest = raw_path[len(CONTEXT) + 1:]
+        rest = raw_path[len(CONTEXT) + 1 :]
         user = self._authenticate()
         if rest == "api/system/ping":
             if method != "GET":
                 raise RequestError(405, "Method Not Allowed")
             return 200, "OK", "text/plain", {}
         if rest.startswith("api/storage/"):
-            return self._storage(method, rest[len("api/storage/"):], query, user)
+            return self._storage(method, rest[len("api/storage/") :], query, user)
         if rest == "api/search/aql":
             if method != "POST":
                 raise RequestError(405, "Method Not Allowed")
@@ -338,7 +367,11 @@ class _Handler(BaseHTTPRequestHandler):
         raise RequestError(401, "Bad credentials", headers=challenge)
 
     def _require(self, user: str | None, permission: str, what: str) -> None:
-        granted = ALL_PERMISSIONS if user is None and self.state.anonymous else self.state.permissions.get(user, ALL_PERMISSIONS)
+        granted = (
+            ALL_PERMISSIONS
+            if user is None and self.state.anonymous
+            else self.state.permissions.get(user, ALL_PERMISSIONS)
+        )
         if permission not in granted:
             raise RequestError(403, f"User {user or 'anonymous'} is not permitted to {permission} '{what}'.")
 
@@ -358,20 +391,29 @@ class _Handler(BaseHTTPRequestHandler):
                 if not key:
                     continue  # "no key declared, ignore" (ArtifactoryRequestBase.processMatrixParams)
                 if "%" in key:
-                    raise RequestError(400, f"test server: matrix parameter name {key!r} is percent-encoded; "
-                                            "Artifactory 6.20 does not decode names")
+                    raise RequestError(
+                        400,
+                        f"test server: matrix parameter name {key!r} is percent-encoded; "
+                        "Artifactory 6.20 does not decode names",
+                    )
                 if KEY_FORBIDDEN & set(key):
                     raise RequestError(400, f"Property key: {key} is invalid due to forbidden characters")
                 if key in props:
-                    raise RequestError(400, f"test server: matrix parameter {key!r} given twice; the docs define "
-                                            "',' for several values, and servers differ on repeated keys")
+                    raise RequestError(
+                        400,
+                        f"test server: matrix parameter {key!r} given twice; the docs define "
+                        "',' for several values, and servers differ on repeated keys",
+                    )
                 values = []
                 # Docs: "All matrix parameters can support multiple values by separating values with a comma".
                 for part in raw_value.split(",") if eq else [""]:
                     value = strict_unquote(part)
                     if "," in value or "\\" in value:
-                        raise RequestError(400, f"test server: matrix value {value!r} holds ',' or '\\' once decoded; "
-                                                "whether that splits or escapes differs between Artifactory versions")
+                        raise RequestError(
+                            400,
+                            f"test server: matrix value {value!r} holds ',' or '\\' once decoded; "
+                            "whether that splits or escapes differs between Artifactory versions",
+                        )
                     values.append(value)
                 props[key] = values
         if not names or not names[0]:
@@ -412,12 +454,19 @@ class _Handler(BaseHTTPRequestHandler):
                 if not sha256 and given["sha1"]:
                     sha256 = self.state.sha1_index.get(given["sha1"].lower())
                 if not (given["sha256"] or given["sha1"]):
-                    raise RequestError(404, "Checksum deploy failed. no checksum header 'X-Checksum-Sha1/X-Checksum-Sha256' was found.")
+                    raise RequestError(
+                        404, "Checksum deploy failed. no checksum header 'X-Checksum-Sha1/X-Checksum-Sha256' was found."
+                    )
                 content = self.state.blobs.get((sha256 or "").lower())
                 if content is None:
-                    raise RequestError(404, f"Checksum deploy failed. Unable to find content for the given checksum in '{repo}:{path}'.")
+                    raise RequestError(
+                        404,
+                        f"Checksum deploy failed. Unable to find content for the given checksum in '{repo}:{path}'.",
+                    )
                 if given["sha1"] and hashlib.sha1(content).hexdigest() != given["sha1"].lower():
-                    raise RequestError(409, "Checksum deploy failed: the SHA-1 and SHA-256 headers name different content")
+                    raise RequestError(
+                        409, "Checksum deploy failed: the SHA-1 and SHA-256 headers name different content"
+                    )
             else:
                 content = body
                 actual = {
@@ -428,15 +477,22 @@ class _Handler(BaseHTTPRequestHandler):
                 for kind, value in given.items():
                     # "Artifactory rejects the deployment if the checksums do not match."
                     if value and value.lower() != actual[kind]:
-                        raise RequestError(409, f"Checksum error for '{repo}:{path}': received '{value}' but actual is '{actual[kind]}'")
+                        raise RequestError(
+                            409,
+                            f"Checksum error for '{repo}:{path}': received '{value}' but actual is '{actual[kind]}'",
+                        )
             sha256 = hashlib.sha256(content).hexdigest()
             sha1 = hashlib.sha1(content).hexdigest()
             self.state.blobs[sha256] = content
             self.state.sha1_index[sha1] = sha256
             granted = self.state.permissions.get(user, ALL_PERMISSIONS)
             item = Item(
-                sha1=sha1, sha256=sha256, md5=hashlib.md5(content).hexdigest(), size=len(content),
-                created=datetime.now(timezone.utc), created_by=user or "anonymous",
+                sha1=sha1,
+                sha256=sha256,
+                md5=hashlib.md5(content).hexdigest(),
+                size=len(content),
+                created=datetime.now(UTC),
+                created_by=user or "anonymous",
                 # 6.20 drops (with a warning) properties a user may not annotate.
                 properties=props if "annotate" in granted else {},
             )
@@ -474,7 +530,11 @@ class _Handler(BaseHTTPRequestHandler):
             elif path and self.state._is_folder(repo, path):
                 for key in self.state._files_under(repo, path):
                     del self.state.items[key]
-                for key in [k for k in self.state.folder_properties if k[0] == repo and (k[1] == path or k[1].startswith(path + "/"))]:
+                for key in [
+                    k
+                    for k in self.state.folder_properties
+                    if k[0] == repo and (k[1] == path or k[1].startswith(path + "/"))
+                ]:
                     del self.state.folder_properties[key]
             else:
                 raise RequestError(404, f"Could not locate artifact '{repo}:{path}'.")
@@ -514,7 +574,12 @@ class _Handler(BaseHTTPRequestHandler):
                     raise RequestError(404, "No properties could be found.")
                 base = f"http://{self.headers.get('Host')}{CONTEXT}"
                 answer = {"properties": props, "uri": f"{base}/api/storage/{repo}/{path}"}
-                return 200, json.dumps(answer, indent=2), "application/vnd.org.jfrog.artifactory.storage.ItemProperties+json", {}
+                return (
+                    200,
+                    json.dumps(answer, indent=2),
+                    "application/vnd.org.jfrog.artifactory.storage.ItemProperties+json",
+                    {},
+                )
             self._require(user, "annotate", f"{repo}:{path}")
             if method == "PUT":
                 props = parse_set_properties(params["properties"] or "")
@@ -539,7 +604,9 @@ class _Handler(BaseHTTPRequestHandler):
         content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type != "text/plain":
             # AqlResource is @Consumes(text/plain): JAX-RS answers 415 to anything else.
-            raise RequestError(415, f"Unsupported Media Type: {content_type or 'none'} (AQL consumes text/plain)", json_body=False)
+            raise RequestError(
+                415, f"Unsupported Media Type: {content_type or 'none'} (AQL consumes text/plain)", json_body=False
+            )
         try:
             query = parse_aql(body.decode("utf-8"))
         except RequestError:
@@ -563,8 +630,11 @@ def parse_set_properties(raw: str) -> dict[str, list[str]]:
     decoded = strict_unquote(raw, plus_is_space=True)  # JAX-RS decodes query parameters
     for match in re.finditer(r"\\(.?)", decoded):
         if match.group(1) not in (",", "=", "|", ";"):
-            raise RequestError(400, "test server: a backslash that does not escape one of , = | ; "
-                                    "is stored differently by different Artifactory versions")
+            raise RequestError(
+                400,
+                "test server: a backslash that does not escape one of , = | ; "
+                "is stored differently by different Artifactory versions",
+            )
     props: dict[str, list[str]] = {}
     for entry in re.split(r"(?<!\\)[|;]", decoded):
         if not entry.strip():
@@ -587,12 +657,22 @@ def _unescape(text: str) -> str:
 def item_record(repo: str, path: str, item: Item) -> dict:
     folder, _, name = path.rpartition("/")
     return {
-        "repo": repo, "path": folder or ".", "name": name, "type": "file",
-        "size": item.size, "depth": path.count("/") + 1,
-        "created": item.created, "modified": item.created, "updated": item.created,
-        "created_by": item.created_by, "modified_by": item.created_by,
-        "original_md5": item.md5, "actual_md5": item.md5,
-        "original_sha1": item.sha1, "actual_sha1": item.sha1, "sha256": item.sha256,
+        "repo": repo,
+        "path": folder or ".",
+        "name": name,
+        "type": "file",
+        "size": item.size,
+        "depth": path.count("/") + 1,
+        "created": item.created,
+        "modified": item.created,
+        "updated": item.created,
+        "created_by": item.created_by,
+        "modified_by": item.created_by,
+        "original_md5": item.md5,
+        "actual_md5": item.md5,
+        "original_sha1": item.sha1,
+        "actual_sha1": item.sha1,
+        "sha256": item.sha256,
     }
 
 
@@ -648,12 +728,14 @@ def parse_aql(text: str) -> AqlQuery:
     if not domain:
         raise RequestError(400, "Failed to parse query: expected <domain>.find(...)", json_body=False)
     if domain.group(1) != "items":
-        raise RequestError(400, f"test server: only the items domain is implemented, not {domain.group(1)!r}", json_body=False)
+        raise RequestError(
+            400, f"test server: only the items domain is implemented, not {domain.group(1)!r}", json_body=False
+        )
     position = domain.end()
     decoder = json.JSONDecoder(object_pairs_hook=_Obj)
     criteria = []
     position = _skip_ws(text, position)
-    if text[position:position + 1] != ")":
+    if text[position : position + 1] != ")":
         while True:
             obj, position = decoder.raw_decode(text, _skip_ws(text, position))
             if not isinstance(obj, _Obj):
@@ -661,11 +743,11 @@ def parse_aql(text: str) -> AqlQuery:
             _check_criteria(obj)
             criteria.append(obj)
             position = _skip_ws(text, position)
-            if text[position:position + 1] == ",":
+            if text[position : position + 1] == ",":
                 position += 1
                 continue
             break
-    if text[position:position + 1] != ")":
+    if text[position : position + 1] != ")":
         raise RequestError(400, "Failed to parse query: expected ')' after the criteria", json_body=False)
     position += 1
     include = None
@@ -675,7 +757,7 @@ def parse_aql(text: str) -> AqlQuery:
             break
         modifier = re.compile(r"\.(\w+)\(").match(text, position)
         if not modifier:
-            raise RequestError(400, f"Failed to parse query near {text[position:position + 20]!r}", json_body=False)
+            raise RequestError(400, f"Failed to parse query near {text[position : position + 20]!r}", json_body=False)
         if modifier.group(1) != "include" or include is not None:
             raise RequestError(400, f"test server: .{modifier.group(1)}() is not implemented", json_body=False)
         position = modifier.end()
@@ -684,15 +766,18 @@ def parse_aql(text: str) -> AqlQuery:
             field_name, position = json.JSONDecoder().raw_decode(text, _skip_ws(text, position))
             if not isinstance(field_name, str):
                 raise RequestError(400, "Failed to parse query: include takes field names", json_body=False)
-            if not (field_name in ITEM_FIELDS or field_name in ("property.*", "property", "property.key", "property.value")
-                    or (field_name.startswith("@") and len(field_name) > 1)):
+            if not (
+                field_name in ITEM_FIELDS
+                or field_name in ("property.*", "property", "property.key", "property.value")
+                or (field_name.startswith("@") and len(field_name) > 1)
+            ):
                 raise RequestError(400, f"Failed to parse query: unknown include field {field_name!r}", json_body=False)
             include.append(field_name)
             position = _skip_ws(text, position)
-            if text[position:position + 1] == ",":
+            if text[position : position + 1] == ",":
                 position += 1
                 continue
-            if text[position:position + 1] == ")":
+            if text[position : position + 1] == ")":
                 position += 1
                 break
             raise RequestError(400, "Failed to parse query: expected ',' or ')' in include", json_body=False)
@@ -708,13 +793,22 @@ def _skip_ws(text: str, position: int) -> int:
 def _check_criteria(obj: list) -> None:
     for key, value in obj:
         if key in ("$and", "$or"):
-            if isinstance(value, _Obj) or not isinstance(value, list) or not value or not all(isinstance(v, _Obj) for v in value):
-                raise RequestError(400, f"Failed to parse query: {key} takes a non-empty list of objects", json_body=False)
+            if (
+                isinstance(value, _Obj)
+                or not isinstance(value, list)
+                or not value
+                or not all(isinstance(v, _Obj) for v in value)
+            ):
+                raise RequestError(
+                    400, f"Failed to parse query: {key} takes a non-empty list of objects", json_body=False
+                )
             for sub in value:
                 _check_criteria(sub)
             continue
         if key.startswith("$"):
-            raise RequestError(400, f"Failed to parse query: unknown operator {key!r} at the criteria level", json_body=False)
+            raise RequestError(
+                400, f"Failed to parse query: unknown operator {key!r} at the criteria level", json_body=False
+            )
         if key.startswith("@"):
             if key == "@*" or len(key) == 1:
                 raise RequestError(400, "test server: the '@*' catch-all is not implemented", json_body=False)
@@ -724,22 +818,28 @@ def _check_criteria(obj: list) -> None:
         else:
             raise RequestError(400, f"Failed to parse query: unknown field {key!r}", json_body=False)
         if isinstance(value, list) and not isinstance(value, _Obj):
-            raise RequestError(400, f"Failed to parse query: {key!r} takes a value or an object of comparators", json_body=False)
+            raise RequestError(
+                400, f"Failed to parse query: {key!r} takes a value or an object of comparators", json_body=False
+            )
         conditions = value if isinstance(value, _Obj) else [("$eq", value)]
         for operator, operand in conditions:
             if operator in ("$before", "$last"):
-                raise RequestError(400, f"test server: relative time operator {operator} is not implemented", json_body=False)
+                raise RequestError(
+                    400, f"test server: relative time operator {operator} is not implemented", json_body=False
+                )
             if operator not in OPERATORS:
                 raise RequestError(400, f"Failed to parse query: unknown comparator {operator!r}", json_body=False)
             if operator in ("$match", "$nmatch") and kind != "string":
-                raise RequestError(400, f"Failed to parse query: {operator} applies to strings, not to {key!r}", json_body=False)
+                raise RequestError(
+                    400, f"Failed to parse query: {operator} applies to strings, not to {key!r}", json_body=False
+                )
             _operand(kind, operand)
 
 
 def _operand(kind: str, operand):
     if kind == "date":
         if isinstance(operand, int) and not isinstance(operand, bool):
-            return datetime.fromtimestamp(operand / 1000, timezone.utc)
+            return datetime.fromtimestamp(operand / 1000, UTC)
         if isinstance(operand, str):
             text = operand[:-1] + "+00:00" if operand.endswith("Z") else operand
             try:
@@ -747,9 +847,11 @@ def _operand(kind: str, operand):
             except ValueError:
                 pass
             else:
-                return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+                return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
         # AqlValue's own message:
-        raise RequestError(400, f"Invalid Date format: {operand}, AQL expect ISODateTimeFormat or long number", json_body=False)
+        raise RequestError(
+            400, f"Invalid Date format: {operand}, AQL expect ISODateTimeFormat or long number", json_body=False
+        )
     if kind == "int":
         if isinstance(operand, bool):
             raise RequestError(400, f"Failed to parse query: {operand!r} is not a number", json_body=False)
@@ -776,7 +878,9 @@ def _compare(operator: str, actual, operand) -> bool:
         return bool(_wildcard(operand).fullmatch(actual))
     if operator == "$nmatch":
         return not _wildcard(operand).fullmatch(actual)
-    return {"$gt": actual > operand, "$gte": actual >= operand, "$lt": actual < operand, "$lte": actual <= operand}[operator]
+    return {"$gt": actual > operand, "$gte": actual >= operand, "$lt": actual < operand, "$lte": actual <= operand}[
+        operator
+    ]
 
 
 def _match_object(obj: list, record: dict, props: dict[str, list[str]]) -> bool:
@@ -792,7 +896,10 @@ def _match_object(obj: list, record: dict, props: dict[str, list[str]]) -> bool:
                 # An item matches when one of its values satisfies every condition (a join on
                 # the property table); '*' as an $eq value means "any value" (the catch-all notation).
                 ok = any(
-                    all((op == "$eq" and operand == "*") or _compare(op, v, _operand("string", operand)) for op, operand in conditions)
+                    all(
+                        (op == "$eq" and operand == "*") or _compare(op, v, _operand("string", operand))
+                        for op, operand in conditions
+                    )
                     for v in values
                 )
             else:

@@ -116,8 +116,16 @@ class TokenServer:
     certificate of that key (`rootcertbundle`), found through the token's
     `x5c` header."""
 
-    def __init__(self, root: Path, *, service: str, issuer: str, users: dict[str, str],
-                 permissions: dict[str, set[str]] | None, tls_ca: trustme.CA | None):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        service: str,
+        issuer: str,
+        users: dict[str, str],
+        permissions: dict[str, set[str]] | None,
+        tls_ca: trustme.CA | None,
+    ):
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
@@ -133,7 +141,7 @@ class TokenServer:
         self.issued: list[str] = []  # every token handed out, so tests can look for leaks
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ccp test token signer")])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -203,22 +211,26 @@ class TokenServer:
                 if url.path != "/token":
                     return self._answer(404, {"errors": [{"code": "NOT_FOUND"}]})
                 if user is None:
-                    return self._answer(401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]},
-                                        {"WWW-Authenticate": 'Basic realm="ccp-test-token"'})
+                    return self._answer(
+                        401,
+                        {"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]},
+                        {"WWW-Authenticate": 'Basic realm="ccp-test-token"'},
+                    )
                 now = int(time.time())
-                token = server.sign({
-                    "iss": server.issuer,
-                    "sub": user,
-                    "aud": server.service,
-                    "exp": now + server.expires_in,
-                    "nbf": now - 10,
-                    "iat": now,
-                    "jti": uuid.uuid4().hex,
-                    "access": server._grant(user, scopes),
-                })
+                token = server.sign(
+                    {
+                        "iss": server.issuer,
+                        "sub": user,
+                        "aud": server.service,
+                        "exp": now + server.expires_in,
+                        "nbf": now - 10,
+                        "iat": now,
+                        "jti": uuid.uuid4().hex,
+                        "access": server._grant(user, scopes),
+                    }
+                )
                 server.issued.append(token)
-                body = {"expires_in": server.expires_in,
-                        "issued_at": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+                body = {"expires_in": server.expires_in, "issued_at": datetime.datetime.now(datetime.UTC).isoformat()}
                 if server.token_field in ("token", "both"):
                     body["token"] = token
                 if server.token_field in ("access_token", "both"):
@@ -238,7 +250,7 @@ class TokenServer:
         return Handler
 
 
-_RUNNING: set["RegistryServer"] = set()
+_RUNNING: set[RegistryServer] = set()
 
 
 @atexit.register
@@ -250,9 +262,17 @@ def _stop_all():
 class RegistryServer:
     """A `docker-registry serve` process on 127.0.0.1:<free port>; a context manager."""
 
-    def __init__(self, root: Path, *, auth: str = "htpasswd", tls: bool = True,
-                 users: dict[str, str] | None = None, delete: bool = True,
-                 permissions: dict[str, set[str]] | None = None, binary: str = REGISTRY_BINARY):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        auth: str = "htpasswd",
+        tls: bool = True,
+        users: dict[str, str] | None = None,
+        delete: bool = True,
+        permissions: dict[str, set[str]] | None = None,
+        binary: str = REGISTRY_BINARY,
+    ):
         if auth not in ("none", "htpasswd", "token"):
             raise ValueError(f"auth must be none, htpasswd or token, not {auth!r}")
         if not shutil.which(binary):
@@ -285,8 +305,12 @@ class RegistryServer:
                     out.write(blob.bytes())
         if auth == "token":
             self.token_server = TokenServer(
-                self.root, service="ccp-test-registry", issuer="ccp-test-issuer",
-                users=self.users, permissions=permissions, tls_ca=self.ca,
+                self.root,
+                service="ccp-test-registry",
+                issuer="ccp-test-issuer",
+                users=self.users,
+                permissions=permissions,
+                tls_ca=self.ca,
             )
         self._write_config()
 
@@ -300,8 +324,11 @@ class RegistryServer:
                 "maintenance": {"uploadpurging": {"enabled": False}},
             },
             # A fixed secret: a restart keeps upload state valid.
-            "http": {"addr": self.host, "secret": "ccp-test-" + self.root.name,
-                     "headers": {"X-Content-Type-Options": ["nosniff"]}},
+            "http": {
+                "addr": self.host,
+                "secret": "ccp-test-" + self.root.name,
+                "headers": {"X-Content-Type-Options": ["nosniff"]},
+            },
         }
         if self.tls:
             config["http"]["tls"] = {"certificate": str(self.root / "server.pem"), "key": str(self.root / "server.key")}
@@ -310,17 +337,19 @@ class RegistryServer:
             htpasswd.write_text("".join(htpasswd_line(u, p) + "\n" for u, p in self.users.items()))
             config["auth"] = {"htpasswd": {"realm": "ccp-test", "path": str(htpasswd)}}
         elif self.auth == "token":
-            config["auth"] = {"token": {
-                "realm": self.token_server.realm,
-                "service": self.token_server.service,
-                "issuer": self.token_server.issuer,
-                "rootcertbundle": str(self.token_server.signer_cert_path),
-            }}
+            config["auth"] = {
+                "token": {
+                    "realm": self.token_server.realm,
+                    "service": self.token_server.service,
+                    "issuer": self.token_server.issuer,
+                    "rootcertbundle": str(self.token_server.signer_cert_path),
+                }
+            }
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     # -- life cycle ---------------------------------------------------------
 
-    def start(self, timeout: float = 20) -> "RegistryServer":
+    def start(self, timeout: float = 20) -> RegistryServer:
         if self.running:
             return self
         # REGISTRY_* variables override the config file: none of the caller's apply.
@@ -328,7 +357,9 @@ class RegistryServer:
         self._log = open(self.log_path, "ab")
         self._process = subprocess.Popen(
             [self.binary, "serve", str(self.config_path)],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env=env,
             preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
         )
@@ -391,7 +422,7 @@ class RegistryServer:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> "RegistryServer":
+    def __enter__(self) -> RegistryServer:
         try:
             return self.start()
         except BaseException:
@@ -439,8 +470,16 @@ class FaultProxy:
     Distribution 2.8 ignores for tags: it answers every tag, unsorted).
     """
 
-    HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-                  "proxy-authorization", "proxy-authenticate"}
+    HOP_BY_HOP = {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+    }
 
     def __init__(self, upstream: str, *, upstream_ca: str | None = None, tls_ca: trustme.CA | None = None):
         parts = urlsplit(upstream)
@@ -476,7 +515,7 @@ class FaultProxy:
         with self._lock:
             return len(self._faults)
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="fault-proxy", daemon=True)
         self._thread.start()
         return self
@@ -485,7 +524,7 @@ class FaultProxy:
         self._httpd.shutdown()
         self._httpd.server_close()
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc):
@@ -535,7 +574,9 @@ class FaultProxy:
                 if fault:
                     _, status, headers = fault
                     proxy.seen.append((time.monotonic(), self.command, self.path, str(status)))
-                    data = json.dumps({"errors": [{"code": "UNAVAILABLE", "message": "injected by FaultProxy"}]}).encode()
+                    data = json.dumps(
+                        {"errors": [{"code": "UNAVAILABLE", "message": "injected by FaultProxy"}]}
+                    ).encode()
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
@@ -547,8 +588,9 @@ class FaultProxy:
                     return
                 proxy.seen.append((time.monotonic(), self.command, self.path, "forwarded"))
                 if proxy._upstream_https:
-                    conn = http.client.HTTPSConnection(proxy._upstream_host, proxy._upstream_port,
-                                                       context=proxy._upstream_context, timeout=30)
+                    conn = http.client.HTTPSConnection(
+                        proxy._upstream_host, proxy._upstream_port, context=proxy._upstream_context, timeout=30
+                    )
                 else:
                     conn = http.client.HTTPConnection(proxy._upstream_host, proxy._upstream_port, timeout=30)
                 try:
@@ -564,8 +606,12 @@ class FaultProxy:
                     response = conn.getresponse()
                     data = response.read()
                     headers = [(k, v) for k, v in response.getheaders() if k.lower() not in proxy.HOP_BY_HOP]
-                    if proxy.paginate_tags and self.command == "GET" and response.status == 200 \
-                            and urlsplit(self.path).path.endswith("/tags/list"):
+                    if (
+                        proxy.paginate_tags
+                        and self.command == "GET"
+                        and response.status == 200
+                        and urlsplit(self.path).path.endswith("/tags/list")
+                    ):
                         data, link = proxy._page(self.path, data)
                         headers = [(k, v) for k, v in headers if k.lower() not in ("content-length", "link")]
                         headers.append(("Content-Length", str(len(data))))

@@ -10,15 +10,15 @@ import base64
 import hashlib
 import json
 import socket
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import requests
 from artifactory_server import ArtifactoryServer
 
+from ccp_tasks.core.errors import CcpError
 from ccp_tasks.publish import artifactory as art
 from ccp_tasks.publish.artifactory import Artifactory, ArtifactoryAuth, ArtifactoryError
-from ccp_tasks.core.errors import CcpError
 
 REPO = "ci-generic"
 TOKEN = "tok-0123456789"
@@ -123,7 +123,9 @@ def test_deploy_tree_uploads_every_artifact_with_its_properties(server, client, 
         "main/42/manifests/redis.tsv",
         "main/42/reports/junit-spec.xml",
     ]
-    for item, relative in zip(deployed, ["summary.json", "logs/redis.log", "manifests/redis.tsv", "reports/junit-spec.xml"]):
+    for item, relative in zip(
+        deployed, ["summary.json", "logs/redis.log", "manifests/redis.tsv", "reports/junit-spec.xml"]
+    ):
         data = (run_dir / relative).read_bytes()
         assert server.content(REPO, item.path) == data
         assert (item.size, item.sha256) == (len(data), hashlib.sha256(data).hexdigest())
@@ -196,7 +198,9 @@ def test_values_matrix_parameters_cannot_carry_go_through_set_item_properties(se
     [storage] = puts_to(server, "/api/storage/")
     assert storage.target.endswith("&recursive=0")
     assert client.get_properties(REPO, "feature/7/junit.xml") == {
-        "branch": ["feature/a,b"], "build.number": ["7"], "tags": ["nightly", "x;y=z|w"],
+        "branch": ["feature/a,b"],
+        "build.number": ["7"],
+        "tags": ["nightly", "x;y=z|w"],
     }
 
 
@@ -226,9 +230,11 @@ def test_unusable_properties_are_refused_before_any_request(server, client, tmp_
 def builds(server, client, run_dir):
     client.deploy_tree(REPO, "main/41", run_dir, {**BUILD_PROPS, "build.number": "41", "keep": "true"})
     client.deploy_tree(REPO, "main/42", run_dir, BUILD_PROPS)
-    client.deploy_tree(REPO, "feature/login/7", run_dir, {**BUILD_PROPS, "branch": "feature/login", "build.number": "7"})
-    month_ago = datetime.now(timezone.utc) - timedelta(days=30)
-    for (repo, path) in list(server.items):
+    client.deploy_tree(
+        REPO, "feature/login/7", run_dir, {**BUILD_PROPS, "branch": "feature/login", "build.number": "7"}
+    )
+    month_ago = datetime.now(UTC) - timedelta(days=30)
+    for repo, path in list(server.items):
         if path.startswith("main/41/"):
             server.set_created(repo, path, month_ago)
     return month_ago
@@ -245,7 +251,7 @@ def test_find_builds_by_branch_keep_and_age(client, builds):
     assert build_numbers(client.find_builds(REPO, keep=True)) == ["41"]
     assert build_numbers(client.find_builds(REPO, branch="main", keep=False)) == ["42"]
 
-    week_ago = datetime.now(timezone.utc) - timedelta(days=7)
+    week_ago = datetime.now(UTC) - timedelta(days=7)
     old = client.find_builds(REPO, older_than=week_ago)
     assert build_numbers(old) == ["41"]
     assert all(abs(item.created - builds) < timedelta(seconds=1) for item in old)
@@ -266,9 +272,12 @@ def test_find_with_own_criteria_and_include(server, client, builds):
         include=("repo", "path", "name", "@build.number"),
     )
     assert sorted(i.repo_path for i in found) == [
-        "feature/login/7/manifests/redis.tsv", "feature/login/7/reports/junit-spec.xml",
-        "main/41/manifests/redis.tsv", "main/41/reports/junit-spec.xml",
-        "main/42/manifests/redis.tsv", "main/42/reports/junit-spec.xml",
+        "feature/login/7/manifests/redis.tsv",
+        "feature/login/7/reports/junit-spec.xml",
+        "main/41/manifests/redis.tsv",
+        "main/41/reports/junit-spec.xml",
+        "main/42/manifests/redis.tsv",
+        "main/42/reports/junit-spec.xml",
     ]
     assert all(set(i.properties) == {"build.number"} and i.created is None for i in found)
     [aql] = [r for r in server.requests if r.target.endswith("/api/search/aql")][-1:]
@@ -290,7 +299,9 @@ def test_set_get_delete_properties_round_trip_special_characters(client, tmp_pat
     }
     client.set_properties(REPO, "main/9/summary.json", tricky)
     assert client.get_properties(REPO, "main/9/summary.json") == {
-        "branch": ["main"], "note": tricky["note"], "commit": ["0123abcd"],
+        "branch": ["main"],
+        "note": tricky["note"],
+        "commit": ["0123abcd"],
     }
 
     client.set_properties(REPO, "main/9/summary.json", {"note": "replaced"})
@@ -323,7 +334,7 @@ def test_delete_an_item_then_it_is_not_found_again(server, client, builds):
     assert "main/42/summary.json" not in names and "main/41/summary.json" in names
     client.delete(REPO, "main/42/summary.json")  # already gone: fine
 
-    for item in client.find_builds(REPO, older_than=datetime.now(timezone.utc) - timedelta(days=7)):
+    for item in client.find_builds(REPO, older_than=datetime.now(UTC) - timedelta(days=7)):
         client.delete(item.repo, item.repo_path)
     assert build_numbers(client.find_builds(REPO, branch="main")) == ["42"]
     assert [r.status for r in server.requests if r.method == "DELETE"].count(404) == 1
@@ -341,7 +352,9 @@ def test_a_wrong_token_is_one_line_naming_what_to_check_and_never_the_token(serv
             c.deploy(REPO, "main/1/a.log", file, {"branch": "main"})
     message = str(err.value)
     assert_one_line(message, wrong)
-    assert message.startswith(f"Artifactory {server.url}: deploy {REPO}/main/1/a.log failed: HTTP 401 (Bad credentials)")
+    assert message.startswith(
+        f"Artifactory {server.url}: deploy {REPO}/main/1/a.log failed: HTTP 401 (Bad credentials)"
+    )
     assert "CCP_ARTIFACTORY_TOKEN" in message
     assert len(server.requests) == 1  # a 401 is not retried
 
@@ -366,7 +379,9 @@ def test_missing_permission_names_it(tmp_path):
             with pytest.raises(ArtifactoryError) as err:
                 c.deploy(REPO, "main/1/a.log", file, {"branch": "main"})
     assert_one_line(str(err.value), TOKEN)
-    assert "HTTP 403" in str(err.value) and f"'deploy (and annotate, for properties)' permission on repository '{REPO}'" in str(err.value)
+    assert "HTTP 403" in str(
+        err.value
+    ) and f"'deploy (and annotate, for properties)' permission on repository '{REPO}'" in str(err.value)
 
 
 def test_an_unknown_repository_is_named(client, tmp_path):
@@ -414,7 +429,9 @@ def test_a_server_that_is_down_gives_a_clear_error():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again at once: nothing listens there
-    with Artifactory(f"http://127.0.0.1:{port}/artifactory", ArtifactoryAuth(token=TOKEN), retries=2, backoff=0.01) as c:
+    with Artifactory(
+        f"http://127.0.0.1:{port}/artifactory", ArtifactoryAuth(token=TOKEN), retries=2, backoff=0.01
+    ) as c:
         with pytest.raises(ArtifactoryError) as err:
             c.ping()
     message = str(err.value)
@@ -450,17 +467,20 @@ def test_server_rejects_a_body_that_does_not_match_its_checksum_headers(server):
     assert resp.status_code == 404
 
 
-@pytest.mark.parametrize("query, content_type, status", [
-    ('items.find({"repo":"ci-generic"})', "application/json", 415),
-    ('items.find({"repo":"ci-generic"})', None, 415),
-    ('items.find({"repo":"ci-generic"}).include("nonsense")', "text/plain", 400),
-    ('items.find({"colour":"blue"})', "text/plain", 400),
-    ('items.find({"created":{"$lt":"last tuesday"}})', "text/plain", 400),
-    ('items.find({"name":{"$like":"*.xml"}})', "text/plain", 400),
-    ('items.find({"size":{"$match":"1*"}})', "text/plain", 400),
-    ('builds.find({"name":"x"})', "text/plain", 400),
-    ('items.find({"repo":"ci-generic"})', "text/plain", 200),
-])
+@pytest.mark.parametrize(
+    "query, content_type, status",
+    [
+        ('items.find({"repo":"ci-generic"})', "application/json", 415),
+        ('items.find({"repo":"ci-generic"})', None, 415),
+        ('items.find({"repo":"ci-generic"}).include("nonsense")', "text/plain", 400),
+        ('items.find({"colour":"blue"})', "text/plain", 400),
+        ('items.find({"created":{"$lt":"last tuesday"}})', "text/plain", 400),
+        ('items.find({"name":{"$like":"*.xml"}})', "text/plain", 400),
+        ('items.find({"size":{"$match":"1*"}})', "text/plain", 400),
+        ('builds.find({"name":"x"})', "text/plain", 400),
+        ('items.find({"repo":"ci-generic"})', "text/plain", 200),
+    ],
+)
 def test_server_accepts_only_documented_aql(server, query, content_type, status):
     headers = {"Content-Type": content_type} if content_type else {}
     resp = raw(server, "POST", "/api/search/aql", data=query.encode(), headers=headers)

@@ -14,7 +14,9 @@ from conftest import REPO, child_template
 def test_bench_smoke(tmp_path, docker_client):
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / "harness.py"), "--smoke", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads((tmp_path / "smoke.json").read_text())
@@ -42,12 +44,16 @@ def _tree_with_a_source(project):
 
 
 def _cat(ref: str, path: str) -> str:
-    return subprocess.run(["docker", "run", "--rm", ref, "cat", path], capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["docker", "run", "--rm", ref, "cat", path], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def _doit_in(root):
     env = {k: v for k, v in os.environ.items() if k != "CCP_OVERRIDE"}
-    return subprocess.run([sys.executable, "-m", "doit"], cwd=root, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "doit"], cwd=root, capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def test_the_benchmark_copy_of_a_checkout_holds_its_sources(project, tmp_path):
@@ -76,8 +82,12 @@ def test_kolla_and_the_docker_loop_get_the_sources_copy_sources_copies(project, 
         # kolla's own Jinja pass (default environment) renders the template back to our Dockerfile.
         text = jinja2.Template((kolla_dir / name / "Dockerfile.j2").read_text()).render()
         (kolla_dir / name / "Dockerfile").write_text(text)
-        build = subprocess.run(["docker", "build", "-q", "-t", project.ref(name), str(kolla_dir / name)],
-                               capture_output=True, text=True, env=env)
+        build = subprocess.run(
+            ["docker", "build", "-q", "-t", project.ref(name), str(kolla_dir / name)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         assert build.returncode == 0, build.stderr
     assert _cat(project.ref("ccp-app"), "/opt/app/main.txt") == "the app's code\n"
 

@@ -48,7 +48,11 @@ Description: GNU C Library
 def _spec_tree(project):
     project.busybox_base("bb")
     project.image("app", child_template("bb", "RUN echo app > /app"), {"tests.yaml": PASSING_SPEC})
-    project.image("lone", child_template("bb", "RUN echo lone > /lone"), {"tests.yaml": PASSING_SPEC.replace("/app", "/lone").replace("^app$", "^lone$")})
+    project.image(
+        "lone",
+        child_template("bb", "RUN echo lone > /lone"),
+        {"tests.yaml": PASSING_SPEC.replace("/app", "/lone").replace("^app$", "^lone$")},
+    )
 
 
 def test_parse_dpkg_status_keeps_installed_packages_only():
@@ -68,12 +72,17 @@ def test_manifest_records_packages_and_shows_what_changed(project):
     assert (project.root / "cache" / "manifests" / "bb.tsv").read_text() == ""  # no dpkg database
     assert not first.summary["package_changes"]
 
-    project.write("dockerfiles/deb/status", STATUS.replace("Version: 12.4", "Version: 12.5")
-                  + "\nPackage: curl\nStatus: install ok installed\nVersion: 7.88\n")
+    project.write(
+        "dockerfiles/deb/status",
+        STATUS.replace("Version: 12.4", "Version: 12.5")
+        + "\nPackage: curl\nStatus: install ok installed\nVersion: 7.88\n",
+    )
     second = project.ok()
     assert second.summary["package_changes"]["deb"] == ["+ curl 7.88", "~ base-files 12.4 -> 12.5"]
     assert "deb: packages since the previous build: 1 upgraded/downgraded, 1 added" in second.stderr
-    assert (project.root / "cache" / "manifests" / "deb.changes").read_text() == "+ curl 7.88\n~ base-files 12.4 -> 12.5\n"
+    assert (
+        project.root / "cache" / "manifests" / "deb.changes"
+    ).read_text() == "+ curl 7.88\n~ base-files 12.4 -> 12.5\n"
     assert "packages" in second.stdout and "+ curl 7.88" in second.stdout
 
 
@@ -100,7 +109,11 @@ def test_doit_test_is_incremental_per_image(project):
     _spec_tree(project)
     cold = project.ok("test")
     assert {"spec:app", "spec:lone", "build:bb", "lint:app"} <= cold.executed
-    assert cold.summary["checks"]["app"]["spec"] == {"outcome": "passed", "checks": 2, "seconds": cold.summary["checks"]["app"]["spec"]["seconds"]}
+    assert cold.summary["checks"]["app"]["spec"] == {
+        "outcome": "passed",
+        "checks": 2,
+        "seconds": cold.summary["checks"]["app"]["spec"]["seconds"],
+    }
 
     warm = project.ok("test")
     assert warm.executed == set(), warm.output
@@ -176,11 +189,15 @@ checks:
 
 def _web_tree(project):
     project.busybox_base("bb")
-    project.image("web", child_template("bb", 'RUN mkdir /www\nCMD ["httpd", "-f", "-p", "8080", "-h", "/www"]'), {
-        "integration.yaml": WEB_SPEC,
-        "tests/index.html.j2": "greeting: {{ greeting }}\n",
-        "tests/backend.html.j2": "backend page\n",
-    })
+    project.image(
+        "web",
+        child_template("bb", 'RUN mkdir /www\nCMD ["httpd", "-f", "-p", "8080", "-h", "/www"]'),
+        {
+            "integration.yaml": WEB_SPEC,
+            "tests/index.html.j2": "greeting: {{ greeting }}\n",
+            "tests/backend.html.j2": "backend page\n",
+        },
+    )
     project.config["variables"] = {"greeting": "hello"}
     project.write_config()
 
@@ -222,5 +239,8 @@ def test_a_broken_integration_file_fails_its_test_task_in_one_line(project):
     project.write("dockerfiles/web/integration.yaml", WEB_SPEC.replace("image: web", "image: wbe"))
     result = project.doit("test")
     assert result.returncode != 0
-    assert "integration.yaml: services.backend.image: 'wbe' is not an image of the tree (did you mean 'web'?)" in result.output
+    assert (
+        "integration.yaml: services.backend.image: 'wbe' is not an image of the tree (did you mean 'web'?)"
+        in result.output
+    )
     assert "Traceback" not in result.output

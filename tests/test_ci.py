@@ -41,12 +41,23 @@ def test_artifacts_are_deployed_with_branch_commit_build_and_keep(project):
     with ArtifactoryServer(tokens={"tok-ci": "ci"}) as server:
         project.config["artifactory"] = {"url": server.url, "repository": "ci-generic"}
         project.write_config()
-        env = {"CCP_ARTIFACTORY_TOKEN": "tok-ci", "CCP_BRANCH": "feature/x", "CCP_COMMIT": "a" * 40,
-               "BUILD_NUMBER": "17", "CCP_KEEP": "1"}
+        env = {
+            "CCP_ARTIFACTORY_TOKEN": "tok-ci",
+            "CCP_BRANCH": "feature/x",
+            "CCP_COMMIT": "a" * 40,
+            "BUILD_NUMBER": "17",
+            "CCP_KEEP": "1",
+        }
         # project.doit() removes summary.json before each run; CI's artifacts run follows the push run's.
         (project.root / "cache" / "summary.json").write_text(json.dumps(built.summary))
-        result = subprocess.run([sys.executable, "-m", "doit", "artifacts"], cwd=project.root, capture_output=True,
-                                text=True, env={**os.environ, **env}, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "doit", "artifacts"],
+            cwd=project.root,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            timeout=120,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "deployed" in result.stderr
         client = Artifactory(server.url, ArtifactoryAuth(token="tok-ci"))
@@ -56,8 +67,12 @@ def test_artifacts_are_deployed_with_branch_commit_build_and_keep(project):
         assert f"{prefix}/summary.json" in paths
         assert f"{prefix}/logs/bb.log" in paths
         assert f"{prefix}/results/lint/app.json" in paths
-        assert all(item.properties["commit"] == ["a" * 40] and item.properties["keep"] == ["true"]
-                   and item.properties["build.number"] == ["17"] for item in found)
+        assert all(
+            item.properties["commit"] == ["a" * 40]
+            and item.properties["keep"] == ["true"]
+            and item.properties["build.number"] == ["17"]
+            for item in found
+        )
 
         wrong = project.doit("artifacts", env={**env, "CCP_ARTIFACTORY_TOKEN": "tok-wrong"})
         assert wrong.returncode != 0

@@ -9,8 +9,8 @@ import os
 import pytest
 from conftest import child_template
 
-from ccp_tasks.model.config import load_config
 from ccp_tasks.core.errors import ContextError
+from ccp_tasks.model.config import load_config
 from ccp_tasks.model.render import DockerIgnore, discover_images
 
 SECRET = "s3cret-host-only-0b5c"
@@ -64,25 +64,34 @@ def test_symlink_out_of_the_repository_is_refused(small, host_secret):
     secret, _ = host_secret
     small.image("app", child_template("bb", "COPY x /x"))
     os.symlink(secret, small.root / "dockerfiles" / "app" / "x")
-    assert_refused(small, f"dockerfiles/app/x: a symlink to {secret}, outside the template repository dockerfiles: "
-                          "nothing outside it may reach an image; copy what the image needs into the repository")
+    assert_refused(
+        small,
+        f"dockerfiles/app/x: a symlink to {secret}, outside the template repository dockerfiles: "
+        "nothing outside it may reach an image; copy what the image needs into the repository",
+    )
 
 
 def test_relative_symlink_out_of_the_repository_names_where_it_leads(small, host_secret):
     secret, _ = host_secret
     small.image("app", child_template("bb", "COPY x /x"))
     os.symlink("../../../shadow", small.root / "dockerfiles" / "app" / "x")
-    assert_refused(small, f"dockerfiles/app/x: a symlink to ../../../shadow, which leads to {secret}, outside the "
-                          "template repository dockerfiles: nothing outside it may reach an image; copy what the "
-                          "image needs into the repository")
+    assert_refused(
+        small,
+        f"dockerfiles/app/x: a symlink to ../../../shadow, which leads to {secret}, outside the "
+        "template repository dockerfiles: nothing outside it may reach an image; copy what the "
+        "image needs into the repository",
+    )
 
 
 def test_symlinked_directory_out_of_the_repository_is_refused(small, host_secret):
     _, directory = host_secret
     small.image("app", child_template("bb", "COPY conf/ /conf/"))
     os.symlink(directory, small.root / "dockerfiles" / "app" / "conf")
-    assert_refused(small, f"dockerfiles/app/conf: a symlink to {directory}, outside the template repository "
-                          "dockerfiles: nothing outside it may reach an image; copy what the image needs into the repository")
+    assert_refused(
+        small,
+        f"dockerfiles/app/conf: a symlink to {directory}, outside the template repository "
+        "dockerfiles: nothing outside it may reach an image; copy what the image needs into the repository",
+    )
 
 
 def test_symlink_inside_a_linked_directory_is_checked_too(small, host_secret):
@@ -92,8 +101,11 @@ def test_symlink_inside_a_linked_directory_is_checked_too(small, host_secret):
     os.symlink(secret, shared / "x")
     small.image("app", child_template("bb", "COPY conf/ /conf/"))
     os.symlink("../shared", small.root / "dockerfiles" / "app" / "conf")
-    assert_refused(small, f"dockerfiles/app/conf/x: a symlink to {secret}, outside the template repository "
-                          "dockerfiles: nothing outside it may reach an image; copy what the image needs into the repository")
+    assert_refused(
+        small,
+        f"dockerfiles/app/conf/x: a symlink to {secret}, outside the template repository "
+        "dockerfiles: nothing outside it may reach an image; copy what the image needs into the repository",
+    )
 
 
 def test_symlinks_inside_the_repository_are_staged_as_their_content(small, docker_client):
@@ -125,8 +137,11 @@ def test_symlinks_inside_the_repository_are_staged_as_their_content(small, docke
 
 
 def test_dotfiles_and_hidden_directories_are_context(small, docker_client):
-    small.image("app", child_template("bb", "COPY .hidden.conf /etc/\nCOPY .config/ /etc/app/"),
-                {".hidden.conf": "hidden\n", ".config/app.ini": "ini\n", ".git/config": "[remote]\n"})
+    small.image(
+        "app",
+        child_template("bb", "COPY .hidden.conf /etc/\nCOPY .config/ /etc/app/"),
+        {".hidden.conf": "hidden\n", ".config/app.ini": "ini\n", ".git/config": "[remote]\n"},
+    )
     first = small.ok()
     assert first.built == {"bb", "app"}, first.output
     ref = small.ref("app")
@@ -140,11 +155,21 @@ def test_dotfiles_and_hidden_directories_are_context(small, docker_client):
 
 
 def test_dockerignore_is_honoured(small, docker_client):
-    small.image("app", child_template("bb", "COPY . /ctx/"), {
-        ".dockerignore": "# scratch files\nnotes.txt\n*.bak\n!keep.bak\nlogs\n**/*.tmp\n",
-        "notes.txt": "notes\n", "old.bak": "old\n", "keep.bak": "keep\n", "app.conf": "conf\n",
-        "logs/today.log": "log\n", "sub/x.tmp": "tmp\n", "sub/y.conf": "y\n", ".env": "env\n",
-    })
+    small.image(
+        "app",
+        child_template("bb", "COPY . /ctx/"),
+        {
+            ".dockerignore": "# scratch files\nnotes.txt\n*.bak\n!keep.bak\nlogs\n**/*.tmp\n",
+            "notes.txt": "notes\n",
+            "old.bak": "old\n",
+            "keep.bak": "keep\n",
+            "app.conf": "conf\n",
+            "logs/today.log": "log\n",
+            "sub/x.tmp": "tmp\n",
+            "sub/y.conf": "y\n",
+            ".env": "env\n",
+        },
+    )
     first = small.ok()
     assert first.built == {"bb", "app"}, first.output
     listed = run_in(docker_client, small.ref("app"), "find", "/ctx", "-type", "f").split()
@@ -166,22 +191,31 @@ def test_dockerignore_can_leave_out_a_link_it_would_refuse(small, host_secret):
 @pytest.mark.parametrize("name", ["/etc/hostname", "../../../../../../../../../../../../etc/passwd"])
 def test_include_of_a_host_path_is_refused(small, name):
     small.image("app", f"FROM {{{{ image('bb') }}}}\n{{% include '{name}' %}}\n")
-    assert_refused(small, f"dockerfiles/app/Dockerfile.j2:2: includes '{name}': templates load only from the macros "
-                          "directories, by a name relative to them (no absolute path, no '..')")
+    assert_refused(
+        small,
+        f"dockerfiles/app/Dockerfile.j2:2: includes '{name}': templates load only from the macros "
+        "directories, by a name relative to them (no absolute path, no '..')",
+    )
 
 
 def test_import_of_a_host_path_is_refused(small):
     small.image("app", "FROM {{ image('bb') }}\n\n{% from '/etc/hostname' import x %}\n")
-    assert_refused(small, "dockerfiles/app/Dockerfile.j2:3: includes '/etc/hostname': templates load only from the "
-                          "macros directories, by a name relative to them (no absolute path, no '..')")
+    assert_refused(
+        small,
+        "dockerfiles/app/Dockerfile.j2:3: includes '/etc/hostname': templates load only from the "
+        "macros directories, by a name relative to them (no absolute path, no '..')",
+    )
 
 
 def test_macro_symlinked_out_of_the_repositories_is_refused(small, host_secret):
     secret, _ = host_secret
     os.symlink(secret, small.root / "dockerfiles" / "macros" / "evil.j2")
     small.image("app", "FROM {{ image('bb') }}\n{% include 'evil.j2' %}\n")
-    assert_refused(small, f"dockerfiles/app/Dockerfile.j2:2: includes 'evil.j2', which leads to {secret}, "
-                          "outside the template repositories")
+    assert_refused(
+        small,
+        f"dockerfiles/app/Dockerfile.j2:2: includes 'evil.j2', which leads to {secret}, "
+        "outside the template repositories",
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -199,14 +233,16 @@ def test_dangling_symlink_is_named(project):
     os.symlink("user@host.1234:1700000000", project.root / "dockerfiles" / "app" / ".#motd")
     assert _discover_error(project) == (
         "dockerfiles/app/.#motd: a symlink to user@host.1234:1700000000, which does not exist; "
-        "remove it, or list it in the image's .dockerignore")
+        "remove it, or list it in the image's .dockerignore"
+    )
 
 
 def test_symlinked_directory_loop_is_named(project):
     project.image("app", "FROM scratch\n", {"conf/a": "a\n"})
     os.symlink("..", project.root / "dockerfiles" / "app" / "conf" / "up")
     assert _discover_error(project) == (
-        "dockerfiles/app/conf/up: a symlink to .., which leads back into a directory it is in (a loop)")
+        "dockerfiles/app/conf/up: a symlink to .., which leads back into a directory it is in (a loop)"
+    )
 
 
 def test_cycle_between_symlinked_directories_is_named(project):
@@ -217,7 +253,8 @@ def test_cycle_between_symlinked_directories_is_named(project):
     os.symlink("../d1", project.root / "dockerfiles" / "shared" / "d2" / "next")
     os.symlink("../shared/d1", project.root / "dockerfiles" / "app" / "conf")
     assert _discover_error(project) == (
-        "dockerfiles/app/conf/next/next: a symlink to ../d1, which leads back into a directory it is in (a loop)")
+        "dockerfiles/app/conf/next/next: a symlink to ../d1, which leads back into a directory it is in (a loop)"
+    )
 
 
 def test_symlink_into_the_repositorys_git_directory_is_refused(project):
@@ -226,7 +263,9 @@ def test_symlink_into_the_repositorys_git_directory_is_refused(project):
     os.symlink("../.git/config", project.root / "dockerfiles" / "app" / "gitconfig")
     message = _discover_error(project)
     assert message.startswith("dockerfiles/app/gitconfig: a symlink to ../.git/config, which leads to "), message
-    assert message.endswith(", inside the .git directory of dockerfiles; version-control metadata never reaches an image")
+    assert message.endswith(
+        ", inside the .git directory of dockerfiles; version-control metadata never reaches an image"
+    )
 
 
 def test_images_inside_ignored_or_test_directories_are_still_found(project):
@@ -245,32 +284,35 @@ def _ignore(tmp_path, text: str) -> DockerIgnore:
     return DockerIgnore.read(str(path))
 
 
-@pytest.mark.parametrize("patterns, path, excluded", [
-    ("*.log", "a.log", True),
-    ("*.log", "sub/a.log", False),  # `*` stays within one path element, from the context root
-    ("**/*.log", "sub/deep/a.log", True),
-    ("**/*.log", "a.log", True),
-    ("logs", "logs/2026/a.txt", True),  # a matched directory takes everything under it
-    ("logs/", "logs/a.txt", True),
-    ("/logs", "logs/a.txt", True),
-    ("./logs/../logs", "logs/a.txt", True),
-    ("docs/**", "docs/a/b.md", True),
-    ("docs/**", "docsx/a.md", False),
-    ("a?c", "abc", True),
-    ("a?c", "a/c", False),
-    ("[a-c].txt", "b.txt", True),
-    ("[^a-c].txt", "d.txt", True),
-    ("[^a-c].txt", "b.txt", False),
-    ("*.txt\n!keep.txt", "keep.txt", False),
-    ("*.txt\n!keep.txt", "drop.txt", True),
-    ("!keep.txt\n*.txt", "keep.txt", True),  # the last matching line wins
-    ("logs\n!logs/keep", "logs/keep", False),
-    ("# a comment\n\n   \n", "# a comment", False),
-    ("\\#literal", "#literal", True),
-    ("a.b", "axb", False),  # `.` is no wildcard
-    ("Notes.txt", "notes.txt", False),  # case matters, as for Docker
-    (".", "a", False),
-])
+@pytest.mark.parametrize(
+    "patterns, path, excluded",
+    [
+        ("*.log", "a.log", True),
+        ("*.log", "sub/a.log", False),  # `*` stays within one path element, from the context root
+        ("**/*.log", "sub/deep/a.log", True),
+        ("**/*.log", "a.log", True),
+        ("logs", "logs/2026/a.txt", True),  # a matched directory takes everything under it
+        ("logs/", "logs/a.txt", True),
+        ("/logs", "logs/a.txt", True),
+        ("./logs/../logs", "logs/a.txt", True),
+        ("docs/**", "docs/a/b.md", True),
+        ("docs/**", "docsx/a.md", False),
+        ("a?c", "abc", True),
+        ("a?c", "a/c", False),
+        ("[a-c].txt", "b.txt", True),
+        ("[^a-c].txt", "d.txt", True),
+        ("[^a-c].txt", "b.txt", False),
+        ("*.txt\n!keep.txt", "keep.txt", False),
+        ("*.txt\n!keep.txt", "drop.txt", True),
+        ("!keep.txt\n*.txt", "keep.txt", True),  # the last matching line wins
+        ("logs\n!logs/keep", "logs/keep", False),
+        ("# a comment\n\n   \n", "# a comment", False),
+        ("\\#literal", "#literal", True),
+        ("a.b", "axb", False),  # `.` is no wildcard
+        ("Notes.txt", "notes.txt", False),  # case matters, as for Docker
+        (".", "a", False),
+    ],
+)
 def test_dockerignore_patterns(tmp_path, patterns, path, excluded):
     assert _ignore(tmp_path, patterns).excludes(path) is excluded
 
@@ -281,10 +323,13 @@ def test_dockerignore_skips_a_directory_only_without_an_exception_under_it(tmp_p
     assert not _ignore(tmp_path, "logs\n").skips_directory("src")
 
 
-@pytest.mark.parametrize("text, message", [
-    ("ok\n!\n", ":2: '!' alone excludes nothing; name what to re-include"),
-    ("[abc\n", ":1: '[abc' is not a valid pattern (an unclosed '[')"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("ok\n!\n", ":2: '!' alone excludes nothing; name what to re-include"),
+        ("[abc\n", ":1: '[abc' is not a valid pattern (an unclosed '[')"),
+    ],
+)
 def test_dockerignore_bad_line_is_named(tmp_path, text, message):
     with pytest.raises(ContextError) as caught:
         _ignore(tmp_path, text)
@@ -322,5 +367,8 @@ def test_a_symlink_planted_in_a_staged_context_is_replaced(small, host_secret, d
 def test_a_file_named_dockerfile_beside_the_template_is_refused(small):
     """Staging would put it where the rendered Dockerfile goes: one of the two would silently win."""
     small.image("app", child_template("bb", "RUN true"), {"Dockerfile": "FROM scratch\n"})
-    assert_refused(small, "dockerfiles/app/Dockerfile: the rendered Dockerfile.j2 is staged under that name; "
-                          "rename the file (or make it the template)")
+    assert_refused(
+        small,
+        "dockerfiles/app/Dockerfile: the rendered Dockerfile.j2 is staged under that name; "
+        "rename the file (or make it the template)",
+    )

@@ -30,7 +30,7 @@ def test_debian_base_and_a_sample_image(project, docker_client):
     first = project.ok("-n", "2", timeout=1200)
     assert first.built == {"base", "base-tools"}
     assert "base" in first.executed
-    assert 'VERSION_CODENAME=bookworm' in run_in(docker_client, project.ref("base-tools"), "cat", "/etc/os-release")
+    assert "VERSION_CODENAME=bookworm" in run_in(docker_client, project.ref("base-tools"), "cat", "/etc/os-release")
     assert "curl" in run_in(docker_client, project.ref("base-tools"), "curl", "--version")
     labels = docker_client.inspect_image(project.ref("base-tools"))["Config"]["Labels"]
     assert labels["io.ccp.input-digest"] == project.stamp("base-tools")["input_digest"]

@@ -44,11 +44,13 @@ def test_apply_adds_only_what_this_run_made():
 def test_apply_is_precise_where_the_event_says_what_happened():
     present = {"ns/a:latest": "sha256:a", "ns/a:extra": "sha256:a", "ns/b:latest": "sha256:b", "ns/b:v1": "sha256:c"}
     # an untag that names the reference removed drops that one only
-    assert apply(present, [event("untag", "sha256:a", "ns/a:extra")]) == {k: v for k, v in present.items()
-                                                                          if k != "ns/a:extra"}
+    assert apply(present, [event("untag", "sha256:a", "ns/a:extra")]) == {
+        k: v for k, v in present.items() if k != "ns/a:extra"
+    }
     # a pull drops the reference it names, or (`pull -a`, by digest) its whole repository
-    assert apply(present, [event("pull", "ns/b:latest", "ns/b")]) == {k: v for k, v in present.items()
-                                                                      if k != "ns/b:latest"}
+    assert apply(present, [event("pull", "ns/b:latest", "ns/b")]) == {
+        k: v for k, v in present.items() if k != "ns/b:latest"
+    }
     for pulled in ("ns/b", "ns/b@sha256:0123"):
         assert apply(present, [event("pull", pulled, "ns/b")]) == {"ns/a:latest": "sha256:a", "ns/a:extra": "sha256:a"}
     assert apply(present, [event("pull", "host:5000/ns/b:latest", "host:5000/ns/b")]) == present
@@ -68,8 +70,11 @@ def test_the_marker_is_one_event_of_this_daemon():
     """The view replays from the exact event it recorded; a buffer without it
     (another daemon, a restart, an overflow) is not believed, however old its events."""
     tagged = event("tag", "sha256:a", "ns/a:latest", 2)
-    buffered = [([1, "container", "start", "c1"], None), ([2, "image", "tag", "sha256:a"], tagged),
-                ([3, "container", "die", "c1"], None)]
+    buffered = [
+        ([1, "container", "start", "c1"], None),
+        ([2, "image", "tag", "sha256:a"], tagged),
+        ([3, "container", "die", "c1"], None),
+    ]
     assert _since(buffered, [1, "container", "start", "c1"]) == [tagged]
     assert _since(buffered, [3, "container", "die", "c1"]) == []
     for marker in ([1, "container", "start", "other daemon's"], [0, "image", "tag", "sha256:a"], 1, None, "x"):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from conftest import child_template
 
-from ccp_tasks.model.config import load_config
 from ccp_tasks.core.errors import ConfigError, GraphError
+from ccp_tasks.model.config import load_config
 from ccp_tasks.model.graph import build_graph
 
 
@@ -31,28 +31,41 @@ def small(project):
 
 def test_template_syntax_error_names_file_and_line(small):
     small.image("app", "FROM {{ image('bb') }}\nRUN {% if %}\n")
-    assert_one_line_error(small, "dockerfiles/app/Dockerfile.j2:2: template syntax error: Expected an expression, got 'end of statement block'")
+    assert_one_line_error(
+        small,
+        "dockerfiles/app/Dockerfile.j2:2: template syntax error: Expected an expression, got 'end of statement block'",
+    )
 
 
 def test_undefined_variable_names_file_and_line(small):
     small.image("app", "FROM {{ image('bb') }}\n\nRUN echo {{ colour }}\n")
-    assert_one_line_error(small, "dockerfiles/app/Dockerfile.j2:3: 'colour' is undefined (define it under 'variables:' in ccp.yaml)")
+    assert_one_line_error(
+        small, "dockerfiles/app/Dockerfile.j2:3: 'colour' is undefined (define it under 'variables:' in ccp.yaml)"
+    )
 
 
 def test_undefined_variable_in_macro_names_the_macro(small):
     small.write("dockerfiles/macros/extra.j2", "LABEL x={{ missing_in_macro }}\n")
     small.image("app", "FROM {{ image('bb') }}\n{% include 'extra.j2' %}\n")
-    assert_one_line_error(small, "dockerfiles/macros/extra.j2:1: 'missing_in_macro' is undefined (define it under 'variables:' in ccp.yaml)")
+    assert_one_line_error(
+        small,
+        "dockerfiles/macros/extra.j2:1: 'missing_in_macro' is undefined (define it under 'variables:' in ccp.yaml)",
+    )
 
 
 def test_missing_include(small):
     small.image("app", "FROM {{ image('bb') }}\n{% include 'nothere.j2' %}\n")
-    assert_one_line_error(small, "dockerfiles/app/Dockerfile.j2:2: includes 'nothere.j2', which is in no macros directory (dockerfiles/macros)")
+    assert_one_line_error(
+        small,
+        "dockerfiles/app/Dockerfile.j2:2: includes 'nothere.j2', which is in no macros directory (dockerfiles/macros)",
+    )
 
 
 def test_image_helper_with_unknown_name(small):
     small.image("app", "FROM {{ image('bbb') }}\n")
-    assert_one_line_error(small, "dockerfiles/app/Dockerfile.j2:1: image('bbb') names no image of the tree (known: app, bb)")
+    assert_one_line_error(
+        small, "dockerfiles/app/Dockerfile.j2:1: image('bbb') names no image of the tree (known: app, bb)"
+    )
 
 
 def test_unknown_parent_names_image_and_reference(small):
@@ -89,7 +102,9 @@ def test_duplicate_image_name_names_both_paths(small):
     small.config["repositories"] = ["dockerfiles", "site"]
     small.write_config()
     small.image("app", "FROM {{ image('bb') }}\n", repository="site")
-    assert_one_line_error(small, "image 'app' is defined twice: dockerfiles/app/Dockerfile.j2 and site/app/Dockerfile.j2")
+    assert_one_line_error(
+        small, "image 'app' is defined twice: dockerfiles/app/Dockerfile.j2 and site/app/Dockerfile.j2"
+    )
 
 
 def test_unknown_config_key_suggests(small):
@@ -116,24 +131,33 @@ def test_malformed_yaml_names_line(small):
 def test_bad_namespace_value(small):
     small.config["namespace"] = "Not Valid"
     small.write_config()
-    assert_one_line_error(small, "ccp.yaml: namespace: 'Not Valid' is not a valid repository namespace (lowercase letters, digits, . _ - and /)")
+    assert_one_line_error(
+        small,
+        "ccp.yaml: namespace: 'Not Valid' is not a valid repository namespace (lowercase letters, digits, . _ - and /)",
+    )
 
 
 def test_registry_url_with_a_path_is_refused_not_dropped(small):
     small.config["registry"] = {"url": "http://host:5000/sub/path", "insecure": True}
     small.write_config()
-    assert_one_line_error(small, "ccp.yaml: registry.url: 'http://host:5000/sub/path' has a path ('/sub/path'); "
-                                 "a registry is named host[:port] (its API is at /v2/ on the host root); "
-                                 "use a namespace for '/sub/path'")
+    assert_one_line_error(
+        small,
+        "ccp.yaml: registry.url: 'http://host:5000/sub/path' has a path ('/sub/path'); "
+        "a registry is named host[:port] (its API is at /v2/ on the host root); "
+        "use a namespace for '/sub/path'",
+    )
 
 
-@pytest.mark.parametrize("url, problem", [
-    ("registry.example:5000/team", "has a path ('/team')"),
-    ("https://registry.example/v2/", "has a path ('/v2')"),
-    ("https://registry.example?x=1", "has a query ('?x=1')"),
-    ("https://registry.example#top", "has a fragment ('#top')"),
-    ("https://ci:secret@registry.example", "credentials do not belong in the config"),
-])
+@pytest.mark.parametrize(
+    "url, problem",
+    [
+        ("registry.example:5000/team", "has a path ('/team')"),
+        ("https://registry.example/v2/", "has a path ('/v2')"),
+        ("https://registry.example?x=1", "has a query ('?x=1')"),
+        ("https://registry.example#top", "has a fragment ('#top')"),
+        ("https://ci:secret@registry.example", "credentials do not belong in the config"),
+    ],
+)
 def test_registry_url_is_host_and_port_only(tmp_path, url, problem):
     (tmp_path / "dockerfiles").mkdir()
     (tmp_path / "ccp.yaml").write_text(f"registry: {{url: '{url}'}}\n")
@@ -173,7 +197,11 @@ def test_defaults_live_in_the_model(tmp_path):
     (tmp_path / "ccp.yaml").write_text("")
     cfg = load_config(tmp_path)
     assert (cfg.namespace, cfg.tag, cfg.repositories, cfg.base.suite, cfg.base.max_age_days) == (
-        "ccp", "latest", ("dockerfiles",), "bookworm", 7,
+        "ccp",
+        "latest",
+        ("dockerfiles",),
+        "bookworm",
+        7,
     )
 
 
@@ -206,7 +234,10 @@ def test_missing_repository_directory(tmp_path):
 
 
 def test_graph_reads_every_from_and_copy_from(small):
-    small.image("multi", "FROM {{ image('bb') }} AS one\nRUN true\nFROM {{ image('app') }}\nCOPY --from=one /x /x\nCOPY --from={{ image('bb') }} /y /y\n")
+    small.image(
+        "multi",
+        "FROM {{ image('bb') }} AS one\nRUN true\nFROM {{ image('app') }}\nCOPY --from=one /x /x\nCOPY --from={{ image('bb') }} /y /y\n",
+    )
     graph = build_graph(load_config(small.root))
     assert graph.images["multi"].parents == ("app", "bb")
     assert graph.descendants("bb") == ["app", "multi"]

@@ -15,9 +15,9 @@ import pytest
 from conftest import child_template
 
 from ccp_tasks.build.base import is_fresh
-from ccp_tasks.model.config import BaseSettings
 from ccp_tasks.core.errors import ConfigError
 from ccp_tasks.core.layout import CacheLayout
+from ccp_tasks.model.config import BaseSettings
 
 # What a killed run, a full disk or a hand leaves in a record.
 CORRUPTIONS = {
@@ -91,8 +91,10 @@ def test_damaged_stamps_in_a_parallel_run_are_one_line_each(built):
     for name in ("bb", "app"):
         (built.root / "cache" / "images" / f"{name}.json").write_bytes(CORRUPTIONS["garbage"])
     result = clean(built, "-n", "2")
-    assert warnings(result) == [f"ccp: warning: cache/images/{name}.json is unreadable (not JSON); treating it as missing"
-                                for name in ("bb", "app")], result.output
+    assert warnings(result) == [
+        f"ccp: warning: cache/images/{name}.json is unreadable (not JSON); treating it as missing"
+        for name in ("bb", "app")
+    ], result.output
     assert result.images("adopted") == {"bb", "app"}, result.output
 
 
@@ -105,8 +107,9 @@ def test_stamp_naming_another_image_is_rebuilt(built):
     assert built.stamp("bb") == good
 
 
-@pytest.mark.parametrize("rel", ["cache/engine.json", "cache/render-cache.json", "cache/check-index.json",
-                                 "cache/config-cache.json"])
+@pytest.mark.parametrize(
+    "rel", ["cache/engine.json", "cache/render-cache.json", "cache/check-index.json", "cache/config-cache.json"]
+)
 def test_damaged_cache_file_is_rebuilt(built, rel):
     """The engine view, the render cache, the check index and the parsed-config
     cache are made again from what they summarise; nothing is rebuilt."""
@@ -190,7 +193,9 @@ print(json.dumps(out))
 
 
 def measured_list(project) -> dict:
-    proc = subprocess.run([sys.executable, "-c", MEASURE], cwd=project.root, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", MEASURE], cwd=project.root, capture_output=True, text=True, timeout=120
+    )
     return json.loads(proc.stdout)
 
 
@@ -198,7 +203,7 @@ def one_error_line(out: dict) -> str:
     lines = [line for line in out["stderr"].splitlines() if line.strip()]
     assert out["rc"] not in (0, None) and len(lines) == 1 and lines[0].startswith("ERROR: "), out
     assert "Traceback" not in out["stderr"] + out["stdout"]
-    return lines[0][len("ERROR: "):]
+    return lines[0][len("ERROR: ") :]
 
 
 @pytest.fixture
@@ -223,14 +228,19 @@ def test_deeply_nested_list_is_one_line(small):
     small.write_config(DEEP_LIST)
     out = measured_list(small)
     message = one_error_line(out)
-    assert re.fullmatch(r"ccp.yaml:\d+: lists and mappings nested deeper than 100 levels; refusing to read it", message), out
+    assert re.fullmatch(
+        r"ccp.yaml:\d+: lists and mappings nested deeper than 100 levels; refusing to read it", message
+    ), out
     assert "RecursionError" not in out["stderr"]
 
 
 def test_yaml_date_variable_names_the_key(small):
     small.write_config("variables: {d: 2020-01-01}\n")
     out = measured_list(small)
-    assert one_error_line(out) == "ccp.yaml: variables.d: a date is not allowed; quote it ('2020-01-01') to make it a string"
+    assert (
+        one_error_line(out)
+        == "ccp.yaml: variables.d: a date is not allowed; quote it ('2020-01-01') to make it a string"
+    )
     small.write_config("variables: {d: '2020-01-01'}\n")
     small.ok("list")
 
@@ -248,8 +258,11 @@ def test_every_yaml_reader_is_bounded(tmp_path):
         "pod.yaml": lambda path: load_documents(path.read_text(), str(path)),
     }
     for name, read in readers.items():
-        for text, expected in ((bomb, "aliases expand to more than"), (DEEP_LIST, "nested deeper than 100 levels"),
-                               ("a: &a [*a]\n", "an alias refers to a list or mapping it is inside of")):
+        for text, expected in (
+            (bomb, "aliases expand to more than"),
+            (DEEP_LIST, "nested deeper than 100 levels"),
+            ("a: &a [*a]\n", "an alias refers to a list or mapping it is inside of"),
+        ):
             path = tmp_path / name
             path.write_text(text)
             started = time.monotonic()
@@ -298,11 +311,11 @@ def test_what_is_cached_is_bounded(tmp_path):
 @pytest.mark.parametrize("reader", ["stamp", "source record", "push record", "check records", "package list"])
 def test_every_record_reader_treats_damage_as_missing(tmp_path, reader, capsys):
     """Each reader of a record under cache/ answers "none" for a damaged one, and says so once."""
-    from ccp_tasks.checks.records import load_records
     from ccp_tasks.build.manifest import previous_manifest
-    from ccp_tasks.publish.push import PushRecord
-    from ccp_tasks.model.sources import SourceRecord
+    from ccp_tasks.checks.records import load_records
     from ccp_tasks.core.state import Stamp
+    from ccp_tasks.model.sources import SourceRecord
+    from ccp_tasks.publish.push import PushRecord
 
     path = tmp_path / "results" / "lint" / "bb.json"
     read = {

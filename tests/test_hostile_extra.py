@@ -82,18 +82,22 @@ def test_context_file_swapped_for_a_host_link_after_render_is_refused(project):
     assert not staged.exists() or b"root:" not in staged.read_bytes()
 
 
-@pytest.mark.parametrize("expression", [
-    "cycler.__init__.__globals__.os.popen('echo pwned > /tmp/ccp-pwned-' ~ namespace).read()",
-    "''.__class__.__mro__[1].__subclasses__()",
-])
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "cycler.__init__.__globals__.os.popen('echo pwned > /tmp/ccp-pwned-' ~ namespace).read()",
+        "''.__class__.__mro__[1].__subclasses__()",
+    ],
+)
 def test_a_template_cannot_reach_python_or_run_host_commands(project, expression):
     """A template may come from another team's repository: rendering is sandboxed."""
     fifo_tree(project)
     project.image("lone", child_template("bb", f"RUN echo {{{{ {expression} }}}}"))
     result = project.doit(timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.output, result.output
-    assert [line for line in result.output.splitlines()
-            if "dockerfiles/lone/Dockerfile.j2:3:" in line and "unsafe" in line], result.output
+    assert [
+        line for line in result.output.splitlines() if "dockerfiles/lone/Dockerfile.j2:3:" in line and "unsafe" in line
+    ], result.output
     assert not os.path.exists(f"/tmp/ccp-pwned-{project.namespace}")
     assert not (project.root / "cache" / "images" / "lone.json").exists()
 
@@ -111,7 +115,9 @@ def test_files_whose_bytes_spell_other_files_do_not_share_an_input_digest(projec
     result = project.ok()
     assert result.summary["images"]["lone"]["outcome"] == "built", result.output
     assert project.stamp("lone")["input_digest"] != old["input_digest"]
-    assert docker_client.inspect_image(project.ref("lone"))["Id"] == project.stamp("lone")["image_id"] != old["image_id"]
+    assert (
+        docker_client.inspect_image(project.ref("lone"))["Id"] == project.stamp("lone")["image_id"] != old["image_id"]
+    )
 
 
 def test_a_context_file_name_that_is_not_utf8_builds(project):
@@ -138,7 +144,8 @@ def test_a_repository_holding_the_checkout_is_refused(project, repository):
     assert result.output.strip().splitlines() == [
         f"ERROR: ccp.yaml: repositories: template repository '{repository}' is "
         f"{os.path.realpath(project.root / repository)}, which holds the checkout {project.root} itself; "
-        "name the templates' own directory (such as dockerfiles)"], result.output
+        "name the templates' own directory (such as dockerfiles)"
+    ], result.output
 
 
 @pytest.mark.parametrize("kind", ["binary", "fifo"])
@@ -172,11 +179,14 @@ def test_copy_sources_destination_is_one_clean_path(project, docker_client):
     assert "the destination may not hold whitespace or control characters" in result.output
 
 
-@pytest.mark.parametrize("namespace, hint", [
-    ("docker.io/someone", "write namespace: someone"),
-    ("index.docker.io/someone", "write namespace: someone"),
-    ("library", "choose another namespace"),
-])
+@pytest.mark.parametrize(
+    "namespace, hint",
+    [
+        ("docker.io/someone", "write namespace: someone"),
+        ("index.docker.io/someone", "write namespace: someone"),
+        ("library", "choose another namespace"),
+    ],
+)
 def test_a_namespace_the_engine_spells_otherwise_is_refused(project, namespace, hint):
     """With `docker.io/x` the engine's references and events say `x/...`: the
     view kept `docker.io/x/...`, missed a `docker tag` onto one of them, and

@@ -33,7 +33,9 @@ def test_parent_edit_rebuilds_it_and_exactly_its_descendants(tree):
 
 
 def test_root_edit_rebuilds_everything_below(tree):
-    tree.write("dockerfiles/bb/Dockerfile.j2", tree.root.joinpath("dockerfiles/bb/Dockerfile.j2").read_text() + "ENV ROOT=2\n")
+    tree.write(
+        "dockerfiles/bb/Dockerfile.j2", tree.root.joinpath("dockerfiles/bb/Dockerfile.j2").read_text() + "ENV ROOT=2\n"
+    )
     assert tree.ok().built == ALL
 
 
@@ -185,11 +187,16 @@ def test_engine_unreachable_is_one_clear_line(tree):
 
 def test_second_run_waits_for_the_lock(tree):
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys,time; sys.path.insert(0, '.');"
-         "from ccp_tasks import lock; from pathlib import Path;"
-         "lock.acquire(Path('cache/ccp.lock')); print('held', flush=True); time.sleep(3)"],
-        cwd=tree.root, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; sys.path.insert(0, '.');"
+            "from ccp_tasks import lock; from pathlib import Path;"
+            "lock.acquire(Path('cache/ccp.lock')); print('held', flush=True); time.sleep(3)",
+        ],
+        cwd=tree.root,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "held"
     started = time.monotonic()
@@ -207,9 +214,14 @@ def test_interrupted_build_leaves_no_stamp_and_is_retried(project):
     project.busybox_base("bb")
     project.image("slow", "FROM {{ image('bb') }}\nRUN echo started && sleep 30\n")
     # A shell's background job inherits SIGINT ignored; a user's Ctrl-C is not.
-    proc = subprocess.Popen([sys.executable, "-m", "doit"], cwd=project.root, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "doit"],
+        cwd=project.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     seen = []
     reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)
     reader.start()

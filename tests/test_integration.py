@@ -74,9 +74,15 @@ class Runner:
 
     def run(self, spec, variables=VALUES):
         return integration.run_spec(
-            self.client, "web", self.refs, spec,
-            workdir=self.root / "work" / "web", recorded_dir=self.recorded, log_path=self.log,
-            labels=self.labels, variables=dict(variables),
+            self.client,
+            "web",
+            self.refs,
+            spec,
+            workdir=self.root / "work" / "web",
+            recorded_dir=self.recorded,
+            log_path=self.log,
+            labels=self.labels,
+            variables=dict(variables),
         )
 
     def leftovers(self) -> list[str]:
@@ -114,7 +120,12 @@ def test_passing_run_then_regression(runner):
     spec = integration.load_spec(FIXTURES / "integration.yaml", IMAGES)
     assert integration.service_images(spec) == ["backend"]
     assert sorted(p.name for p in integration.spec_files(spec, FIXTURES / "integration.yaml")) == [
-        "data.json.j2", "hello.txt.j2", "index.html.j2", "proxy.cgi.j2", "start.sh.j2", "web.conf.j2",
+        "data.json.j2",
+        "hello.txt.j2",
+        "index.html.j2",
+        "proxy.cgi.j2",
+        "start.sh.j2",
+        "web.conf.j2",
     ]
 
     results = runner.run(spec)
@@ -134,7 +145,9 @@ def test_passing_run_then_regression(runner):
     assert os.access(work / "files" / "web" / "start.sh", os.X_OK)
     assert {p.name for p in (work / "tls").iterdir()} == {"cert.pem", "key.pem", "ca.pem", "bundle.pem"}
     log = runner.log.read_text()
-    assert "==== backend (service backend" in log and "==== web (under test" in log and "web starting (value one)" in log
+    assert (
+        "==== backend (service backend" in log and "==== web (under test" in log and "web starting (value one)" in log
+    )
 
     record = integration.recorded_path(runner.recorded, "web")
     answers = json.loads(record.read_text())["answers"]
@@ -183,7 +196,7 @@ def test_every_check_kind_fails_with_its_message(runner):
         ),
         "status": "expected status 200, got 404 Not Found",
         "header": "header Content-Type: expected 'text/plain', got 'application/json'; "
-                  "header X-Served-By: expected absent, got 'web'",
+        "header X-Served-By: expected absent, got 'web'",
         "json field": 'json value: expected "two", got "one"; json nope.x: missing',
         "body": "body does not match 'goodbye': got 'hello from web (one)\\n'",
         "send": "answer does not match 'HTTP/1\\.[01] 500': got 'HTTP/1.1 200 OK\\r\\nDate: ",
@@ -203,8 +216,13 @@ def test_every_check_kind_fails_with_its_message(runner):
         "TLS handshake as good.test failed: the port does not speak TLS (WRONG_VERSION_NUMBER)"
     )
     # What passes in those TLS checks: the floor holds on 8443, plain text gets no answer there.
-    for name in ("wrong host name: floor", "wrong host name: plaintext", "floor violated: handshake",
-                 "floor violated: plaintext", "plaintext answered: floor"):
+    for name in (
+        "wrong host name: floor",
+        "wrong host name: plaintext",
+        "floor violated: handshake",
+        "floor violated: plaintext",
+        "plaintext answered: floor",
+    ):
         assert results[name].passed, results[name]
     assert len(messages) == len(expected) + 2
     # Every failure carries the log tails, the image under test's last.
@@ -280,7 +298,10 @@ def test_loopback_ports(runner, tmp_path, monkeypatch):
     # Waited for: readiness says why it never answers.
     waited = LOOPBACK.replace("ports: [8080]\nlocal_ports: [8081]", "ports: [8080, 8081]\nready: {timeout: 1}")
     results = runner.run(integration.load_spec(spec_in(tmp_path, waited, name="waited.yaml"), IMAGES))
-    assert results[0].message == "web not ready after 1s: port 8081 refuses connections (it listens on 8081 on 127.0.0.1 only)"
+    assert (
+        results[0].message
+        == "web not ready after 1s: port 8081 refuses connections (it listens on 8081 on 127.0.0.1 only)"
+    )
     assert runner.leftovers() == []
 
 
@@ -300,8 +321,12 @@ def test_leftovers_of_a_killed_run_are_removed(runner, tmp_path):
     old = {**runner.labels, integration.IMAGE_LABEL: "web", integration.RUN_LABEL: "killed"}
     network = runner.client.create_network(f"ccp-it-web-killed-{uuid.uuid4().hex[:6]}", labels=old)
     container = runner.client.create_container(
-        runner.refs["web"], command=["sleep", "60"], labels=old,
-        networking_config=runner.client.create_networking_config({network["Id"]: runner.client.create_endpoint_config()}),
+        runner.refs["web"],
+        command=["sleep", "60"],
+        labels=old,
+        networking_config=runner.client.create_networking_config(
+            {network["Id"]: runner.client.create_endpoint_config()}
+        ),
     )
     runner.client.start(container["Id"])
     assert len(runner.leftovers()) == 2
@@ -326,8 +351,10 @@ def test_keyboard_interrupt_in_a_check_removes_everything(runner, tmp_path, monk
 
 
 def test_sigint_while_waiting_removes_everything(runner, tmp_path):
-    never = "services:\n  backend: {image: backend, command: [httpd, -f, -p, 8081], ports: [8081]}\n" \
-            "command: [sleep, 60]\nports: [8080]\nready: {timeout: 30}\n"
+    never = (
+        "services:\n  backend: {image: backend, command: [httpd, -f, -p, 8081], ports: [8081]}\n"
+        "command: [sleep, 60]\nports: [8080]\nready: {timeout: 30}\n"
+    )
     spec = integration.load_spec(spec_in(tmp_path, never), IMAGES)
     timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
     started = time.monotonic()
@@ -355,7 +382,9 @@ def test_remote_engine_is_refused(runner, monkeypatch):
 
 def test_an_image_missing_from_the_engine_is_an_engine_error(runner, tmp_path):
     runner.refs["web"] = "ccptest-it-nowhere/web:latest"
-    with pytest.raises(EngineError, match=r"image 'web' \(ccptest-it-nowhere/web:latest\) is not in the engine; build it first"):
+    with pytest.raises(
+        EngineError, match=r"image 'web' \(ccptest-it-nowhere/web:latest\) is not in the engine; build it first"
+    ):
         runner.run(integration.load_spec(spec_in(tmp_path, SMALL), IMAGES))
     assert runner.leftovers() == []
 
@@ -370,28 +399,53 @@ def test_undefined_template_variable_names_file_and_line(runner):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("checks:\n  - http: {path: /, stauts: 200}\nports: [80]\n",
-         "unknown key 'checks[0].http.stauts' (did you mean 'status'?); known keys: "),
-        ("ports: [80]\nchecks:\n  - exec: {command: echo}\n  - http: {status: ok}\n",
-         "checks[1].http.status: expected an integer, got 'ok'"),
-        ("services:\n  cache: {image: memcache}\n",
-         "services.cache.image: 'memcache' is not an image of the tree (did you mean 'memcached'?)"),
+        (
+            "checks:\n  - http: {path: /, stauts: 200}\nports: [80]\n",
+            "unknown key 'checks[0].http.stauts' (did you mean 'status'?); known keys: ",
+        ),
+        (
+            "ports: [80]\nchecks:\n  - exec: {command: echo}\n  - http: {status: ok}\n",
+            "checks[1].http.status: expected an integer, got 'ok'",
+        ),
+        (
+            "services:\n  cache: {image: memcache}\n",
+            "services.cache.image: 'memcache' is not an image of the tree (did you mean 'memcached'?)",
+        ),
         ("servcies: {}\n", "unknown key 'servcies' (did you mean 'services'?)"),
         ("ports: [80, 80]\n", "ports: port 80 is listed twice"),
-        ("ports: [80]\nchecks:\n  - http: {}\n    send: {data: x}\n",
-         "checks[0]: expected exactly one of http, send, exec, tls (found http and send)"),
+        (
+            "ports: [80]\nchecks:\n  - http: {}\n    send: {data: x}\n",
+            "checks[0]: expected exactly one of http, send, exec, tls (found http and send)",
+        ),
         ("checks:\n  - tls: {port: 443}\n", "checks[0].tls: needs a top-level 'tls' section"),
-        ("tls: {hostnames: [a.test]}\nchecks:\n  - tls: {port: 443, min_version: TLSv1.4}\n",
-         "checks[0].tls.min_version: expected one of TLSv1.1, TLSv1.2, TLSv1.3, got 'TLSv1.4' (did you mean 'TLSv1.3'?)"),
-        ("files: {/etc/x.conf: missing.j2}\n", "files./etc/x.conf: template 'missing.j2' not found beside integration.yaml"),
-        ("ports: [80]\nchecks:\n  - http: {}\n    ignore: [a]\n", "checks[0].ignore: only means something with 'regression: true'"),
-        ("ports: [80]\nchecks:\n  - http: {regression: true}\n",
-         "checks[0].http.regression: 'regression' belongs beside 'http' (at checks[0].regression), not inside it"),
-        ("checks:\n  - exec: {command: id}\n    regression: true\n",
-         "checks[0].regression: only http and send checks have an answer to compare, not exec"),
-        ("ports: [80]\nchecks:\n  - http: {expect_body: '('}\n", "checks[0].http.expect_body: not a valid regular expression"),
-        ("ports: [80]\nchecks:\n  - http: {}\n  - http: {}\n",
-         "checks[1].name: 'GET / on port 80' names checks[0] too"),
+        (
+            "tls: {hostnames: [a.test]}\nchecks:\n  - tls: {port: 443, min_version: TLSv1.4}\n",
+            "checks[0].tls.min_version: expected one of TLSv1.1, TLSv1.2, TLSv1.3, got 'TLSv1.4' (did you mean 'TLSv1.3'?)",
+        ),
+        (
+            "files: {/etc/x.conf: missing.j2}\n",
+            "files./etc/x.conf: template 'missing.j2' not found beside integration.yaml",
+        ),
+        (
+            "ports: [80]\nchecks:\n  - http: {}\n    ignore: [a]\n",
+            "checks[0].ignore: only means something with 'regression: true'",
+        ),
+        (
+            "ports: [80]\nchecks:\n  - http: {regression: true}\n",
+            "checks[0].http.regression: 'regression' belongs beside 'http' (at checks[0].regression), not inside it",
+        ),
+        (
+            "checks:\n  - exec: {command: id}\n    regression: true\n",
+            "checks[0].regression: only http and send checks have an answer to compare, not exec",
+        ),
+        (
+            "ports: [80]\nchecks:\n  - http: {expect_body: '('}\n",
+            "checks[0].http.expect_body: not a valid regular expression",
+        ),
+        (
+            "ports: [80]\nchecks:\n  - http: {}\n  - http: {}\n",
+            "checks[1].name: 'GET / on port 80' names checks[0] too",
+        ),
         ("services:\n  Cache: {image: memcached}\n", "services.Cache: 'Cache' is not a valid host name"),
         ("env: {DEBUG: yes}\n", "env.DEBUG: expected a string, got True"),
     ],

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import child_template
 
 NEXT_RUN_BOUND = 60  # seconds; the next run waits for no lock, this only bounds a hang
@@ -32,8 +31,13 @@ class Run:
         run_env = {k: v for k, v in os.environ.items() if k != "CCP_OVERRIDE"}
         run_env.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "doit", "-n", "2", *args], cwd=project.root, env=run_env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            [sys.executable, "-m", "doit", "-n", "2", *args],
+            cwd=project.root,
+            env=run_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         self.lines: list[str] = []
         threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True).start()
@@ -106,16 +110,23 @@ def runs():
 def leftovers(client, namespace: str) -> list[str]:
     """Containers, networks and volumes the test's runs made: containers inherit
     the test images' namespace label, and every check stage labels what it makes."""
+
     def ours(entry) -> bool:
         return (entry.get("Labels") or {}).get("io.ccp.check", "").startswith(f"{namespace}/")
 
     containers = client.containers(all=True, filters={"label": f"ccp.test.namespace={namespace}"})
-    containers += [c for c in client.containers(all=True, filters={"label": "io.ccp.check"})
-                   if ours(c) and c["Id"] not in {seen["Id"] for seen in containers}]
+    containers += [
+        c
+        for c in client.containers(all=True, filters={"label": "io.ccp.check"})
+        if ours(c) and c["Id"] not in {seen["Id"] for seen in containers}
+    ]
     found = [f"container {c['Names'][0]} {c['State']}" for c in containers]
     found += [f"network {n['Name']}" for n in client.networks(filters={"label": "io.ccp.check"}) if ours(n)]
-    found += [f"volume {v['Name']}" for v in (client.volumes(filters={"label": "io.ccp.check"}) or {}).get("Volumes") or []
-              if ours(v)]
+    found += [
+        f"volume {v['Name']}"
+        for v in (client.volumes(filters={"label": "io.ccp.check"}) or {}).get("Volumes") or []
+        if ours(v)
+    ]
     return found
 
 
@@ -181,8 +192,9 @@ def test_a_killed_worker_ends_its_run_instead_of_hanging_it(project, docker_clie
         os.kill(pid, signal.SIGKILL)
     run.proc.wait(timeout=NEXT_RUN_BOUND)
     assert run.proc.returncode != 0
-    assert f"ccp: a doit worker (pid {workers[0]}) was killed by SIGKILL" in run.output \
-        or any(f"(pid {pid}) was killed by SIGKILL" in run.output for pid in workers), run.output
+    assert f"ccp: a doit worker (pid {workers[0]}) was killed by SIGKILL" in run.output or any(
+        f"(pid {pid}) was killed by SIGKILL" in run.output for pid in workers
+    ), run.output
     assert "Traceback" not in run.output, run.output
     assert run.wait_gone() == []
     project.image("slow", child_template("bb", "RUN echo quick"))
@@ -269,7 +281,9 @@ def test_a_run_killed_while_reading_a_manifest_is_adopted_and_its_helper_swept(p
 # Killed during check stages
 
 
-SLEEPING_STRUCTURE_TEST = 'schemaVersion: "2.0.0"\ncommandTests:\n  - name: sleeps\n    command: sleep\n    args: ["60"]\n'
+SLEEPING_STRUCTURE_TEST = (
+    'schemaVersion: "2.0.0"\ncommandTests:\n  - name: sleeps\n    command: sleep\n    args: ["60"]\n'
+)
 QUICK_STRUCTURE_TEST = 'schemaVersion: "2.0.0"\ncommandTests:\n  - name: quick\n    command: "true"\n'
 
 
@@ -303,8 +317,12 @@ def test_what_a_killed_integration_test_left_is_swept_by_any_later_stage(project
     project.busybox_base("bb")
     project.write("dockerfiles/bb/tests.yaml", QUICK_STRUCTURE_TEST)
     project.write("dockerfiles/bb/integration.yaml", SLEEPING_INTEGRATION)
-    elsewhere = {"io.ccp.checkout": "another-host:/elsewhere/cache", "io.ccp.run": "alive",
-                 "io.ccp.check": f"{project.namespace}/bb", "io.ccp.check.stage": "test"}
+    elsewhere = {
+        "io.ccp.checkout": "another-host:/elsewhere/cache",
+        "io.ccp.run": "alive",
+        "io.ccp.check": f"{project.namespace}/bb",
+        "io.ccp.check.stage": "test",
+    }
     project.ok("build")
     foreign = docker_client.create_container(project.stamp("bb")["image_id"], command=["true"], labels=elsewhere)
     foreign_entry = f"container {docker_client.inspect_container(foreign['Id'])['Name']} created"

@@ -22,11 +22,9 @@ from types import SimpleNamespace
 import pytest
 from conftest import REPO
 
-from ccp_tasks.checks import integration
-from ccp_tasks.checks import kube
-from ccp_tasks.checks import podrun
-from ccp_tasks.model.config import PipelineConfig
+from ccp_tasks.checks import integration, kube, podrun
 from ccp_tasks.core.errors import ConfigError, TemplateError
+from ccp_tasks.model.config import PipelineConfig
 
 SAMPLES = ("nginx", "memcached", "redis", "etcd", "haproxy", "api-service", "cron")
 
@@ -46,7 +44,8 @@ def box(docker_client, tmp_path_factory):
         if applet != "busybox":
             os.symlink("busybox", rootfs / "bin" / applet)
     (rootfs / "etc" / "passwd").write_text(
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+    )
     (rootfs / "etc" / "group").write_text("root:x:0:\napp:x:1000:\nnogroup:x:65534:\n")
     (context / "Dockerfile").write_text(
         "FROM scratch\nCOPY rootfs/ /\n"
@@ -54,8 +53,9 @@ def box(docker_client, tmp_path_factory):
         'ENTRYPOINT ["/bin/echo", "entrypoint"]\nCMD ["cmd"]\n'
     )
     image_id = None
-    for chunk in docker_client.build(path=str(context), tag=f"{namespace}/web:latest", rm=True, forcerm=True,
-                                     pull=False, decode=True):
+    for chunk in docker_client.build(
+        path=str(context), tag=f"{namespace}/web:latest", rm=True, forcerm=True, pull=False, decode=True
+    ):
         assert "error" not in chunk, chunk
         if isinstance(chunk.get("aux"), dict):
             image_id = chunk["aux"].get("ID", image_id)
@@ -77,7 +77,11 @@ class Tree:
         (root / "dockerfiles").mkdir(parents=True, exist_ok=True)
         self.cfg = PipelineConfig(namespace=namespace, root=root, external_images=("ccptest-external/tool:1.0",))
         self.images = ("web", "side")
-        self.labels = {"ccp.test.namespace": namespace, "io.ccp.check": f"{namespace}/web", "io.ccp.check.stage": "kube"}
+        self.labels = {
+            "ccp.test.namespace": namespace,
+            "io.ccp.check": f"{namespace}/web",
+            "io.ccp.check.stage": "kube",
+        }
         self.log = root / "logs" / "kube-web.log"
 
     def write(self, rel: str, text: str) -> Path:
@@ -96,9 +100,19 @@ class Tree:
         template = self.write("pod.yaml.j2", pod)
         spec_path = self.write("integration.yaml", spec) if spec is not None else None
         return kube.check_pod(
-            self.client, self.cfg, "web", self.images, lambda name: self.image_id, template,
-            spec_path=spec_path, workdir=self.root / "work", log_path=self.log, recorded_dir=self.root / "recorded",
-            labels=self.labels, run=run, spec_locator=lambda name: None,
+            self.client,
+            self.cfg,
+            "web",
+            self.images,
+            lambda name: self.image_id,
+            template,
+            spec_path=spec_path,
+            workdir=self.root / "work",
+            log_path=self.log,
+            recorded_dir=self.root / "recorded",
+            labels=self.labels,
+            run=run,
+            spec_locator=lambda name: None,
         )
 
     def leftovers(self) -> list[str]:
@@ -136,7 +150,11 @@ def test_command_args_mapping_and_expansion_rules():
         ({}, (None, None), ["/bin/echo", "entrypoint", "cmd"]),
         ({"command": ["/bin/echo", "command"]}, (["/bin/echo", "command"], None), ["/bin/echo", "command"]),
         ({"args": ["args"]}, (None, ["args"]), ["/bin/echo", "entrypoint", "args"]),
-        ({"command": ["/bin/echo", "command"], "args": ["args"]}, (["/bin/echo", "command"], ["args"]), ["/bin/echo", "command", "args"]),
+        (
+            {"command": ["/bin/echo", "command"], "args": ["args"]},
+            (["/bin/echo", "command"], ["args"]),
+            ["/bin/echo", "command", "args"],
+        ),
     ]
     for container, docker, argv in cases:
         assert podrun.docker_command(container, env) == docker, container
@@ -175,22 +193,37 @@ def pod_with(container: str = "", extra: str = "") -> str:
 @pytest.mark.parametrize(
     ("pod", "message"),
     [
-        (pod_with("      imagePullPolicyy: Never"),
-         "Pod/web: spec.containers[0].imagePullPolicyy: unknown field (did you mean 'imagePullPolicy'?)"),
-        (pod_with("      ports: [{containerPort: '80'}]"),
-         'Pod/web: spec.containers[0].ports[0].containerPort: expected an integer, got "80"'),
-        (pod_with("      readinessProbe: {httpGet: {port: true}}"),
-         "Pod/web: spec.containers[0].readinessProbe.httpGet.port: expected a string or an integer, got true"),
-        (pod_with("", "  restartPolicy: [Always]"), "Pod/web: spec.restartPolicy: expected a string, got [\"Always\"]"),
-        (pod_with("", "  volumes: [{configMap: {name: x}}]"), "Pod/web: spec.volumes[0].name: required field is missing"),
-        (pod_with("", "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: conf}\ndata: {port: 80}\n"),
-         "ConfigMap/conf: data.port: expected a string, got 80"),
-        (pod_with("", "---\napiVersion: v1\nkind: Podd\nmetadata: {name: x}\n"),
-         "Podd/x: no schema for kind Podd in apiVersion v1 (Kubernetes 1.33)"),
-        ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n"
-         "  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n"
-         "        - {name: web, image: x, resources: {limitz: {}}}\n",
-         "Deployment/web: spec.template.spec.containers[0].resources.limitz: unknown field (did you mean 'limits'?)"),
+        (
+            pod_with("      imagePullPolicyy: Never"),
+            "Pod/web: spec.containers[0].imagePullPolicyy: unknown field (did you mean 'imagePullPolicy'?)",
+        ),
+        (
+            pod_with("      ports: [{containerPort: '80'}]"),
+            'Pod/web: spec.containers[0].ports[0].containerPort: expected an integer, got "80"',
+        ),
+        (
+            pod_with("      readinessProbe: {httpGet: {port: true}}"),
+            "Pod/web: spec.containers[0].readinessProbe.httpGet.port: expected a string or an integer, got true",
+        ),
+        (pod_with("", "  restartPolicy: [Always]"), 'Pod/web: spec.restartPolicy: expected a string, got ["Always"]'),
+        (
+            pod_with("", "  volumes: [{configMap: {name: x}}]"),
+            "Pod/web: spec.volumes[0].name: required field is missing",
+        ),
+        (
+            pod_with("", "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: conf}\ndata: {port: 80}\n"),
+            "ConfigMap/conf: data.port: expected a string, got 80",
+        ),
+        (
+            pod_with("", "---\napiVersion: v1\nkind: Podd\nmetadata: {name: x}\n"),
+            "Podd/x: no schema for kind Podd in apiVersion v1 (Kubernetes 1.33)",
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n"
+            "  template:\n    metadata: {labels: {app: web}}\n    spec:\n      containers:\n"
+            "        - {name: web, image: x, resources: {limitz: {}}}\n",
+            "Deployment/web: spec.template.spec.containers[0].resources.limitz: unknown field (did you mean 'limits'?)",
+        ),
     ],
 )
 def test_schema_errors_name_the_field(tree, pod, message):
@@ -202,7 +235,9 @@ def test_schema_errors_name_the_field(tree, pod, message):
 
 
 def test_every_schema_error_is_reported_at_once(tree):
-    ctx = tree.context(pod_with("      imagePullPolicyy: Never\n      workdir: /srv\n      ports: [{containerPort: x}]"))
+    ctx = tree.context(
+        pod_with("      imagePullPolicyy: Never\n      workdir: /srv\n      ports: [{containerPort: x}]")
+    )
     (schema,) = kube.static_checks(ctx, "1.33", None)
     assert schema.message.split("; ") == [
         "Pod/web: spec.containers[0].imagePullPolicyy: unknown field (did you mean 'imagePullPolicy'?)",
@@ -215,23 +250,48 @@ def test_every_schema_error_is_reported_at_once(tree):
 @pytest.mark.parametrize(
     ("pod", "message"),
     [
-        (pod_with("", "  restartPolicy: Sometimes"), "spec.restartPolicy: must be Always or OnFailure or Never, got \"Sometimes\""),
+        (
+            pod_with("", "  restartPolicy: Sometimes"),
+            'spec.restartPolicy: must be Always or OnFailure or Never, got "Sometimes"',
+        ),
         (pod_with("    - {name: web, image: x}"), "spec.containers[1].name: 'web' names containers[0] too"),
-        (pod_with("      ports: [{name: http-for-the-api, containerPort: 8080}]"),
-         "spec.containers[0].ports[0].name: \"http-for-the-api\" is not a valid port name (at most 15 lowercase letters, digits and '-', with a letter)"),
-        (pod_with("      ports: [{containerPort: 70000}]"), "spec.containers[0].ports[0].containerPort: must be between 1 and 65535, got 70000"),
-        (pod_with("      volumeMounts: [{name: data, mountPath: /data}]"), "spec.containers[0].volumeMounts[0].name: no volume named 'data' (volumes: none)"),
-        (pod_with("      readinessProbe: {exec: {command: ['true']}, tcpSocket: {port: 80}}"),
-         "spec.containers[0].readinessProbe: needs exactly one handler (exec, httpGet, tcpSocket, grpc), found exec and tcpSocket"),
-        (pod_with("      livenessProbe: {exec: {command: ['true']}, successThreshold: 2}"),
-         "spec.containers[0].livenessProbe.successThreshold: must be 1, got 2"),
-        (pod_with("      resources: {limits: {memory: 12 Mi}}"),
-         "spec.containers[0].resources.limits.memory: '12 Mi' is not a quantity (such as 128Mi, 500m or 2)"),
-        (pod_with("      imagePullPolicy: Sometimes"), "spec.containers[0].imagePullPolicy: must be Always, IfNotPresent or Never, got \"Sometimes\""),
-        (pod_with("      env: [{name: '1X', value: a}]"), "spec.containers[0].env[0].name: \"1X\" is not a valid environment variable name"),
-        ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n"
-         "  template:\n    metadata: {labels: {app: api}}\n    spec:\n      containers: [{name: web, image: x}]\n",
-         "spec.selector: does not match spec.template.metadata.labels"),
+        (
+            pod_with("      ports: [{name: http-for-the-api, containerPort: 8080}]"),
+            "spec.containers[0].ports[0].name: \"http-for-the-api\" is not a valid port name (at most 15 lowercase letters, digits and '-', with a letter)",
+        ),
+        (
+            pod_with("      ports: [{containerPort: 70000}]"),
+            "spec.containers[0].ports[0].containerPort: must be between 1 and 65535, got 70000",
+        ),
+        (
+            pod_with("      volumeMounts: [{name: data, mountPath: /data}]"),
+            "spec.containers[0].volumeMounts[0].name: no volume named 'data' (volumes: none)",
+        ),
+        (
+            pod_with("      readinessProbe: {exec: {command: ['true']}, tcpSocket: {port: 80}}"),
+            "spec.containers[0].readinessProbe: needs exactly one handler (exec, httpGet, tcpSocket, grpc), found exec and tcpSocket",
+        ),
+        (
+            pod_with("      livenessProbe: {exec: {command: ['true']}, successThreshold: 2}"),
+            "spec.containers[0].livenessProbe.successThreshold: must be 1, got 2",
+        ),
+        (
+            pod_with("      resources: {limits: {memory: 12 Mi}}"),
+            "spec.containers[0].resources.limits.memory: '12 Mi' is not a quantity (such as 128Mi, 500m or 2)",
+        ),
+        (
+            pod_with("      imagePullPolicy: Sometimes"),
+            'spec.containers[0].imagePullPolicy: must be Always, IfNotPresent or Never, got "Sometimes"',
+        ),
+        (
+            pod_with("      env: [{name: '1X', value: a}]"),
+            'spec.containers[0].env[0].name: "1X" is not a valid environment variable name',
+        ),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {app: web}}\n"
+            "  template:\n    metadata: {labels: {app: api}}\n    spec:\n      containers: [{name: web, image: x}]\n",
+            "spec.selector: does not match spec.template.metadata.labels",
+        ),
     ],
 )
 def test_api_rules_name_the_field(tree, pod, message):
@@ -243,7 +303,10 @@ def test_api_rules_name_the_field(tree, pod, message):
 
 
 def test_stream_and_version_errors(tree):
-    with pytest.raises(ConfigError, match=r"pod\.yaml\.j2: expected exactly one Pod, Deployment, StatefulSet, ReplicaSet or DaemonSet, found none"):
+    with pytest.raises(
+        ConfigError,
+        match=r"pod\.yaml\.j2: expected exactly one Pod, Deployment, StatefulSet, ReplicaSet or DaemonSet, found none",
+    ):
         tree.context("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
     with pytest.raises(ConfigError, match=r"pod\.yaml\.j2:2:\d+: malformed YAML \(as rendered\)"):
         tree.context("kind: Pod\n  - x: [\n")
@@ -251,7 +314,9 @@ def test_stream_and_version_errors(tree):
         tree.context("apiVersion: v1\nkind: Pod\nmetadata: {name: {{ replicas }}}\n")
     with pytest.raises(TemplateError, match=r"image\('wbe'\) names no image of the tree"):
         tree.context("image: {{ image('wbe') }}\n")
-    with pytest.raises(ConfigError, match=r"no schema for Kubernetes 1\.99 in kubernetes-validate \(it has 1\.25, .*1\.37\)"):
+    with pytest.raises(
+        ConfigError, match=r"no schema for Kubernetes 1\.99 in kubernetes-validate \(it has 1\.25, .*1\.37\)"
+    ):
         kube._schema_dir("1.99")
     assert kube.kubernetes_version(SimpleNamespace(kube=SimpleNamespace(kubernetes_version="1.30"))) == "1.30"
     assert kube.kubernetes_version(tree.cfg) == kube.DEFAULT_KUBERNETES_VERSION
@@ -374,7 +439,7 @@ def test_every_cross_check_error_on_a_broken_pod(tree):
         ],
         "config files": [
             "/etc/web.conf: ConfigMap web-conf key web.conf differs from tests/web.conf.j2 as the integration test renders it: "
-            "line 1: \"value = one\" -> \"value = two\"",
+            'line 1: "value = one" -> "value = two"',
             "/etc/web.conf: mode 0755 in the pod (ConfigMap web-conf key web.conf), 0644 in web/integration.yaml",
             f"{web}.volumeMounts: /etc/other.conf is mounted by web/integration.yaml (from tests/other.conf.j2), not by the pod",
             "/etc/extra/extra.conf: the pod mounts it (ConfigMap web-conf key extra.conf), web/integration.yaml does not: "
@@ -393,13 +458,14 @@ def test_image_under_test_must_be_in_the_pod_and_visible_to_task_generation(tree
         "image references": f"spec.containers: no container runs {tree.namespace}/web:latest, the image under test",
     }
     # A reference the task generator cannot see (built from variables) would not rerun kube:web on a rebuild.
-    hidden = ("{% set name = 'w' ~ 'eb' %}apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n"
-              "    - {name: web, image: {{ image(name) }}, command: [sleep, '1']}\n")
+    hidden = (
+        "{% set name = 'w' ~ 'eb' %}apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n"
+        "    - {name: web, image: {{ image(name) }}, command: [sleep, '1']}\n"
+    )
     results = tree.check(hidden, run=False)
     assert failures(results) == {
-        "image references visible to task generation":
-            f"pod.yaml.j2 names {tree.namespace}/web:latest in a way the task generator cannot see, so kube:web would "
-            "not rerun when it is rebuilt (write {{ image('web') }})",
+        "image references visible to task generation": f"pod.yaml.j2 names {tree.namespace}/web:latest in a way the task generator cannot see, so kube:web would "
+        "not rerun when it is rebuilt (write {{ image('web') }})",
     }
 
 
@@ -410,10 +476,12 @@ def test_pod_inputs_for_task_generation(tree):
     macros.mkdir(parents=True)
     (macros / "macros.j2").write_text("{% include 'header.j2' %}\n")
     (macros / "header.j2").write_text("# header\n")
-    graph = SimpleNamespace(images={
-        "web": SimpleNamespace(source=SimpleNamespace(directory=template.parent)),
-        "side": SimpleNamespace(source=SimpleNamespace(directory=tree.root / "side")),
-    })
+    graph = SimpleNamespace(
+        images={
+            "web": SimpleNamespace(source=SimpleNamespace(directory=template.parent)),
+            "side": SimpleNamespace(source=SimpleNamespace(directory=tree.root / "side")),
+        }
+    )
     index = {
         "web": SimpleNamespace(path=str(spec), services=("side",), files=(str(tree.root / "web/tests/x.j2"),)),
         "side": SimpleNamespace(path=str(tree.root / "side/integration.yaml"), services=(), files=()),
@@ -421,8 +489,13 @@ def test_pod_inputs_for_task_generation(tree):
     inputs = kube.pod_inputs(tree.cfg, graph, "web", index)
     assert inputs.template == str(template)
     assert inputs.images == ("web", "side")
-    assert inputs.files == (str(spec), str(tree.root / "web/tests/x.j2"), str(tree.root / "side/integration.yaml"),
-                            str(macros / "macros.j2"), str(macros / "header.j2"))
+    assert inputs.files == (
+        str(spec),
+        str(tree.root / "web/tests/x.j2"),
+        str(tree.root / "side/integration.yaml"),
+        str(macros / "macros.j2"),
+        str(macros / "header.j2"),
+    )
     assert kube.pod_inputs(tree.cfg, graph, "side", index) is None  # no pod.yaml.j2
 
 
@@ -441,8 +514,14 @@ def pods(docker_client, box, tmp_path):
         source = kube.pod_source(kube.load_documents(text, "pod.yaml"), "pod.yaml")
         network = f"{namespace}-{uuid.uuid4().hex[:8]}"
         docker_client.create_network(network, labels=labels)
-        pod = podrun.PodRun(docker_client, source, lambda ref: image_id, workdir=tmp_path / f"pod{len(made)}",
-                            labels=labels, network=network)
+        pod = podrun.PodRun(
+            docker_client,
+            source,
+            lambda ref: image_id,
+            workdir=tmp_path / f"pod{len(made)}",
+            labels=labels,
+            network=network,
+        )
         made.append(pod)
         pod.results = pod.start()
         if expect_start:
@@ -483,7 +562,9 @@ spec:
 
 def test_command_and_args_replace_entrypoint_and_cmd_as_kubernetes_does(pods, docker_client):
     pod = pods(MAPPING_POD)
-    assert [r.name for r in pod.results] == [f"init: {n}" for n in ("neither", "command", "args", "both", "expanded")] + ["pod started"]
+    assert [r.name for r in pod.results] == [
+        f"init: {n}" for n in ("neither", "command", "args", "both", "expanded")
+    ] + ["pod started"]
     output = {name: podrun._logs(docker_client, cid).strip() for name, cid in pod.init_runs}
     assert output == {
         "neither": "entrypoint cmd",  # the image's ENTRYPOINT and CMD
@@ -539,8 +620,10 @@ def test_a_failing_init_container_stops_the_pod(pods, docker_client):
     text = SHARED_POD.replace('echo one > /work/order"', 'echo one > /work/order; echo broken >&2; exit 3"')
     pod = pods(text, expect_start=False)
     assert [(r.name, r.passed) for r in pod.results] == [("init: one", False)]
-    assert pod.results[0].message == ("init container one exited with code 3; the pod's containers were not started "
-                                      "(a kubelet would retry it with back-off)")
+    assert pod.results[0].message == (
+        "init container one exited with code 3; the pod's containers were not started "
+        "(a kubelet would retry it with back-off)"
+    )
     assert "    broken" in pod.results[0].detail
     assert pod.instances == {}  # neither "two" nor any container was created
     assert [name for name, _ in pod.init_runs] == ["one"]
@@ -619,8 +702,9 @@ def test_configmap_secret_emptydir_mounts_env_user_and_limits(pods, docker_clien
     run = lambda *cmd: exec_in(docker_client, reader, *cmd)  # noqa: E731
     assert run("cat", "/etc/app/app.conf", "/etc/single.conf") == "listen = 80\nlisten = 80\n"
     # defaultMode 0400 plus the group-read bit fsGroup adds (the kubelet's SetVolumeOwnership): nobody reads it via group 1000
-    assert run("stat", "-L", "-c", "%a %g", "/etc/app/app.conf", "/etc/app/bin/run.sh", "/etc/secret/PASSWORD").split("\n")[:3] == [
-        "644 1000", "755 1000", "440 1000"]
+    assert run("stat", "-L", "-c", "%a %g", "/etc/app/app.conf", "/etc/app/bin/run.sh", "/etc/secret/PASSWORD").split(
+        "\n"
+    )[:3] == ["644 1000", "755 1000", "440 1000"]
     entries = run("ls", "-a", "/etc/app").split()
     assert {"..data", "app.conf", "bin"} <= set(entries)  # the kubelet's atomic-writer layout
     assert any(re.fullmatch(r"\.\.\d{4}_\d\d_\d\d_.*", e) for e in entries)
@@ -635,7 +719,9 @@ def test_configmap_secret_emptydir_mounts_env_user_and_limits(pods, docker_clien
     assert env["URL"] == f"http://{pod.ip}:80/debug" and env["MEM"] == "64"
     assert run("pwd").strip() == "/etc/app"
     identity = run("id").strip()
-    assert identity.startswith("uid=65534(nobody) gid=65534(nogroup) groups=") and "1000(app)" in identity  # fsGroup added
+    assert (
+        identity.startswith("uid=65534(nobody) gid=65534(nogroup) groups=") and "1000(app)" in identity
+    )  # fsGroup added
     # emptyDir: written by one container (as another user), read by the other; a tmpfs one is memory-backed.
     deadline = time.monotonic() + 5
     while "written" not in run("cat", "/shared/note", "/dev/null") and time.monotonic() < deadline:
@@ -644,7 +730,12 @@ def test_configmap_secret_emptydir_mounts_env_user_and_limits(pods, docker_clien
     run("sh", "-c", "echo hi > /fast/x")
     assert "tmpfs" in run("sh", "-c", "grep ' /fast ' /proc/mounts")
     host = docker_client.inspect_container(reader)["HostConfig"]
-    assert (host["Memory"], host["MemorySwap"], host["NanoCpus"], host["CpuShares"]) == (64 * 2**20, 64 * 2**20, 500_000_000, 256)
+    assert (host["Memory"], host["MemorySwap"], host["NanoCpus"], host["CpuShares"]) == (
+        64 * 2**20,
+        64 * 2**20,
+        500_000_000,
+        256,
+    )
     assert host["NetworkMode"] == f"container:{pod.holder_id}"
 
 
@@ -670,7 +761,10 @@ spec:
     ready = pod.wait_ready()
     took = time.monotonic() - began
     assert not ready.passed
-    assert ready.message == "container web not ready: readiness probe HTTP GET :8080/missing.html failed 3 times in a row (HTTP 404)"
+    assert (
+        ready.message
+        == "container web not ready: readiness probe HTTP GET :8080/missing.html failed 3 times in a row (HTTP 404)"
+    )
     # initialDelaySeconds 1 + (failureThreshold - 1) x periodSeconds 1 = 3 s after the start, not the 30 s fallback.
     assert 1.5 < took < 5, took
 
@@ -693,8 +787,10 @@ spec:
     pod = pods(text)
     ready = pod.wait_ready(timeout=30)
     assert not ready.passed
-    assert ready.message == ("container web restarted 3 times before the pod was ready (CrashLoopBackOff); last: "
-                             "startup probe exec false failed 1 times in a row (exit code 1)")
+    assert ready.message == (
+        "container web restarted 3 times before the pod was ready (CrashLoopBackOff); last: "
+        "startup probe exec false failed 1 times in a row (exit code 1)"
+    )
 
 
 def test_a_liveness_failure_restarts_the_container_as_a_new_one(pods, docker_client):
@@ -725,8 +821,10 @@ spec:
     assert docker_client.inspect_container(first)["State"]["Running"] is False
     health = pod.health_result()
     assert not health.passed
-    assert health.message == ("container web restarted 1 time(s) during the checks: liveness probe exec test -e /tmp/alive "
-                              "failed 2 times in a row (exit code 1)")
+    assert health.message == (
+        "container web restarted 1 time(s) during the checks: liveness probe exec test -e /tmp/alive "
+        "failed 2 times in a row (exit code 1)"
+    )
     titles = [title for title, _, _ in pod.log_sections()]
     assert titles == ["web (instance 1)", "web (instance 2)"]
     assert all(text.startswith("started") for _, _, text in pod.log_sections())
@@ -785,8 +883,9 @@ def test_native_sidecar_post_start_projected_and_host_aliases(pods, docker_clien
     app = pod.instances["app"].container_id
     # postStart ran after the start, reaching the sidecar over localhost; the claim is a fresh empty directory
     assert exec_in(docker_client, app, "cat", "/data/from-sidecar") == "hello"
-    assert exec_in(docker_client, app, "sh", "-c", "cat /etc/projected/greeting /etc/projected/token; ls /etc/projected") == (
-        "hit0ken" + "greeting\nnote\ntoken\n")
+    assert exec_in(
+        docker_client, app, "sh", "-c", "cat /etc/projected/greeting /etc/projected/token; ls /etc/projected"
+    ) == ("hit0ken" + "greeting\nnote\ntoken\n")
     assert "192.0.2.10\tdb.example" in exec_in(docker_client, app, "cat", "/etc/hosts")
     assert exec_in(docker_client, app, "hostname").strip() == "extras"
     assert pod.instances["proxy"].sidecar and pod.instances["proxy"].state == "running"
@@ -809,11 +908,16 @@ spec:
 
 
 def test_run_as_non_root_is_verified_like_the_kubelet(pods):
-    text = ("apiVersion: v1\nkind: Pod\nmetadata: {name: root}\nspec:\n  containers:\n"
-            "    - {name: web, image: box, command: [sleep, '60'], securityContext: {runAsNonRoot: true}}\n")
+    text = (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: root}\nspec:\n  containers:\n"
+        "    - {name: web, image: box, command: [sleep, '60'], securityContext: {runAsNonRoot: true}}\n"
+    )
     pod = pods(text, expect_start=False)
     assert [(r.name, r.message) for r in pod.results] == [
-        ("start: web", "container web: CreateContainerConfigError: container has runAsNonRoot and image will run as root"),
+        (
+            "start: web",
+            "container web: CreateContainerConfigError: container has runAsNonRoot and image will run as root",
+        ),
     ]
 
 
@@ -869,9 +973,13 @@ def test_kube_flow_passes_against_the_pod_and_removes_everything(tree):
     results = tree.check(WEB_POD.replace("READY_PATH", "/index.html"), WEB_SPEC)
     assert failures(results) == {}, [(r.name, r.message, r.detail) for r in results if not r.passed]
     names = [r.name for r in results]
-    assert names[names.index("pod started"):] == [
-        "pod started", "pod ready", "port 8080", "the page from the ConfigMap",
-        "the sidecar answers on the pod's localhost", "pod healthy during the checks",
+    assert names[names.index("pod started") :] == [
+        "pod started",
+        "pod ready",
+        "port 8080",
+        "the page from the ConfigMap",
+        "the sidecar answers on the pod's localhost",
+        "pod healthy during the checks",
     ]  # the sidecar's 127.0.0.1:9000 is told apart by its owner: not "not in config"
     assert "web: ready" in by_name(results)["pod ready"].detail
     log = tree.log.read_text()
@@ -916,7 +1024,9 @@ def test_kube_flow_interrupted_removes_everything_and_sweeps_a_killed_run(tree, 
 
 def test_sigint_while_waiting_for_readiness_removes_everything(tree):
     tree.write("tests/index.html.j2", "hello from {{ image_name }}\n")
-    slow = WEB_POD.replace("READY_PATH", "/missing.html").replace("periodSeconds: 1}", "periodSeconds: 1, failureThreshold: 60}", 1)
+    slow = WEB_POD.replace("READY_PATH", "/missing.html").replace(
+        "periodSeconds: 1}", "periodSeconds: 1, failureThreshold: 60}", 1
+    )
     timer = threading.Timer(2, os.kill, (os.getpid(), signal.SIGINT))
     began = time.monotonic()
     timer.start()
@@ -943,7 +1053,11 @@ def sample_context(name: str):
     images = tuple(sorted(discover_images(cfg)))
     directory = REPO / "dockerfiles" / name
     spec = directory / "integration.yaml"
-    return cfg, images, kube.load_context(cfg, name, images, directory / kube.POD_TEMPLATE, spec if spec.exists() else None)
+    return (
+        cfg,
+        images,
+        kube.load_context(cfg, name, images, directory / kube.POD_TEMPLATE, spec if spec.exists() else None),
+    )
 
 
 @pytest.mark.parametrize("name", SAMPLES)
@@ -966,8 +1080,8 @@ def test_sample_pods_show_what_the_issue_asks_for():
 
 @pytest.mark.parametrize("name", SAMPLES)
 def test_sample_pods_run_against_the_built_images(name, docker_client, tmp_path):
-    from ccp_tasks.glue.actions import stamped_ids
     from ccp_tasks.core.layout import CacheLayout
+    from ccp_tasks.glue.actions import stamped_ids
 
     cfg, images, _ctx = sample_context(name)
     layout = CacheLayout(cfg.cache_dir)
@@ -984,9 +1098,19 @@ def test_sample_pods_run_against_the_built_images(name, docker_client, tmp_path)
     spec = directory / "integration.yaml"
     labels = {"io.ccp.check": f"{cfg.namespace}/{name}", "io.ccp.check.stage": "kube-test"}
     began = time.monotonic()
-    results = kube.check_pod(docker_client, cfg, name, images, build_ids, directory / kube.POD_TEMPLATE,
-                             spec_path=spec if spec.exists() else None, workdir=tmp_path / "work",
-                             log_path=tmp_path / f"kube-{name}.log", recorded_dir=layout.recorded, labels=labels)
+    results = kube.check_pod(
+        docker_client,
+        cfg,
+        name,
+        images,
+        build_ids,
+        directory / kube.POD_TEMPLATE,
+        spec_path=spec if spec.exists() else None,
+        workdir=tmp_path / "work",
+        log_path=tmp_path / f"kube-{name}.log",
+        recorded_dir=layout.recorded,
+        labels=labels,
+    )
     took = time.monotonic() - began
     assert failures(results) == {}, [(r.name, r.message, r.detail) for r in results if not r.passed]
     assert by_name(results)["pod ready"].passed and by_name(results)["pod healthy during the checks"].passed

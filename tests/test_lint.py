@@ -8,8 +8,6 @@ import sys
 
 import pytest
 
-from ccp_tasks.model.config import LintSettings, PipelineConfig, load_config
-from ccp_tasks.core.errors import ConfigError
 from ccp_tasks.checks.lint import (
     HADOLINT_OFF,
     RULES,
@@ -19,6 +17,8 @@ from ccp_tasks.checks.lint import (
     lint_dockerfile,
     lint_image,
 )
+from ccp_tasks.core.errors import ConfigError
+from ccp_tasks.model.config import LintSettings, PipelineConfig, load_config
 
 CLEAN = (
     "FROM ns/base:latest\n"
@@ -216,7 +216,9 @@ def test_hadolint_setting_false_auto_and_true(monkeypatch, tmp_path):
 
 
 def test_hadolint_binary_that_is_not_there_is_an_error_unless_hadolint_is_false():
-    with pytest.raises(ConfigError, match=r"^ccp.yaml: lint.hadolint_binary: .*no/such/hadolint is not an executable file"):
+    with pytest.raises(
+        ConfigError, match=r"^ccp.yaml: lint.hadolint_binary: .*no/such/hadolint is not an executable file"
+    ):
         find_hadolint(_config(hadolint_binary="no/such/hadolint"))
     assert find_hadolint(_config(hadolint=False, hadolint_binary="no/such/hadolint")) is None
 
@@ -232,8 +234,14 @@ def _write_lint_config(project, lint: dict):
     [
         ({"hadolint": "yes"}, "ccp.yaml: lint.hadolint: expected one of auto, true, false, got 'yes'"),
         ({"hadolint": 1}, "ccp.yaml: lint.hadolint: expected one of auto, true, false, got 1"),
-        ({"hadolint_threshold": "loud"}, "ccp.yaml: lint.hadolint_threshold: expected one of error, warning, info, style, got 'loud'"),
-        ({"waive": {"bb": ["DL3008"]}}, "ccp.yaml: lint.waive.bb: DL3008 is never reported (hadolint's version-pinning rules are always off"),
+        (
+            {"hadolint_threshold": "loud"},
+            "ccp.yaml: lint.hadolint_threshold: expected one of error, warning, info, style, got 'loud'",
+        ),
+        (
+            {"waive": {"bb": ["DL3008"]}},
+            "ccp.yaml: lint.waive.bb: DL3008 is never reported (hadolint's version-pinning rules are always off",
+        ),
         ({"waive": {"bb": ["DL30"]}}, "ccp.yaml: lint.waive.bb: unknown rule 'DL30'"),
     ],
 )
@@ -246,7 +254,11 @@ def test_hadolint_settings_are_validated(project, lint, message):
 
 def test_hadolint_settings_load(project):
     project.busybox_base("bb")
-    project.config["lint"] = {"hadolint": False, "hadolint_threshold": "info", "waive": {"bb": ["DL3059", "SC2086", "CCP010"]}}
+    project.config["lint"] = {
+        "hadolint": False,
+        "hadolint_threshold": "info",
+        "waive": {"bb": ["DL3059", "SC2086", "CCP010"]},
+    }
     project.write_config()
     cfg = load_config(project.root)
     assert (cfg.lint.hadolint, cfg.lint.hadolint_threshold) == (False, "info")
@@ -278,5 +290,8 @@ def test_lint_task_with_hadolint_required_but_missing_fails_in_one_line(project)
     project.write_config()
     result = project.doit("lint:bb")
     assert result.returncode != 0
-    assert "ccp.yaml: lint.hadolint_binary: " in result.output and "tools/hadolint is not an executable file" in result.output
+    assert (
+        "ccp.yaml: lint.hadolint_binary: " in result.output
+        and "tools/hadolint is not an executable file" in result.output
+    )
     assert "Traceback" not in result.output

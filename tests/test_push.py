@@ -30,8 +30,20 @@ PASSWORD = "pu5h-" + uuid.uuid4().hex[:10]
 WRONG = "wr0ng-" + uuid.uuid4().hex[:8]
 CREDENTIALS = {"CCP_REGISTRY_USERNAME": USER, "CCP_REGISTRY_PASSWORD": PASSWORD}
 # A CI job running these tests must not turn its own branch into tags here.
-NO_CI = {k: "" for k in ("CCP_BRANCH", "BRANCH_NAME", "GIT_BRANCH", "CCP_COMMIT", "GIT_COMMIT", "CCP_COMMIT_TIME",
-                         "CCP_BUILD_NUMBER", "BUILD_NUMBER", "DOCKER_CONFIG")}
+NO_CI = {
+    k: ""
+    for k in (
+        "CCP_BRANCH",
+        "BRANCH_NAME",
+        "GIT_BRANCH",
+        "CCP_COMMIT",
+        "GIT_COMMIT",
+        "CCP_COMMIT_TIME",
+        "CCP_BUILD_NUMBER",
+        "BUILD_NUMBER",
+        "DOCKER_CONFIG",
+    )
+}
 ENV = {**NO_CI, **CREDENTIALS}
 IMAGES = ("bb", "app", "app2")
 
@@ -203,7 +215,9 @@ def live_registry(tree):
 def test_push_publishes_content_then_moving_tags_and_a_rerun_is_a_noop(tree, live_registry, docker_client):
     project, registry, first = tree.project, tree.registry, tree.first
     assert first.built == set(IMAGES), first.output
-    assert {f"{stage}:{image}" for stage in ("build", "spec", "push") for image in IMAGES} | {"publish"} <= first.executed
+    assert {f"{stage}:{image}" for stage in ("build", "spec", "push") for image in IMAGES} | {
+        "publish"
+    } <= first.executed
     for image in IMAGES:
         assert first.summary["checks"][image]["spec"]["outcome"] == "passed"
         repository = f"{tree.ns}/{image}"
@@ -216,8 +230,10 @@ def test_push_publishes_content_then_moving_tags_and_a_rerun_is_a_noop(tree, liv
         assert registry.skopeo_digest(f"{repository}:{content}") == pushed["digest"]
         assert registry.skopeo_digest(f"{repository}:latest") == pushed["digest"]
         assert first.summary["pushes"][image] == {
-            "outcome": "pushed", "digest": pushed["digest"],
-            "repository": f"{registry.host}/{repository}", "tags": [content],
+            "outcome": "pushed",
+            "digest": pushed["digest"],
+            "repository": f"{registry.host}/{repository}",
+            "tags": [content],
         }
         # The content tag names the image's inputs, and the image says so.
         labels = inspect(registry, f"{repository}:{content}")["Labels"]
@@ -228,7 +244,12 @@ def test_push_publishes_content_then_moving_tags_and_a_rerun_is_a_noop(tree, liv
     assert {i: e["digest"] for i, e in published["images"].items()} == {i: record(project, i)["digest"] for i in IMAGES}
     assert "push              3 pushed (app, app2, bb), 3 moving tag(s) moved" in first.stdout
     # The vehicle references the engine pushed from are gone again.
-    assert not [t for e in docker_client.images() for t in e.get("RepoTags") or [] if t.startswith(f"{registry.host}/{tree.ns}/")]
+    assert not [
+        t
+        for e in docker_client.images()
+        for t in e.get("RepoTags") or []
+        if t.startswith(f"{registry.host}/{tree.ns}/")
+    ]
 
     # A rerun has nothing to do, and needs no registry to find that out.
     registry.stop()
@@ -317,8 +338,10 @@ def test_wrong_password_is_one_clear_line_and_pushes_nothing(tree, tmp_path):
     assert "Traceback" not in result.output and WRONG not in result.output and PASSWORD not in result.output
     lines = error_lines(result, "authentication failed")
     repository = f"{tree.ns}/app2"
-    assert f"registry {registry.host}: authentication failed for repository {repository} (401): " \
-           "check CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD or docker login" in lines, result.output
+    assert (
+        f"registry {registry.host}: authentication failed for repository {repository} (401): "
+        "check CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD or docker login" in lines
+    ), result.output
     # The build said once why it did not reuse, then built.
     assert len(error_lines(result, "not reusing images from the registry in this run")) == 1, result.output
     assert result.summary["pushes"]["app2"]["outcome"] == "failed"
@@ -331,8 +354,9 @@ def test_wrong_password_is_one_clear_line_and_pushes_nothing(tree, tmp_path):
     config.mkdir()
     auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     (config / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": auth}}}))
-    result = project.ok("push", env={**NO_CI, "CCP_REGISTRY_USERNAME": "", "CCP_REGISTRY_PASSWORD": "",
-                                     "DOCKER_CONFIG": str(config)})
+    result = project.ok(
+        "push", env={**NO_CI, "CCP_REGISTRY_USERNAME": "", "CCP_REGISTRY_PASSWORD": "", "DOCKER_CONFIG": str(config)}
+    )
     assert result.summary["pushes"]["app2"]["outcome"] == "pushed"
     assert tree.latest()["app2"] == registry.skopeo_digest(f"{repository}:{content_tag_of(project, 'app2')}")
 
@@ -346,8 +370,10 @@ def test_registry_down_says_not_reachable_and_the_next_run_completes_across_its_
     down = project.doit("push", env=ENV)
     tree.timings["push against a stopped registry (fails)"] = round(time.monotonic() - started, 1)
     assert down.returncode != 0 and "Traceback" not in down.output
-    expected = f"registry {registry.host} is not reachable (connection refused) after 5 attempts: " \
-               "check the address, that the registry runs and the network"
+    expected = (
+        f"registry {registry.host} is not reachable (connection refused) after 5 attempts: "
+        "check the address, that the registry runs and the network"
+    )
     assert expected in error_lines(down, "not reachable"), down.output
     assert down.summary["pushes"]["app2"] == {"outcome": "failed", "error": expected}
     assert down.summary["published"]["blocked_by"] == ["push:app2"]
@@ -411,8 +437,12 @@ class EngineFaultProxy(FaultProxy):
         method, path, agent = getattr(self._local, "request", ("", "", ""))
         with self._lock:
             for rule in self.rules:
-                if rule["count"] and rule["method"] in (None, method) and (rule["path"] or "") in path \
-                        and (rule["agent"] or "") in agent:
+                if (
+                    rule["count"]
+                    and rule["method"] in (None, method)
+                    and (rule["path"] or "") in path
+                    and (rule["agent"] or "") in agent
+                ):
                     rule["count"] -= 1
                     self.requests.append((method, path, agent, str(rule["status"])))
                     return ("status", rule["status"], {})
@@ -469,8 +499,9 @@ def test_5xx_are_retried_by_our_client_and_by_the_push(tree):
     assert [(m, s) for m, _, s in injected] == [("HEAD", "503"), ("HEAD", "503"), ("PUT", "502"), ("PUT", "502")]
     engine_faults = [r for r in proxy.requests if r[2].startswith("docker/") and r[3] != "forwarded"]
     assert [(m, s) for m, _, _, s in engine_faults] == [("PATCH", "503"), ("PUT", "503")]
-    assert "app2: received unexpected HTTP status: 503 Service Unavailable; pushing again in 1s (1/3)" \
-        in result.stderr, result.output
+    assert (
+        "app2: received unexpected HTTP status: 503 Service Unavailable; pushing again in 1s (1/3)" in result.stderr
+    ), result.output
     # The engine really pushed through the proxy, and the result is whole.
     assert any(m == "PUT" and "/manifests/in-" in p and a.startswith("docker/") for m, p, a, _ in proxy.requests)
     content = content_tag_of(project, "app2")
@@ -592,8 +623,12 @@ def test_two_checkouts_push_the_same_images_at_once(tree, tmp_path, docker_clien
         assert record(project, image)["digest"] == record(twin, image)["digest"] == held[content]
     for checkout in (project, twin):  # neither has anything left to do
         assert checkout.ok("push", env=ENV).executed == set()
-    assert not [t for e in docker_client.images() for t in e.get("RepoTags") or []
-                if t.startswith(f"{registry.host}/{tree.ns}/")]
+    assert not [
+        t
+        for e in docker_client.images()
+        for t in e.get("RepoTags") or []
+        if t.startswith(f"{registry.host}/{tree.ns}/")
+    ]
 
 
 def test_two_checkouts_building_and_pushing_at_once(tmp_path, registry, docker_client):

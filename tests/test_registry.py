@@ -63,7 +63,9 @@ def _build(client, context: Path, namespace: str, variant: str) -> str:
         f"FROM scratch\nCOPY busybox /bin/busybox\nLABEL ccp.test.namespace={namespace} ccp.test.variant={variant}\n"
     )
     image_id = None
-    for chunk in client.build(path=str(context), tag=f"{namespace}/{variant}:latest", rm=True, forcerm=True, decode=True):
+    for chunk in client.build(
+        path=str(context), tag=f"{namespace}/{variant}:latest", rm=True, forcerm=True, decode=True
+    ):
         assert "error" not in chunk, chunk
         if isinstance(chunk.get("aux"), dict) and "ID" in chunk["aux"]:
             image_id = chunk["aux"]["ID"]
@@ -72,7 +74,9 @@ def _build(client, context: Path, namespace: str, variant: str) -> str:
 
 
 def _push(client, repository: str, tag: str):
-    for chunk in client.push(repository, tag, auth_config={"username": "ci", "password": PASSWORD}, stream=True, decode=True):
+    for chunk in client.push(
+        repository, tag, auth_config={"username": "ci", "password": PASSWORD}, stream=True, decode=True
+    ):
         assert "error" not in chunk, chunk
 
 
@@ -99,7 +103,9 @@ def images(tmp_path_factory, docker_client):
 def _push_tree(docker_client, registry: RegistryServer, images, tags) -> Pushed:
     namespace, base_id, victim_id, created = images
     plan = [(base_id, "bb", tag) for tag in tags] + [
-        (base_id, "other", "1"), (base_id, "third", "1"), (victim_id, "victim", "v1"),
+        (base_id, "other", "1"),
+        (base_id, "third", "1"),
+        (victim_id, "victim", "v1"),
     ]
     for image_id, name, tag in plan:
         repository = f"{registry.host}/{namespace}/{name}"
@@ -197,13 +203,17 @@ def test_wrong_or_missing_credentials(registry, pushed):
     with pytest.raises(RegistryError, match=rf"registry {registry.host}: authentication failed \(401\)"):
         wrong.ping()
     anonymous = RegistryClient(registry.host, ca_bundle=registry.ca_path)
-    with pytest.raises(RegistryError, match=rf"authentication required for repository {pushed.bb} \(401\) and no credentials are set"):
+    with pytest.raises(
+        RegistryError, match=rf"authentication required for repository {pushed.bb} \(401\) and no credentials are set"
+    ):
         anonymous.manifest_digest(pushed.bb, "t1")
 
 
 def test_tls_trust_and_insecure(registry, pushed):
     untrusted = RegistryClient(registry.host, credentials=CI)
-    with pytest.raises(RegistryError, match=rf"registry {registry.host}: TLS certificate not trusted: set registry.ca_bundle"):
+    with pytest.raises(
+        RegistryError, match=rf"registry {registry.host}: TLS certificate not trusted: set registry.ca_bundle"
+    ):
         untrusted.ping()
     plain = RegistryClient(registry.host, credentials=CI, insecure=True)
     with pytest.raises(RegistryError, match="speaks https"):
@@ -286,7 +296,10 @@ def test_5xx_and_dropped_connections_are_retried(proxied, proxy, pushed, caplog)
         f"for repository {pushed.bb} after 5 attempts: the registry is failing; check its logs"
     )
     proxy.drop(5)
-    with pytest.raises(RegistryError, match=rf"registry {proxy.host} is not reachable \(the connection was closed without an answer\) after 5 attempts"):
+    with pytest.raises(
+        RegistryError,
+        match=rf"registry {proxy.host} is not reachable \(the connection was closed without an answer\) after 5 attempts",
+    ):
         proxied.ping()
     assert PASSWORD not in caplog.text and "Authorization" not in caplog.text
 
@@ -297,7 +310,9 @@ def test_429_retry_after_is_honoured(proxied, proxy, pushed):
     assert proxied.tags(pushed.bb) == pushed.tags
     assert time.monotonic() - started >= 1.0  # not the 0.01 s backoff
     proxy.fail(5, 429, {"Retry-After": "0"})
-    with pytest.raises(RegistryError, match=rf"rate limited \(429\) to list tags for repository {pushed.bb} after 5 attempts"):
+    with pytest.raises(
+        RegistryError, match=rf"rate limited \(429\) to list tags for repository {pushed.bb} after 5 attempts"
+    ):
         proxied.tags(pushed.bb)
 
 
@@ -306,7 +321,11 @@ def test_tags_follow_link_pages(proxied, proxy, pushed):
     proxy.paginate_tags = True
     assert proxied.tags(pushed.bb, page_size=2) == pushed.tags
     pages = [path for _, method, path, _ in proxy.seen if "/tags/list" in path]
-    assert pages == [f"/v2/{pushed.bb}/tags/list?n=2", f"/v2/{pushed.bb}/tags/list?n=2&last=t2", f"/v2/{pushed.bb}/tags/list?n=2&last=t4"]
+    assert pages == [
+        f"/v2/{pushed.bb}/tags/list?n=2",
+        f"/v2/{pushed.bb}/tags/list?n=2&last=t2",
+        f"/v2/{pushed.bb}/tags/list?n=2&last=t4",
+    ]
 
 
 # -- other registry set-ups ----------------------------------------------------
@@ -365,7 +384,9 @@ def test_token_auth_end_to_end(token_registry):
 def test_token_auth_refusals_name_the_cause_and_leak_nothing(token_registry):
     registry, pushed = token_registry
     tokens = registry.token_server
-    reader = RegistryClient(registry.host, credentials=Credentials("reader", USERS["reader"]), ca_bundle=registry.ca_path)
+    reader = RegistryClient(
+        registry.host, credentials=Credentials("reader", USERS["reader"]), ca_bundle=registry.ca_path
+    )
     manifest = reader.get_manifest(pushed.bb, "t1")  # pull is granted
     with pytest.raises(RegistryError) as denied:
         reader.put_manifest(pushed.bb, "nope", manifest)
@@ -384,13 +405,23 @@ def test_token_auth_refusals_name_the_cause_and_leak_nothing(token_registry):
     with pytest.raises(RegistryError, match="TLS certificate not trusted"):
         untrusted.ping()
 
-    texts = [str(denied.value), str(refused.value), repr(denied.value), repr(reader), repr(wrong), repr(CI),
-             # what pytest prints for a failure, the frames' arguments and locals included
-             # (rendered before this test holds any secret in a local of its own)
-             str(denied.getrepr(style="long", showlocals=True)), str(refused.getrepr(style="long", showlocals=True))]
+    texts = [
+        str(denied.value),
+        str(refused.value),
+        repr(denied.value),
+        repr(reader),
+        repr(wrong),
+        repr(CI),
+        # what pytest prints for a failure, the frames' arguments and locals included
+        # (rendered before this test holds any secret in a local of its own)
+        str(denied.getrepr(style="long", showlocals=True)),
+        str(refused.getrepr(style="long", showlocals=True)),
+    ]
     secrets = [PASSWORD, USERS["reader"], WRONG, *tokens.issued]
-    secrets += [base64.b64encode(f"{user}:{password}".encode()).decode() for user, password in
-                [("ci", PASSWORD), ("reader", USERS["reader"]), ("ci", WRONG)]]
+    secrets += [
+        base64.b64encode(f"{user}:{password}".encode()).decode()
+        for user, password in [("ci", PASSWORD), ("reader", USERS["reader"]), ("ci", WRONG)]
+    ]
     assert tokens.issued
     for text in texts:
         assert [secret for secret in secrets if secret in text] == [], text
@@ -419,18 +450,25 @@ def test_credentials_from_the_environment(tmp_path):
 
 def test_credentials_from_docker_config(tmp_path):
     auth = base64.b64encode(f"ci:{PASSWORD}".encode()).decode()
-    env = _docker_config(tmp_path, {"auths": {
-        "127.0.0.1:5000": {"auth": auth},
-        "https://registry.example.org": {"auth": base64.b64encode(b"bot:pa:ss").decode()},
-        "other.example.org": {"username": "u", "password": "p"},
-    }})
+    env = _docker_config(
+        tmp_path,
+        {
+            "auths": {
+                "127.0.0.1:5000": {"auth": auth},
+                "https://registry.example.org": {"auth": base64.b64encode(b"bot:pa:ss").decode()},
+                "other.example.org": {"username": "u", "password": "p"},
+            }
+        },
+    )
     assert credentials_for("127.0.0.1:5000", env) == CI
     assert credentials_for("https://127.0.0.1:5000", env) == CI
     assert credentials_for("registry.example.org", env) == Credentials("bot", "pa:ss")
     assert credentials_for("other.example.org", env) == Credentials("u", "p")
     assert credentials_for("unknown.example.org", env) is None
     # The environment wins over docker's file.
-    assert credentials_for("127.0.0.1:5000", {**env, "CCP_REGISTRY_USERNAME": "x", "CCP_REGISTRY_PASSWORD": "y"}) == Credentials("x", "y")
+    assert credentials_for(
+        "127.0.0.1:5000", {**env, "CCP_REGISTRY_USERNAME": "x", "CCP_REGISTRY_PASSWORD": "y"}
+    ) == Credentials("x", "y")
     # ~/.docker/config.json when DOCKER_CONFIG is not set
     home = tmp_path / "home"
     (home / ".docker").mkdir(parents=True)
@@ -439,11 +477,14 @@ def test_credentials_from_docker_config(tmp_path):
 
 
 def test_credential_helpers_are_named_as_unsupported(tmp_path):
-    env = _docker_config(tmp_path, {
-        "auths": {"store.example.org": {}, "inline.example.org": {"auth": "dTpw"}},
-        "credsStore": "desktop",
-        "credHelpers": {"gcr.example.org": "gcloud"},
-    })
+    env = _docker_config(
+        tmp_path,
+        {
+            "auths": {"store.example.org": {}, "inline.example.org": {"auth": "dTpw"}},
+            "credsStore": "desktop",
+            "credHelpers": {"gcr.example.org": "gcloud"},
+        },
+    )
     with pytest.raises(RegistryError) as helper:
         credentials_for("gcr.example.org", env)
     assert str(helper.value) == (

@@ -29,7 +29,7 @@ import subprocess
 import tarfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -38,12 +38,12 @@ from conftest import prune_namespace
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ccp_tasks.publish import retention
-from ccp_tasks.model.config import DEFAULT_RETENTION_RULES, load_config
-from ccp_tasks.core.errors import ConfigError
-from ccp_tasks.checks import records as checks
 from ccp_tasks.checks import integration
+from ccp_tasks.checks import records as checks
+from ccp_tasks.core.errors import ConfigError
 from ccp_tasks.core.layout import CONTAINER_STAGES, CacheLayout
+from ccp_tasks.model.config import DEFAULT_RETENTION_RULES, load_config
+from ccp_tasks.publish import retention
 from ccp_tasks.publish.push import parse_build_tag
 from ccp_tasks.publish.registry import DOCKER_MANIFEST, Credentials, Manifest, RegistryClient
 from ccp_tasks.publish.retention import (
@@ -57,8 +57,8 @@ from ccp_tasks.publish.retention import (
     plan_repository,
 )
 
-NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=timezone.utc)
-UTC = timezone.utc
+NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
+UTC = UTC
 
 
 def build_tag(branch: str, when: float, commit: str) -> str:
@@ -71,8 +71,15 @@ def ago(days: float, now: datetime = NOW) -> float:
 
 def seed_policy(**changes) -> Policy:
     rules = tuple(Rule(p, r.get("days"), r.get("last", 0)) for p, r in DEFAULT_RETENTION_RULES.items())
-    base = dict(rules=rules, keep_tags=("keep-*",), keep=frozenset(), keep_label="io.ccp.keep",
-                untagged_days=7, local_days=7, moving_tag="latest")
+    base = dict(
+        rules=rules,
+        keep_tags=("keep-*",),
+        keep=frozenset(),
+        keep_label="io.ccp.keep",
+        untagged_days=7,
+        local_days=7,
+        moving_tag="latest",
+    )
     base.update(changes)
     return Policy(**base)
 
@@ -98,8 +105,10 @@ def test_config_defaults_are_the_seed(tmp_path, monkeypatch):
     monkeypatch.delenv("CCP_OVERRIDE", raising=False)
     cfg = load_config(_project(tmp_path, "namespace: ccp\n"))
     assert cfg.retention.rules == {
-        "master": {"days": 180, "last": 5}, "main": {"days": 180, "last": 5},
-        "stable-*": {"days": 180, "last": 5}, "*": {"days": 7},
+        "master": {"days": 180, "last": 5},
+        "main": {"days": 180, "last": 5},
+        "stable-*": {"days": 180, "last": 5},
+        "*": {"days": 7},
     }
     assert (cfg.retention.keep_tags, cfg.retention.keep, cfg.retention.keep_label) == (("keep-*",), (), "io.ccp.keep")
     assert (cfg.retention.untagged_days, cfg.retention.local_days) == (7, 7)
@@ -110,12 +119,17 @@ def test_config_defaults_are_the_seed(tmp_path, monkeypatch):
 def test_config_retention_settings_and_one_line_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("CCP_OVERRIDE", raising=False)
     tag = "feature-x-20261120T000000Z-0123456789"
-    cfg = load_config(_project(tmp_path, f"""
+    cfg = load_config(
+        _project(
+            tmp_path,
+            f"""
 retention:
   rules: {{master: {{days: 365, last: 10}}, "release/*": {{last: 3}}}}
-  keep: [{tag}, "ccp/redis:v1", "sha256:{'a' * 64}", "ccp/redis@sha256:{'b' * 64}"]
+  keep: [{tag}, "ccp/redis:v1", "sha256:{"a" * 64}", "ccp/redis@sha256:{"b" * 64}"]
   untagged_days: 3
-"""))
+""",
+        )
+    )
     assert cfg.retention.rules == {"master": {"days": 365, "last": 10}, "release/*": {"last": 3}}
     policy = Policy.from_config(cfg)
     assert policy.marked_builds() == {("feature-x", "0123456789"): f"config keep {tag}"}
@@ -158,15 +172,20 @@ def test_rules_are_ored_and_shared_digests_are_kept_by_any_tag():
 
 
 def test_moving_tags_branch_tags_and_builds_without_tags():
-    live, dead, plain_old, plain_new, undated, latest = (digest_of(x) for x in ("live", "dead", "old", "new", "undated", "latest"))
-    repo = Repository("ccp/app", (
-        Image(live, (build_tag("feature-a", ago(1), "1" * 10), "feature-a")),
-        Image(dead, (build_tag("feature-b", ago(20), "2" * 10), "feature-b")),  # branch idle for 20 days
-        Image(plain_old, ("in-" + "a" * 32, "v1.0"), created=ago(30)),
-        Image(plain_new, ("in-" + "b" * 32,), created=ago(2)),
-        Image(undated, ("in-" + "c" * 32,), created=None),
-        Image(latest, ("in-" + "d" * 32, "latest"), created=ago(900)),
-    ))
+    live, dead, plain_old, plain_new, undated, latest = (
+        digest_of(x) for x in ("live", "dead", "old", "new", "undated", "latest")
+    )
+    repo = Repository(
+        "ccp/app",
+        (
+            Image(live, (build_tag("feature-a", ago(1), "1" * 10), "feature-a")),
+            Image(dead, (build_tag("feature-b", ago(20), "2" * 10), "feature-b")),  # branch idle for 20 days
+            Image(plain_old, ("in-" + "a" * 32, "v1.0"), created=ago(30)),
+            Image(plain_new, ("in-" + "b" * 32,), created=ago(2)),
+            Image(undated, ("in-" + "c" * 32,), created=None),
+            Image(latest, ("in-" + "d" * 32, "latest"), created=ago(900)),
+        ),
+    )
     entries = plan_repository(repo, seed_policy(), NOW)
     got = decisions(entries)
     assert got[live] == ("*: within 7d", "branch tag of live branch feature-a")
@@ -176,37 +195,50 @@ def test_moving_tags_branch_tags_and_builds_without_tags():
     assert got[undated] == ("no build tag: age unknown",)
     assert got[latest] == ("moving tag latest",)
     by_ref = {e.ref: e for e in entries}
-    assert by_ref[live].kept_tags == {"feature-a": ["branch tag of live branch feature-a"],
-                                      build_tag("feature-a", ago(1), "1" * 10): ["*: within 7d"]}
+    assert by_ref[live].kept_tags == {
+        "feature-a": ["branch tag of live branch feature-a"],
+        build_tag("feature-a", ago(1), "1" * 10): ["*: within 7d"],
+    }
     assert by_ref[dead].kept_tags == {} and by_ref[dead].branches == ("feature-b",)
     assert round(by_ref[plain_old].age / DAY) == 30
 
 
 def test_markers_keep_exceptions():
-    tagged, listed, labelled, marked, qualified = (digest_of(x) for x in ("tagged", "listed", "labelled", "marked", "qualified"))
+    tagged, listed, labelled, marked, qualified = (
+        digest_of(x) for x in ("tagged", "listed", "labelled", "marked", "qualified")
+    )
     old = lambda n: build_tag("feature-z", ago(60), str(n) * 10)  # noqa: E731
-    repo = Repository("ccp/app", (
-        Image(tagged, (old(1), "keep-incident-42")),
-        Image(listed, (old(2),)),
-        Image(labelled, (old(3),), labels={"io.ccp.keep": "true"}),
-        Image(marked, (old(4),)),
-        Image(qualified, (old(5),)),
-    ))
+    repo = Repository(
+        "ccp/app",
+        (
+            Image(tagged, (old(1), "keep-incident-42")),
+            Image(listed, (old(2),)),
+            Image(labelled, (old(3),), labels={"io.ccp.keep": "true"}),
+            Image(marked, (old(4),)),
+            Image(qualified, (old(5),)),
+        ),
+    )
     policy = seed_policy(keep=frozenset({listed, "ccp/app:" + old(5)}))
     got = decisions(plan_repository(repo, policy, NOW, {("feature-z", "4" * 10): "Artifactory keep=true"}))
     assert got == {
-        tagged: ("keep tag keep-*",), listed: ("config keep",), labelled: ("label io.ccp.keep=true",),
-        marked: ("Artifactory keep=true",), qualified: ("config keep",),
+        tagged: ("keep tag keep-*",),
+        listed: ("config keep",),
+        labelled: ("label io.ccp.keep=true",),
+        marked: ("Artifactory keep=true",),
+        qualified: ("config keep",),
     }
     assert decisions(plan_repository(repo, seed_policy(keep_label="", keep_tags=()), NOW)) == dict.fromkeys(got, ())
 
 
 def test_a_manifest_a_kept_index_refers_to_is_kept():
     child, index = digest_of("child"), digest_of("index")
-    repo = Repository("ccp/multi", (
-        Image(child, (build_tag("feature-c", ago(30), "c" * 10),), blobs={child: 500}),
-        Image(index, ("latest",), blobs={index: 300, child: 500}),
-    ))
+    repo = Repository(
+        "ccp/multi",
+        (
+            Image(child, (build_tag("feature-c", ago(30), "c" * 10),), blobs={child: 500}),
+            Image(index, ("latest",), blobs={index: 300, child: 500}),
+        ),
+    )
     assert decisions(plan_repository(repo, seed_policy(), NOW))[child] == ("referenced by a kept index",)
 
 
@@ -214,8 +246,13 @@ def test_freed_bytes_count_shared_blobs_once_and_never_kept_ones():
     gone1, gone2, kept = digest_of("g1"), digest_of("g2"), digest_of("k")
     old = build_tag("feature-q", ago(40), "9" * 10)
     repos = [
-        Repository("ccp/a", (Image(gone1, (old,), blobs={gone1: 10, "sha256:shared-gone": 1000, "sha256:base": 5000}),
-                             Image(kept, ("latest",), blobs={kept: 20, "sha256:base": 5000}))),
+        Repository(
+            "ccp/a",
+            (
+                Image(gone1, (old,), blobs={gone1: 10, "sha256:shared-gone": 1000, "sha256:base": 5000}),
+                Image(kept, ("latest",), blobs={kept: 20, "sha256:base": 5000}),
+            ),
+        ),
         Repository("ccp/b", (Image(gone2, (old,), blobs={gone2: 30, "sha256:shared-gone": 1000}),)),
     ]
     planned = plan_registry(repos, seed_policy(), NOW)
@@ -240,8 +277,15 @@ INDEX = st.integers(0, 63)
 MOVING = st.lists(st.tuples(st.sampled_from(["latest", *BRANCH_TAGS]), INDEX), max_size=4, unique_by=lambda ti: ti[0])
 # per manifest: builds, content tag?, keep tag?, layers, index child?, created, keep label
 MANIFEST = st.tuples(
-    BUILDS, st.booleans(), st.integers(0, 5), st.lists(st.sampled_from(sorted(LAYERS)), max_size=2),
-    st.integers(0, 8), INDEX, st.one_of(DAYS, st.none()), st.integers(0, 6), st.sampled_from(["true", "TRUE", "false"]),
+    BUILDS,
+    st.booleans(),
+    st.integers(0, 5),
+    st.lists(st.sampled_from(sorted(LAYERS)), max_size=2),
+    st.integers(0, 8),
+    INDEX,
+    st.one_of(DAYS, st.none()),
+    st.integers(0, 6),
+    st.sampled_from(["true", "TRUE", "false"]),
 )
 REPO = st.tuples(st.lists(MANIFEST, min_size=1, max_size=7), MOVING)
 KEEP_PICKS = st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 3)), max_size=2)
@@ -297,7 +341,12 @@ def histories(draw):
 def oracle(repo: Repository, policy: Policy, now: datetime, marked) -> tuple[set[str], set[tuple[str, str]]]:
     """The policy's text, brute force: the digests and the (digest, tag) pairs a keep rule covers."""
     ts = now.timestamp()
-    builds = [(image.digest, tag, *parse_build_tag(tag)) for image in repo.images for tag in image.tags if parse_build_tag(tag)]
+    builds = [
+        (image.digest, tag, *parse_build_tag(tag))
+        for image in repo.images
+        for tag in image.tags
+        if parse_build_tag(tag)
+    ]
 
     def matches(rule, branch):
         return fnmatch.fnmatchcase(branch, rule.pattern.replace("/", "-"))
@@ -326,18 +375,27 @@ def oracle(repo: Repository, policy: Policy, now: datetime, marked) -> tuple[set
         for tag in image.tags:
             is_build = parse_build_tag(tag) is not None
             is_content = tag.startswith("in-") and len(tag) == 35
-            branch_tag = not is_build and not is_content and any(
-                tag == b or (len(b) == 100 and tag.startswith(b)) for b in live)
-            if (tag == policy.moving_tag or (tag != policy.moving_tag and branch_tag)
-                    or any(fnmatch.fnmatchcase(tag, p) for p in policy.keep_tags)
-                    or tag in policy.keep or f"{repo.name}:{tag}" in policy.keep):
+            branch_tag = (
+                not is_build and not is_content and any(tag == b or (len(b) == 100 and tag.startswith(b)) for b in live)
+            )
+            if (
+                tag == policy.moving_tag
+                or (tag != policy.moving_tag and branch_tag)
+                or any(fnmatch.fnmatchcase(tag, p) for p in policy.keep_tags)
+                or tag in policy.keep
+                or f"{repo.name}:{tag}" in policy.keep
+            ):
                 covered.add((image.digest, tag))
-        if (any(d == image.digest for d, _ in covered) or image.digest in policy.keep
-                or f"{repo.name}@{image.digest}" in policy.keep
-                or (policy.keep_label and image.labels.get(policy.keep_label, "").lower() == "true")):
+        if (
+            any(d == image.digest for d, _ in covered)
+            or image.digest in policy.keep
+            or f"{repo.name}@{image.digest}" in policy.keep
+            or (policy.keep_label and image.labels.get(policy.keep_label, "").lower() == "true")
+        ):
             kept.add(image.digest)
         elif not any(parse_build_tag(t) for t in image.tags) and (
-                image.created is None or ts - image.created <= policy.untagged_days * DAY):
+            image.created is None or ts - image.created <= policy.untagged_days * DAY
+        ):
             kept.add(image.digest)
     referenced = {b for image in repo.images if image.digest in kept for b in image.blobs if b != image.digest}
     kept |= {image.digest for image in repo.images if image.digest in referenced}
@@ -345,8 +403,17 @@ def oracle(repo: Repository, policy: Policy, now: datetime, marked) -> tuple[set
 
 
 def reason_kind(reason: str) -> str:
-    for kind in ("no build tag: within", "no build tag: age unknown", "branch tag of live branch", "keep tag",
-                 "config keep", "label", "moving tag", "marked", "referenced by a kept index"):
+    for kind in (
+        "no build tag: within",
+        "no build tag: age unknown",
+        "branch tag of live branch",
+        "keep tag",
+        "config keep",
+        "label",
+        "moving tag",
+        "marked",
+        "referenced by a kept index",
+    ):
         if reason.startswith(kind):
             return kind
     return "branch rule: last K" if ": last " in reason else "branch rule: within days"
@@ -374,8 +441,12 @@ class MemoryRegistry:
 PROPERTY_EXAMPLES = int(os.environ.get("CCP_RETENTION_EXAMPLES", "2000"))
 
 
-@settings(max_examples=PROPERTY_EXAMPLES, deadline=None, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=PROPERTY_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(histories(), st.data())
 def test_property_nothing_covered_is_deleted_and_nothing_else_survives(history, data):
     now, policy, repos, marked = history
@@ -413,14 +484,20 @@ def test_property_nothing_covered_is_deleted_and_nothing_else_survives(history, 
     if moved:
         registry.tagged[moved[0]]["latest"] = moved[1]
         event("race: latest moved onto a digest planned for deletion")
-    cache = {image.digest: {"created": image.created, "labels": image.labels, "blobs": image.blobs}
-             for repo in repos for image in repo.images}
+    cache = {
+        image.digest: {"created": image.created, "labels": image.labels, "blobs": image.blobs}
+        for repo in repos
+        for image in repo.images
+    }
     # What the rules cover on the registry as apply finds it.
     now_kept = set()
     for repo in repos:
         tags = registry.tagged[repo.name]
-        found = tuple(Image(i.digest, tuple(sorted(t for t, d in tags.items() if d == i.digest)), i.created, i.labels, i.blobs)
-                      for i in repo.images if i.digest in tags.values())
+        found = tuple(
+            Image(i.digest, tuple(sorted(t for t, d in tags.items() if d == i.digest)), i.created, i.labels, i.blobs)
+            for i in repo.images
+            if i.digest in tags.values()
+        )
         now_kept |= {(repo.name, d) for d in oracle(Repository(repo.name, found), policy, now, marked)[0]}
     applied = retention.apply_registry(registry, planned.entries, policy, now, marked, cache)
     assert sorted(registry.deleted) == sorted(d for d in doomed if d not in now_kept)
@@ -435,11 +512,21 @@ def test_property_nothing_covered_is_deleted_and_nothing_else_survives(history, 
 def test_local_files_of_images_gone_from_the_tree_age_out(tmp_path):
     cache = tmp_path / "cache"
     files = {
-        "logs/redis.log": 30, "logs/test-redis.log": 30, "logs/gone.log": 30, "logs/test-gone.log": 30,
-        "logs/fresh-gone.log": 2, "logs/base-rootfs.log": 300, "results/spec/gone.json": 30,
-        "results/test/gone.failed.json": 30, "results/recorded/gone.json": 30, "manifests/gone.tsv": 30,
-        "manifests/gone.changes": 30, "pushed/gone.json": 30, "pushed/published.json": 300,
-        "results/spec/redis.json": 30, "logs/notes.txt": 300,
+        "logs/redis.log": 30,
+        "logs/test-redis.log": 30,
+        "logs/gone.log": 30,
+        "logs/test-gone.log": 30,
+        "logs/fresh-gone.log": 2,
+        "logs/base-rootfs.log": 300,
+        "results/spec/gone.json": 30,
+        "results/test/gone.failed.json": 30,
+        "results/recorded/gone.json": 30,
+        "manifests/gone.tsv": 30,
+        "manifests/gone.changes": 30,
+        "pushed/gone.json": 30,
+        "pushed/published.json": 300,
+        "results/spec/redis.json": 30,
+        "logs/notes.txt": 300,
     }
     for rel, days in files.items():
         path = cache / rel
@@ -449,19 +536,36 @@ def test_local_files_of_images_gone_from_the_tree_age_out(tmp_path):
     policy = seed_policy()
     entries = retention.plan_local(retention.local_inventory(cache), ["redis"], policy, NOW)
     got = decisions(entries)
-    for never in ("logs/base-rootfs.log", "pushed/published.json", "logs/notes.txt",  # not per-image files
-                  "logs/redis.log", "logs/test-redis.log", "results/spec/redis.json"):  # redis is in the tree
+    for never in (
+        "logs/base-rootfs.log",
+        "pushed/published.json",
+        "logs/notes.txt",  # not per-image files
+        "logs/redis.log",
+        "logs/test-redis.log",
+        "results/spec/redis.json",
+    ):  # redis is in the tree
         assert never not in got
     assert got["logs/fresh-gone.log"] == ("not in the tree: within 7d",)
     doomed = sorted(ref for ref, reasons in got.items() if not reasons)
-    assert doomed == sorted(["logs/gone.log", "logs/test-gone.log", "results/spec/gone.json", "results/test/gone.failed.json",
-                             "results/recorded/gone.json", "manifests/gone.tsv", "manifests/gone.changes", "pushed/gone.json"])
+    assert doomed == sorted(
+        [
+            "logs/gone.log",
+            "logs/test-gone.log",
+            "results/spec/gone.json",
+            "results/test/gone.failed.json",
+            "results/recorded/gone.json",
+            "manifests/gone.tsv",
+            "manifests/gone.changes",
+            "pushed/gone.json",
+        ]
+    )
     os.utime(cache / "manifests/gone.tsv")  # rewritten after the plan: left alone
     applied = retention.apply_local(cache, entries, policy, NOW + timedelta(seconds=1))
     assert applied.skipped == ["manifests/gone.tsv: written since the plan"]
     assert sorted(applied.deleted) == [d for d in doomed if d != "manifests/gone.tsv"]
     assert sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file()) == sorted(
-        set(files) - set(applied.deleted))
+        set(files) - set(applied.deleted)
+    )
 
 
 # Directories a stage fills with files of its own choosing (a file inside stands for them).
@@ -496,21 +600,35 @@ TRICKY_NAMES = ("x", "api-service", "test-x", "kube-x", "test", "kube", "x.faile
 def test_every_per_image_path_of_the_layout_maps_back_to_its_image(tmp_path, image):
     layout = CacheLayout(tmp_path / "cache")
     paths = per_image_paths(layout, image)
-    assert len(paths) >= 17  # context, stamp, log, 2 records x 4 stages, 2 work dirs, 2 check logs, answers, manifests, push
+    assert (
+        len(paths) >= 17
+    )  # context, stamp, log, 2 records x 4 stages, 2 work dirs, 2 check logs, answers, manifests, push
     for path in paths:
         assert image in layout.owners(path), path
         assert image in layout.owners(path.relative_to(layout.root).as_posix()), path
     # The stages that take a directory name the file the same way.
     assert str(integration.recorded_path(layout.recorded, image)) == layout.recorded_answers(image)
     assert [str(p) for p in checks.record_paths(layout, "spec", image)] == [
-        layout.result("spec", image), layout.failed_result("spec", image)]
+        layout.result("spec", image),
+        layout.failed_result("spec", image),
+    ]
 
 
 def test_files_of_no_image_have_no_owner(tmp_path):
     layout = CacheLayout(tmp_path / "cache")
-    for path in (layout.base_log, layout.published, layout.summary, layout.doit_db, layout.render_cache,
-                 layout.rootfs, layout.check_index, layout.reports / "junit-spec.xml", layout.source_record("app"),
-                 layout.root / "logs" / "notes.txt", layout.root / "results" / "spec" / "deep" / "x.json"):
+    for path in (
+        layout.base_log,
+        layout.published,
+        layout.summary,
+        layout.doit_db,
+        layout.render_cache,
+        layout.rootfs,
+        layout.check_index,
+        layout.reports / "junit-spec.xml",
+        layout.source_record("app"),
+        layout.root / "logs" / "notes.txt",
+        layout.root / "results" / "spec" / "deep" / "x.json",
+    ):
         assert layout.owners(path) == (), path
 
 
@@ -532,7 +650,8 @@ def test_retention_deletes_every_stage_file_of_a_removed_image_and_none_of_a_tre
     left = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file())
     assert left == sorted(p.relative_to(cache).as_posix() for image in tree for p in per_image_paths(layout, image))
     assert sorted(applied.deleted) == sorted(
-        p.relative_to(cache).as_posix() for image in removed for p in per_image_paths(layout, image))
+        p.relative_to(cache).as_posix() for image in removed for p in per_image_paths(layout, image)
+    )
     assert "logs/kube-app.log" in left and "logs/kube-old-db.log" not in left
     for gone in ("build/old-db", "test-work/old-db", "kube-work/test-gone"):
         assert not (cache / gone).exists()
@@ -559,26 +678,85 @@ def test_artifactory_builds_by_branch_age_keep_and_last(tmp_path):
 
     from ccp_tasks.publish.artifactory import Artifactory, ArtifactoryAuth
 
-    with ArtifactoryServer(repos=(ART_REPO,)) as server, \
-            Artifactory(server.url, ArtifactoryAuth(token=ART_TOKEN), backoff=0.01) as client:
+    with (
+        ArtifactoryServer(repos=(ART_REPO,)) as server,
+        Artifactory(server.url, ArtifactoryAuth(token=ART_TOKEN), backoff=0.01) as client,
+    ):
         master_ages = {1: 400, 2: 200, 3: 100, 4: 50, 5: 20, 6: 10, 7: 1}
         for number, days in master_ages.items():
-            _deploy_build(server, client, tmp_path, f"ns/master/{number}", NOW - timedelta(days=days),
-                          branch="master", commit=f"{number:040x}", keep="false", **{"build.number": str(number)})
-        _deploy_build(server, client, tmp_path, "ns/feature-x/8", NOW - timedelta(days=3), branch="feature/x", commit="8" * 40, keep="false")
-        _deploy_build(server, client, tmp_path, "ns/feature-x/9", NOW - timedelta(days=10), branch="feature/x", commit="9" * 40, keep="false")
-        _deploy_build(server, client, tmp_path, "ns/feature-x/10", NOW - timedelta(days=30), branch="feature/x", commit="a" * 40, keep="true")
-        _deploy_build(server, client, tmp_path, "ns/feature-x/11", NOW - timedelta(days=30), branch="feature/x", commit="b" * 40, keep="false")
-        _deploy_build(server, client, tmp_path, "other/master/1", NOW - timedelta(days=900), branch="master", commit="c" * 40)
+            _deploy_build(
+                server,
+                client,
+                tmp_path,
+                f"ns/master/{number}",
+                NOW - timedelta(days=days),
+                branch="master",
+                commit=f"{number:040x}",
+                keep="false",
+                **{"build.number": str(number)},
+            )
+        _deploy_build(
+            server,
+            client,
+            tmp_path,
+            "ns/feature-x/8",
+            NOW - timedelta(days=3),
+            branch="feature/x",
+            commit="8" * 40,
+            keep="false",
+        )
+        _deploy_build(
+            server,
+            client,
+            tmp_path,
+            "ns/feature-x/9",
+            NOW - timedelta(days=10),
+            branch="feature/x",
+            commit="9" * 40,
+            keep="false",
+        )
+        _deploy_build(
+            server,
+            client,
+            tmp_path,
+            "ns/feature-x/10",
+            NOW - timedelta(days=30),
+            branch="feature/x",
+            commit="a" * 40,
+            keep="true",
+        )
+        _deploy_build(
+            server,
+            client,
+            tmp_path,
+            "ns/feature-x/11",
+            NOW - timedelta(days=30),
+            branch="feature/x",
+            commit="b" * 40,
+            keep="false",
+        )
+        _deploy_build(
+            server, client, tmp_path, "other/master/1", NOW - timedelta(days=900), branch="master", commit="c" * 40
+        )
         _deploy_build(server, client, tmp_path, "ns/loose", NOW - timedelta(days=900))  # no branch property: not ours
 
         builds = retention.artifactory_inventory(client, ART_REPO, "ns")
-        assert [b.folder for b in builds] == sorted(f"ns/{f}" for f in [*(f"master/{n}" for n in master_ages), "feature-x/8", "feature-x/9", "feature-x/10", "feature-x/11"])
+        assert [b.folder for b in builds] == sorted(
+            f"ns/{f}"
+            for f in [
+                *(f"master/{n}" for n in master_ages),
+                "feature-x/8",
+                "feature-x/9",
+                "feature-x/10",
+                "feature-x/11",
+            ]
+        )
         marks = retention.artifact_marks(builds)
         assert marks == {("feature-x", "a" * 10): "Artifactory keep=true"}
         policy = seed_policy()
-        entries = plan_artifacts(builds, policy, NOW, ART_REPO,
-                                 {**marks, ("feature-x", "b" * 10): "config keep feature-x-…-bbbbbbbbbb"})
+        entries = plan_artifacts(
+            builds, policy, NOW, ART_REPO, {**marks, ("feature-x", "b" * 10): "config keep feature-x-…-bbbbbbbbbb"}
+        )
         got = decisions(entries)
         assert got["ns/master/1"] == () and got["ns/master/2"] == ()
         assert got["ns/master/3"] == ("master: last 5", "master: within 180d")
@@ -587,13 +765,18 @@ def test_artifactory_builds_by_branch_age_keep_and_last(tmp_path):
         assert got["ns/feature-x/9"] == ()
         assert got["ns/feature-x/10"] == ("Artifactory keep=true", "property keep=true")
         assert got["ns/feature-x/11"] == ("config keep feature-x-…-bbbbbbbbbb",)
-        assert {e.ref: e.items for e in entries}["ns/master/1"] == ("ns/master/1/logs/app.log", "ns/master/1/summary.json")
+        assert {e.ref: e.items for e in entries}["ns/master/1"] == (
+            "ns/master/1/logs/app.log",
+            "ns/master/1/summary.json",
+        )
 
         # Marked keep=true between the plan and apply: left alone.
         client.set_properties(ART_REPO, "ns/feature-x/9", {"keep": "true"})
         applied = retention.apply_artifacts(client, entries)
         assert applied.skipped == [f"{ART_REPO}/ns/feature-x/9: marked keep=true since the plan"]
-        assert sorted(applied.deleted) == [f"{ART_REPO}/ns/master/{n}/{f}" for n in (1, 2) for f in ("logs/app.log", "summary.json")]
+        assert sorted(applied.deleted) == [
+            f"{ART_REPO}/ns/master/{n}/{f}" for n in (1, 2) for f in ("logs/app.log", "summary.json")
+        ]
         remaining = sorted(p for r, p in server.items if r == ART_REPO)
         assert "ns/loose/summary.json" in remaining and "other/master/1/summary.json" in remaining
         assert not [p for p in remaining if p.startswith(("ns/master/1/", "ns/master/2/"))]
@@ -628,8 +811,11 @@ class Uploader:
         assert started.status_code == 202, started.text
         location = started.headers["Location"]
         location = location if "://" in location else self.base + location
-        done = self.session.put(location + ("&" if "?" in location else "?") + f"digest={digest}", data=data,
-                                headers={"Content-Type": "application/octet-stream"})
+        done = self.session.put(
+            location + ("&" if "?" in location else "?") + f"digest={digest}",
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
         assert done.status_code == 201, done.text
         return digest
 
@@ -637,7 +823,9 @@ class Uploader:
         answer = self.session.post(f"{self.base}/v2/{repository}/blobs/uploads/?mount={digest}&from={source}")
         assert answer.status_code == 201, answer.text
 
-    def variant(self, repository: str, base: Manifest, name: str, created: datetime, labels: dict | None = None) -> Manifest:
+    def variant(
+        self, repository: str, base: Manifest, name: str, created: datetime, labels: dict | None = None
+    ) -> Manifest:
         body = base.json()
         config = json.loads(retention._get_blob(self.client, repository, body["config"]["digest"]))
         member = io.BytesIO()
@@ -648,12 +836,22 @@ class Uploader:
             tar.addfile(info, io.BytesIO(payload))
         layer = gzip.compress(member.getvalue(), mtime=0)
         config["rootfs"]["diff_ids"].append("sha256:" + hashlib.sha256(member.getvalue()).hexdigest())
-        config["config"]["Labels"] = {**(config["config"].get("Labels") or {}), "ccp.test.variant": name, **(labels or {})}
+        config["config"]["Labels"] = {
+            **(config["config"].get("Labels") or {}),
+            "ccp.test.variant": name,
+            **(labels or {}),
+        }
         config["created"] = created.strftime("%Y-%m-%dT%H:%M:%S.123456789Z")
         config_raw = json.dumps(config).encode()
         body["config"] = {**body["config"], "size": len(config_raw), "digest": self.blob(repository, config_raw)}
-        body["layers"] = [*body["layers"], {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                                            "size": len(layer), "digest": self.blob(repository, layer)}]
+        body["layers"] = [
+            *body["layers"],
+            {
+                "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                "size": len(layer),
+                "digest": self.blob(repository, layer),
+            },
+        ]
         raw = json.dumps(body, indent=3).encode()
         return Manifest(raw, DOCKER_MANIFEST, "sha256:" + hashlib.sha256(raw).hexdigest())
 
@@ -666,10 +864,17 @@ class Uploader:
 
 def _engine_build(docker_client, context: Path, namespace: str, extra: str) -> str:
     (context / "Dockerfile").write_text(
-        f"FROM scratch\nCOPY busybox /bin/busybox\nLABEL ccp.test.namespace={namespace}\n{extra}")
+        f"FROM scratch\nCOPY busybox /bin/busybox\nLABEL ccp.test.namespace={namespace}\n{extra}"
+    )
     image_id = None
-    for chunk in docker_client.build(path=str(context), tag=f"{namespace}/seed:{uuid.uuid4().hex[:6]}",
-                                     rm=True, forcerm=True, decode=True, labels={"ccp.test.namespace": namespace}):
+    for chunk in docker_client.build(
+        path=str(context),
+        tag=f"{namespace}/seed:{uuid.uuid4().hex[:6]}",
+        rm=True,
+        forcerm=True,
+        decode=True,
+        labels={"ccp.test.namespace": namespace},
+    ):
         assert "error" not in chunk, chunk
         if isinstance(chunk.get("aux"), dict) and "ID" in chunk["aux"]:
             image_id = chunk["aux"]["ID"]
@@ -681,7 +886,9 @@ def _engine_push(docker_client, registry, image_id: str, repository: str, tag: s
     remote = f"{registry.host}/{repository}"
     assert docker_client.tag(image_id, remote, tag)
     created.append(f"{remote}:{tag}")
-    for chunk in docker_client.push(remote, tag, auth_config={"username": "ci", "password": PASSWORD}, stream=True, decode=True):
+    for chunk in docker_client.push(
+        remote, tag, auth_config={"username": "ci", "password": PASSWORD}, stream=True, decode=True
+    ):
         assert "error" not in chunk, chunk
 
 
@@ -712,7 +919,9 @@ def seed_images(tmp_path_factory, docker_client, registry):
         _engine_push(docker_client, registry, keep, f"{namespace}/app", keep_tag, created)
         yield namespace, content_tag, keep_tag
     finally:
-        for ref in created + [t for e in docker_client.images(name=f"{namespace}/seed") for t in e.get("RepoTags") or []]:
+        for ref in created + [
+            t for e in docker_client.images(name=f"{namespace}/seed") for t in e.get("RepoTags") or []
+        ]:
             try:
                 docker_client.remove_image(ref, force=True)
             except Exception:
@@ -776,20 +985,48 @@ def test_doit_retention_on_a_real_registry_and_artifactory(tmp_path, registry, s
 
     with ArtifactoryServer(repos=(ART_REPO,)) as server:
         with Artifactory(server.url, ArtifactoryAuth(token=ART_TOKEN)) as art:
-            _deploy_build(server, art, tmp_path, f"{namespace}/release-2/15", now - timedelta(days=15),
-                          branch="release/2", commit=release_commit + "0" * 30, keep="true")
-            _deploy_build(server, art, tmp_path, f"{namespace}/feature-y/3", now - timedelta(days=10),
-                          branch="feature-y", commit="d000000001" + "0" * 30, keep="false")
-            _deploy_build(server, art, tmp_path, f"{namespace}/master/9", now - timedelta(days=1),
-                          branch="master", commit="a0000000ff" + "0" * 30, keep="false")
+            _deploy_build(
+                server,
+                art,
+                tmp_path,
+                f"{namespace}/release-2/15",
+                now - timedelta(days=15),
+                branch="release/2",
+                commit=release_commit + "0" * 30,
+                keep="true",
+            )
+            _deploy_build(
+                server,
+                art,
+                tmp_path,
+                f"{namespace}/feature-y/3",
+                now - timedelta(days=10),
+                branch="feature-y",
+                commit="d000000001" + "0" * 30,
+                keep="false",
+            )
+            _deploy_build(
+                server,
+                art,
+                tmp_path,
+                f"{namespace}/master/9",
+                now - timedelta(days=1),
+                branch="master",
+                commit="a0000000ff" + "0" * 30,
+                keep="false",
+            )
         root = tmp_path / "project"
         (root / "dockerfiles").mkdir(parents=True)
-        (root / "ccp.yaml").write_text(json.dumps({
-            "namespace": namespace,
-            "registry": {"url": registry.host, "ca_bundle": registry.ca_path},
-            "artifactory": {"url": server.url, "repository": ART_REPO},
-            "retention": {"keep": [history["O"][0]]},
-        }))
+        (root / "ccp.yaml").write_text(
+            json.dumps(
+                {
+                    "namespace": namespace,
+                    "registry": {"url": registry.host, "ca_bundle": registry.ca_path},
+                    "artifactory": {"url": server.url, "repository": ART_REPO},
+                    "retention": {"keep": [history["O"][0]]},
+                }
+            )
+        )
         monkeypatch.delenv("CCP_OVERRIDE", raising=False)
         monkeypatch.setenv("CCP_REGISTRY_USERNAME", "ci")
         monkeypatch.setenv("CCP_REGISTRY_PASSWORD", PASSWORD)
@@ -811,7 +1048,10 @@ def test_doit_retention_on_a_real_registry_and_artifactory(tmp_path, registry, s
         reasons = {(e["where"], e["ref"]): e["reasons"] for e in plan["entries"] if e["kind"] == "registry"}
         by_name = {name: reasons[(app, digest)] for name, digest in digests.items()}
         assert by_name == {
-            "A": [], "H": [], "L": [], "N": [],
+            "A": [],
+            "H": [],
+            "L": [],
+            "N": [],
             "B": ["*: within 7d"],
             "C": ["master: last 5"],
             "D": ["master: last 5", "master: within 180d"],
@@ -826,15 +1066,22 @@ def test_doit_retention_on_a_real_registry_and_artifactory(tmp_path, registry, s
             "O": ["config keep", f"config keep {history['O'][0]}"],
             "P": ["Artifactory keep=true"],
         }
-        assert reasons[(web, digests["A"])] == ["*: within 7d", "master: last 5", "master: within 180d"] and reasons[(web, digests["H"])] == []
+        assert (
+            reasons[(web, digests["A"])] == ["*: within 7d", "master: last 5", "master: within 180d"]
+            and reasons[(web, digests["H"])] == []
+        )
         artifacts = {e["ref"]: e["reasons"] for e in plan["entries"] if e["kind"] == "artifactory"}
-        assert artifacts == {f"{namespace}/release-2/15": ["Artifactory keep=true", "property keep=true"],
-                             f"{namespace}/feature-y/3": [],
-                             f"{namespace}/master/9": ["*: within 7d", "master: last 5", "master: within 180d"]}
+        assert artifacts == {
+            f"{namespace}/release-2/15": ["Artifactory keep=true", "property keep=true"],
+            f"{namespace}/feature-y/3": [],
+            f"{namespace}/master/9": ["*: within 7d", "master: last 5", "master: within 180d"],
+        }
         # GC frees the manifests, configs and own layers of H, L and N; A's stay, since web's
         # fresh master build is the same manifest, and the busybox layer is everybody's.
-        expected = sum(len(manifests[n].raw) + manifests[n].json()["config"]["size"] + manifests[n].json()["layers"][-1]["size"]
-                       for n in ("H", "L", "N"))
+        expected = sum(
+            len(manifests[n].raw) + manifests[n].json()["config"]["size"] + manifests[n].json()["layers"][-1]["size"]
+            for n in ("H", "L", "N")
+        )
         assert plan["registry_gc_frees_at_most_bytes"] == expected
         assert "garbage-collect" in plan["garbage_collection"] and "nothing was deleted" in table
 
@@ -848,15 +1095,25 @@ def test_doit_retention_on_a_real_registry_and_artifactory(tmp_path, registry, s
         plan = json.loads((layout.root / "retention" / "plan.json").read_text())
         assert plan["applied"] is True and plan["results"]["registry"]["skipped"] == []
         assert sorted(plan["results"]["registry"]["deleted"]) == sorted(
-            [f"{app}@{digests[n]}" for n in ("A", "H", "L", "N")] + [f"{web}@{digests['H']}"])
-        kept_tags = sorted({t for n, tags in history.items() if n not in ("A", "H", "L", "N") for t in tags}
-                           | {content_tag, "latest", keep_tag})
+            [f"{app}@{digests[n]}" for n in ("A", "H", "L", "N")] + [f"{web}@{digests['H']}"]
+        )
+        kept_tags = sorted(
+            {t for n, tags in history.items() if n not in ("A", "H", "L", "N") for t in tags}
+            | {content_tag, "latest", keep_tag}
+        )
         assert registry.skopeo_tags(app) == kept_tags  # exactly what the rules keep, per skopeo
         assert registry.skopeo_tags(web) == [tag("master", 1, "a0000000ff")]
-        for name, ref in {"B": history["B"][1], "G": "master", "K": keep_tag, "M": "latest", "P": history["P"][0]}.items():
+        for name, ref in {
+            "B": history["B"][1],
+            "G": "master",
+            "K": keep_tag,
+            "M": "latest",
+            "P": history["P"][0],
+        }.items():
             assert registry.skopeo_digest(f"{app}:{ref}") == digests[name]
         assert sorted(p.rsplit("/", 1)[0] for r, p in server.items if p.endswith("summary.json")) == sorted(
-            [f"{namespace}/release-2/15", f"{namespace}/master/9"])
+            [f"{namespace}/release-2/15", f"{namespace}/master/9"]
+        )
 
         # -- a second plan deletes nothing more
         retention.run_retention(cfg, layout, apply=False, now=now, images=("app", "web"))
@@ -868,8 +1125,12 @@ def test_doit_retention_on_a_real_registry_and_artifactory(tmp_path, registry, s
     used = _blob_bytes(registry)
     registry.stop()
     try:
-        gc = subprocess.run(["docker-registry", "garbage-collect", str(registry.config_path)],
-                            capture_output=True, text=True, timeout=120)
+        gc = subprocess.run(
+            ["docker-registry", "garbage-collect", str(registry.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert gc.returncode == 0, gc.stderr
     finally:
         registry.start()
@@ -887,22 +1148,31 @@ def test_apply_skips_a_digest_that_gained_a_kept_tag_after_the_plan(registry, se
     base = client.get_manifest(f"{namespace}/app", content_tag)
     up.copy(base, f"{namespace}/app", race, "in-" + "3" * 32)
     old = up.variant(race, base, "old", now - timedelta(days=1))
-    stale, doomed = build_tag("feature-q", ago(30, now), "9900000001"), build_tag("feature-q", ago(31, now), "9900000002")
+    stale, doomed = (
+        build_tag("feature-q", ago(30, now), "9900000001"),
+        build_tag("feature-q", ago(31, now), "9900000002"),
+    )
     client.put_manifest(race, stale, old)
     other = up.variant(race, base, "other", now - timedelta(days=1))
     client.put_manifest(race, doomed, other)
     policy = seed_policy()
     planned = plan_registry(retention.registry_inventory(client, [race]), policy, now)
-    assert {e.ref for e in planned.entries if not e.keep} == {old.digest, other.digest}  # base: no build tag, built today
+    assert {e.ref for e in planned.entries if not e.keep} == {
+        old.digest,
+        other.digest,
+    }  # base: no build tag, built today
     # A CI run publishes the same content meanwhile: `latest` now points at the doomed digest.
     client.put_manifest(race, "latest", old)
     applied = retention.apply_registry(client, planned.entries, policy, now)
     assert applied.deleted == [f"{race}@{other.digest}"]
-    assert len(applied.skipped) == 1 and applied.skipped[0].startswith(f"{race}@{old.digest}: kept now (moving tag latest")
+    assert len(applied.skipped) == 1 and applied.skipped[0].startswith(
+        f"{race}@{old.digest}: kept now (moving tag latest"
+    )
     assert registry.skopeo_tags(race) == sorted(["in-" + "3" * 32, "latest", stale])
 
 
 # -- doit retention, through doit ------------------------------------------------------------------
+
 
 def test_doit_retention_plans_and_applies_only_when_asked(tmp_path):
     import sys
@@ -923,7 +1193,9 @@ def test_doit_retention_plans_and_applies_only_when_asked(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("CCP_OVERRIDE", "DOCKER_HOST")}
 
     def doit(*args):
-        done = subprocess.run([sys.executable, "-m", "doit", *args], cwd=root, capture_output=True, text=True, env=env, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "doit", *args], cwd=root, capture_output=True, text=True, env=env, timeout=120
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout + done.stderr
 
@@ -934,7 +1206,10 @@ def test_doit_retention_plans_and_applies_only_when_asked(tmp_path):
     assert "run `doit retention --apply` to carry the plan out" in planned
     assert sorted(p.name for p in logs.iterdir()) == ["app.log", "removed.log", "test-removed.log"]
     plan = json.loads((root / "cache" / "retention" / "plan.json").read_text())
-    assert [(e["ref"], e["action"]) for e in plan["entries"]] == [("logs/removed.log", "delete"), ("logs/test-removed.log", "delete")]
+    assert [(e["ref"], e["action"]) for e in plan["entries"]] == [
+        ("logs/removed.log", "delete"),
+        ("logs/test-removed.log", "delete"),
+    ]
     assert "registry: not configured (registry.url), not planned" in plan["notes"]
     applied = doit("retention", "--apply")
     assert "local: 0 kept, 2 to delete; deleted 2, skipped 0, already gone 0" in applied
@@ -962,8 +1237,14 @@ def test_doit_retention_apply_keeps_a_tree_image_kube_log(tmp_path):
             path.write_text(image)
             os.utime(path, (month_ago, month_ago))
     env = {k: v for k, v in os.environ.items() if k not in ("CCP_OVERRIDE", "DOCKER_HOST")}
-    done = subprocess.run([sys.executable, "-m", "doit", "retention", "--apply"], cwd=root, capture_output=True,
-                          text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "doit", "retention", "--apply"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     removed = per_image_paths(layout, "old-db")
     assert f"local: 0 kept, {len(removed)} to delete; deleted {len(removed)}, skipped 0, already gone 0" in done.stdout

@@ -23,8 +23,25 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CCP = REPO / "ccp"
 # What the script runs before it decides about the engine, and while it sets up.
-TOOLS = ("bash", "env", "dirname", "id", "timeout", "grep", "sha256sum", "cut", "cat", "mkdir", "sed",
-         "tail", "seq", "sleep", "setsid", "printf", "basename")
+TOOLS = (
+    "bash",
+    "env",
+    "dirname",
+    "id",
+    "timeout",
+    "grep",
+    "sha256sum",
+    "cut",
+    "cat",
+    "mkdir",
+    "sed",
+    "tail",
+    "seq",
+    "sleep",
+    "setsid",
+    "printf",
+    "basename",
+)
 
 
 def _bin(directory: Path, scripts: dict[str, str]) -> Path:
@@ -61,8 +78,13 @@ def _no_docker_path(tmp_path: Path, *extra: str) -> str:
 
 
 def _plan(path: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", f'source "{CCP}" --functions-only && engine_plan'],
-                          env={**(env or {}), "PATH": path}, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["bash", "-c", f'source "{CCP}" --functions-only && engine_plan'],
+        env={**(env or {}), "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_an_answering_engine_is_used_as_it_is():
@@ -111,8 +133,10 @@ def test_setup_with_an_answering_engine_installs_no_engine_package(tmp_path):
     or a CLI talking to a socket): with the engine answering, setup must not
     reach for apt-get."""
     calls = tmp_path / "calls"
-    shims = _bin(tmp_path / "shims", {"apt-get": _recording(calls), "sudo": _recording(calls),
-                                      "dpkg-query": _dpkg_query(missing=("docker.io",))})
+    shims = _bin(
+        tmp_path / "shims",
+        {"apt-get": _recording(calls), "sudo": _recording(calls), "dpkg-query": _dpkg_query(missing=("docker.io",))},
+    )
     env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
     env["PATH"] = f"{shims}:{env['PATH']}"
     root = _project(tmp_path)
@@ -124,11 +148,23 @@ def test_setup_with_an_answering_engine_installs_no_engine_package(tmp_path):
 
 def test_setup_beside_docker_ce_says_so_and_installs_nothing(tmp_path):
     calls = tmp_path / "calls"
-    shims = _bin(tmp_path / "shims", {"apt-get": _recording(calls), "sudo": _recording(calls),
-                                      "dpkg-query": _dpkg_query(installed=("docker-ce",), missing=("docker.io",))})
+    shims = _bin(
+        tmp_path / "shims",
+        {
+            "apt-get": _recording(calls),
+            "sudo": _recording(calls),
+            "dpkg-query": _dpkg_query(installed=("docker-ce",), missing=("docker.io",)),
+        },
+    )
     root = _project(tmp_path)
-    done = subprocess.run(["./ccp", "setup"], cwd=root, env={"PATH": f"{shims}:{_no_docker_path(tmp_path)}"},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["./ccp", "setup"],
+        cwd=root,
+        env={"PATH": f"{shims}:{_no_docker_path(tmp_path)}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and "Docker CE's package docker-ce is installed" in done.stderr
     assert not calls.exists(), calls.read_text()

@@ -13,12 +13,19 @@ import time
 import pytest
 from conftest import child_template
 
-GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.org"}
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.org",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.org",
+}
 
 
 def git(cwd, *args) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=GIT_ENV, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 class Upstream:
@@ -124,7 +131,10 @@ def test_a_deleted_branch_is_a_clear_error(project, upstream):
     git(upstream.work, "push", "--quiet", "origin", ":main")
     result = project.doit()
     assert result.returncode != 0
-    assert f"source 'app' ({upstream.url}): no branch or tag 'main' (branches: other); fix sources.app.ref in ccp.yaml" in result.output
+    assert (
+        f"source 'app' ({upstream.url}): no branch or tag 'main' (branches: other); fix sources.app.ref in ccp.yaml"
+        in result.output
+    )
     assert "Traceback" not in result.output
 
 
@@ -163,14 +173,23 @@ def test_a_directory_source_never_copies_a_host_file_through_a_symlink(project, 
     (app / "lib").mkdir(parents=True)
     (app / "app.txt").write_text("v1\n")
     (app / "lib" / "real.txt").write_text("inside\n")
-    os.symlink("lib/real.txt", app / "alias.txt")       # inside the source: copied as its content
-    os.symlink("lib", app / "lib-alias")                 # a linked directory inside: walked, not dropped
+    os.symlink("lib/real.txt", app / "alias.txt")  # inside the source: copied as its content
+    os.symlink("lib", app / "lib-alias")  # a linked directory inside: walked, not dropped
     _tree(project, {"path": "apps/app"})
-    project.image("web", child_template("bb", "{{ copy_sources('app', '/opt/app') }}\n"
-                                             "RUN cat /opt/app/alias.txt /opt/app/lib-alias/real.txt > /copied"))
+    project.image(
+        "web",
+        child_template(
+            "bb",
+            "{{ copy_sources('app', '/opt/app') }}\nRUN cat /opt/app/alias.txt /opt/app/lib-alias/real.txt > /copied",
+        ),
+    )
     project.ok()
-    copied = subprocess.run(["docker", "run", "--rm", "--entrypoint", "/bin/cat", project.ref("web"), "/copied"],
-                            capture_output=True, text=True, check=True).stdout
+    copied = subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "/bin/cat", project.ref("web"), "/copied"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert copied == "inside\ninside\n"
 
     os.symlink(secret, app / "leak.txt")
@@ -178,15 +197,21 @@ def test_a_directory_source_never_copies_a_host_file_through_a_symlink(project, 
     assert result.returncode != 0
     assert f"apps/app/leak.txt: a symlink to {secret}, outside the source directory" in result.output
     assert "Traceback" not in result.output
-    assert not any("host-only-secret" in p.read_text(errors="replace")
-                   for p in (project.root / "cache").rglob("*") if p.is_file() and not p.is_symlink())
+    assert not any(
+        "host-only-secret" in p.read_text(errors="replace")
+        for p in (project.root / "cache").rglob("*")
+        if p.is_file() and not p.is_symlink()
+    )
 
 
 def test_config_errors_for_sources(project):
     project.busybox_base("bb")
     project.config["sources"] = {"app": {"url": "file:///x", "path": "y"}}
     project.write_config()
-    assert "sources.app: give either url (a git repository) or path (a directory), not both or neither" in project.doit("list").output
+    assert (
+        "sources.app: give either url (a git repository) or path (a directory), not both or neither"
+        in project.doit("list").output
+    )
     project.config["sources"] = {"app": {"url": "file:///x", "branch": "main"}}
     project.write_config()
     assert "unknown key 'sources.app.branch'" in project.doit("list").output
@@ -195,7 +220,10 @@ def test_config_errors_for_sources(project):
 def _watch(project, *args):
     return subprocess.Popen(
         [sys.executable, "-m", "ccp_tasks", "watch", "--interval", "0.3", *args],
-        cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=project.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

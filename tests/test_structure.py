@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from conftest import BUSYBOX, REPO
 
-from ccp_tasks.core.errors import ConfigError, EngineError
 from ccp_tasks.checks.structure import (
     SUPPORTED,
     GoRegexError,
@@ -27,6 +26,7 @@ from ccp_tasks.checks.structure import (
     load_suite,
     run_suite,
 )
+from ccp_tasks.core.errors import ConfigError, EngineError
 
 CST = REPO / ".venv" / "bin" / "container-structure-test"
 
@@ -55,8 +55,10 @@ FILES = {  # path -> (mode, uid, gid, content); content None: a directory; "->x"
     "srv": (0o755, 0, 0, None),
     "srv/data": (0o755, 0, 0, None),
     "tmp": (0o1777, 0, 0, None),
-    **{f"bin/{applet}": (0o777, 0, 0, "->/bin/busybox")
-       for applet in ("sh", "echo", "env", "ls", "cat", "touch", "true", "false", "sleep")},
+    **{
+        f"bin/{applet}": (0o777, 0, 0, "->/bin/busybox")
+        for applet in ("sh", "echo", "env", "ls", "cat", "touch", "true", "false", "sleep")
+    },
 }
 CHANGES = [
     "ENV APP_HOME=/opt/app GREETING=hello",
@@ -357,7 +359,9 @@ def fixture(docker_client, tmp_path_factory):
     image_id = None
     try:
         docker_client.import_image_from_data(
-            _rootfs(), repository=ref.rpartition(":")[0], tag="latest",
+            _rootfs(),
+            repository=ref.rpartition(":")[0],
+            tag="latest",
             changes=[change.replace("{namespace}", namespace) for change in CHANGES],
         )
         image_id = docker_client.inspect_image(ref)["Id"]
@@ -379,8 +383,20 @@ def reference_runs(fixture):
     # saved, _remove_leftovers() removes them with their volumes.
     procs = {
         name: subprocess.Popen(
-            [str(CST), "test", "--image", fixture.ref, "--config", str(fixture.suites / name), "--output", "json", "--save"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                str(CST),
+                "test",
+                "--image",
+                fixture.ref,
+                "--config",
+                str(fixture.suites / name),
+                "--output",
+                "json",
+                "--save",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for name in ("passing.yaml", "failing.yaml")
     }
@@ -442,7 +458,10 @@ def test_failed_command_detail_has_the_command_and_output_tails(failing):
     assert "stderr (last lines):\n  err" in stderr_case.detail
     # As in CST, envVars are substituted into args only after a setup committed them.
     assert 'command: ["echo", "[]"]' in failing["envVars are not expanded into args without a setup"].detail
-    assert "content (last lines):\n  listen 8080\n  name: ccp" in failing["content misses a pattern and has an excluded one"].detail
+    assert (
+        "content (last lines):\n  listen 8080\n  name: ccp"
+        in failing["content misses a pattern and has an excluded one"].detail
+    )
 
 
 def test_same_verdicts_as_container_structure_test(passing, failing, reference_runs):
@@ -526,15 +545,19 @@ REFUSED_BY_CCP = [
 
 
 def _content_suite(cases) -> dict:
-    tests = [{"name": f"{i}: {pattern} on {path}", "path": path, "expectedContents": [pattern]}
-             for i, (pattern, path, *_) in enumerate(cases)]
+    tests = [
+        {"name": f"{i}: {pattern} on {path}", "path": path, "expectedContents": [pattern]}
+        for i, (pattern, path, *_) in enumerate(cases)
+    ]
     return {"schemaVersion": "2.0.0", "fileContentTests": tests}
 
 
 def _cst_verdicts(proc) -> tuple[dict[str, bool], str]:
     stdout, stderr = proc.communicate(timeout=300)
     report = json.loads(stdout.strip().split("\n")[-1])  # splitlines() would also split a content at U+2028
-    return {result["Name"].removeprefix(CST_PREFIX["file-content"]): result["Pass"] for result in report["Results"]}, stderr
+    return {
+        result["Name"].removeprefix(CST_PREFIX["file-content"]): result["Pass"] for result in report["Results"]
+    }, stderr
 
 
 @pytest.fixture(scope="module")
@@ -545,12 +568,28 @@ def regex_runs(docker_client, fixture):
         # JSON is YAML; ensure_ascii=False keeps characters beyond the BMP whole.
         (fixture.suites / name).write_text(json.dumps(_content_suite(cases), ensure_ascii=False), encoding="utf-8")
         procs[name] = subprocess.Popen(
-            [str(CST), "test", "--image", fixture.ref, "--config", str(fixture.suites / name), "--output", "json", "--save"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                str(CST),
+                "test",
+                "--image",
+                fixture.ref,
+                "--config",
+                str(fixture.suites / name),
+                "--output",
+                "json",
+                "--save",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
     try:
-        ours = {r.name: r.passed for r in run_suite(docker_client, fixture.ref, load_suite(fixture.suites / "regex.yaml"),
-                                                     labels=fixture.labels)}
+        ours = {
+            r.name: r.passed
+            for r in run_suite(
+                docker_client, fixture.ref, load_suite(fixture.suites / "regex.yaml"), labels=fixture.labels
+            )
+        }
         yield ours, _cst_verdicts(procs["regex.yaml"])[0], _cst_verdicts(procs["refused.yaml"])
     finally:
         for proc in procs.values():
@@ -561,7 +600,10 @@ def regex_runs(docker_client, fixture):
 
 def test_regex_verdicts_are_go_s_and_the_binary_s(regex_runs):
     ours, theirs, _ = regex_runs
-    expected = {test["name"]: matches for test, (_, _, matches) in zip(_content_suite(REGEX_CASES)["fileContentTests"], REGEX_CASES)}
+    expected = {
+        test["name"]: matches
+        for test, (_, _, matches) in zip(_content_suite(REGEX_CASES)["fileContentTests"], REGEX_CASES)
+    }
     assert theirs == expected
     assert ours == expected
 
@@ -570,12 +612,12 @@ def test_patterns_ccp_refuses_and_what_go_does_with_them(regex_runs):
     import re2
 
     _, _, (theirs, stderr) = regex_runs
-    for (pattern, path, go, says), test in zip(REFUSED_BY_CCP, _content_suite(REFUSED_BY_CCP)["fileContentTests"]):
+    for (pattern, _path, go, says), test in zip(REFUSED_BY_CCP, _content_suite(REFUSED_BY_CCP)["fileContentTests"]):
         with pytest.raises(GoRegexError, match=re.escape(says)) as caught:
             go_regex(pattern)
         if go == "refuses":
             # ccp's message is Go's own, which CST logs (its log doubles backslashes).
-            logged = f"Error compiling regex {pattern} : error parsing regexp: {caught.value}\"".replace("\\", "\\\\")
+            logged = f'Error compiling regex {pattern} : error parsing regexp: {caught.value}"'.replace("\\", "\\\\")
             assert theirs[test["name"]] is False and logged in stderr, (pattern, stderr)
         else:
             assert theirs[test["name"]] is go, pattern
@@ -636,15 +678,38 @@ def test_unicode_classes_have_go_s_members_but_for_unicode_15_1(docker_client, f
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     repository = f"{fixture.namespace}/unicode"
-    docker_client.import_image_from_data(buffer.getvalue(), repository=repository, tag="latest",
-                                         changes=[f"LABEL ccp.test.namespace={fixture.namespace}"])
+    docker_client.import_image_from_data(
+        buffer.getvalue(),
+        repository=repository,
+        tag="latest",
+        changes=[f"LABEL ccp.test.namespace={fixture.namespace}"],
+    )
     try:
-        tests = [{"name": name, "path": f"/{name}",
-                  "expectedContents": ["^" + r"\x{10FFFF}".join(rf"\p{{{c}}}*" for c in classes) + "$"]}
-                 for name, classes in partitions.items()]
+        tests = [
+            {
+                "name": name,
+                "path": f"/{name}",
+                "expectedContents": ["^" + r"\x{10FFFF}".join(rf"\p{{{c}}}*" for c in classes) + "$"],
+            }
+            for name, classes in partitions.items()
+        ]
         (tmp_path / "unicode.yaml").write_text(json.dumps({"schemaVersion": "2.0.0", "fileContentTests": tests}))
-        proc = subprocess.run([str(CST), "test", "--image", f"{repository}:latest", "--config", str(tmp_path / "unicode.yaml"),
-                               "--output", "json", "--save"], capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [
+                str(CST),
+                "test",
+                "--image",
+                f"{repository}:latest",
+                "--config",
+                str(tmp_path / "unicode.yaml"),
+                "--output",
+                "json",
+                "--save",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         # A failed test's report holds the content; Python's splitlines would also split it at U+2028.
         report = json.loads(proc.stdout.strip().split("\n")[-1])
         verdicts = {r["Name"]: r["Pass"] for r in report["Results"]}
@@ -774,8 +839,9 @@ def test_a_command_that_hangs_times_out(docker_client, fixture, tmp_path):
     (tmp_path / "tests.yaml").write_text(
         'schemaVersion: "2.0.0"\ncommandTests:\n  - name: hangs\n    command: sleep\n    args: ["30"]\n'
     )
-    [result] = run_suite(docker_client, fixture.ref, load_suite(tmp_path / "tests.yaml"),
-                         labels=fixture.labels, command_timeout=1)
+    [result] = run_suite(
+        docker_client, fixture.ref, load_suite(tmp_path / "tests.yaml"), labels=fixture.labels, command_timeout=1
+    )
     assert not result.passed and result.message == "timed out after 1s"
     assert docker_client.containers(all=True, filters={"label": f"io.ccp.check={fixture.labels['io.ccp.check']}"}) == []
 
@@ -787,16 +853,21 @@ def test_files_of_an_image_without_a_shell(docker_client, fixture, tmp_path):
         info.size, info.mode = 3, 0o444
         tar.addfile(info, io.BytesIO(b"hi\n"))
     repository = f"{fixture.namespace}/no-shell"
-    docker_client.import_image_from_data(buffer.getvalue(), repository=repository, tag="latest",
-                                         changes=[f"LABEL ccp.test.namespace={fixture.namespace}"])
+    docker_client.import_image_from_data(
+        buffer.getvalue(),
+        repository=repository,
+        tag="latest",
+        changes=[f"LABEL ccp.test.namespace={fixture.namespace}"],
+    )
     try:
         (tmp_path / "tests.yaml").write_text(
             'schemaVersion: "2.0.0"\n'
             "fileExistenceTests:\n  - {name: exists, path: /hello, permissions: -r--r--r--}\n"
             "fileContentTests:\n  - {name: content, path: /hello, expectedContents: ['^hi']}\n"
         )
-        results = run_suite(docker_client, f"{repository}:latest", load_suite(tmp_path / "tests.yaml"),
-                            labels=fixture.labels)
+        results = run_suite(
+            docker_client, f"{repository}:latest", load_suite(tmp_path / "tests.yaml"), labels=fixture.labels
+        )
         assert [(r.name, r.passed) for r in results] == [("content", True), ("exists", True)]
     finally:
         docker_client.remove_image(f"{repository}:latest")
@@ -815,49 +886,107 @@ MINIMAL_COMMAND = "commandTests:\n  - name: t\n    command: 'true'\n"
 
 INVALID = [
     # (file body, the key path named, what the message says)
-    ('schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "licenseTests:\n  - debian: true\n",
-     "licenseTests", "not supported by ccp"),
-    ('schemaVersion: "2.0.0"\ncontainerRunOptions:\n  privileged: true\n' + MINIMAL_COMMAND,
-     "containerRunOptions", "not supported by ccp"),
-    ('schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "    teardown: [[rm, /x]]\n",
-     "commandTests[0].teardown", "not supported by ccp"),
-    ('schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "    expectedOuput: [x]\n",
-     "commandTests[0].expectedOuput", "unknown key (did you mean 'expectedOutput'?)"),
-    ('schemaVersion: "2.0.0"\ncommandTest:\n  - name: t\n',
-     "commandTest", "unknown key (did you mean 'commandTests'?)"),
-    ('schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "    expectedOutput: ['ok', '(?<=x)y']\n",
-     "commandTests[0].expectedOutput[1]", "bad regular expression '(?<=x)y': Go regexp has no lookaround"),
-    ('schemaVersion: "2.0.0"\nfileContentTests:\n  - {name: f, path: /x, excludedContents: ["a**"]}\n',
-     "fileContentTests[0].excludedContents[0]", "bad regular expression 'a**': invalid nested repetition"),
-    ('schemaVersion: "1.0.0"\n' + MINIMAL_COMMAND,
-     "schemaVersion", "'1.0.0' is not supported; ccp runs schema \"2.0.0\""),
+    (
+        'schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "licenseTests:\n  - debian: true\n",
+        "licenseTests",
+        "not supported by ccp",
+    ),
+    (
+        'schemaVersion: "2.0.0"\ncontainerRunOptions:\n  privileged: true\n' + MINIMAL_COMMAND,
+        "containerRunOptions",
+        "not supported by ccp",
+    ),
+    (
+        'schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "    teardown: [[rm, /x]]\n",
+        "commandTests[0].teardown",
+        "not supported by ccp",
+    ),
+    (
+        'schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "    expectedOuput: [x]\n",
+        "commandTests[0].expectedOuput",
+        "unknown key (did you mean 'expectedOutput'?)",
+    ),
+    (
+        'schemaVersion: "2.0.0"\ncommandTest:\n  - name: t\n',
+        "commandTest",
+        "unknown key (did you mean 'commandTests'?)",
+    ),
+    (
+        'schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "    expectedOutput: ['ok', '(?<=x)y']\n",
+        "commandTests[0].expectedOutput[1]",
+        "bad regular expression '(?<=x)y': Go regexp has no lookaround",
+    ),
+    (
+        'schemaVersion: "2.0.0"\nfileContentTests:\n  - {name: f, path: /x, excludedContents: ["a**"]}\n',
+        "fileContentTests[0].excludedContents[0]",
+        "bad regular expression 'a**': invalid nested repetition",
+    ),
+    (
+        'schemaVersion: "1.0.0"\n' + MINIMAL_COMMAND,
+        "schemaVersion",
+        "'1.0.0' is not supported; ccp runs schema \"2.0.0\"",
+    ),
     (MINIMAL_COMMAND, "", "missing required key 'schemaVersion'"),
     ('schemaVersion: "2.0.0"\ncommandTests:\n  - name: t\n', "commandTests[0]", "missing required key 'command'"),
-    ('schemaVersion: "2.0.0"\nfileExistenceTests:\n  - path: /x\n', "fileExistenceTests[0]", "missing required key 'name'"),
+    (
+        'schemaVersion: "2.0.0"\nfileExistenceTests:\n  - path: /x\n',
+        "fileExistenceTests[0]",
+        "missing required key 'name'",
+    ),
     ('schemaVersion: "2.0.0"\nfileContentTests:\n  - name: f\n', "fileContentTests[0]", "missing required key 'path'"),
-    ('schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "    exitCode: 'three'\n",
-     "commandTests[0].exitCode", "expected an integer, got 'three'"),
-    ('schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "    args: {a: b}\n",
-     "commandTests[0].args", "expected a list, got a mapping"),
+    (
+        'schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "    exitCode: 'three'\n",
+        "commandTests[0].exitCode",
+        "expected an integer, got 'three'",
+    ),
+    (
+        'schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "    args: {a: b}\n",
+        "commandTests[0].args",
+        "expected a list, got a mapping",
+    ),
     ('schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "    name: again\n", "commandTests[0].name", "given twice"),
-    ('schemaVersion: "2.0.0"\nfileExistenceTests:\n  - {name: f, path: /x, permissions: "-rwsr-xr-x"}\n',
-     "fileExistenceTests[0].permissions", "Go writes setuid, setgid and sticky as letters before the type"),
-    ('schemaVersion: "2.0.0"\nfileExistenceTests:\n  - {name: f, path: /x, isExecutableBy: everyone}\n',
-     "fileExistenceTests[0].isExecutableBy", "expected one of owner, group, other, any"),
-    ('schemaVersion: "2.0.0"\nfileExistenceTests:\n  - {name: f, path: /x, shouldExist: false, uid: 0}\n',
-     "fileExistenceTests[0].uid", "never checked when shouldExist is false"),
-    ('schemaVersion: "2.0.0"\nmetadataTest:\n  exposedPorts: ["8080/tcp"]\n',
-     "metadataTest.exposedPorts[0]", "write the port number alone"),
-    ('schemaVersion: "2.0.0"\nmetadataTest:\n  labels: [{key: a, value: "(", isRegex: true}]\n',
-     "metadataTest.labels[0].value", "bad regular expression '('"),
-    ('schemaVersion: "2.0.0"\nmetadataTest:\n  envVars: [{key: A, value: b, isRegex: maybe}]\n',
-     "metadataTest.envVars[0].isRegex", "expected true or false, got 'maybe'"),
-    ('schemaVersion: "2.0.0"\nglobalEnvVars: [{key: A, value: b, isRegex: true}]\n' + MINIMAL_COMMAND,
-     "globalEnvVars[0].isRegex", "not supported by ccp"),
+    (
+        'schemaVersion: "2.0.0"\nfileExistenceTests:\n  - {name: f, path: /x, permissions: "-rwsr-xr-x"}\n',
+        "fileExistenceTests[0].permissions",
+        "Go writes setuid, setgid and sticky as letters before the type",
+    ),
+    (
+        'schemaVersion: "2.0.0"\nfileExistenceTests:\n  - {name: f, path: /x, isExecutableBy: everyone}\n',
+        "fileExistenceTests[0].isExecutableBy",
+        "expected one of owner, group, other, any",
+    ),
+    (
+        'schemaVersion: "2.0.0"\nfileExistenceTests:\n  - {name: f, path: /x, shouldExist: false, uid: 0}\n',
+        "fileExistenceTests[0].uid",
+        "never checked when shouldExist is false",
+    ),
+    (
+        'schemaVersion: "2.0.0"\nmetadataTest:\n  exposedPorts: ["8080/tcp"]\n',
+        "metadataTest.exposedPorts[0]",
+        "write the port number alone",
+    ),
+    (
+        'schemaVersion: "2.0.0"\nmetadataTest:\n  labels: [{key: a, value: "(", isRegex: true}]\n',
+        "metadataTest.labels[0].value",
+        "bad regular expression '('",
+    ),
+    (
+        'schemaVersion: "2.0.0"\nmetadataTest:\n  envVars: [{key: A, value: b, isRegex: maybe}]\n',
+        "metadataTest.envVars[0].isRegex",
+        "expected true or false, got 'maybe'",
+    ),
+    (
+        'schemaVersion: "2.0.0"\nglobalEnvVars: [{key: A, value: b, isRegex: true}]\n' + MINIMAL_COMMAND,
+        "globalEnvVars[0].isRegex",
+        "not supported by ccp",
+    ),
     ('schemaVersion: "2.0.0"\nmetadataTest: {}\n', "metadataTest", "empty"),
     ('schemaVersion: "2.0.0"\ncommandTests: []\n', "", "no tests"),
-    ('schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "    envVars: [{key: A, value: }]\n",
-     "commandTests[0].envVars[0].value", "expected a string, got nothing"),
+    (
+        'schemaVersion: "2.0.0"\n' + MINIMAL_COMMAND + "    envVars: [{key: A, value: }]\n",
+        "commandTests[0].envVars[0].value",
+        "expected a string, got nothing",
+    ),
 ]
 
 
@@ -878,8 +1007,11 @@ def test_message_names_the_path_as_given(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = Path("dockerfiles/nginx/tests.yaml")
     path.parent.mkdir(parents=True)
-    path.write_text('schemaVersion: "2.0.0"\ncommandTests:\n' + "  - {name: a, command: 'true'}\n" * 2
-                    + "  - name: c\n    command: 'true'\n    teardown: [[rm, /tmp/x]]\n")
+    path.write_text(
+        'schemaVersion: "2.0.0"\ncommandTests:\n'
+        + "  - {name: a, command: 'true'}\n" * 2
+        + "  - name: c\n    command: 'true'\n    teardown: [[rm, /tmp/x]]\n"
+    )
     with pytest.raises(ConfigError) as caught:
         load_suite(path)
     assert str(caught.value).startswith(
@@ -891,14 +1023,18 @@ def test_message_names_the_path_as_given(tmp_path, monkeypatch):
 def test_yaml_scalars_read_as_cst_reads_them(tmp_path):
     """yaml.v2 puts a scalar's text into a string field: 8080, yes and 1.10 stay as written."""
     path = tmp_path / "tests.yaml"
-    path.write_text('schemaVersion: "2.0.0"\ndefaults: &d {command: echo}\ncommandTests:\n'
-                    "  - <<: *d\n    name: n\n    args: [8080, yes, 1.10, ~x]\n"
-                    "metadataTest:\n  exposedPorts: [8080]\n")
+    path.write_text(
+        'schemaVersion: "2.0.0"\ndefaults: &d {command: echo}\ncommandTests:\n'
+        "  - <<: *d\n    name: n\n    args: [8080, yes, 1.10, ~x]\n"
+        "metadataTest:\n  exposedPorts: [8080]\n"
+    )
     with pytest.raises(ConfigError, match="defaults: unknown key"):
         load_suite(path)
-    path.write_text('schemaVersion: "2.0.0"\ncommandTests:\n'
-                    "  - &d {command: echo, name: a}\n  - <<: *d\n    name: n\n    args: [8080, yes, 1.10, ~x]\n"
-                    "metadataTest:\n  exposedPorts: [8080]\n")
+    path.write_text(
+        'schemaVersion: "2.0.0"\ncommandTests:\n'
+        "  - &d {command: echo, name: a}\n  - <<: *d\n    name: n\n    args: [8080, yes, 1.10, ~x]\n"
+        "metadataTest:\n  exposedPorts: [8080]\n"
+    )
     suite = load_suite(path)
     assert suite.command_tests[1].args == ("8080", "yes", "1.10", "~x")
     assert suite.command_tests[1].command == "echo"
@@ -907,7 +1043,12 @@ def test_yaml_scalars_read_as_cst_reads_them(tmp_path):
 
 def test_supported_map_covers_every_section():
     assert set(SUPPORTED["(top level)"]) == {
-        "schemaVersion", "globalEnvVars", "commandTests", "fileExistenceTests", "fileContentTests", "metadataTest",
+        "schemaVersion",
+        "globalEnvVars",
+        "commandTests",
+        "fileExistenceTests",
+        "fileContentTests",
+        "metadataTest",
     }
     assert "teardown" not in SUPPORTED["commandTests[]"]
     assert "isRegex" in SUPPORTED["metadataTest.labels[]"]
@@ -916,62 +1057,90 @@ def test_supported_map_covers_every_section():
 # ---------------------------------------------------------------- Go semantics, no engine
 
 
-@pytest.mark.parametrize("pattern, text, matches", [
-    ("ready$", "ready\n", False),
-    ("ready$", "ready", True),
-    ("(?m)^ready$", "x\nready\n", True),
-    (r"ready\z", "ready", True),
-    (r"\d", "\u0663", False),
-    (r"\w+", "é", False),
-    (r"\s", "\v", False),
-    (r"[\S]", "\v", True),
-    ("a{,2}", "a{,2}", True),
-    (r"\Q.*\E", ".*", True),
-    (r"\Q.*\E", "ab", False),
-    ("[[:alpha:]]+", "abc", True),
-    ("[[:^alpha:]]", "abc", False),
-    (r"\101\x42\x{43}", "ABC", True),
-    ("a(?i)b|c", "C", True),
-    ("a(?i)b|c", "A", False),
-    (r"\bword\b", "a word.", True),
-    (r"\bword\b", "swordfish", False),
-    ("(?P<1st>a)(?<n>b)", "ab", True),
-    (".", "\n", False),
-    ("(?s).", "\n", True),
-    (r"\p{Greek}+", "\u03b1\u03b2", True),
-    (r"\P{Greek}", "\u03b1", False),
-    (r"(?U)a+?b", "aab", True),
-    (r"\Q\C\E", "\\C", True),  # a literal \C is no any-byte escape
-    ("(?P<n>a)(?P<n>b)", "ab", True),  # Go accepts a name given twice
-    (r"(?i)k", "\u212a", True),
-    ("\u03b1", "\ud800\u03b1", True),  # a lone surrogate in the text (a JSON escape) is no crash
-])
+@pytest.mark.parametrize(
+    "pattern, text, matches",
+    [
+        ("ready$", "ready\n", False),
+        ("ready$", "ready", True),
+        ("(?m)^ready$", "x\nready\n", True),
+        (r"ready\z", "ready", True),
+        (r"\d", "\u0663", False),
+        (r"\w+", "é", False),
+        (r"\s", "\v", False),
+        (r"[\S]", "\v", True),
+        ("a{,2}", "a{,2}", True),
+        (r"\Q.*\E", ".*", True),
+        (r"\Q.*\E", "ab", False),
+        ("[[:alpha:]]+", "abc", True),
+        ("[[:^alpha:]]", "abc", False),
+        (r"\101\x42\x{43}", "ABC", True),
+        ("a(?i)b|c", "C", True),
+        ("a(?i)b|c", "A", False),
+        (r"\bword\b", "a word.", True),
+        (r"\bword\b", "swordfish", False),
+        ("(?P<1st>a)(?<n>b)", "ab", True),
+        (".", "\n", False),
+        ("(?s).", "\n", True),
+        (r"\p{Greek}+", "\u03b1\u03b2", True),
+        (r"\P{Greek}", "\u03b1", False),
+        (r"(?U)a+?b", "aab", True),
+        (r"\Q\C\E", "\\C", True),  # a literal \C is no any-byte escape
+        ("(?P<n>a)(?P<n>b)", "ab", True),  # Go accepts a name given twice
+        (r"(?i)k", "\u212a", True),
+        ("\u03b1", "\ud800\u03b1", True),  # a lone surrogate in the text (a JSON escape) is no crash
+    ],
+)
 def test_go_regex_semantics(pattern, text, matches):
     assert go_regex(pattern).search(text) is matches
 
 
-@pytest.mark.parametrize("pattern", ["(?=x)", "a**", "a++", r"\1", r"\Z", r"\y", "(", ")", "[a", "[z-a]", "a{1001}", r"x\E",
-                                     r"\C", r"[\C]", "(?P<\u00e9>a)", "(a{100}){100}", "x{2}{3}", r"\p{Zzzz}", "\ud800"])
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "(?=x)",
+        "a**",
+        "a++",
+        r"\1",
+        r"\Z",
+        r"\y",
+        "(",
+        ")",
+        "[a",
+        "[z-a]",
+        "a{1001}",
+        r"x\E",
+        r"\C",
+        r"[\C]",
+        "(?P<\u00e9>a)",
+        "(a{100}){100}",
+        "x{2}{3}",
+        r"\p{Zzzz}",
+        "\ud800",
+    ],
+)
 def test_patterns_go_refuses_are_refused(pattern):
     with pytest.raises(GoRegexError):
         go_regex(pattern)
 
 
-@pytest.mark.parametrize("pattern, says", [
-    ("a**", "invalid nested repetition operator: `**`"),
-    ("(", "missing closing ): `(`"),
-    ("[a", "missing closing ]: `[a`"),
-    ("a\\", "trailing backslash at end of expression"),
-    ("*", "missing argument to repetition operator: `*`"),
-    ("a{1001}", "invalid repeat count: `{1001}`"),
-    ("(?#x)", "invalid or unsupported Perl syntax: `(?#`"),
-    ("(?<!x)", "Go regexp has no lookaround assertions: `(?<!`"),
-    (r"\C", "invalid escape sequence: `\\C`"),
-    ("(?P<\u00e9>a)", "invalid named capture: `(?P<\u00e9>`"),
-    (r"[\pL]", "`\\pL` is not supported by ccp: its regexp engine (RE2, Unicode 15.1)"),
-    (r"\P{^So}", "`\\P{^So}` is not supported by ccp"),
-    (r"\p{Common}", "`\\p{Common}` is not supported by ccp"),
-])
+@pytest.mark.parametrize(
+    "pattern, says",
+    [
+        ("a**", "invalid nested repetition operator: `**`"),
+        ("(", "missing closing ): `(`"),
+        ("[a", "missing closing ]: `[a`"),
+        ("a\\", "trailing backslash at end of expression"),
+        ("*", "missing argument to repetition operator: `*`"),
+        ("a{1001}", "invalid repeat count: `{1001}`"),
+        ("(?#x)", "invalid or unsupported Perl syntax: `(?#`"),
+        ("(?<!x)", "Go regexp has no lookaround assertions: `(?<!`"),
+        (r"\C", "invalid escape sequence: `\\C`"),
+        ("(?P<\u00e9>a)", "invalid named capture: `(?P<\u00e9>`"),
+        (r"[\pL]", "`\\pL` is not supported by ccp: its regexp engine (RE2, Unicode 15.1)"),
+        (r"\P{^So}", "`\\P{^So}` is not supported by ccp"),
+        (r"\p{Common}", "`\\p{Common}` is not supported by ccp"),
+    ],
+)
 def test_refused_pattern_says_why_in_go_s_words(pattern, says):
     with pytest.raises(GoRegexError) as caught:
         go_regex(pattern)
@@ -987,8 +1156,19 @@ def test_invalid_utf8_reads_as_go_reads_it():
 
 def test_go_expand_is_os_expand():
     env = {"FOO": "bar"}
-    cases = {"a$$b": "ab", "${FOO}": "bar", "$": "$", "x$": "x$", "${}": "", "${": "", "$1": "",
-             "$FOO.x": "bar.x", "${F-O}": "", "plain": "plain", "$UNSET/x": "/x"}
+    cases = {
+        "a$$b": "ab",
+        "${FOO}": "bar",
+        "$": "$",
+        "x$": "x$",
+        "${}": "",
+        "${": "",
+        "$1": "",
+        "$FOO.x": "bar.x",
+        "${F-O}": "",
+        "plain": "plain",
+        "$UNSET/x": "/x",
+    }
     assert {s: go_expand(s, env) for s in cases} == cases
 
 

@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from ccp_tasks.model.config import BaseSettings
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.state import dump_json, fields, hash_file, read_record, write_atomic
+from ccp_tasks.model.config import BaseSettings
 
 ROOTFS_NAME = "rootfs.tar"
 
@@ -52,7 +52,9 @@ def rootfs_command(settings: BaseSettings, output: Path) -> list[str]:
 
 
 def _read_manifest(path: Path) -> dict | None:
-    return read_record(path, "a root filesystem record", lambda raw: fields(raw, settings=dict, sha256=str, refreshed_at=float))
+    return read_record(
+        path, "a root filesystem record", lambda raw: fields(raw, settings=dict, sha256=str, refreshed_at=float)
+    )
 
 
 def is_fresh(settings: BaseSettings, tarball: Path, manifest: Path, now: float | None = None) -> bool:

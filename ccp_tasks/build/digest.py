@@ -11,7 +11,9 @@ from ccp_tasks.core.state import dump_json, hash_file
 from ccp_tasks.model.render import dockerfile_essence
 
 
-def input_digest(context_dir: Path, build_args: dict[str, str], labels: dict[str, str], parent_ids: dict[str, str]) -> str:
+def input_digest(
+    context_dir: Path, build_args: dict[str, str], labels: dict[str, str], parent_ids: dict[str, str]
+) -> str:
     """The identity of an image's inputs: its build context (the Dockerfile's
     instructions, every other file, dotfiles included, with its executable bit,
     which COPY preserves; a symlink, which the engine receives as one, by its

@@ -52,7 +52,9 @@ def read_packages(client, image: str, labels: dict[str, str]) -> dict[str, str] 
             image, command=["/ccp-manifest-never-runs"], entrypoint=[], labels={**labels, HELPER_LABEL: "manifest"}
         )
     except APIError as exc:
-        raise EngineError(f"cannot create a container from {image} to read its packages: {exc.explanation or exc}") from None
+        raise EngineError(
+            f"cannot create a container from {image} to read its packages: {exc.explanation or exc}"
+        ) from None
     try:
         try:
             stream, _ = client.get_archive(container["Id"], DPKG_STATUS)

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ccp_tasks.core.errors import CcpError
+from ccp_tasks.core.state import STRINGS, fields, is_signature, read_record, write_atomic
 from ccp_tasks.model.graph import ImageGraph
 from ccp_tasks.model.render import INTEGRATION_TESTS
-from ccp_tasks.core.state import STRINGS, fields, is_signature, read_record, write_atomic
 
 INDEX_VERSION = 1
 

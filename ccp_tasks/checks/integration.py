@@ -165,14 +165,16 @@ import ssl
 import time
 import uuid
 import warnings
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any
 
 from ccp_tasks.checks.records import CheckResult
 from ccp_tasks.core.errors import CcpError, ConfigError, EngineError, TemplateError
-from ccp_tasks.engine.leftovers import of_any_run, remove_labelled as remove_leftovers
 from ccp_tasks.core.state import dump_json, fields, read_record, write_atomic
+from ccp_tasks.engine.leftovers import of_any_run
+from ccp_tasks.engine.leftovers import remove_labelled as remove_leftovers
 
 SPEC_NAME = "integration.yaml"
 # Every container and network of a run carries the caller's labels plus these;
@@ -333,7 +335,9 @@ class _Reader:
                 close = difflib.get_close_matches(str(key), list(known), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 path = f"{where}.{key}" if where else str(key)
-                raise ConfigError(f"{self.filename}: unknown key '{path}'{hint}; known keys: {', '.join(sorted(known))}")
+                raise ConfigError(
+                    f"{self.filename}: unknown key '{path}'{hint}; known keys: {', '.join(sorted(known))}"
+                )
         for key in required:
             if key not in value:
                 self.fail(where, f"missing key '{key}'")
@@ -431,8 +435,19 @@ _KINDS = ("http", "send", "exec", "tls")
 _REGRESSION_KEYS = ("regression", "ignore", "mask")
 _CHECK_KEYS = ("name", *_KINDS, *_REGRESSION_KEYS)
 _HTTP_KEYS = (
-    "port", "method", "path", "headers", "body", "json", "tls", "hostname", "timeout",
-    "status", "expect_headers", "expect_json", "expect_body",
+    "port",
+    "method",
+    "path",
+    "headers",
+    "body",
+    "json",
+    "tls",
+    "hostname",
+    "timeout",
+    "status",
+    "expect_headers",
+    "expect_json",
+    "expect_body",
 )
 _SEND_KEYS = ("port", "data", "expect", "tls", "hostname", "timeout")
 _EXEC_KEYS = ("command", "user", "exit_code", "output")
@@ -469,7 +484,7 @@ def _read_files(r: _Reader, data, where: str, spec_dir: Path) -> tuple[FileMount
                 except ValueError:
                     mode = -1
                 if not 0 <= mode <= 0o777:
-                    r.fail(f"{at}.mode", f"expected a file mode such as \"0755\", got {raw!r}")
+                    r.fail(f"{at}.mode", f'expected a file mode such as "0755", got {raw!r}')
         else:
             template = r.string(item, at)
         source = (spec_dir / template).resolve()
@@ -544,7 +559,7 @@ def _read_regression(r: _Reader, data: dict, where: str, kind: str) -> tuple[boo
     mask = ()
     if "mask" in data:
         mask = tuple(r.regex(m, f"{where}.mask[{i}]") for i, m in enumerate(r.strings(data["mask"], f"{where}.mask")))
-    for key, given in (("ignore", ignore), ("mask", mask)):
+    for key, _given in (("ignore", ignore), ("mask", mask)):
         if key in data and not regression:
             r.fail(f"{where}.{key}", "only means something with 'regression: true'")
     if ignore and kind != "http":
@@ -574,7 +589,9 @@ def _read_http(r: _Reader, data, where: str, container: ContainerSpec, tls: TlsS
     expect_headers = {}
     if "expect_headers" in data:
         if not isinstance(data["expect_headers"], dict):
-            r.fail(f"{where}.expect_headers", f"expected a mapping of header name to value, got {data['expect_headers']!r}")
+            r.fail(
+                f"{where}.expect_headers", f"expected a mapping of header name to value, got {data['expect_headers']!r}"
+            )
         for name, value in data["expect_headers"].items():
             at = f"{where}.expect_headers.{name}"
             value = r.expected_value(value, at)
@@ -815,7 +832,9 @@ def _engine_error(exc: Exception, doing: str) -> EngineError:
     from ccp_tasks.engine.docker_ops import engine_address
 
     explanation = getattr(exc, "explanation", None) or str(exc)
-    return EngineError(f"the Docker engine at {engine_address()} failed while {doing}: {str(explanation).splitlines()[0]}")
+    return EngineError(
+        f"the Docker engine at {engine_address()} failed while {doing}: {str(explanation).splitlines()[0]}"
+    )
 
 
 def _template_env(spec_dir: Path):
@@ -844,7 +863,9 @@ def _template_line(tb, spec_dir: Path, default: str) -> str:
     return where
 
 
-def _render_files(spec: IntegrationSpec, container: ContainerSpec, context: dict, out_dir: Path) -> list[tuple[Path, str]]:
+def _render_files(
+    spec: IntegrationSpec, container: ContainerSpec, context: dict, out_dir: Path
+) -> list[tuple[Path, str]]:
     """Render a container's files; return (host file, container path) pairs to mount."""
     import jinja2
 
@@ -856,13 +877,17 @@ def _render_files(spec: IntegrationSpec, container: ContainerSpec, context: dict
         try:
             text = env.get_template(mount.template).render(context)
         except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(f"{exc.filename or source}:{exc.lineno}: template syntax error: {exc.message}") from None
+            raise TemplateError(
+                f"{exc.filename or source}:{exc.lineno}: template syntax error: {exc.message}"
+            ) from None
         except jinja2.TemplateNotFound as exc:
             line = _template_line(exc.__traceback__, spec_dir, str(source))
             raise TemplateError(f"{line}: includes '{exc.name}', which is not beside {spec.path}") from None
         except jinja2.UndefinedError as exc:
             line = _template_line(exc.__traceback__, spec_dir, str(source))
-            raise TemplateError(f"{line}: {exc.message} (define it under 'variables:' in {spec.path.name} or ccp.yaml)") from None
+            raise TemplateError(
+                f"{line}: {exc.message} (define it under 'variables:' in {spec.path.name} or ccp.yaml)"
+            ) from None
         except Exception as exc:  # a filter raised: still the template's fault
             line = _template_line(exc.__traceback__, spec_dir, str(source))
             raise TemplateError(f"{line}: {type(exc).__name__}: {exc}") from None
@@ -885,7 +910,12 @@ def _make_tls(tls: TlsSettings, out_dir: Path) -> str:
     cert = b"".join(pem.bytes() for pem in leaf.cert_chain_pems)
     key = leaf.private_key_pem.bytes()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, data in (("cert.pem", cert), ("key.pem", key), ("ca.pem", ca.cert_pem.bytes()), ("bundle.pem", cert + key)):
+    for name, data in (
+        ("cert.pem", cert),
+        ("key.pem", key),
+        ("ca.pem", ca.cert_pem.bytes()),
+        ("bundle.pem", cert + key),
+    ):
         target = out_dir / name
         target.write_bytes(data)
         # Readable by whatever user the service drops to; the key is thrown away with the run.
@@ -899,7 +929,9 @@ def _start(run: _Run, container: ContainerSpec, ref: str, mounts: list[tuple[Pat
     client = run.client
     binds = {str(host): {"bind": target, "mode": "ro"} for host, target in mounts}
     host_config = client.create_host_config(binds=binds)
-    networking = client.create_networking_config({run.network: client.create_endpoint_config(aliases=[container.alias])})
+    networking = client.create_networking_config(
+        {run.network: client.create_endpoint_config(aliases=[container.alias])}
+    )
     try:
         created = client.create_container(
             image=ref,
@@ -914,7 +946,9 @@ def _start(run: _Run, container: ContainerSpec, ref: str, mounts: list[tuple[Pat
             networking_config=networking,
         )
     except (ImageNotFound, NotFound):
-        raise EngineError(f"image '{container.image or run.image}' ({ref}) is not in the engine; build it first") from None
+        raise EngineError(
+            f"image '{container.image or run.image}' ({ref}) is not in the engine; build it first"
+        ) from None
     started = _Started(container, ref, created["Id"])
     run.started.append(started)  # before start: a failed start is still removed
     client.start(created["Id"])
@@ -930,7 +964,7 @@ def _can_connect(ip: str, port: int, timeout: float = 1.0) -> str | None:
             return None
     except ConnectionRefusedError:
         return "refuses connections"
-    except socket.timeout:
+    except TimeoutError:
         return "does not answer"
     except OSError as exc:
         return exc.strerror or str(exc)
@@ -955,7 +989,11 @@ def _wait_ready(run: _Run, started: _Started) -> CheckResult:
     while True:
         state = run.client.inspect_container(started.container_id)["State"]
         if not state.get("Running"):
-            how = "was killed for lack of memory" if state.get("OOMKilled") else f"exited with code {state.get('ExitCode')}"
+            how = (
+                "was killed for lack of memory"
+                if state.get("OOMKilled")
+                else f"exited with code {state.get('ExitCode')}"
+            )
             message = f"{container.alias} {how} before it was ready"
             return CheckResult(name, "ready", False, message, round(time.monotonic() - begin, 2))
         waiting, closed = [], []
@@ -1058,8 +1096,9 @@ def _is_loopback(address: str) -> bool:
     return ipaddress.ip_address(address).is_loopback
 
 
-def port_problem(port: int, addresses: Collection[str] | None, ip: str, *, absent: str, loopback: str,
-                 unreachable: str = "") -> str:
+def port_problem(
+    port: int, addresses: Collection[str] | None, ip: str, *, absent: str, loopback: str, unreachable: str = ""
+) -> str:
     """What is wrong with `port`, which a container declares and listens on at
     `addresses` (None: it does not listen on it), seen from this host at `ip`:
     `absent`, `loopback` (it listens on loopback addresses only), or
@@ -1072,8 +1111,15 @@ def port_problem(port: int, addresses: Collection[str] | None, ip: str, *, absen
     return f"{unreachable}{ip}:{port} {problem} from this host" if problem else ""
 
 
-def port_results(ports: Collection[int], local_ports: Collection[int], listening: dict[int, set[str]], ip: str,
-                 detail: str, *, outside: str = "other containers cannot reach") -> list[CheckResult]:
+def port_results(
+    ports: Collection[int],
+    local_ports: Collection[int],
+    listening: dict[int, set[str]],
+    ip: str,
+    detail: str,
+    *,
+    outside: str = "other containers cannot reach",
+) -> list[CheckResult]:
     """The port checks of a running container listening on `listening` (port ->
     addresses), at `ip`: each of `ports` listened on and reachable from this
     host, each of `local_ports` listened on, and no port the config does not
@@ -1083,7 +1129,9 @@ def port_results(ports: Collection[int], local_ports: Collection[int], listening
     for port in ports:
         addresses = listening.get(port)
         message = port_problem(
-            port, addresses, ip,
+            port,
+            addresses,
+            ip,
             absent=f"does not listen on {port} (listens on {shown})",
             loopback=f"listens on {port} on {', '.join(sorted(addresses or ()))} only, which {outside}",
             unreachable=f"listens on {port} but ",
@@ -1092,7 +1140,9 @@ def port_results(ports: Collection[int], local_ports: Collection[int], listening
     for port in local_ports:
         addresses = listening.get(port)
         message = "" if addresses else f"does not listen on {port} (listens on {shown})"
-        results.append(CheckResult(f"port {port} (local)", "port", not message, message, detail=detail if message else ""))
+        results.append(
+            CheckResult(f"port {port} (local)", "port", not message, message, detail=detail if message else "")
+        )
     named = set(ports) | set(local_ports)
     for port in sorted(set(listening) - named):
         message = f"listens on {port}, which the config does not name"
@@ -1107,7 +1157,9 @@ def _port_checks(run: _Run, started: _Started) -> list[CheckResult]:
         listening = _listening(run, started)
     except OSError as exc:
         return [CheckResult(f"port {p}", "port", False, str(exc)) for p in container.ports or ()]
-    detail = "listening: " + (", ".join(f"{p} on {', '.join(sorted(a))}" for p, a in sorted(listening.items())) or "nothing")
+    detail = "listening: " + (
+        ", ".join(f"{p} on {', '.join(sorted(a))}" for p, a in sorted(listening.items())) or "nothing"
+    )
     results = port_results(container.ports or (), container.local_ports, listening, started.ip, detail)
     seconds = round(time.monotonic() - begin, 2)
     for result in results:
@@ -1135,7 +1187,7 @@ def _connect_retrying(ip: str, port: int, deadline: float) -> socket.socket:
     while True:
         try:
             return socket.create_connection((ip, port), timeout=max(1.0, min(5.0, deadline - time.monotonic())))
-        except (ConnectionRefusedError, ConnectionResetError, socket.timeout):
+        except (TimeoutError, ConnectionRefusedError, ConnectionResetError):
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.2)
@@ -1204,12 +1256,14 @@ def _http_request(run: _Run, ip: str, check: HttpCheck):
         body = check.body.encode()
     context = _verifying_context(run) if check.tls else None
     while True:
-        connection = _HttpConnection(ip, check.port, check.hostname, max(1.0, min(5.0, deadline - time.monotonic())), context)
+        connection = _HttpConnection(
+            ip, check.port, check.hostname, max(1.0, min(5.0, deadline - time.monotonic())), context
+        )
         try:
             connection.request(check.method, check.path, body=body, headers=headers)
             response = connection.getresponse()
             answer = (response.status, response.reason, response.getheaders(), response.read())
-        except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected, socket.timeout):
+        except (TimeoutError, ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected):
             if time.monotonic() >= deadline:
                 raise
             time.sleep(0.2)
@@ -1289,7 +1343,7 @@ def _read_answer(sock: socket.socket, expect: re.Pattern | None, deadline: float
         sock.settimeout(min(deadline - now, SEND_QUIET_SECONDS) if chunks else deadline - now)
         try:
             chunk = sock.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             return b"".join(chunks), "quiet" if chunks else "timeout"
         except ConnectionResetError:
             return b"".join(chunks), "reset"
@@ -1326,7 +1380,9 @@ def _check_send(run: _Run, check: Check) -> CheckResult:
                 "timeout": f"no answer within {spec.timeout:g}s",
                 "closed": "the connection closed without an answer",
             }.get(ended, "no answer")
-            return CheckResult(check.name, "send", False, f"expected an answer matching {_short(spec.expect, 200)}, got {how}")
+            return CheckResult(
+                check.name, "send", False, f"expected an answer matching {_short(spec.expect, 200)}, got {how}"
+            )
         message = f"answer does not match {_short(spec.expect, 200)}: got {_short(text)}"
         return CheckResult(check.name, "send", False, message, detail=text[:2000])
     if check.regression:
@@ -1404,8 +1460,16 @@ def _check_tls(run: _Run, check: Check) -> list[CheckResult]:
                 problems.append(f"certificate subject {key} {found}, expected {want!r}")
         if spec.san is not None and sorted(set(names)) != sorted(set(spec.san)):
             problems.append(f"certificate names are {', '.join(names) or 'none'}, expected {', '.join(spec.san)}")
-    results.append(CheckResult(f"{check.name}: handshake", "tls", not problems, "; ".join(problems),
-                               round(time.monotonic() - begin, 2), detail if problems else ""))
+    results.append(
+        CheckResult(
+            f"{check.name}: handshake",
+            "tls",
+            not problems,
+            "; ".join(problems),
+            round(time.monotonic() - begin, 2),
+            detail if problems else "",
+        )
+    )
 
     # floor: a client that cannot reach the floor must be turned away by the server
     begin = time.monotonic()
@@ -1418,7 +1482,7 @@ def _check_tls(run: _Run, check: Check) -> list[CheckResult]:
     except ssl.SSLError as exc:
         if exc.reason in ("NO_CIPHERS_AVAILABLE", "NO_PROTOCOLS_AVAILABLE") and "ALERT" not in str(exc):
             message = f"this host's OpenSSL cannot offer {below}, so the floor was not checked ({exc.reason})"
-    except (ConnectionResetError, BrokenPipeError, socket.timeout):
+    except (TimeoutError, ConnectionResetError, BrokenPipeError):
         pass  # hung up on the old client: refused
     except OSError as exc:
         message = f"cannot connect to {ip}:{spec.port}: {exc.strerror or exc}"
@@ -1438,8 +1502,16 @@ def _check_tls(run: _Run, check: Check) -> list[CheckResult]:
         except OSError as exc:
             if not isinstance(exc, (ConnectionResetError, BrokenPipeError)):
                 message = f"cannot connect to {ip}:{spec.port}: {exc.strerror or exc}"
-        results.append(CheckResult(f"{check.name}: plaintext", "tls", not message, message,
-                                   round(time.monotonic() - begin, 2), detail if message else ""))
+        results.append(
+            CheckResult(
+                f"{check.name}: plaintext",
+                "tls",
+                not message,
+                message,
+                round(time.monotonic() - begin, 2),
+                detail if message else "",
+            )
+        )
     return results
 
 
@@ -1519,8 +1591,12 @@ def _regression(run: _Run, check: Check, answer: dict) -> CheckResult:
     run.answers[check.name] = answer
     previous = run.recorded.get(check.name)
     if previous is None:
-        return CheckResult(check.name, check.kind, True,
-                           detail="no answer recorded yet: this one is recorded if every check of the run passes")
+        return CheckResult(
+            check.name,
+            check.kind,
+            True,
+            detail="no answer recorded yet: this one is recorded if every check of the run passes",
+        )
     old, new = _normalized(previous, check.ignore, check.mask), _normalized(answer, check.ignore, check.mask)
     differences = []
     if old.get("status") != new.get("status"):
@@ -1535,7 +1611,9 @@ def _regression(run: _Run, check: Check, answer: dict) -> CheckResult:
         return CheckResult(check.name, check.kind, True)
     more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
     return CheckResult(
-        check.name, check.kind, False,
+        check.name,
+        check.kind,
+        False,
         f"answer differs from the last passing run: {differences[0]}{more}",
         detail="\n".join(differences[:30]),
     )
@@ -1598,7 +1676,9 @@ def _write_logs(run: _Run, results: list[CheckResult], log_path: Path) -> None:
     for started, status, text in logs:
         alias = started.spec.alias or run.image
         tail = _tail(text)
-        tails.append(f"--- last lines of {alias}'s log ({status}):" if tail else f"--- {alias}'s log is empty ({status})")
+        tails.append(
+            f"--- last lines of {alias}'s log ({status}):" if tail else f"--- {alias}'s log is empty ({status})"
+        )
         tails.extend(f"    {line}" for line in tail)
     tails.append(f"full logs: {log_path}")
     for result in failed:
@@ -1642,7 +1722,9 @@ def run_spec(
     _require_local_engine()
     for alias in (s.alias for s in spec.services):
         if alias == image:
-            raise ConfigError(f"{spec.path}: services.{alias}: the image under test already has the host name '{image}'")
+            raise ConfigError(
+                f"{spec.path}: services.{alias}: the image under test already has the host name '{image}'"
+            )
     missing = [name for name in (image, *service_images(spec)) if name not in refs]
     if missing:
         raise CcpError(f"integration run of '{image}': no image reference given for '{missing[0]}'")

@@ -107,17 +107,18 @@ import shutil
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Collection
+from typing import TYPE_CHECKING, Any
 
 from ccp_tasks.checks.records import CheckResult
+from ccp_tasks.core.errors import CcpError, ConfigError, EngineError
+from ccp_tasks.core.state import read_regular_file
 from ccp_tasks.engine.leftovers import ROLE_LABEL
 from ccp_tasks.model.config import load_yaml_all
-from ccp_tasks.core.errors import CcpError, ConfigError, EngineError
 from ccp_tasks.model.render import POD_TEMPLATE
-from ccp_tasks.core.state import read_regular_file
 
 # podrun (and the http, ssl and thread machinery it brings) is imported where it
 # is used: task generation only needs pod_inputs(), and a no-op run stays cheap.
@@ -172,7 +173,9 @@ def load_documents(text: str, source: str) -> list[dict]:
         raise ConfigError(f"{source}{place}: malformed YAML (as rendered): {problem}") from None
     for index, doc in enumerate(documents):
         if not isinstance(doc, dict):
-            raise ConfigError(f"{source}: document {index + 1}: expected a Kubernetes object (a mapping), got {type(doc).__name__}")
+            raise ConfigError(
+                f"{source}: document {index + 1}: expected a Kubernetes object (a mapping), got {type(doc).__name__}"
+            )
         for key in ("apiVersion", "kind"):
             if not isinstance(doc.get(key), str) or not doc.get(key):
                 raise ConfigError(f"{source}: document {index + 1}: missing '{key}'")
@@ -191,7 +194,9 @@ def pod_source(documents: list[dict], source: str) -> PodSource:
     workloads = [doc for doc in documents if doc.get("kind") in WORKLOADS]
     if len(workloads) != 1:
         found = ", ".join(describe(doc) for doc in workloads) or "none"
-        raise ConfigError(f"{source}: expected exactly one Pod, Deployment, StatefulSet, ReplicaSet or DaemonSet, found {found}")
+        raise ConfigError(
+            f"{source}: expected exactly one Pod, Deployment, StatefulSet, ReplicaSet or DaemonSet, found {found}"
+        )
     workload = workloads[0]
     path = WORKLOADS[workload["kind"]]
     spec = workload
@@ -200,7 +205,10 @@ def pod_source(documents: list[dict], source: str) -> PodSource:
     if workload["kind"] == "Pod":
         metadata = dict(workload.get("metadata") or {})
     else:
-        metadata = {**(workload.get("metadata") or {}), **((workload.get("spec") or {}).get("template") or {}).get("metadata", {})}
+        metadata = {
+            **(workload.get("metadata") or {}),
+            **((workload.get("spec") or {}).get("template") or {}).get("metadata", {}),
+        }
         metadata["name"] = (workload.get("metadata") or {}).get("name", "pod")
     config_maps = {(d.get("metadata") or {}).get("name"): d for d in documents if d.get("kind") == "ConfigMap"}
     secrets = {(d.get("metadata") or {}).get("name"): d for d in documents if d.get("kind") == "Secret"}
@@ -218,7 +226,7 @@ def pod_source(documents: list[dict], source: str) -> PodSource:
 # Schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def _schema_dir(version: str) -> str:
     from kubernetes_validate import utils
 
@@ -228,11 +236,13 @@ def _schema_dir(version: str) -> str:
     matching = [v for v in versions if utils.major_minor(v) == minor]
     if not matching:
         known = ", ".join(utils.major_minor(v) for v in versions)
-        raise ConfigError(f"kube.kubernetes_version: no schema for Kubernetes {version} in kubernetes-validate (it has {known})")
+        raise ConfigError(
+            f"kube.kubernetes_version: no schema for Kubernetes {version} in kubernetes-validate (it has {known})"
+        )
     return f"kubernetes-json-schema/v{matching[-1]}-local-strict"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _registry(version: str):
     from kubernetes_validate import utils
     from referencing import Registry, Resource
@@ -241,7 +251,7 @@ def _registry(version: str):
     return Resource.from_contents(definitions) @ Registry()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(version: str, kind: str, api_version: str):
     import jsonschema
     from kubernetes_validate import utils
@@ -263,8 +273,14 @@ def field_path(parts) -> str:
     return out
 
 
-_TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
-               "object": "a mapping", "array": "a list"}
+_TYPE_NAMES = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+}
 
 
 def _expected(types) -> str:
@@ -282,7 +298,10 @@ def _show(value) -> str:
 
 def _schema_messages(error) -> list[str]:
     path = field_path(error.absolute_path)
-    at = (lambda key: f"{path}.{key}" if path else key)
+
+    def at(key: str) -> str:
+        return f"{path}.{key}" if path else key
+
     validator = error.validator
     if validator == "additionalProperties":
         known = list((error.schema.get("properties") or {}).keys())
@@ -306,7 +325,9 @@ def _schema_messages(error) -> list[str]:
                 types.extend([kinds] if isinstance(kinds, str) else kinds)
         return [f"{path}: expected {_expected(dict.fromkeys(types))}, got {_show(error.instance)}"]
     if validator == "enum":
-        return [f"{path}: must be {' or '.join(str(v) for v in error.validator_value if v is not None)}, got {_show(error.instance)}"]
+        return [
+            f"{path}: must be {' or '.join(str(v) for v in error.validator_value if v is not None)}, got {_show(error.instance)}"
+        ]
     return [f"{path or '(document)'}: {error.message}"]
 
 
@@ -316,8 +337,10 @@ def schema_problems(documents: list[dict], version: str) -> list[str]:
     for doc in documents:
         validator = _validator(version, doc["kind"], doc["apiVersion"])
         if validator is None:
-            problems.append(f"{describe(doc)}: no schema for kind {doc['kind']} in apiVersion {doc['apiVersion']} "
-                            f"(Kubernetes {version})")
+            problems.append(
+                f"{describe(doc)}: no schema for kind {doc['kind']} in apiVersion {doc['apiVersion']} "
+                f"(Kubernetes {version})"
+            )
             continue
         messages = []
         for error in validator.iter_errors(doc):
@@ -339,20 +362,50 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _IANA_SVC = re.compile(r"^(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _VOLUME_SOURCES = (
-    "awsElasticBlockStore", "azureDisk", "azureFile", "cephfs", "cinder", "configMap", "csi", "downwardAPI",
-    "emptyDir", "ephemeral", "fc", "flexVolume", "flocker", "gcePersistentDisk", "gitRepo", "glusterfs", "hostPath",
-    "image", "iscsi", "nfs", "persistentVolumeClaim", "photonPersistentDisk", "portworxVolume", "projected", "quobyte",
-    "rbd", "scaleIO", "secret", "storageos", "vsphereVolume",
+    "awsElasticBlockStore",
+    "azureDisk",
+    "azureFile",
+    "cephfs",
+    "cinder",
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "fc",
+    "flexVolume",
+    "flocker",
+    "gcePersistentDisk",
+    "gitRepo",
+    "glusterfs",
+    "hostPath",
+    "image",
+    "iscsi",
+    "nfs",
+    "persistentVolumeClaim",
+    "photonPersistentDisk",
+    "portworxVolume",
+    "projected",
+    "quobyte",
+    "rbd",
+    "scaleIO",
+    "secret",
+    "storageos",
+    "vsphereVolume",
 )
 _HANDLERS = ("exec", "httpGet", "tcpSocket", "grpc")
 
 
 def _handler_problems(data: dict, where: str, probe: bool) -> list[str]:
     problems = []
-    handlers = [h for h in (_HANDLERS if probe else ("exec", "httpGet", "tcpSocket", "sleep")) if data.get(h) is not None]
+    handlers = [
+        h for h in (_HANDLERS if probe else ("exec", "httpGet", "tcpSocket", "sleep")) if data.get(h) is not None
+    ]
     if len(handlers) != 1:
-        problems.append(f"{where}: needs exactly one handler ({', '.join(_HANDLERS if probe else ('exec', 'httpGet', 'tcpSocket', 'sleep'))}), found "
-                        f"{' and '.join(handlers) or 'none'}")
+        problems.append(
+            f"{where}: needs exactly one handler ({', '.join(_HANDLERS if probe else ('exec', 'httpGet', 'tcpSocket', 'sleep'))}), found "
+            f"{' and '.join(handlers) or 'none'}"
+        )
     get = data.get("httpGet") or {}
     if get.get("scheme") not in (None, "HTTP", "HTTPS"):
         problems.append(f"{where}.httpGet.scheme: must be HTTP or HTTPS, got {_show(get['scheme'])}")
@@ -393,7 +446,9 @@ def api_problems(documents: list[dict], pod: PodSource) -> list[str]:
         if not name:
             document_problems.append(f"{describe(doc)}: metadata.name: required field is missing")
         elif not _DNS_SUBDOMAIN.match(str(name)) or len(str(name)) > 253:
-            document_problems.append(f"{describe(doc)}: metadata.name: {_show(name)} is not a valid name (lowercase letters, digits, '-' and '.')")
+            document_problems.append(
+                f"{describe(doc)}: metadata.name: {_show(name)} is not a valid name (lowercase letters, digits, '-' and '.')"
+            )
         if doc.get("kind") == "Secret":
             import base64
             import binascii
@@ -402,7 +457,9 @@ def api_problems(documents: list[dict], pod: PodSource) -> list[str]:
                 try:
                     base64.b64decode(str(value), validate=True)
                 except (binascii.Error, ValueError):
-                    document_problems.append(f"{describe(doc)}: data.{key}: not valid base64 (use stringData for plain text)")
+                    document_problems.append(
+                        f"{describe(doc)}: data.{key}: not valid base64 (use stringData for plain text)"
+                    )
     workload = next(doc for doc in documents if doc.get("kind") in WORKLOADS)
     owner = describe(workload)
     problems: list[str] = []
@@ -441,7 +498,9 @@ def api_problems(documents: list[dict], pod: PodSource) -> list[str]:
             problems.append(f"{path}.name: '{cname}' names {container_names[cname]} too")
         container_names.setdefault(cname, path.split(".")[-1])
         if container.get("imagePullPolicy") not in (None, "Always", "IfNotPresent", "Never"):
-            problems.append(f"{path}.imagePullPolicy: must be Always, IfNotPresent or Never, got {_show(container['imagePullPolicy'])}")
+            problems.append(
+                f"{path}.imagePullPolicy: must be Always, IfNotPresent or Never, got {_show(container['imagePullPolicy'])}"
+            )
         if container.get("restartPolicy") is not None and (not init or container["restartPolicy"] != "Always"):
             problems.append(f"{path}.restartPolicy: only an init container may set it, and only to Always (a sidecar)")
         port_names: set[str] = set()
@@ -460,8 +519,10 @@ def api_problems(documents: list[dict], pod: PodSource) -> list[str]:
             pname = port.get("name")
             if pname is not None:
                 if not _IANA_SVC.match(str(pname)) or len(str(pname)) > 15:
-                    problems.append(f"{where}.name: {_show(pname)} is not a valid port name "
-                                    "(at most 15 lowercase letters, digits and '-', with a letter)")
+                    problems.append(
+                        f"{where}.name: {_show(pname)} is not a valid port name "
+                        "(at most 15 lowercase letters, digits and '-', with a letter)"
+                    )
                 if pname in port_names:
                     problems.append(f"{where}.name: '{pname}' is declared twice")
                 port_names.add(pname)
@@ -490,8 +551,13 @@ def api_problems(documents: list[dict], pod: PodSource) -> list[str]:
             problems.extend(_handler_problems(probe, where, probe=True))
             if kind != "readinessProbe" and probe.get("successThreshold") not in (None, 1):
                 problems.append(f"{where}.successThreshold: must be 1, got {_show(probe['successThreshold'])}")
-            for key, least in (("periodSeconds", 1), ("timeoutSeconds", 1), ("failureThreshold", 1),
-                               ("successThreshold", 1), ("initialDelaySeconds", 0)):
+            for key, least in (
+                ("periodSeconds", 1),
+                ("timeoutSeconds", 1),
+                ("failureThreshold", 1),
+                ("successThreshold", 1),
+                ("initialDelaySeconds", 0),
+            ):
                 value = probe.get(key)
                 if isinstance(value, int) and value < least:
                     problems.append(f"{where}.{key}: must be at least {least}, got {value}")
@@ -509,9 +575,15 @@ def api_problems(documents: list[dict], pod: PodSource) -> list[str]:
                 problems.append(f"{where}: give value or valueFrom, not both")
             source = item.get("valueFrom")
             if source is not None:
-                kinds = [k for k in ("configMapKeyRef", "secretKeyRef", "fieldRef", "resourceFieldRef") if source.get(k) is not None]
+                kinds = [
+                    k
+                    for k in ("configMapKeyRef", "secretKeyRef", "fieldRef", "resourceFieldRef")
+                    if source.get(k) is not None
+                ]
                 if len(kinds) != 1:
-                    problems.append(f"{where}.valueFrom: needs exactly one source, found {' and '.join(kinds) or 'none'}")
+                    problems.append(
+                        f"{where}.valueFrom: needs exactly one source, found {' and '.join(kinds) or 'none'}"
+                    )
             env_names.add(ename)
         for index, item in enumerate(container.get("envFrom") or []):
             kinds = [k for k in ("configMapRef", "secretRef") if item.get(k) is not None]
@@ -527,21 +599,27 @@ def runnable_problems(pod: PodSource) -> list[str]:
 
     problems = []
     spec, sp = pod.spec, pod.spec_path
-    for key, why in (("hostNetwork", "the pod gets a network namespace of its own"),
-                     ("hostPID", "the pod does not see the host's processes"),
-                     ("hostIPC", "the pod does not share the host's IPC namespace")):
+    for key, why in (
+        ("hostNetwork", "the pod gets a network namespace of its own"),
+        ("hostPID", "the pod does not see the host's processes"),
+        ("hostIPC", "the pod does not share the host's IPC namespace"),
+    ):
         if spec.get(key):
             problems.append(f"{sp}.{key}: true cannot be run here ({why})")
     for index, volume in enumerate(spec.get("volumes") or []):
         kinds = [key for key in _VOLUME_SOURCES if volume.get(key) is not None]
         for kind in kinds:
             if kind not in SUPPORTED_VOLUMES:
-                problems.append(f"{sp}.volumes[{index}]: {kind} volumes cannot be run here (supported: {', '.join(SUPPORTED_VOLUMES)})")
+                problems.append(
+                    f"{sp}.volumes[{index}]: {kind} volumes cannot be run here (supported: {', '.join(SUPPORTED_VOLUMES)})"
+                )
         for part_index, part in enumerate((volume.get("projected") or {}).get("sources") or []):
             for kind in part:
                 if kind not in ("configMap", "secret", "downwardAPI"):
                     problems.append(f"{sp}.volumes[{index}].projected.sources[{part_index}]: {kind} cannot be run here")
-    memory_volumes = {v.get("name") for v in spec.get("volumes") or [] if (v.get("emptyDir") or {}).get("medium") == "Memory"}
+    memory_volumes = {
+        v.get("name") for v in spec.get("volumes") or [] if (v.get("emptyDir") or {}).get("medium") == "Memory"
+    }
     for path, container, _init in pod.all_containers():
         for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
             if (container.get(kind) or {}).get("grpc") is not None:
@@ -553,7 +631,9 @@ def runnable_problems(pod: PodSource) -> list[str]:
                     problems.append(f"{path}.lifecycle.{hook}.{kind}: cannot be run here")
         for index, mount in enumerate(container.get("volumeMounts") or []):
             if mount.get("name") in memory_volumes and (mount.get("subPath") or mount.get("subPathExpr")):
-                problems.append(f"{path}.volumeMounts[{index}].subPath: not supported on a medium: Memory emptyDir here")
+                problems.append(
+                    f"{path}.volumeMounts[{index}].subPath: not supported on a medium: Memory emptyDir here"
+                )
             if mount.get("mountPropagation") not in (None, "None"):
                 problems.append(f"{path}.volumeMounts[{index}].mountPropagation: cannot be run here")
         for index, item in enumerate(container.get("env") or []):
@@ -563,8 +643,17 @@ def runnable_problems(pod: PodSource) -> list[str]:
     return problems
 
 
-_FIELD_REFS = ("metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName", "spec.serviceAccountName",
-               "status.podIP", "status.podIPs", "status.hostIP", "status.hostIPs")
+_FIELD_REFS = (
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+    "status.podIP",
+    "status.podIPs",
+    "status.hostIP",
+    "status.hostIPs",
+)
 
 
 # ---------------------------------------------------------------------------
@@ -594,7 +683,10 @@ class ImageFiles:
 
         if self._container is None:
             created = self.client.create_container(
-                self.ref, entrypoint=["/ccp-kube-never-started"], command=[], labels={**self.labels, ROLE_LABEL: "inspect"},
+                self.ref,
+                entrypoint=["/ccp-kube-never-started"],
+                command=[],
+                labels={**self.labels, ROLE_LABEL: "inspect"},
                 use_config_proxy=False,
             )
             self._container = created["Id"]
@@ -633,7 +725,9 @@ class ImageFiles:
                 break
             if member.issym():
                 target = member.linkname
-                path = posixpath.normpath(target if target.startswith("/") else posixpath.join(posixpath.dirname(path), target))
+                path = posixpath.normpath(
+                    target if target.startswith("/") else posixpath.join(posixpath.dirname(path), target)
+                )
                 continue
             kind = "dir" if member.isdir() else "file" if member.isfile() or member.islnk() else "other"
             info = FileInfo(path, kind, member.mode & 0o7777)
@@ -748,10 +842,14 @@ def image_problems(ctx: PodContext) -> list[str]:
             continue
         close = difflib.get_close_matches(ref, [*tree, *ctx.cfg.external_images], n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        problems.append(f"{path}.image: '{ref}' is neither an image of the tree nor listed in external_images{hint} "
-                        "(write {{ image('name') }})")
+        problems.append(
+            f"{path}.image: '{ref}' is neither an image of the tree nor listed in external_images{hint} "
+            "(write {{ image('name') }})"
+        )
     if ctx.main is None:
-        problems.append(f"{ctx.source.spec_path}.containers: no container runs {ctx.cfg.image_ref(ctx.image)}, the image under test")
+        problems.append(
+            f"{ctx.source.spec_path}.containers: no container runs {ctx.cfg.image_ref(ctx.image)}, the image under test"
+        )
     return problems
 
 
@@ -763,8 +861,11 @@ def reference_problems(ctx: PodContext) -> list[str]:
     provided = {ctx.tls_secret()} - {None}
 
     def look(kind: str, name, where: str, optional: bool, keys: list[tuple[str, str]] = ()):
-        data = config_map_data(source, name) if kind == "ConfigMap" else (
-            None if name in provided else secret_data(source, name))
+        data = (
+            config_map_data(source, name)
+            if kind == "ConfigMap"
+            else (None if name in provided else secret_data(source, name))
+        )
         if name in provided:
             return
         if data is None:
@@ -773,27 +874,40 @@ def reference_problems(ctx: PodContext) -> list[str]:
             return
         for key, at in keys:
             if key not in data and not optional:
-                problems.append(f"{at}: {kind} '{name}' has no key '{key}' (it has {', '.join(sorted(data)) or 'none'})")
+                problems.append(
+                    f"{at}: {kind} '{name}' has no key '{key}' (it has {', '.join(sorted(data)) or 'none'})"
+                )
 
     for index, volume in enumerate(source.spec.get("volumes") or []):
         where = f"{sp}.volumes[{index}]"
-        parts = [(volume, where)] + [(part, f"{where}.projected.sources[{i}]")
-                                      for i, part in enumerate((volume.get("projected") or {}).get("sources") or [])]
+        parts = [(volume, where)] + [
+            (part, f"{where}.projected.sources[{i}]")
+            for i, part in enumerate((volume.get("projected") or {}).get("sources") or [])
+        ]
         for part, at in parts:
             if part.get("configMap") is not None:
                 ref = part["configMap"]
-                keys = [(item.get("key"), f"{at}.configMap.items[{i}].key") for i, item in enumerate(ref.get("items") or [])]
+                keys = [
+                    (item.get("key"), f"{at}.configMap.items[{i}].key") for i, item in enumerate(ref.get("items") or [])
+                ]
                 look("ConfigMap", ref.get("name"), f"{at}.configMap.name", bool(ref.get("optional")), keys)
             if part.get("secret") is not None:
                 ref = part["secret"]
                 name = ref.get("secretName", ref.get("name"))
-                keys = [(item.get("key"), f"{at}.secret.items[{i}].key") for i, item in enumerate(ref.get("items") or [])]
+                keys = [
+                    (item.get("key"), f"{at}.secret.items[{i}].key") for i, item in enumerate(ref.get("items") or [])
+                ]
                 look("Secret", name, f"{at}.secret.secretName", bool(ref.get("optional")), keys)
     for path, container, _init in source.all_containers():
         for index, item in enumerate(container.get("envFrom") or []):
             if item.get("configMapRef") is not None:
                 ref = item["configMapRef"]
-                look("ConfigMap", ref.get("name"), f"{path}.envFrom[{index}].configMapRef.name", bool(ref.get("optional")))
+                look(
+                    "ConfigMap",
+                    ref.get("name"),
+                    f"{path}.envFrom[{index}].configMapRef.name",
+                    bool(ref.get("optional")),
+                )
             if item.get("secretRef") is not None:
                 ref = item["secretRef"]
                 look("Secret", ref.get("name"), f"{path}.envFrom[{index}].secretRef.name", bool(ref.get("optional")))
@@ -803,7 +917,9 @@ def reference_problems(ctx: PodContext) -> list[str]:
                 if value_from.get(key) is not None:
                     ref = value_from[key]
                     at = f"{path}.env[{index}].valueFrom.{key}"
-                    look(kind, ref.get("name"), f"{at}.name", bool(ref.get("optional")), [(ref.get("key"), f"{at}.key")])
+                    look(
+                        kind, ref.get("name"), f"{at}.name", bool(ref.get("optional")), [(ref.get("key"), f"{at}.key")]
+                    )
     return problems
 
 
@@ -820,8 +936,10 @@ def port_problems(ctx: PodContext) -> list[str]:
         spec = ctx.spec if is_main else ctx.sidecar_specs.get(image) if image and image != ctx.image else None
         if spec is None:
             if is_main and _tcp_ports(container):
-                problems.append(f"{path}.ports: declares {', '.join(map(str, _tcp_ports(container)))}, but '{ctx.image}' "
-                                "has no integration.yaml saying what it listens on")
+                problems.append(
+                    f"{path}.ports: declares {', '.join(map(str, _tcp_ports(container)))}, but '{ctx.image}' "
+                    "has no integration.yaml saying what it listens on"
+                )
             continue
         expected = set(spec.container.ports or ())
         local = set(spec.container.local_ports)
@@ -832,8 +950,10 @@ def port_problems(ctx: PodContext) -> list[str]:
                 continue
             where = f"{path}.ports[{index}].containerPort"
             if number in local:
-                problems.append(f"{where}: {number} listens on loopback only ({owner} local_ports), "
-                                "so no one outside the pod can reach it")
+                problems.append(
+                    f"{where}: {number} listens on loopback only ({owner} local_ports), "
+                    "so no one outside the pod can reach it"
+                )
             elif spec.container.ports is None:
                 problems.append(f"{where}: {number}, but {owner} does not say which ports it listens on (no 'ports')")
             elif number not in expected:
@@ -849,8 +969,13 @@ def probe_problems(ctx: PodContext) -> list[str]:
     for path, container, _init in ctx.source.all_containers():
         declared = {p.get("name"): p.get("containerPort") for p in container.get("ports") or []}
         numbers = set(declared.values())
-        places = [(f"{path}.{kind}", container.get(kind)) for kind in ("readinessProbe", "livenessProbe", "startupProbe")]
-        places += [(f"{path}.lifecycle.{hook}", ((container.get("lifecycle") or {}).get(hook))) for hook in ("postStart", "preStop")]
+        places = [
+            (f"{path}.{kind}", container.get(kind)) for kind in ("readinessProbe", "livenessProbe", "startupProbe")
+        ]
+        places += [
+            (f"{path}.lifecycle.{hook}", ((container.get("lifecycle") or {}).get(hook)))
+            for hook in ("postStart", "preStop")
+        ]
         for where, handler in places:
             if not handler:
                 continue
@@ -862,24 +987,37 @@ def probe_problems(ctx: PodContext) -> list[str]:
                 if isinstance(port, str):
                     if port not in declared:
                         names = ", ".join(n for n in declared if n) or "none"
-                        problems.append(f"{at}: '{port}' is not a port name of container {container.get('name')} (names: {names})")
+                        problems.append(
+                            f"{at}: '{port}' is not a port name of container {container.get('name')} (names: {names})"
+                        )
                         continue
                     port = declared[port]
                 elif port not in numbers:
                     listed = ", ".join(map(str, sorted(n for n in numbers if n))) or "none"
-                    problems.append(f"{at}: {port} is not a containerPort of container {container.get('name')} (declared: {listed})")
+                    problems.append(
+                        f"{at}: {port} is not a containerPort of container {container.get('name')} (declared: {listed})"
+                    )
                     continue
                 if main is not None and path == main[0] and port in local and not handler[kind].get("host"):
-                    problems.append(f"{at}: {port} listens on loopback only (integration.yaml local_ports), "
-                                    "and the kubelet connects to the pod's address")
+                    problems.append(
+                        f"{at}: {port} listens on loopback only (integration.yaml local_ports), "
+                        "and the kubelet connects to the pod's address"
+                    )
     return problems
 
 
 def _static_env(ctx: PodContext, container: dict) -> dict[str, str]:
     from ccp_tasks.checks.podrun import PodRun
 
-    runner = PodRun(None, ctx.source, lambda ref: ref, workdir=Path("/nonexistent"), labels={}, network="",
-                    secret_overrides={name: {} for name in {ctx.tls_secret()} - {None}})
+    runner = PodRun(
+        None,
+        ctx.source,
+        lambda ref: ref,
+        workdir=Path("/nonexistent"),
+        labels={},
+        network="",
+        secret_overrides={name: {} for name in {ctx.tls_secret()} - {None}},
+    )
     runner.ip, runner.uid = "0.0.0.0", "00000000-0000-0000-0000-000000000000"
     try:
         return runner.environment(container)
@@ -895,7 +1033,7 @@ def _under_mount(container: dict, path: str) -> bool:
     return False
 
 
-def command_problems(ctx: PodContext, files_for: Callable[[dict], "ImageFiles | None"]) -> list[str]:
+def command_problems(ctx: PodContext, files_for: Callable[[dict], ImageFiles | None]) -> list[str]:
     from ccp_tasks.checks.podrun import effective_argv
 
     problems = []
@@ -904,7 +1042,9 @@ def command_problems(ctx: PodContext, files_for: Callable[[dict], "ImageFiles | 
         if files is None:
             continue
         env = _static_env(ctx, container)
-        path_env = env.get("PATH") or next((e.split("=", 1)[1] for e in files.config.get("Env") or [] if e.startswith("PATH=")), "")
+        path_env = env.get("PATH") or next(
+            (e.split("=", 1)[1] for e in files.config.get("Env") or [] if e.startswith("PATH=")), ""
+        )
         workdir = container.get("workingDir") or files.config.get("WorkingDir") or "/"
         if container.get("command") or container.get("args"):
             argv = effective_argv(container, files.config, env)
@@ -914,21 +1054,34 @@ def command_problems(ctx: PodContext, files_for: Callable[[dict], "ImageFiles | 
             elif not _under_mount(container, argv[0] if argv[0].startswith("/") else "/-"):
                 _info, why = files.which(argv[0], path_env, workdir)
                 if why:
-                    origin = "" if container.get("command") or not files.config.get("Entrypoint") else " (the image's ENTRYPOINT)"
+                    origin = (
+                        ""
+                        if container.get("command") or not files.config.get("Entrypoint")
+                        else " (the image's ENTRYPOINT)"
+                    )
                     problems.append(f"{where}: {why}{origin}")
             words = [(f"{path}.command[{i}]", w) for i, w in enumerate(container.get("command") or [])]
             words += [(f"{path}.args[{i}]", w) for i, w in enumerate(container.get("args") or [])]
             for at, word in words:
                 word = str(word)
-                if (word.startswith("/") and word != (argv[0] if argv else None) and " " not in word
-                        and not (word + "/").startswith(UNCHECKED_PATH_PREFIXES) and not _under_mount(container, word)
-                        and "$(" not in word):
+                if (
+                    word.startswith("/")
+                    and word != (argv[0] if argv else None)
+                    and " " not in word
+                    and not (word + "/").startswith(UNCHECKED_PATH_PREFIXES)
+                    and not _under_mount(container, word)
+                    and "$(" not in word
+                ):
                     if files.stat(word) is None:
                         problems.append(f"{at}: {word} does not exist in the image")
-        handlers = [(f"{path}.{kind}.exec.command", (container.get(kind) or {}).get("exec"))
-                    for kind in ("readinessProbe", "livenessProbe", "startupProbe")]
-        handlers += [(f"{path}.lifecycle.{hook}.exec.command", ((container.get("lifecycle") or {}).get(hook) or {}).get("exec"))
-                     for hook in ("postStart", "preStop")]
+        handlers = [
+            (f"{path}.{kind}.exec.command", (container.get(kind) or {}).get("exec"))
+            for kind in ("readinessProbe", "livenessProbe", "startupProbe")
+        ]
+        handlers += [
+            (f"{path}.lifecycle.{hook}.exec.command", ((container.get("lifecycle") or {}).get(hook) or {}).get("exec"))
+            for hook in ("postStart", "preStop")
+        ]
         for at, handler in handlers:
             command = (handler or {}).get("command") or []
             if command and not _under_mount(container, str(command[0])):
@@ -942,10 +1095,12 @@ def _passwd(files: ImageFiles) -> list[list[str]] | None:
     data = files.read("/etc/passwd")
     if data is None:
         return None
-    return [line.split(":") for line in data.decode("utf-8", "replace").splitlines() if line and not line.startswith("#")]
+    return [
+        line.split(":") for line in data.decode("utf-8", "replace").splitlines() if line and not line.startswith("#")
+    ]
 
 
-def user_problems(ctx: PodContext, files_for: Callable[[dict], "ImageFiles | None"]) -> list[str]:
+def user_problems(ctx: PodContext, files_for: Callable[[dict], ImageFiles | None]) -> list[str]:
     from ccp_tasks.checks.podrun import PodRun
 
     problems = []
@@ -956,7 +1111,11 @@ def user_problems(ctx: PodContext, files_for: Callable[[dict], "ImageFiles | Non
         if files is None:
             continue
         security = {**pod_security, **(container.get("securityContext") or {})}
-        where_uid = f"{path}.securityContext.runAsUser" if "runAsUser" in (container.get("securityContext") or {}) else f"{sp}.securityContext.runAsUser"
+        where_uid = (
+            f"{path}.securityContext.runAsUser"
+            if "runAsUser" in (container.get("securityContext") or {})
+            else f"{sp}.securityContext.runAsUser"
+        )
         uid = security.get("runAsUser")
         image_user = (files.config.get("User") or "").split(":")[0]
         entries = None
@@ -973,7 +1132,11 @@ def user_problems(ctx: PodContext, files_for: Callable[[dict], "ImageFiles | Non
         runner = PodRun(None, ctx.source, lambda ref: ref, workdir=Path("/nonexistent"), labels={}, network="")
         why = runner.verify_non_root(container, files.config.get("User") or "")
         if why:
-            where = f"{path}.securityContext.runAsNonRoot" if "runAsNonRoot" in (container.get("securityContext") or {}) else f"{sp}.securityContext.runAsNonRoot"
+            where = (
+                f"{path}.securityContext.runAsNonRoot"
+                if "runAsNonRoot" in (container.get("securityContext") or {})
+                else f"{sp}.securityContext.runAsNonRoot"
+            )
             problems.append(f"{where}: the kubelet would refuse to start container {container.get('name')}: {why}")
     return problems
 
@@ -992,13 +1155,22 @@ def mounted_files(ctx: PodContext, container: dict, overrides: dict | None = Non
     container gets from a configMap, secret, downwardAPI or projected volume."""
     from ccp_tasks.checks.podrun import PodRun
 
-    runner = PodRun(None, ctx.source, lambda ref: ref, workdir=Path("/nonexistent"), labels={}, network="",
-                    secret_overrides=overrides)
+    runner = PodRun(
+        None,
+        ctx.source,
+        lambda ref: ref,
+        workdir=Path("/nonexistent"),
+        labels={},
+        network="",
+        secret_overrides=overrides,
+    )
     runner.ip, runner.uid = "0.0.0.0", "00000000-0000-0000-0000-000000000000"
     found = {}
     for mount in container.get("volumeMounts") or []:
         volume = _volume(ctx.source, mount.get("name"))
-        if not volume or not any(volume.get(k) is not None for k in ("configMap", "secret", "downwardAPI", "projected")):
+        if not volume or not any(
+            volume.get(k) is not None for k in ("configMap", "secret", "downwardAPI", "projected")
+        ):
             continue
         try:
             files, default_mode = runner._volume_files(volume)
@@ -1049,8 +1221,10 @@ def config_problems(ctx: PodContext) -> list[str]:
             continue
         origin, got, got_mode = pod_files[target]
         if got != data:
-            problems.append(f"{target}: {origin} differs from {template} as the integration test renders it: "
-                            f"{_first_difference(data, got)}")
+            problems.append(
+                f"{target}: {origin} differs from {template} as the integration test renders it: "
+                f"{_first_difference(data, got)}"
+            )
         if got_mode != mode:
             problems.append(f"{target}: mode {got_mode:04o} in the pod ({origin}), {mode:04o} in {owner}")
     tls_dir = spec.tls.dir if spec.tls else None
@@ -1059,17 +1233,27 @@ def config_problems(ctx: PodContext) -> list[str]:
             continue
         problems.append(f"{target}: the pod mounts it ({origin}), {owner} does not: its checks never ran with it")
     if spec.tls and not tls_secret:
-        problems.append(f"{path}.volumeMounts: {owner}'s tls gives the container its certificate in {spec.tls.dir}; "
-                        "mount a Secret volume there (the run fills it with its throwaway certificate)")
+        problems.append(
+            f"{path}.volumeMounts: {owner}'s tls gives the container its certificate in {spec.tls.dir}; "
+            "mount a Secret volume there (the run fills it with its throwaway certificate)"
+        )
     return problems
 
 
 def _result(name: str, kind: str, problems: list[str], started: float) -> CheckResult:
-    return CheckResult(name, kind, not problems, "; ".join(problems), round(time.monotonic() - started, 3),
-                       "\n".join(problems) if len(problems) > 1 else "")
+    return CheckResult(
+        name,
+        kind,
+        not problems,
+        "; ".join(problems),
+        round(time.monotonic() - started, 3),
+        "\n".join(problems) if len(problems) > 1 else "",
+    )
 
 
-def static_checks(ctx: PodContext, version: str, files_for: Callable[[dict], "ImageFiles | None"] | None) -> list[CheckResult]:
+def static_checks(
+    ctx: PodContext, version: str, files_for: Callable[[dict], ImageFiles | None] | None
+) -> list[CheckResult]:
     """The checks before anything runs; later ones are skipped once one fails
     that they build on (schema, API rules). `files_for` None: skip what reads the images."""
     results = []
@@ -1128,11 +1312,20 @@ def _pod_port_checks(pod: PodRun, main_name: str, main_spec, containers: list[di
     def show(table):
         return ", ".join(f"{p} on {', '.join(sorted(a))}" for p, a in sorted(table.items())) or "nothing"
 
-    detail = "; ".join(f"{name or '(unknown owner)'}: {show(table)}" for name, table in listening.items()) or "nothing listens"
+    detail = (
+        "; ".join(f"{name or '(unknown owner)'}: {show(table)}" for name, table in listening.items())
+        or "nothing listens"
+    )
     results = []
     if main_spec is not None and (main_spec.ports is not None or main_spec.local_ports):
-        results += port_results(main_spec.ports or (), main_spec.local_ports, own, pod.ip, detail,
-                                outside="nothing outside the pod can reach")
+        results += port_results(
+            main_spec.ports or (),
+            main_spec.local_ports,
+            own,
+            pod.ip,
+            detail,
+            outside="nothing outside the pod can reach",
+        )
     for container in containers:
         name = container.get("name")
         if name == main_name:
@@ -1140,11 +1333,15 @@ def _pod_port_checks(pod: PodRun, main_name: str, main_spec, containers: list[di
         table = listening.get(name, {}) if attributed else {p: a for t in listening.values() for p, a in t.items()}
         for port in _tcp_ports(container):
             message = port_problem(
-                port, table.get(port) or (listening.get(None) or {}).get(port), pod.ip,
+                port,
+                table.get(port) or (listening.get(None) or {}).get(port),
+                pod.ip,
                 absent=f"container {name} does not listen on its containerPort {port}",
                 loopback=f"container {name} listens on {port} on loopback only, yet declares it as a containerPort",
             )
-            results.append(CheckResult(f"port {port} ({name})", "port", not message, message, detail=detail if message else ""))
+            results.append(
+                CheckResult(f"port {port} ({name})", "port", not message, message, detail=detail if message else "")
+            )
     seconds = round(time.monotonic() - begin, 2)
     for result in results:
         result.seconds = seconds
@@ -1175,7 +1372,7 @@ def _write_logs(path: Path, irun, pod: PodRun | None, results: list[CheckResult]
         return
     tails = []
     for title, status, text in sections:
-        tail = text.rstrip().splitlines()[-integration.LOG_TAIL_LINES:]
+        tail = text.rstrip().splitlines()[-integration.LOG_TAIL_LINES :]
         label = f"{title}'s log" + (f" ({status})" if status else "")
         tails.append(f"--- last lines of {label}:" if tail else f"--- {label} is empty")
         tails.extend(f"    {line}" for line in tail)
@@ -1184,8 +1381,16 @@ def _write_logs(path: Path, irun, pod: PodRun | None, results: list[CheckResult]
         result.detail = "\n".join(part for part in (result.detail.rstrip(), *tails) if part)
 
 
-def run_pod(client, ctx: PodContext, refs: Callable[[str], str], *, workdir: Path, log_path: Path, recorded_dir: Path,
-            labels: dict[str, str]) -> list[CheckResult]:
+def run_pod(
+    client,
+    ctx: PodContext,
+    refs: Callable[[str], str],
+    *,
+    workdir: Path,
+    log_path: Path,
+    recorded_dir: Path,
+    labels: dict[str, str],
+) -> list[CheckResult]:
     """Start the integration test's services the pod does not run, then the
     pod; wait until it is ready; run the integration checks against it;
     remove everything. `refs` maps an image reference the pod names to what
@@ -1196,8 +1401,8 @@ def run_pod(client, ctx: PodContext, refs: Callable[[str], str], *, workdir: Pat
     from requests.exceptions import RequestException
 
     from ccp_tasks.checks import integration
-    from ccp_tasks.engine.leftovers import of_any_run, remove_labelled
     from ccp_tasks.checks.podrun import POD_IMAGE_LABEL, POD_RUN_LABEL, PodRun
+    from ccp_tasks.engine.leftovers import of_any_run, remove_labelled
 
     spec = ctx.spec
     image = ctx.image
@@ -1217,8 +1422,13 @@ def run_pod(client, ctx: PodContext, refs: Callable[[str], str], *, workdir: Pat
     main_path, main = ctx.main
     in_pod = {ctx.tree_image(c) for _, c, _ in ctx.source.all_containers()}
     services = [s for s in (spec.services if spec else ()) if s.image not in in_pod]
-    context = {**ctx.variables, **(spec.variables if spec else {}), "image_name": image,
-               "services": [s.alias for s in spec.services] if spec else [], "tls_dir": spec.tls.dir if spec and spec.tls else None}
+    context = {
+        **ctx.variables,
+        **(spec.variables if spec else {}),
+        "image_name": image,
+        "services": [s.alias for s in spec.services] if spec else [],
+        "tls_dir": spec.tls.dir if spec and spec.tls else None,
+    }
     for sub in ("files", "tls"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
     mounts = {s.alias: integration._render_files(spec, s, context, workdir / "files" / s.alias) for s in services}
@@ -1228,15 +1438,26 @@ def run_pod(client, ctx: PodContext, refs: Callable[[str], str], *, workdir: Pat
         secret = ctx.tls_secret()
         overrides[secret] = {name: (workdir / "tls" / name).read_bytes() for name in integration.TLS_FILES}
     version = kubernetes_version(ctx.cfg)
-    pod = PodRun(client, ctx.source, refs, workdir=workdir / "pod", labels=run_labels, network=network,
-                 secret_overrides=overrides, prefix=f"{network}-pod", agent=f"kube-probe/{version}")
+    pod = PodRun(
+        client,
+        ctx.source,
+        refs,
+        workdir=workdir / "pod",
+        labels=run_labels,
+        network=network,
+        secret_overrides=overrides,
+        prefix=f"{network}-pod",
+        agent=f"kube-probe/{version}",
+    )
     results: list[CheckResult] = []
     finished = False
     try:
         try:
             client.create_network(network, driver="bridge", labels=run_labels, check_duplicate=True)
             for service in services:
-                started = integration._start(irun, service, refs(ctx.cfg.image_ref(service.image)), mounts[service.alias])
+                started = integration._start(
+                    irun, service, refs(ctx.cfg.image_ref(service.image)), mounts[service.alias]
+                )
                 ready = integration._wait_ready(irun, started)
                 results.append(ready)
                 if not ready.passed:
@@ -1248,9 +1469,15 @@ def run_pod(client, ctx: PodContext, refs: Callable[[str], str], *, workdir: Pat
                 results.append(ready)
                 if ready.passed:
                     main_spec = spec.container if spec else None
-                    alias_spec = integration.ContainerSpec(alias=image, image=None, ports=main_spec.ports if main_spec else None,
-                                                           local_ports=main_spec.local_ports if main_spec else ())
-                    started = integration._Started(alias_spec, refs(main["image"]), pod.instances[main["name"]].container_id, pod.ip)
+                    alias_spec = integration.ContainerSpec(
+                        alias=image,
+                        image=None,
+                        ports=main_spec.ports if main_spec else None,
+                        local_ports=main_spec.local_ports if main_spec else (),
+                    )
+                    started = integration._Started(
+                        alias_spec, refs(main["image"]), pod.instances[main["name"]].container_id, pod.ip
+                    )
                     irun.started.append(started)
 
                     def follow(name, container_id, started=started, main_name=main["name"]):
@@ -1259,9 +1486,13 @@ def run_pod(client, ctx: PodContext, refs: Callable[[str], str], *, workdir: Pat
 
                     pod.on_restart.append(follow)
                     with pod.monitoring():
-                        containers = [c for _, c, init in ctx.source.all_containers() if not init or c.get("restartPolicy") == "Always"]
+                        containers = [
+                            c
+                            for _, c, init in ctx.source.all_containers()
+                            if not init or c.get("restartPolicy") == "Always"
+                        ]
                         results.extend(_pod_port_checks(pod, main["name"], main_spec, containers))
-                        for check in (spec.checks if spec else ()):
+                        for check in spec.checks if spec else ():
                             results.extend(integration._run_check(irun, check))
                     results.append(pod.health_result())
                     for result in results:
@@ -1351,11 +1582,19 @@ def pod_inputs(cfg, graph, name: str, integration_inputs: dict) -> PodInputs | N
                 files.append(str(candidate))
                 pending.extend(_INCLUDE_RE.findall(candidate.read_text()))
                 break
-    return PodInputs(template, tuple(dict.fromkeys(i for i in images if i in graph.images)), tuple(dict.fromkeys(files)))
+    return PodInputs(
+        template, tuple(dict.fromkeys(i for i in images if i in graph.images)), tuple(dict.fromkeys(files))
+    )
 
 
-def load_context(cfg, image: str, images: Collection[str], template: Path, spec_path: Path | None,
-                 spec_locator: Callable[[str], Path | None] | None = None) -> PodContext:
+def load_context(
+    cfg,
+    image: str,
+    images: Collection[str],
+    template: Path,
+    spec_path: Path | None,
+    spec_locator: Callable[[str], Path | None] | None = None,
+) -> PodContext:
     """Render and read the pod template, and the integration.yaml files the cross-checks compare with."""
     from ccp_tasks.checks import integration
 
@@ -1376,9 +1615,22 @@ def load_context(cfg, image: str, images: Collection[str], template: Path, spec_
     return ctx
 
 
-def check_pod(client, cfg, image: str, images: Collection[str], build_ids: Callable[[str], str], template: Path, *,
-              spec_path: Path | None, workdir: Path, log_path: Path, recorded_dir: Path, labels: dict[str, str],
-              run: bool = True, spec_locator: Callable[[str], Path | None] | None = None) -> list[CheckResult]:
+def check_pod(
+    client,
+    cfg,
+    image: str,
+    images: Collection[str],
+    build_ids: Callable[[str], str],
+    template: Path,
+    *,
+    spec_path: Path | None,
+    workdir: Path,
+    log_path: Path,
+    recorded_dir: Path,
+    labels: dict[str, str],
+    run: bool = True,
+    spec_locator: Callable[[str], Path | None] | None = None,
+) -> list[CheckResult]:
     """Render the image's pod.yaml.j2, check it statically, then run it and
     the integration checks against it. `build_ids(name)` is the image ID a
     tree image's build made (raising CcpError when there is none)."""
@@ -1429,16 +1681,27 @@ def check_pod(client, cfg, image: str, images: Collection[str], build_ids: Calla
                     files.close()
                 except (DockerException, RequestException):
                     pass
-    hidden = [n for n in dict.fromkeys(ctx.tree_image(c) for _, c, _ in source.all_containers())
-              if n and n not in referenced_images(cfg, images, template.read_text())]
+    hidden = [
+        n
+        for n in dict.fromkeys(ctx.tree_image(c) for _, c, _ in source.all_containers())
+        if n and n not in referenced_images(cfg, images, template.read_text())
+    ]
     if hidden:
-        results.append(CheckResult("image references visible to task generation", "cross-check", False,
-                                   f"{template.name} names {', '.join(cfg.image_ref(n) for n in hidden)} in a way the "
-                                   "task generator cannot see, so kube:" + image + " would not rerun when it is rebuilt "
-                                   "(write {{ image('" + hidden[0] + "') }})"))
+        results.append(
+            CheckResult(
+                "image references visible to task generation",
+                "cross-check",
+                False,
+                f"{template.name} names {', '.join(cfg.image_ref(n) for n in hidden)} in a way the "
+                "task generator cannot see, so kube:" + image + " would not rerun when it is rebuilt "
+                "(write {{ image('" + hidden[0] + "') }})",
+            )
+        )
     if not run or not all(r.passed for r in results):
         return results
-    return results + run_pod(client, ctx, refs, workdir=workdir, log_path=log_path, recorded_dir=recorded_dir, labels=labels)
+    return results + run_pod(
+        client, ctx, refs, workdir=workdir, log_path=log_path, recorded_dir=recorded_dir, labels=labels
+    )
 
 
 _SPEC_LOCATIONS: dict[tuple[str, str], Path] = {}
@@ -1454,5 +1717,3 @@ def _integration_path(cfg, image: str) -> Path | None:
             _SPEC_LOCATIONS[(str(cfg.root), name)] = source.directory / INTEGRATION_TESTS
     path = _SPEC_LOCATIONS.get(key)
     return path if path is not None and path.is_file() else None
-
-

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from ccp_tasks.model.config import CONFIG_NAME
 from ccp_tasks.core.errors import CcpError, ConfigError
+from ccp_tasks.model.config import CONFIG_NAME
 from ccp_tasks.model.render import logical_lines
 from ccp_tasks.model.rules import HADOLINT_ID_RE, HADOLINT_OFF, RULES, waiver_problem  # noqa: F401 (waiver_problem: lint's vocabulary)
 
@@ -104,8 +104,8 @@ def _commands(shell: str) -> list[list[str]]:
 
 def _apt_install_args(command: list[str]) -> list[str] | None:
     for i, word in enumerate(command):
-        if word in ("apt-get", "apt") and "install" in command[i + 1:]:
-            return command[command.index("install", i) + 1:]
+        if word in ("apt-get", "apt") and "install" in command[i + 1 :]:
+            return command[command.index("install", i) + 1 :]
     return None
 
 
@@ -120,16 +120,22 @@ def _run_findings(line: int, shell: str) -> list[Finding]:
             installs = True
             options = [a for a in args if a.startswith("-")]
             packages = [a for a in args if not a.startswith("-")]
-            if not {"-y", "--yes", "--assume-yes"} & set(options) and not any(re.fullmatch(r"-[a-z]*y[a-z]*", o) for o in options):
+            if not {"-y", "--yes", "--assume-yes"} & set(options) and not any(
+                re.fullmatch(r"-[a-z]*y[a-z]*", o) for o in options
+            ):
                 findings.append(Finding("CCP003", line))
             if "--no-install-recommends" not in options:
                 findings.append(Finding("CCP004", line))
             pinned = [p for p in packages if "=" in p]
             if pinned:
                 findings.append(Finding("CCP001", line, ", ".join(pinned)))
-        if any(w == "pip" or w == "pip3" or w.endswith("/pip") for w in command) or "-m" in command and "pip" in command:
+        if (
+            any(w == "pip" or w == "pip3" or w.endswith("/pip") for w in command)
+            or "-m" in command
+            and "pip" in command
+        ):
             if "install" in command:
-                pinned = [w for w in command[command.index("install") + 1:] if "==" in w and not w.startswith("-")]
+                pinned = [w for w in command[command.index("install") + 1 :] if "==" in w and not w.startswith("-")]
                 if pinned:
                     findings.append(Finding("CCP002", line, ", ".join(pinned)))
     if updates and not installs:
@@ -195,10 +201,22 @@ class Hadolint:
         with tempfile.NamedTemporaryFile("w", prefix="ccp-hadolint-", suffix=".yaml") as config:
             config.write("ignored: []\n")
             config.flush()
-            command = [self.path, "--config", config.name, "--no-fail", "--no-color", "--disable-ignore-pragma",
-                       "--format", "json", *ignores, "-"]
+            command = [
+                self.path,
+                "--config",
+                config.name,
+                "--no-fail",
+                "--no-color",
+                "--disable-ignore-pragma",
+                "--format",
+                "json",
+                *ignores,
+                "-",
+            ]
             try:
-                proc = subprocess.run(command, input=dockerfile_text, capture_output=True, text=True, env=env, timeout=300)
+                proc = subprocess.run(
+                    command, input=dockerfile_text, capture_output=True, text=True, env=env, timeout=300
+                )
             except (OSError, subprocess.TimeoutExpired) as exc:
                 raise CcpError(f"hadolint ({self.path}) did not run: {exc}") from None
         try:
@@ -212,7 +230,11 @@ class Hadolint:
         findings = []
         for result in results:
             level = result.get("level")
-            if level in HADOLINT_LEVELS and HADOLINT_LEVELS.index(level) <= lowest and result.get("code") not in HADOLINT_OFF:
+            if (
+                level in HADOLINT_LEVELS
+                and HADOLINT_LEVELS.index(level) <= lowest
+                and result.get("code") not in HADOLINT_OFF
+            ):
                 # A parse error (DL1000) spans lines; the report is one line per finding.
                 message = str(result.get("message", "")).strip().splitlines()[0] if result.get("message") else ""
                 findings.append(Finding(str(result["code"]), int(result.get("line") or 1), text=message))

@@ -85,10 +85,11 @@ import tarfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ccp_tasks.checks.records import CheckResult
 from ccp_tasks.core.errors import CcpError, EngineError
@@ -116,19 +117,39 @@ LOG_TAIL_LINES = 12
 # listed in the detail of the pod's readiness result, so nobody reads more
 # into a passing run than it proves.
 _NOT_APPLIED_POD = {
-    "nodeSelector": "scheduling", "nodeName": "scheduling", "affinity": "scheduling", "tolerations": "scheduling",
-    "topologySpreadConstraints": "scheduling", "priorityClassName": "scheduling", "priority": "scheduling",
-    "schedulerName": "scheduling", "runtimeClassName": "runtime class", "serviceAccountName": "no API token is mounted",
-    "serviceAccount": "no API token is mounted", "automountServiceAccountToken": "no API token is mounted",
-    "dnsPolicy": "Docker's embedded DNS answers", "dnsConfig": "Docker's embedded DNS answers",
-    "readinessGates": "not evaluated", "imagePullSecrets": "images are never pulled", "preemptionPolicy": "scheduling",
-    "overhead": "not applied", "activeDeadlineSeconds": "not enforced", "enableServiceLinks": "no service links",
-    "subdomain": "no headless Service", "setHostnameAsFQDN": "not applied", "os": "not checked",
-    "resourceClaims": "not applied", "schedulingGates": "scheduling", "hostUsers": "not applied",
+    "nodeSelector": "scheduling",
+    "nodeName": "scheduling",
+    "affinity": "scheduling",
+    "tolerations": "scheduling",
+    "topologySpreadConstraints": "scheduling",
+    "priorityClassName": "scheduling",
+    "priority": "scheduling",
+    "schedulerName": "scheduling",
+    "runtimeClassName": "runtime class",
+    "serviceAccountName": "no API token is mounted",
+    "serviceAccount": "no API token is mounted",
+    "automountServiceAccountToken": "no API token is mounted",
+    "dnsPolicy": "Docker's embedded DNS answers",
+    "dnsConfig": "Docker's embedded DNS answers",
+    "readinessGates": "not evaluated",
+    "imagePullSecrets": "images are never pulled",
+    "preemptionPolicy": "scheduling",
+    "overhead": "not applied",
+    "activeDeadlineSeconds": "not enforced",
+    "enableServiceLinks": "no service links",
+    "subdomain": "no headless Service",
+    "setHostnameAsFQDN": "not applied",
+    "os": "not checked",
+    "resourceClaims": "not applied",
+    "schedulingGates": "scheduling",
+    "hostUsers": "not applied",
 }
 _NOT_APPLIED_CONTAINER = {
-    "imagePullPolicy": "images are never pulled", "terminationMessagePath": "not written",
-    "terminationMessagePolicy": "not applied", "resizePolicy": "not applied", "stdinOnce": "not applied",
+    "imagePullPolicy": "images are never pulled",
+    "terminationMessagePath": "not written",
+    "terminationMessagePolicy": "not applied",
+    "resizePolicy": "not applied",
+    "stdinOnce": "not applied",
 }
 SUPPORTED_VOLUMES = ("configMap", "secret", "emptyDir", "downwardAPI", "projected", "persistentVolumeClaim")
 
@@ -191,10 +212,22 @@ def secret_data(source: PodSource, name: str, overrides: dict | None = None) -> 
 
 _QUANTITY_RE = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
 _SUFFIXES = {
-    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
-    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60, "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
-    "": Decimal(1), "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
-    "P": Decimal("1e15"), "E": Decimal("1e18"),
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50,
+    "Ei": Decimal(2) ** 60,
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
 }
 
 
@@ -226,7 +259,7 @@ def expand(text: str, env: dict[str, str]) -> str:
     while cursor < len(text):
         if text[cursor] == "$" and cursor + 1 < len(text):
             out.append(text[checkpoint:cursor])
-            rest = text[cursor + 1:]
+            rest = text[cursor + 1 :]
             if rest[0] == "$":
                 out.append("$")
                 advance = 1
@@ -266,7 +299,9 @@ def effective_argv(container: dict, image_config: dict, env: dict[str, str]) -> 
     entrypoint, cmd = docker_command(container, env)
     if entrypoint is not None:
         return entrypoint + (cmd or [])
-    return list(image_config.get("Entrypoint") or []) + (cmd if cmd is not None else list(image_config.get("Cmd") or []))
+    return list(image_config.get("Entrypoint") or []) + (
+        cmd if cmd is not None else list(image_config.get("Cmd") or [])
+    )
 
 
 def backoff_delay(restarts: int) -> float:
@@ -337,12 +372,20 @@ def parse_handler(data: dict, container: dict) -> Handler:
     if "httpGet" in data:
         get = data["httpGet"]
         headers = [(h["name"], str(h.get("value", ""))) for h in get.get("httpHeaders") or []]
-        return Handler("http", port=resolve_port(get["port"], container), host=get.get("host") or "",
-                       path=get.get("path") or "/", scheme=(get.get("scheme") or "HTTP").upper(), headers=headers)
+        return Handler(
+            "http",
+            port=resolve_port(get["port"], container),
+            host=get.get("host") or "",
+            path=get.get("path") or "/",
+            scheme=(get.get("scheme") or "HTTP").upper(),
+            headers=headers,
+        )
     if "tcpSocket" in data:
         sock = data["tcpSocket"]
         return Handler("tcp", port=resolve_port(sock["port"], container), host=sock.get("host") or "")
-    raise CcpError(f"container '{container.get('name')}': a probe or hook without exec, httpGet or tcpSocket cannot be run here")
+    raise CcpError(
+        f"container '{container.get('name')}': a probe or hook without exec, httpGet or tcpSocket cannot be run here"
+    )
 
 
 def parse_probe(kind: str, data: dict, container: dict) -> Probe:
@@ -354,7 +397,9 @@ def parse_probe(kind: str, data: dict, container: dict) -> Probe:
         timeout=float(data.get("timeoutSeconds") or 1),
         success_threshold=int(data.get("successThreshold") or 1),
         failure_threshold=int(data.get("failureThreshold") or 3),
-        grace=float(data["terminationGracePeriodSeconds"]) if data.get("terminationGracePeriodSeconds") is not None else None,
+        grace=float(data["terminationGracePeriodSeconds"])
+        if data.get("terminationGracePeriodSeconds") is not None
+        else None,
     )
 
 
@@ -385,8 +430,9 @@ def _exec(client, container_id: str, command: list[str], timeout: float | None) 
     return outcome.get("code"), outcome.get("output", "")
 
 
-def run_handler(client, handler: Handler, container_id: str, pod_ip: str, timeout: float,
-                agent: str = "kube-probe/1") -> tuple[bool, str]:
+def run_handler(
+    client, handler: Handler, container_id: str, pod_ip: str, timeout: float, agent: str = "kube-probe/1"
+) -> tuple[bool, str]:
     """(passed, what happened) of one probe or hook."""
     if handler.action == "exec":
         code, output = _exec(client, container_id, handler.command, timeout)
@@ -401,7 +447,7 @@ def run_handler(client, handler: Handler, container_id: str, pod_ip: str, timeou
         try:
             with socket.create_connection((host, handler.port), timeout=timeout):
                 return True, "connected"
-        except socket.timeout:
+        except TimeoutError:
             return False, f"{host}:{handler.port} did not answer within {timeout:g}s"
         except OSError as exc:
             return False, f"{host}:{handler.port}: {exc.strerror or exc}"
@@ -419,7 +465,7 @@ def run_handler(client, handler: Handler, container_id: str, pod_ip: str, timeou
         response = connection.getresponse()
         response.read(10240)
         status = response.status
-    except socket.timeout:
+    except TimeoutError:
         return False, f"no answer from {host}:{handler.port} within {timeout:g}s"
     except (OSError, http.client.HTTPException) as exc:
         return False, f"{host}:{handler.port}: {getattr(exc, 'strerror', None) or exc or type(exc).__name__}"
@@ -461,11 +507,15 @@ def pause_image(client) -> str:
     try:
         data = Path(busybox).read_bytes()
     except OSError:
-        raise CcpError("the pod's holder container is made from this host's static busybox, which is missing: "
-                       "apt-get install busybox-static") from None
+        raise CcpError(
+            "the pod's holder container is made from this host's static busybox, which is missing: "
+            "apt-get install busybox-static"
+        ) from None
     if not _is_static(data):
-        raise CcpError(f"{busybox} is dynamically linked; the pod's holder container needs a static one: "
-                       "apt-get install busybox-static")
+        raise CcpError(
+            f"{busybox} is dynamically linked; the pod's holder container needs a static one: "
+            "apt-get install busybox-static"
+        )
     ref = f"{PAUSE_REPOSITORY}:{hashlib.sha256(data).hexdigest()[:16]}"
     try:
         client.inspect_image(ref)
@@ -484,7 +534,9 @@ def pause_image(client) -> str:
         'ENTRYPOINT ["/bin/busybox", "sh", "-c", ' + json.dumps(HOLDER_SCRIPT) + "]",
         f"LABEL {PAUSE_LABEL}=1",
     ]
-    client.import_image_from_data(buffer.getvalue(), repository=PAUSE_REPOSITORY, tag=ref.split(":")[1], changes=changes)
+    client.import_image_from_data(
+        buffer.getvalue(), repository=PAUSE_REPOSITORY, tag=ref.split(":")[1], changes=changes
+    )
     return ref
 
 
@@ -536,10 +588,20 @@ class PodRun:
     """One pod on the engine: start() it, wait_ready(), keep it under the
     kubelet's eye with monitoring() while something uses it, cleanup()."""
 
-    def __init__(self, client, source: PodSource, image_ref: Callable[[str], str], *, workdir: Path,
-                 labels: dict[str, str], network: str, secret_overrides: dict[str, dict[str, bytes]] | None = None,
-                 image_config: Callable[[str], dict] | None = None, prefix: str | None = None,
-                 agent: str = "kube-probe/1"):
+    def __init__(
+        self,
+        client,
+        source: PodSource,
+        image_ref: Callable[[str], str],
+        *,
+        workdir: Path,
+        labels: dict[str, str],
+        network: str,
+        secret_overrides: dict[str, dict[str, bytes]] | None = None,
+        image_config: Callable[[str], dict] | None = None,
+        prefix: str | None = None,
+        agent: str = "kube-probe/1",
+    ):
         self.client = client
         self.source = source
         self.image_ref = image_ref  # the image a container names -> what to run (an image ID)
@@ -624,7 +686,11 @@ class PodRun:
         return values[field_path]()
 
     def _items(self, kind: str, name: str, items, optional: bool) -> dict[str, tuple[bytes, int | None]] | None:
-        data = config_map_data(self.source, name) if kind == "configMap" else secret_data(self.source, name, self.secret_overrides)
+        data = (
+            config_map_data(self.source, name)
+            if kind == "configMap"
+            else secret_data(self.source, name, self.secret_overrides)
+        )
         if data is None:
             if optional:
                 return {}
@@ -641,7 +707,9 @@ class PodRun:
             chosen[item["path"]] = (data[item["key"]], item.get("mode"))
         return chosen
 
-    def _volume_files(self, volume: dict, resource: dict | None = None) -> tuple[dict[str, tuple[bytes, int | None]], int]:
+    def _volume_files(
+        self, volume: dict, resource: dict | None = None
+    ) -> tuple[dict[str, tuple[bytes, int | None]], int]:
         """The files of a configMap/secret/downwardAPI/projected volume: path -> (bytes, mode), default mode."""
         if "configMap" in volume:
             source = volume["configMap"]
@@ -699,7 +767,9 @@ class PodRun:
                 if limit is not None:
                     options["o"] += f",size={int(parse_quantity(limit))}"
                 docker_name = f"{self.prefix}-{name}"
-                self.client.create_volume(docker_name, driver="local", driver_opts=options, labels=self._labels("volume", name))
+                self.client.create_volume(
+                    docker_name, driver="local", driver_opts=options, labels=self._labels("volume", name)
+                )
                 self.binds[name] = (docker_name, True)
                 continue
             directory = root / name
@@ -796,7 +866,11 @@ class PodRun:
                 if data is None or ref.get("key") not in data:
                     if ref.get("optional"):
                         continue
-                    missing = f"{what} '{ref.get('name')}'" if data is None else f"key '{ref.get('key')}' of {what} '{ref.get('name')}'"
+                    missing = (
+                        f"{what} '{ref.get('name')}'"
+                        if data is None
+                        else f"key '{ref.get('key')}' of {what} '{ref.get('name')}'"
+                    )
                     raise CcpError(f"{missing} is not in the pod's YAML stream")
                 env[name] = data[ref["key"]].decode("utf-8", "replace")
         return env
@@ -846,11 +920,19 @@ class PodRun:
         for mount in container.get("volumeMounts") or []:
             volume = next(v for v in self.source.spec.get("volumes") or [] if v["name"] == mount["name"])
             host, is_docker_volume = self.binds[mount["name"]]
-            read_only = bool(mount.get("readOnly")) or any(k in volume for k in ("configMap", "secret", "downwardAPI", "projected"))
-            sub_path = expand(mount.get("subPath") or mount.get("subPathExpr") or "", env) if (mount.get("subPath") or mount.get("subPathExpr")) else ""
+            read_only = bool(mount.get("readOnly")) or any(
+                k in volume for k in ("configMap", "secret", "downwardAPI", "projected")
+            )
+            sub_path = (
+                expand(mount.get("subPath") or mount.get("subPathExpr") or "", env)
+                if (mount.get("subPath") or mount.get("subPathExpr"))
+                else ""
+            )
             if sub_path:
                 if is_docker_volume:
-                    raise CcpError(f"subPath on a medium: Memory emptyDir ('{mount['name']}') is not supported on this engine")
+                    raise CcpError(
+                        f"subPath on a medium: Memory emptyDir ('{mount['name']}') is not supported on this engine"
+                    )
                 path = Path(host) / sub_path
                 if not os.path.lexists(path):
                     path.mkdir(parents=True)  # the kubelet creates a missing subPath of a writable volume
@@ -934,7 +1016,9 @@ class PodRun:
                 **args,
             )
         except (ImageNotFound, NotFound):
-            raise EngineError(f"image {instance.spec['image']} ({args['image']}) is not in the engine; build it first") from None
+            raise EngineError(
+                f"image {instance.spec['image']} ({args['image']}) is not in the engine; build it first"
+            ) from None
         return created["Id"]
 
     def _launch(self, instance: Instance, role: str, client=None) -> None:
@@ -986,14 +1070,18 @@ class PodRun:
             hostname=self.source.hostname,
             labels=self._labels("holder"),
             host_config=self.client.create_host_config(
-                ipc_mode="shareable", extra_hosts=extra_hosts or None, sysctls=sysctls or None,
+                ipc_mode="shareable",
+                extra_hosts=extra_hosts or None,
+                sysctls=sysctls or None,
             ),
             networking_config=self.client.create_networking_config({self.network: endpoint}),
             use_config_proxy=False,
         )
         self.holder_id = holder["Id"]
         self.client.start(self.holder_id)
-        self.ip = self.client.inspect_container(self.holder_id)["NetworkSettings"]["Networks"][self.network]["IPAddress"]
+        self.ip = self.client.inspect_container(self.holder_id)["NetworkSettings"]["Networks"][self.network][
+            "IPAddress"
+        ]
         self._event(f"holder up at {self.ip}")
         try:
             self._prepare_volumes()
@@ -1037,11 +1125,22 @@ class PodRun:
                 results.append(CheckResult(f"init: {name}", "init", True, seconds=seconds))
                 continue
             why = f"did not finish within {INIT_TIMEOUT:g}s" if code is None else f"exited with code {code}"
-            retry = " (a kubelet would retry it with back-off)" if (spec.get("restartPolicy") or "Always") != "Never" else ""
+            retry = (
+                " (a kubelet would retry it with back-off)"
+                if (spec.get("restartPolicy") or "Always") != "Never"
+                else ""
+            )
             self._event(f"init {name}: {why}")
-            results.append(CheckResult(f"init: {name}", "init", False,
-                                       f"init container {name} {why}; the pod's containers were not started{retry}",
-                                       seconds, detail=self._tail_of(container_id)))
+            results.append(
+                CheckResult(
+                    f"init: {name}",
+                    "init",
+                    False,
+                    f"init container {name} {why}; the pod's containers were not started{retry}",
+                    seconds,
+                    detail=self._tail_of(container_id),
+                )
+            )
             return results
 
         for container in spec.get("containers") or []:
@@ -1054,11 +1153,24 @@ class PodRun:
                 results.append(CheckResult(f"start: {name}", "pod", False, f"container {name}: {exc}"))
                 return results
             except APIError as exc:
-                results.append(CheckResult(f"start: {name}", "pod", False,
-                                           f"container {name}: the engine refused it: {exc.explanation or exc}"))
+                results.append(
+                    CheckResult(
+                        f"start: {name}",
+                        "pod",
+                        False,
+                        f"container {name}: the engine refused it: {exc.explanation or exc}",
+                    )
+                )
                 return results
-        results.append(CheckResult("pod started", "pod", True, seconds=round(time.monotonic() - began, 2),
-                                   detail=f"pod IP {self.ip}; containers: {', '.join(self.instances)}"))
+        results.append(
+            CheckResult(
+                "pod started",
+                "pod",
+                True,
+                seconds=round(time.monotonic() - began, 2),
+                detail=f"pod IP {self.ip}; containers: {', '.join(self.instances)}",
+            )
+        )
         return results
 
     def _wait_started(self, instance: Instance) -> CheckResult:
@@ -1067,12 +1179,19 @@ class PodRun:
         while True:
             self.tick(self.client)
             if instance.started and instance.state == "running":
-                return CheckResult(f"init: {instance.name} (sidecar)", "init", True, seconds=round(time.monotonic() - begin, 2))
+                return CheckResult(
+                    f"init: {instance.name} (sidecar)", "init", True, seconds=round(time.monotonic() - begin, 2)
+                )
             if instance.state != "running" or time.monotonic() - begin > budget:
                 why = instance.last_termination or "did not start"
-                return CheckResult(f"init: {instance.name} (sidecar)", "init", False,
-                                   f"sidecar {instance.name} {why}", round(time.monotonic() - begin, 2),
-                                   detail=self._tail_of(instance.container_id))
+                return CheckResult(
+                    f"init: {instance.name} (sidecar)",
+                    "init",
+                    False,
+                    f"sidecar {instance.name} {why}",
+                    round(time.monotonic() - begin, 2),
+                    detail=self._tail_of(instance.container_id),
+                )
             time.sleep(TICK)
 
     def policy(self, instance: Instance) -> str:
@@ -1099,7 +1218,9 @@ class PodRun:
         from docker.errors import APIError
 
         if instance.pre_stop:
-            run_handler(client, instance.pre_stop, instance.container_id, self.ip, min(instance.grace, HOOK_TIMEOUT), self.agent)
+            run_handler(
+                client, instance.pre_stop, instance.container_id, self.ip, min(instance.grace, HOOK_TIMEOUT), self.agent
+            )
         timeout = grace if grace is not None else instance.grace
         try:
             client.stop(instance.container_id, timeout=max(0, int(math.ceil(timeout))))
@@ -1150,7 +1271,9 @@ class PodRun:
         startup = instance.workers.get("startup")
         if startup and not instance.started:
             if now >= startup.next_due:
-                ok, message = run_handler(client, startup.probe.handler, instance.container_id, self.ip, startup.probe.timeout, self.agent)
+                ok, message = run_handler(
+                    client, startup.probe.handler, instance.container_id, self.ip, startup.probe.timeout, self.agent
+                )
                 self._record(instance, startup, ok, message, time.monotonic())
                 if startup.result is True:
                     instance.started = True
@@ -1158,21 +1281,35 @@ class PodRun:
                     for worker in instance.workers.values():
                         worker.next_due = max(worker.next_due, time.monotonic())
                 elif startup.result is False:
-                    self._kill(client, instance, f"startup probe {startup.probe.handler.describe()} failed "
-                                                 f"{startup.failures} times in a row ({message})", startup.probe.grace)
+                    self._kill(
+                        client,
+                        instance,
+                        f"startup probe {startup.probe.handler.describe()} failed "
+                        f"{startup.failures} times in a row ({message})",
+                        startup.probe.grace,
+                    )
             return
         liveness = instance.workers.get("liveness")
         if liveness and now >= liveness.next_due:
-            ok, message = run_handler(client, liveness.probe.handler, instance.container_id, self.ip, liveness.probe.timeout, self.agent)
+            ok, message = run_handler(
+                client, liveness.probe.handler, instance.container_id, self.ip, liveness.probe.timeout, self.agent
+            )
             self._record(instance, liveness, ok, message, time.monotonic())
             if liveness.result is False:
-                self._kill(client, instance, f"liveness probe {liveness.probe.handler.describe()} failed "
-                                             f"{liveness.failures} times in a row ({message})", liveness.probe.grace)
+                self._kill(
+                    client,
+                    instance,
+                    f"liveness probe {liveness.probe.handler.describe()} failed "
+                    f"{liveness.failures} times in a row ({message})",
+                    liveness.probe.grace,
+                )
                 return
         readiness = instance.workers.get("readiness")
         if readiness:
             if now >= readiness.next_due:
-                ok, message = run_handler(client, readiness.probe.handler, instance.container_id, self.ip, readiness.probe.timeout, self.agent)
+                ok, message = run_handler(
+                    client, readiness.probe.handler, instance.container_id, self.ip, readiness.probe.timeout, self.agent
+                )
                 self._record(instance, readiness, ok, message, time.monotonic())
                 ready = readiness.result is True
             else:
@@ -1184,7 +1321,9 @@ class PodRun:
             instance.ready_at = instance.ready_at or time.monotonic()
             self._event(f"{instance.name}: ready")
         elif instance.ready and not ready:
-            self._event(f"{instance.name}: not ready ({readiness.probe.describe()} failed {readiness.failures} times: {readiness.last})")
+            self._event(
+                f"{instance.name}: not ready ({readiness.probe.describe()} failed {readiness.failures} times: {readiness.last})"
+            )
         instance.ready = ready
 
     def tick(self, client=None) -> None:
@@ -1231,7 +1370,9 @@ class PodRun:
                 for instance in self.instances.values():
                     probe = instance.probes.get("readiness")
                     how = f"{probe.describe()} passed" if probe else "running (no readiness probe)"
-                    lines.append(f"{instance.name}: ready {instance.ready_at - instance.started_at:.2f}s after its start: {how}")
+                    lines.append(
+                        f"{instance.name}: ready {instance.ready_at - instance.started_at:.2f}s after its start: {how}"
+                    )
                 lines.append(f"pod IP {self.ip}")
                 lines += [f"not applied: {note}" for note in self.notes]
                 return CheckResult("pod ready", "ready", True, seconds=seconds, detail="\n".join(lines))
@@ -1239,14 +1380,22 @@ class PodRun:
             for instance in self.instances.values():
                 readiness = instance.workers.get("readiness")
                 if instance.state == "terminated":
-                    problem = (f"container {instance.name} {instance.last_termination} and restartPolicy "
-                               f"{self.policy(instance)} does not restart it")
+                    problem = (
+                        f"container {instance.name} {instance.last_termination} and restartPolicy "
+                        f"{self.policy(instance)} does not restart it"
+                    )
                 elif instance.restarts > MAX_RESTARTS_BEFORE_READY:
-                    problem = (f"container {instance.name} restarted {instance.restarts} times before the pod was ready "
-                               f"(CrashLoopBackOff); last: {instance.last_termination}")
-                elif (readiness and readiness.result is False and not instance.ever_ready and instance.state == "running"):
-                    problem = (f"container {instance.name} not ready: readiness probe {readiness.probe.handler.describe()} "
-                               f"failed {readiness.failures} times in a row ({readiness.last})")
+                    problem = (
+                        f"container {instance.name} restarted {instance.restarts} times before the pod was ready "
+                        f"(CrashLoopBackOff); last: {instance.last_termination}"
+                    )
+                elif (
+                    readiness and readiness.result is False and not instance.ever_ready and instance.state == "running"
+                ):
+                    problem = (
+                        f"container {instance.name} not ready: readiness probe {readiness.probe.handler.describe()} "
+                        f"failed {readiness.failures} times in a row ({readiness.last})"
+                    )
                 if problem:
                     break
             if not problem and time.monotonic() - begin >= limit:
@@ -1294,12 +1443,16 @@ class PodRun:
         for name, instance in self.instances.items():
             restarted = instance.restarts - self.restarts_before.get(name, 0)
             if restarted:
-                problems.append(f"container {name} restarted {restarted} time(s) during the checks: {instance.history[-1]}")
+                problems.append(
+                    f"container {name} restarted {restarted} time(s) during the checks: {instance.history[-1]}"
+                )
             elif instance.state != "running":
                 problems.append(f"container {name} {instance.last_termination}")
             elif not instance.ready:
                 problems.append(f"container {name} is not ready: {self._unready_reason(instance)}")
-        seconds = round((getattr(self, "checks_ended", time.monotonic())) - (self.checks_started or time.monotonic()), 2)
+        seconds = round(
+            (getattr(self, "checks_ended", time.monotonic())) - (self.checks_started or time.monotonic()), 2
+        )
         detail = "\n".join(self.during_checks)
         return CheckResult("pod healthy during the checks", "pod", not problems, "; ".join(problems), seconds, detail)
 
@@ -1367,7 +1520,9 @@ class PodRun:
             for number, container_id in enumerate([*instance.previous, instance.container_id]):
                 if not container_id:
                     continue
-                title = f"{'sidecar ' if instance.sidecar else ''}{instance.name}" + (f" (instance {number + 1})" if instance.restarts else "")
+                title = f"{'sidecar ' if instance.sidecar else ''}{instance.name}" + (
+                    f" (instance {number + 1})" if instance.restarts else ""
+                )
                 sections.append((title, _status(self.client, container_id), _logs(self.client, container_id)))
         return sections
 
@@ -1380,7 +1535,9 @@ class PodRun:
         try:
             found = self.client.containers(all=True, filters=filters)
         except APIError as exc:
-            raise EngineError(f"could not list the containers of pod {self.source.name}: {exc.explanation or exc}") from None
+            raise EngineError(
+                f"could not list the containers of pod {self.source.name}: {exc.explanation or exc}"
+            ) from None
         found.sort(key=lambda c: (c.get("Labels") or {}).get(ROLE_LABEL) == "holder")
         for entry in found:
             try:
@@ -1422,4 +1579,3 @@ def _status(client, container_id: str) -> str:
     if state.get("OOMKilled"):
         return "OOMKilled"
     return f"exited with code {state.get('ExitCode')}"
-

@@ -18,8 +18,12 @@ from ccp_tasks.core.layout import CacheLayout
 from ccp_tasks.core.state import Malformed, dump_json, fields, read_record, write_atomic
 
 STAGES = ("lint", "spec", "test", "kube")
-STAGE_TITLES = {"lint": "Dockerfile spec tests", "spec": "structure tests", "test": "integration tests",
-                "kube": "pod checks"}
+STAGE_TITLES = {
+    "lint": "Dockerfile spec tests",
+    "spec": "structure tests",
+    "test": "integration tests",
+    "kube": "pod checks",
+}
 
 
 @dataclass
@@ -32,7 +36,7 @@ class CheckResult:
     detail: str = ""  # longer evidence for a failure: output, container log tail
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CheckResult":
+    def from_dict(cls, data: dict) -> CheckResult:
         fields(data, {"message": str, "seconds": float, "detail": str}, name=str, kind=str, passed=bool)
         return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
 
@@ -52,15 +56,20 @@ class StageRecord:
         return dump_json(asdict(self))
 
     @classmethod
-    def from_raw(cls, raw) -> "StageRecord":
+    def from_raw(cls, raw) -> StageRecord:
         # Older records may lack the later keys; what a record holds must be of its type.
-        fields(raw, {"checks": list, "seconds": float, "ref": str, "image_id": str, "error": str},
-               stage=str, image=str, passed=bool)
+        fields(
+            raw,
+            {"checks": list, "seconds": float, "ref": str, "image_id": str, "error": str},
+            stage=str,
+            image=str,
+            passed=bool,
+        )
         raw = {**raw, "checks": [CheckResult.from_dict(check) for check in raw.get("checks", [])]}
         return cls(**{key: raw[key] for key in cls.__dataclass_fields__ if key in raw})
 
     @classmethod
-    def read(cls, path: Path | str) -> "StageRecord | None":
+    def read(cls, path: Path | str) -> StageRecord | None:
         """The record at `path`; None when it is missing or unusable (one warning names it)."""
         return read_record(path, "a check record", cls.from_raw)
 
@@ -140,7 +149,10 @@ def junit_xml(stage: str, records: list[StageRecord]) -> bytes:
             error.text = record.error
         for check in checks:
             case = ElementTree.SubElement(
-                suite, "testcase", classname=f"{stage}.{record.image}.{check.kind}", name=check.name,
+                suite,
+                "testcase",
+                classname=f"{stage}.{record.image}.{check.kind}",
+                name=check.name,
                 time=f"{check.seconds:.3f}",
             )
             if not check.passed:

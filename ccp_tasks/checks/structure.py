@@ -35,31 +35,56 @@ import re
 import tarfile
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from ccp_tasks.checks.records import CheckResult
-from ccp_tasks.model.config import compose_yaml
 from ccp_tasks.core.errors import ConfigError, EngineError
+from ccp_tasks.model.config import compose_yaml
 
 SCHEMA_VERSION = "2.0.0"
 
 # What a tests.yaml may hold, section by section (the README's table); load_suite()
 # accepts exactly these keys.
 SUPPORTED: dict[str, tuple[str, ...]] = {
-    "(top level)": ("schemaVersion", "globalEnvVars", "commandTests", "fileExistenceTests", "fileContentTests", "metadataTest"),
+    "(top level)": (
+        "schemaVersion",
+        "globalEnvVars",
+        "commandTests",
+        "fileExistenceTests",
+        "fileContentTests",
+        "metadataTest",
+    ),
     "globalEnvVars[]": ("key", "value"),
     "commandTests[]": (
-        "name", "command", "args", "setup", "envVars", "exitCode",
-        "expectedOutput", "excludedOutput", "expectedError", "excludedError",
+        "name",
+        "command",
+        "args",
+        "setup",
+        "envVars",
+        "exitCode",
+        "expectedOutput",
+        "excludedOutput",
+        "expectedError",
+        "excludedError",
     ),
     "commandTests[].envVars[]": ("key", "value"),
     "fileExistenceTests[]": ("name", "path", "shouldExist", "permissions", "uid", "gid", "isExecutableBy"),
     "fileContentTests[]": ("name", "path", "expectedContents", "excludedContents"),
     "metadataTest": (
-        "envVars", "unboundEnvVars", "labels", "exposedPorts", "unexposedPorts",
-        "volumes", "unmountedVolumes", "entrypoint", "cmd", "workdir", "user",
+        "envVars",
+        "unboundEnvVars",
+        "labels",
+        "exposedPorts",
+        "unexposedPorts",
+        "volumes",
+        "unmountedVolumes",
+        "entrypoint",
+        "cmd",
+        "workdir",
+        "user",
     ),
     "metadataTest.envVars[]": ("key", "value", "isRegex"),
     "metadataTest.unboundEnvVars[]": ("key",),
@@ -180,8 +205,12 @@ class StructureSuite:
     @property
     def count(self) -> int:
         """How many CheckResults run_suite() returns."""
-        return (len(self.command_tests) + len(self.file_existence_tests) + len(self.file_content_tests)
-                + (1 if self.metadata else 0))
+        return (
+            len(self.command_tests)
+            + len(self.file_existence_tests)
+            + len(self.file_content_tests)
+            + (1 if self.metadata else 0)
+        )
 
 
 # ---------------------------------------------------------------- Go semantics
@@ -224,7 +253,7 @@ def go_expand(s: str, env: dict[str, str]) -> str:
             if parts is None:
                 parts = []
             parts.append(s[i:j])
-            name, width = _shell_name(s[j + 1:])
+            name, width = _shell_name(s[j + 1 :])
             if name == "" and width > 0:
                 pass  # bad syntax: Go drops the characters
             elif name == "":
@@ -251,15 +280,27 @@ def go_file_mode(mode: int, typeflag: bytes) -> str:
     if mode & 0o1000:
         bits.add("t")
     kind = mode & ~0o7777
-    bits |= {0o040000: {"d"}, 0o010000: {"p"}, 0o120000: {"L"}, 0o060000: {"D"},
-             0o020000: {"D", "c"}, 0o140000: {"S"}}.get(kind, set())
-    bits |= {tarfile.SYMTYPE: {"L"}, tarfile.CHRTYPE: {"D", "c"}, tarfile.BLKTYPE: {"D"},
-             tarfile.DIRTYPE: {"d"}, tarfile.FIFOTYPE: {"p"}}.get(typeflag, set())
+    bits |= {
+        0o040000: {"d"},
+        0o010000: {"p"},
+        0o120000: {"L"},
+        0o060000: {"D"},
+        0o020000: {"D", "c"},
+        0o140000: {"S"},
+    }.get(kind, set())
+    bits |= {
+        tarfile.SYMTYPE: {"L"},
+        tarfile.CHRTYPE: {"D", "c"},
+        tarfile.BLKTYPE: {"D"},
+        tarfile.DIRTYPE: {"d"},
+        tarfile.FIFOTYPE: {"p"},
+    }.get(typeflag, set())
     prefix = "".join(c for c in "dalTLDpSugct?" if c in bits) or "-"
     return prefix + "".join(c if mode & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx"))
 
 
 _PERMISSIONS_RE = re.compile(r"^(?:-|(?=[dalTLDpSugct?])d?a?l?T?L?D?p?S?u?g?c?t?\??)(?:[r-][w-][x-]){3}$")
+
 
 class GoRegexError(ValueError):
     pass
@@ -325,10 +366,12 @@ def _refusal(source: str, compiled) -> str | None:
             return "invalid escape sequence: `\\C`"  # RE2's any-byte; Go has none
         if letter in "pP":
             end = source.find("}", i) + 1 if source.startswith("{", i + 2) else i + 3
-            name = source[i + 2:end].strip("{}").removeprefix("^")
+            name = source[i + 2 : end].strip("{}").removeprefix("^")
             if name in _NEWER_IN_RE2:
-                return (f"`{source[i:end]}` is not supported by ccp: its regexp engine (RE2, Unicode 15.1) counts "
-                        f"characters in it that CST's Go (Unicode 15.0) does not")
+                return (
+                    f"`{source[i:end]}` is not supported by ccp: its regexp engine (RE2, Unicode 15.1) counts "
+                    f"characters in it that CST's Go (Unicode 15.0) does not"
+                )
     for name in compiled.groupindex:
         # RE2 allows any Unicode word character in a group name; Go only ASCII letters, digits and _.
         if not all(ch == "_" or ch.isascii() and ch.isalnum() for ch in name):
@@ -393,14 +436,14 @@ class _Node:
             return "nothing"
         return repr(node.value)
 
-    def _child(self, node, suffix: str) -> "_Node":
+    def _child(self, node, suffix: str) -> _Node:
         if suffix.startswith("["):
             path = self.path + suffix
         else:
             path = f"{self.path}.{suffix}" if self.path else suffix
         return _Node(self.file, node, path)
 
-    def mapping(self, section: str, required: tuple[str, ...] = ()) -> dict[str, "_Node"]:
+    def mapping(self, section: str, required: tuple[str, ...] = ()) -> dict[str, _Node]:
         import yaml
 
         if not isinstance(self.node, yaml.MappingNode):
@@ -436,7 +479,7 @@ class _Node:
                 self.fail(f"missing required key '{key}'")
         return found
 
-    def items(self) -> list["_Node"]:
+    def items(self) -> list[_Node]:
         import yaml
 
         if not isinstance(self.node, yaml.SequenceNode):
@@ -508,13 +551,13 @@ def load_suite(path: Path) -> StructureSuite:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{file}: invalid YAML: {problem}" + (f" (line {mark.line + 1})" if mark else "")) from None
     if root is None:
-        raise ConfigError(f"{file}: empty; expected schemaVersion: \"{SCHEMA_VERSION}\" and some tests")
+        raise ConfigError(f'{file}: empty; expected schemaVersion: "{SCHEMA_VERSION}" and some tests')
     top = _Node(file, root, "").mapping("(top level)")
     if "schemaVersion" not in top:
         _Node(file, root, "").fail(f"missing required key 'schemaVersion' (ccp runs \"{SCHEMA_VERSION}\")")
     version = top["schemaVersion"].string()
     if version != SCHEMA_VERSION:
-        top["schemaVersion"].fail(f"{version!r} is not supported; ccp runs schema \"{SCHEMA_VERSION}\"")
+        top["schemaVersion"].fail(f'{version!r} is not supported; ccp runs schema "{SCHEMA_VERSION}"')
 
     suite = StructureSuite(
         path=file,
@@ -549,7 +592,7 @@ def _command_test(node: _Node) -> CommandTest:
     for item in _items(fields, "setup"):
         argv = item.strings()
         if not argv or not argv[0]:
-            item.fail("expected a non-empty command, like [\"touch\", \"/tmp/x\"]")
+            item.fail('expected a non-empty command, like ["touch", "/tmp/x"]')
         setup.append(argv)
     return CommandTest(
         name=fields["name"].string(non_empty=True),
@@ -573,7 +616,9 @@ def _file_existence_test(node: _Node) -> FileExistenceTest:
         hint = ""
         if len(permissions) == 10 and (permissions[3] in "sS" or permissions[6] in "sS" or permissions[9] in "tT"):
             hint = "; Go writes setuid, setgid and sticky as letters before the type: 'urwxr-xr-x', 'dtrwxrwxrwx'"
-        fields["permissions"].fail(f"{permissions!r} is not a Go os.FileMode string like '-rwxr-xr-x' or 'drwxr-xr-x'{hint}")
+        fields["permissions"].fail(
+            f"{permissions!r} is not a Go os.FileMode string like '-rwxr-xr-x' or 'drwxr-xr-x'{hint}"
+        )
     ids = {}
     for key in ("uid", "gid"):
         if key in fields:
@@ -696,11 +741,18 @@ class _Session:
 
     def create(self, image: str, command: list[str], environment: dict[str, str] | None = None) -> str:
         env = [f"{key}={value}" for key, value in (environment or {}).items()] or None
-        created = self.call(f"cannot create a container of {image}", lambda: self.client.create_container(
-            image, command=command, entrypoint=[""], environment=env, labels=self.labels,
-            # docker-py would add proxy variables from ~/.docker/config.json; CST does not.
-            use_config_proxy=False,
-        ))
+        created = self.call(
+            f"cannot create a container of {image}",
+            lambda: self.client.create_container(
+                image,
+                command=command,
+                entrypoint=[""],
+                environment=env,
+                labels=self.labels,
+                # docker-py would add proxy variables from ~/.docker/config.json; CST does not.
+                use_config_proxy=False,
+            ),
+        )
         self.containers.append(created["Id"])
         return created["Id"]
 
@@ -779,8 +831,9 @@ def _quote(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def run_suite(client, image: str, suite: StructureSuite, *, labels: dict[str, str],
-              command_timeout: float = COMMAND_TIMEOUT) -> list[CheckResult]:
+def run_suite(
+    client, image: str, suite: StructureSuite, *, labels: dict[str, str], command_timeout: float = COMMAND_TIMEOUT
+) -> list[CheckResult]:
     """Run every test of `suite` on `image` (an ID or reference): one CheckResult
     per test, in CST's order (command, file content, file existence, metadata).
     Everything created is removed before returning, also on KeyboardInterrupt;
@@ -850,13 +903,23 @@ def _run_container(session: _Session, container: str, timeout: float) -> tuple[i
 
 
 def _logs(session: _Session, container: str) -> tuple[str, str]:
-    out = session.call("cannot read container output", lambda: session.client.logs(container, stdout=True, stderr=False))
-    err = session.call("cannot read container output", lambda: session.client.logs(container, stdout=False, stderr=True))
+    out = session.call(
+        "cannot read container output", lambda: session.client.logs(container, stdout=True, stderr=False)
+    )
+    err = session.call(
+        "cannot read container output", lambda: session.client.logs(container, stdout=False, stderr=True)
+    )
     return go_string(out), go_string(err)
 
 
-def _run_command_test(session: _Session, image_id: str, image_env: dict[str, str], global_env: dict[str, str],
-                      test: CommandTest, timeout: float) -> CheckResult:
+def _run_command_test(
+    session: _Session,
+    image_id: str,
+    image_env: dict[str, str],
+    global_env: dict[str, str],
+    test: CommandTest,
+    timeout: float,
+) -> CheckResult:
     started = time.monotonic()
     current = image_id
     substitution_env = {**image_env, **global_env}
@@ -907,8 +970,16 @@ def _output_problems(stream: str, text: str, expected: tuple[GoRegex, ...], excl
     return problems
 
 
-def _result(name: str, kind: str, problems: list[str], started: float, evidence: Sequence[str] = (),
-            stdout: str = "", stderr: str = "", content: str | None = None) -> CheckResult:
+def _result(
+    name: str,
+    kind: str,
+    problems: list[str],
+    started: float,
+    evidence: Sequence[str] = (),
+    stdout: str = "",
+    stderr: str = "",
+    content: str | None = None,
+) -> CheckResult:
     seconds = round(time.monotonic() - started, 3)
     if not problems:
         return CheckResult(name, kind, True, seconds=seconds)
@@ -1014,12 +1085,18 @@ def _run_file_content_test(session: _Session, container: str, test: FileContentT
         content = go_string(_read(session, container, test.path))
     except _Missing as exc:
         return _result(test.name, "file-content", [str(exc)], started)
-    problems = [f"{test.path}: content does not match {p.source!r}" for p in test.expected_contents if not p.search(content)]
-    problems += [f"{test.path}: content matches excluded {p.source!r}" for p in test.excluded_contents if p.search(content)]
+    problems = [
+        f"{test.path}: content does not match {p.source!r}" for p in test.expected_contents if not p.search(content)
+    ]
+    problems += [
+        f"{test.path}: content matches excluded {p.source!r}" for p in test.excluded_contents if p.search(content)
+    ]
     return _result(test.name, "file-content", problems, started, content=content)
 
 
-def _run_file_existence_test(session: _Session, container: str, test: FileExistenceTest, env: dict[str, str]) -> CheckResult:
+def _run_file_existence_test(
+    session: _Session, container: str, test: FileExistenceTest, env: dict[str, str]
+) -> CheckResult:
     started = time.monotonic()
     path = go_expand(test.path, env)
     shown = path if path == test.path else f"{path} ({test.path})"
@@ -1069,7 +1146,9 @@ def _run_metadata_test(config: dict, test: MetadataTest) -> CheckResult:
     ports = sorted({key.split("/", 1)[0] for key in (config.get("ExposedPorts") or {})}, key=lambda p: (len(p), p))
     volumes = sorted(config.get("Volumes") or {})
     problems = _value_problems("env", test.env_vars, env)
-    problems += [f"env {key} is set ({_quote(env[key])}), expected unset" for key in test.unbound_env_vars if key in env]
+    problems += [
+        f"env {key} is set ({_quote(env[key])}), expected unset" for key in test.unbound_env_vars if key in env
+    ]
     problems += _value_problems("label", test.labels, labels)
     for field, expected in (("Entrypoint", test.entrypoint), ("Cmd", test.cmd)):
         actual = list(config.get(field) or [])
@@ -1080,7 +1159,9 @@ def _run_metadata_test(config: dict, test: MetadataTest) -> CheckResult:
     if test.user is not None and config.get("User", "") != test.user:
         problems.append(f"user {_quote(config.get('User', ''))}, expected {_quote(test.user)}")
     shown_ports = ", ".join(ports) or "none"
-    problems += [f"port {port} is not exposed (exposed: {shown_ports})" for port in test.exposed_ports if port not in ports]
+    problems += [
+        f"port {port} is not exposed (exposed: {shown_ports})" for port in test.exposed_ports if port not in ports
+    ]
     problems += [f"port {port} is exposed, expected not" for port in test.unexposed_ports if port in ports]
     shown_volumes = ", ".join(volumes) or "none"
     problems += [f"volume {v} is not declared (volumes: {shown_volumes})" for v in test.volumes if v not in volumes]

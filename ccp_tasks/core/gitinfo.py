@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -32,5 +32,5 @@ def last_revision(paths: list[Path]) -> Revision | None:
     fields = result.stdout.split()
     if result.returncode != 0 or len(fields) != 2:
         return None
-    committed = datetime.fromtimestamp(int(fields[1]), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    committed = datetime.fromtimestamp(int(fields[1]), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return Revision(fields[0], committed)

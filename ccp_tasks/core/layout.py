@@ -132,8 +132,15 @@ class CacheLayout:
     # caller deleting files keeps one whose candidates include a live image.
 
     # Directories holding per-image files (and the two of _NOT_PER_IMAGE).
-    PER_IMAGE_DIRS = ("build", "images", "logs", "results", "manifests", "pushed",
-                      *(f"{stage}-work" for stage in CONTAINER_STAGES))
+    PER_IMAGE_DIRS = (
+        "build",
+        "images",
+        "logs",
+        "results",
+        "manifests",
+        "pushed",
+        *(f"{stage}-work" for stage in CONTAINER_STAGES),
+    )
 
     def owners(self, path: str | Path) -> tuple[str, ...]:
         """The images `path` (under root, or relative to it) may belong to; () for a
@@ -150,7 +157,7 @@ class CacheLayout:
             return (name[:-5],)
         if len(parts) == 2 and top == "logs" and name.endswith(".log"):
             stem = name[:-4]
-            return (stem, *(stem[len(s) + 1:] for s in CONTAINER_STAGES if stem.startswith(f"{s}-")))
+            return (stem, *(stem[len(s) + 1 :] for s in CONTAINER_STAGES if stem.startswith(f"{s}-")))
         if len(parts) == 3 and top == "results" and name.endswith(".json"):
             stem = name[:-5]
             if parts[1] != _RECORDED and stem.endswith(".failed"):

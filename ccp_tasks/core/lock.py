@@ -70,7 +70,9 @@ def acquire(path: Path, timeout: float | None = None, announce=print) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-        announce(f"ccp: another doit run (pid {holder}) holds {path}; waiting for it to finish…", file=sys.stderr, flush=True)
+        announce(
+            f"ccp: another doit run (pid {holder}) holds {path}; waiting for it to finish…", file=sys.stderr, flush=True
+        )
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
@@ -79,7 +81,9 @@ def acquire(path: Path, timeout: float | None = None, announce=print) -> None:
             except BlockingIOError:
                 if deadline is not None and time.monotonic() > deadline:
                     os.close(fd)
-                    raise LockError(f"another doit run (pid {holder}) still holds {path} after {timeout:.0f}s") from None
+                    raise LockError(
+                        f"another doit run (pid {holder}) still holds {path} after {timeout:.0f}s"
+                    ) from None
                 time.sleep(0.2)
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -158,8 +162,12 @@ def _watch_workers(forked: int) -> None:
             # Interrupting doit's loop would end in its traceback; ending the process
             # is clean: the lock goes with it, the other workers end with it (see
             # _end_with_run), and every target under cache/ is written whole or not at all.
-            print(f"ccp: a doit worker (pid {pid}) was killed by {signal.Signals(sig).name}; "
-                  "this run stops here: run doit again", file=sys.stderr, flush=True)
+            print(
+                f"ccp: a doit worker (pid {pid}) was killed by {signal.Signals(sig).name}; "
+                "this run stops here: run doit again",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(1)
 
 

@@ -14,9 +14,10 @@ import os
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 DIGEST_LABEL = "io.ccp.input-digest"
 
@@ -123,8 +124,13 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                  (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
 
 
 def read_regular_file(path) -> tuple[bytes, os.stat_result, str]:
@@ -177,11 +183,11 @@ class Stamp:
         return dump_json(asdict(self))
 
     @classmethod
-    def read(cls, path: Path | str, quiet: bool = False) -> "Stamp | None":
+    def read(cls, path: Path | str, quiet: bool = False) -> Stamp | None:
         return read_record(path, "a build stamp", cls._from_raw, quiet)
 
     @classmethod
-    def _from_raw(cls, raw) -> "Stamp":
+    def _from_raw(cls, raw) -> Stamp:
         fields(raw, image=str, image_id=str, input_digest=str, tags=STRINGS)
         return cls(raw["image"], raw["image_id"], raw["input_digest"], tuple(raw["tags"]))
 

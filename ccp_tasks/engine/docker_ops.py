@@ -13,9 +13,9 @@ import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ccp_tasks.core.errors import BuildError, EngineError
 from ccp_tasks.core.state import DIGEST_LABEL
@@ -53,7 +53,7 @@ class EngineImage:
 def local_socket() -> str | None:
     """The engine's unix socket path, or None for a remote engine (tcp://, ssh://)."""
     host = engine_address()
-    return host[len("unix://"):] if host.startswith("unix://") else None
+    return host[len("unix://") :] if host.startswith("unix://") else None
 
 
 def unix_get(socket_path: str, path: str, timeout: float = 30) -> bytes:
@@ -73,7 +73,9 @@ def unix_get(socket_path: str, path: str, timeout: float = 30) -> bytes:
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     status = head.split(b"\r\n", 1)[0].split()
     if len(status) < 2 or status[1] != b"200":
-        raise EngineError(f"the Docker engine at unix://{socket_path} answered {head[:40]!r} to GET {path}: {body[:200]!r}")
+        raise EngineError(
+            f"the Docker engine at unix://{socket_path} answered {head[:40]!r} to GET {path}: {body[:200]!r}"
+        )
     return body
 
 
@@ -218,7 +220,9 @@ def build(
             if isinstance(exc, BuildError):
                 raise
             if type(exc).__module__.startswith(("requests", "urllib3")):
-                raise EngineError(f"lost the Docker engine at {engine_address()} while building '{name}': {exc}") from None
+                raise EngineError(
+                    f"lost the Docker engine at {engine_address()} while building '{name}': {exc}"
+                ) from None
             raise
         log.write(f"# finished in {time.monotonic() - started:.1f}s: {image_id}\n")
     if not image_id:

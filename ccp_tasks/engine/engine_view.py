@@ -36,8 +36,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccp_tasks.engine import docker_ops
 from ccp_tasks.core.state import Malformed, fields, read_record, write_atomic
+from ccp_tasks.engine import docker_ops
 
 # Image actions that move no reference: an import's reference comes as its own
 # `tag` event, a prune's removals as `delete` and `untag` events.
@@ -54,7 +54,12 @@ class ImageEvent:
 
 def _key(raw: dict) -> list:
     """What identifies one event of the daemon (as JSON keeps it: a list)."""
-    return [int(raw.get("timeNano", 0)), raw.get("Type", ""), raw.get("Action", ""), (raw.get("Actor") or {}).get("ID", "")]
+    return [
+        int(raw.get("timeNano", 0)),
+        raw.get("Type", ""),
+        raw.get("Action", ""),
+        (raw.get("Actor") or {}).get("ID", ""),
+    ]
 
 
 def _parse(body: bytes) -> list[tuple[list, ImageEvent | None]]:
@@ -67,8 +72,12 @@ def _parse(body: bytes) -> list[tuple[list, ImageEvent | None]]:
         actor = raw.get("Actor") or {}
         image = None
         if raw.get("Type") == "image":
-            image = ImageEvent(int(raw.get("timeNano", 0)), raw.get("Action", ""), actor.get("ID", ""),
-                               (actor.get("Attributes") or {}).get("name", ""))
+            image = ImageEvent(
+                int(raw.get("timeNano", 0)),
+                raw.get("Action", ""),
+                actor.get("ID", ""),
+                (actor.get("Attributes") or {}).get("name", ""),
+            )
         events.append((_key(raw), image))
     return events
 
@@ -98,7 +107,7 @@ def _since(buffered, marker) -> list[ImageEvent] | None:
     keys = [key for key, _ in buffered]
     if marker not in keys:
         return None
-    return [image for _, image in buffered[keys.index(marker) + 1:] if image is not None]
+    return [image for _, image in buffered[keys.index(marker) + 1 :] if image is not None]
 
 
 def _repository(ref: str) -> str:
@@ -108,8 +117,9 @@ def _repository(ref: str) -> str:
     return f"{head}{slash}{last.partition(':')[0]}"
 
 
-def apply(present: dict[str, str], events: list[ImageEvent],
-          ours: set[tuple[str, str]] = frozenset()) -> dict[str, str] | None:
+def apply(
+    present: dict[str, str], events: list[ImageEvent], ours: set[tuple[str, str]] = frozenset()
+) -> dict[str, str] | None:
     """Replay image events on a reference -> image ID map; None when an event
     may have moved references it does not name (then only a listing tells).
 
@@ -215,8 +225,9 @@ class EngineView:
         if cls._listing is None:
             try:
                 cls._listing = {
-                    entry["Id"]: docker_ops.EngineImage(entry["Id"], frozenset(entry.get("RepoTags") or ()),
-                                                        entry.get("Labels") or {})
+                    entry["Id"]: docker_ops.EngineImage(
+                        entry["Id"], frozenset(entry.get("RepoTags") or ()), entry.get("Labels") or {}
+                    )
                     for entry in docker_ops.list_images()
                 }
             except Exception:  # an unreachable engine makes every image "absent"; the build says why
@@ -262,14 +273,30 @@ class EngineView:
     def _write(cls, present: dict[str, str], marker: list | None) -> None:
         write_atomic(
             cls.state_path,
-            (json.dumps({"host": cls._host(), "namespace": cls.namespace_prefix, "marker": marker, "how": cls._how,
-                         "present": present}, indent=1, sort_keys=True) + "\n").encode(),
+            (
+                json.dumps(
+                    {
+                        "host": cls._host(),
+                        "namespace": cls.namespace_prefix,
+                        "marker": marker,
+                        "how": cls._how,
+                        "present": present,
+                    },
+                    indent=1,
+                    sort_keys=True,
+                )
+                + "\n"
+            ).encode(),
         )
 
     @classmethod
     def _present_from_listing(cls) -> dict[str, str]:
-        return {ref: image.image_id for image in cls.listing().values() for ref in image.tags
-                if ref.startswith(cls.namespace_prefix)}
+        return {
+            ref: image.image_id
+            for image in cls.listing().values()
+            for ref in image.tags
+            if ref.startswith(cls.namespace_prefix)
+        }
 
     @classmethod
     def how(cls) -> str:

@@ -46,7 +46,6 @@ def remove_labelled(client, labels: dict[str, str], spare_run: str | None = None
     many were removed."""
     from docker.errors import NotFound
 
-
     def spared(entry) -> bool:
         return spare_run is not None and (entry.get("Labels") or {}).get(RUN_LABEL) == spare_run
 
@@ -87,8 +86,8 @@ def sweep(layout: CacheLayout, client=None) -> int:
     from docker.errors import DockerException
     from requests.exceptions import RequestException
 
-    from ccp_tasks.engine.docker_ops import connect
     from ccp_tasks.core.errors import EngineError
+    from ccp_tasks.engine.docker_ops import connect
 
     client = client or connect()
     try:

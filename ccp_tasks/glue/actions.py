@@ -14,20 +14,13 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 
 from ccp_tasks.build import base as base_rootfs
-from ccp_tasks.engine import docker_ops
-from ccp_tasks.engine import leftovers
-from ccp_tasks.checks import lint
 from ccp_tasks.build import manifest
-from ccp_tasks.publish import push as publish
-from ccp_tasks.model import sources
-from ccp_tasks.checks.records import CheckResult, StageRecord, failure_report, save_record
-from ccp_tasks.model.config import PipelineConfig
-from ccp_tasks.core.errors import BuildError, CcpError
 from ccp_tasks.build.digest import input_digest
+from ccp_tasks.checks import lint
+from ccp_tasks.checks.records import CheckResult, StageRecord, failure_report, save_record
+from ccp_tasks.core.errors import BuildError, CcpError
 from ccp_tasks.core.gitinfo import last_revision
-from ccp_tasks.model.graph import Image
 from ccp_tasks.core.layout import CacheLayout
-from ccp_tasks.model.render import SOURCES_DIR, final_base
 from ccp_tasks.core.state import (
     DIGEST_LABEL,
     Stamp,
@@ -36,6 +29,12 @@ from ccp_tasks.core.state import (
     write_atomic,
     write_if_changed,
 )
+from ccp_tasks.engine import docker_ops, leftovers
+from ccp_tasks.model import sources
+from ccp_tasks.model.config import PipelineConfig
+from ccp_tasks.model.graph import Image
+from ccp_tasks.model.render import SOURCES_DIR, final_base
+from ccp_tasks.publish import push as publish
 
 CHECK_LABEL = "io.ccp.check"
 # Builds of one image when another run on the same engine keeps moving its parent's tag.
@@ -92,17 +91,23 @@ def stage_context(image: Image, context_dir: str, generated: dict[str, Path], la
         # Discovery checked every symlink; a link retargeted since then must not slip through.
         real = os.path.realpath(origin)
         if not real.startswith(f"{real_repository}/"):
-            raise CcpError(f"image '{image.name}': context file {origin} now leads to {real}, outside the "
-                           f"template repository {source.repository}")
+            raise CcpError(
+                f"image '{image.name}': context file {origin} now leads to {real}, outside the "
+                f"template repository {source.repository}"
+            )
         try:
             data, status, real = read_regular_file(origin)
         except OSError as exc:
-            raise CcpError(f"image '{image.name}': cannot read context file {origin}: {exc.strerror}; remove it "
-                           f"or list it in the image's .dockerignore") from None
+            raise CcpError(
+                f"image '{image.name}': cannot read context file {origin}: {exc.strerror}; remove it "
+                f"or list it in the image's .dockerignore"
+            ) from None
         if not real.startswith(f"{real_repository}/"):
             # Swapped for a link (or its directory for one) between the check above and the open.
-            raise CcpError(f"image '{image.name}': context file {origin} now leads to {real}, outside the "
-                           f"template repository {source.repository}")
+            raise CcpError(
+                f"image '{image.name}': context file {origin} now leads to {real}, outside the "
+                f"template repository {source.repository}"
+            )
         mode = status.st_mode & 0o7777
         if write_if_changed(target, data):
             changed.append(rel)
@@ -150,7 +155,10 @@ def _revision_labels(cfg: PipelineConfig, image: Image) -> dict[str, str]:
     revision = last_revision([p for p in paths if p.exists()])
     if revision is None:
         return {}
-    return {"org.opencontainers.image.revision": revision.commit, "org.opencontainers.image.created": revision.committed}
+    return {
+        "org.opencontainers.image.revision": revision.commit,
+        "org.opencontainers.image.created": revision.committed,
+    }
 
 
 def _final_parent(cfg: PipelineConfig, image: Image) -> str | None:
@@ -182,8 +190,15 @@ def sync_source(cfg: PipelineConfig, name: str, layout: CacheLayout) -> dict:
     return {"revision": record.revision, "changed": changed}
 
 
-def _build_on_parent(cfg: PipelineConfig, client, image: Image, context_dir: Path, labels: dict[str, str],
-                     parent_ids: dict[str, str], layout: CacheLayout) -> str:
+def _build_on_parent(
+    cfg: PipelineConfig,
+    client,
+    image: Image,
+    context_dir: Path,
+    labels: dict[str, str],
+    parent_ids: dict[str, str],
+    layout: CacheLayout,
+) -> str:
     """Build, and make sure the result extends the parent its input digest names:
     the builder resolves FROM by reference, and another run on the same engine
     may move that reference meanwhile (then the image is built again)."""
@@ -198,13 +213,18 @@ def _build_on_parent(cfg: PipelineConfig, client, image: Image, context_dir: Pat
             return image_id
         docker_ops.untag_if(client, image.ref, image_id)
         if attempt < BUILD_ATTEMPTS:
-            print(f"   {image.name}: built on another '{base}' (another run on this engine moved "
-                  f"{cfg.image_ref(base)}); building again", file=sys.stderr, flush=True)
+            print(
+                f"   {image.name}: built on another '{base}' (another run on this engine moved "
+                f"{cfg.image_ref(base)}); building again",
+                file=sys.stderr,
+                flush=True,
+            )
     raise BuildError(
         image.name,
         f"it was built on another '{base}' than the one its inputs name, {BUILD_ATTEMPTS} times (another run "
         f"on this engine keeps tagging {cfg.image_ref(base)}); run again when it is done",
-        [], layout.log(image.name),
+        [],
+        layout.log(image.name),
     )
 
 
@@ -216,7 +236,9 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     for parent in image.parents:
         stamp = Stamp.read(Path(layout.stamp(parent)))
         if stamp is None:
-            raise CcpError(f"image '{image.name}': parent '{parent}' has no build stamp; build it first (doit build:{parent})")
+            raise CcpError(
+                f"image '{image.name}': parent '{parent}' has no build stamp; build it first (doit build:{parent})"
+            )
         parent_ids[parent] = stamp.image_id
     labels = {**image_labels(cfg, image), **_source_labels(image, layout)}
     context_dir = Path(layout.context_dir(image.name))
@@ -226,8 +248,10 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     if image_id:
         docker_ops.tag(client, image_id, image.ref)
         outcome = "adopted"
-    elif cfg.registry.url and cfg.registry.reuse and (
-        image_id := publish.pull_reusable(cfg, client, image.name, digest, image.ref, log=_say(image.name))
+    elif (
+        cfg.registry.url
+        and cfg.registry.reuse
+        and (image_id := publish.pull_reusable(cfg, client, image.name, digest, image.ref, log=_say(image.name)))
     ):
         outcome = "pulled"
     else:
@@ -237,8 +261,13 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     packages = _record_packages(client, image, image_id, layout)
     stamp = Stamp(image.name, image_id, digest, (image.ref,))
     write_if_changed(Path(layout.stamp(image.name)), stamp.to_bytes())
-    return {"outcome": outcome, "image_id": image_id, "ref": image.ref, "seconds": round(time.monotonic() - started, 2),
-            **packages}
+    return {
+        "outcome": outcome,
+        "image_id": image_id,
+        "ref": image.ref,
+        "seconds": round(time.monotonic() - started, 2),
+        **packages,
+    }
 
 
 @reports_errors
@@ -265,17 +294,30 @@ def lint_image(cfg: PipelineConfig, image: Image, dockerfile: str, layout: Cache
         CheckResult(f"{rule} {lint.RULES[rule]}", "rule", rule not in by_rule, "; ".join(by_rule.get(rule, [])))
         for rule in lint.RULES
     ]
-    checks += [CheckResult(rule, "rule", False, "; ".join(lines)) for rule, lines in by_rule.items() if rule not in lint.RULES]
+    checks += [
+        CheckResult(rule, "rule", False, "; ".join(lines)) for rule, lines in by_rule.items() if rule not in lint.RULES
+    ]
     if hadolint is not None:
-        checks.append(CheckResult(f"hadolint {hadolint.version} (fails at {hadolint.threshold} and above)", "tool", True))
-    record = StageRecord("lint", image.name, passed=not findings, checks=checks, ref=image.ref,
-                         seconds=round(time.monotonic() - started, 3))
+        checks.append(
+            CheckResult(f"hadolint {hadolint.version} (fails at {hadolint.threshold} and above)", "tool", True)
+        )
+    record = StageRecord(
+        "lint",
+        image.name,
+        passed=not findings,
+        checks=checks,
+        ref=image.ref,
+        seconds=round(time.monotonic() - started, 3),
+    )
     save_record(layout, record)
     if findings:
         lines = [f.format(dockerfile) for f in findings]
         raise CcpError(f"image '{image.name}' breaks {len(findings)} lint rule(s):\n" + "\n".join(lines))
-    return {"checks": len(checks), "waived": [f.format(dockerfile) for f in waived_findings],
-            "hadolint": hadolint.version if hadolint else None}
+    return {
+        "checks": len(checks),
+        "waived": [f.format(dockerfile) for f in waived_findings],
+        "hadolint": hadolint.version if hadolint else None,
+    }
 
 
 def _built(name: str, layout: CacheLayout) -> Stamp:
@@ -295,7 +337,9 @@ def stamped_ids(layout: CacheLayout):
     return functools.cache(lambda name: _built(name, layout).image_id)
 
 
-def _run_stage(stage: str, cfg: PipelineConfig, image: Image, layout: CacheLayout, run, *, empty_fails: bool = False) -> dict:
+def _run_stage(
+    stage: str, cfg: PipelineConfig, image: Image, layout: CacheLayout, run, *, empty_fails: bool = False
+) -> dict:
     """One check stage for one image: `run(image_id, labels)` returns its checks.
     The record goes to cache/results/<stage>/ (see checks.py) whatever the
     outcome; a failed check, or an expected error, fails the task with the report."""
@@ -328,7 +372,9 @@ def run_structure_tests(cfg: PipelineConfig, image: Image, layout: CacheLayout, 
 
 
 @reports_errors
-def run_integration_tests(cfg: PipelineConfig, image: Image, images: tuple[str, ...], layout: CacheLayout, spec_file: str) -> dict:
+def run_integration_tests(
+    cfg: PipelineConfig, image: Image, images: tuple[str, ...], layout: CacheLayout, spec_file: str
+) -> dict:
     """Start the image (and the services it needs) and run the checks of its integration.yaml."""
     from ccp_tasks.checks import integration
 
@@ -351,7 +397,9 @@ def run_integration_tests(cfg: PipelineConfig, image: Image, images: tuple[str, 
 
 
 @reports_errors
-def run_pod_checks(cfg: PipelineConfig, image: Image, images: tuple[str, ...], layout: CacheLayout, pod_template: str) -> dict:
+def run_pod_checks(
+    cfg: PipelineConfig, image: Image, images: tuple[str, ...], layout: CacheLayout, pod_template: str
+) -> dict:
     """Validate the image's pod definition, run it as a pod and its integration checks against it."""
     from ccp_tasks.checks import kube
     from ccp_tasks.model.render import INTEGRATION_TESTS
@@ -360,10 +408,17 @@ def run_pod_checks(cfg: PipelineConfig, image: Image, images: tuple[str, ...], l
 
     def run(image_id, labels):
         return kube.check_pod(
-            docker_ops.connect(), cfg, image.name, images, stamped_ids(layout), Path(pod_template),
+            docker_ops.connect(),
+            cfg,
+            image.name,
+            images,
+            stamped_ids(layout),
+            Path(pod_template),
             spec_path=spec_path if spec_path.is_file() else None,
-            workdir=layout.check_workdir("kube", image.name), log_path=layout.check_log("kube", image.name),
-            recorded_dir=layout.recorded, labels=labels,
+            workdir=layout.check_workdir("kube", image.name),
+            log_path=layout.check_log("kube", image.name),
+            recorded_dir=layout.recorded,
+            labels=labels,
         )
 
     return _run_stage("kube", cfg, image, layout, run, empty_fails=True)
@@ -413,15 +468,25 @@ def push_image(cfg: PipelineConfig, image: Image, layout: CacheLayout, ci: publi
     stamp = _built(image.name, layout)
     plan = publish.tag_plan(cfg, image.name, stamp.input_digest, ci)
     with publish.registry_client(cfg) as registry:
-        record = publish.push_image(cfg, docker_ops.connect(), registry, image.name, stamp.image_id, plan, log=None,
-                                    local_ref=image.ref)
+        record = publish.push_image(
+            cfg, docker_ops.connect(), registry, image.name, stamp.image_id, plan, log=None, local_ref=image.ref
+        )
     publish.write_record(Path(layout.pushed(image.name)), record)
-    print(f"   {image.name}: {record.outcome} {record.registry}/{record.repository}:{record.content_tag} "
-          f"({record.digest[:19]})", file=sys.stderr)
-    return {"outcome": record.outcome, "digest": record.digest, "repository": f"{record.registry}/{record.repository}",
-            "tags": [record.content_tag, *record.fixed_tags], "seconds": round(time.monotonic() - started, 2),
-            # re-tagged after the push (see publish._untag_if_ours): the engine view is told at the end of the run
-            "ref": image.ref, "image_id": stamp.image_id}
+    print(
+        f"   {image.name}: {record.outcome} {record.registry}/{record.repository}:{record.content_tag} "
+        f"({record.digest[:19]})",
+        file=sys.stderr,
+    )
+    return {
+        "outcome": record.outcome,
+        "digest": record.digest,
+        "repository": f"{record.registry}/{record.repository}",
+        "tags": [record.content_tag, *record.fixed_tags],
+        "seconds": round(time.monotonic() - started, 2),
+        # re-tagged after the push (see publish._untag_if_ours): the engine view is told at the end of the run
+        "ref": image.ref,
+        "image_id": stamp.image_id,
+    }
 
 
 @reports_errors
@@ -435,9 +500,14 @@ def publish_tags(cfg: PipelineConfig, images: tuple[str, ...], layout: CacheLayo
         records.append(record)
     with publish.registry_client(cfg) as registry:
         moved, digests = publish.move_tags(registry, records)
-    write_atomic(layout.published, dump_json({
-        "images": {r.image: {"digest": digests[r.image], "tags": list(r.moving_tags)} for r in records},
-    }))
+    write_atomic(
+        layout.published,
+        dump_json(
+            {
+                "images": {r.image: {"digest": digests[r.image], "tags": list(r.moving_tags)} for r in records},
+            }
+        ),
+    )
     for line in moved:
         print(f"   moved {line}", file=sys.stderr)
     return {"outcome": "moved", "moved": moved}

@@ -9,15 +9,15 @@ from pathlib import Path
 
 from doit.exceptions import InvalidDodoFile
 
-from ccp_tasks.core import lock
 from ccp_tasks.checks.check_index import IntegrationInputs, integration_inputs
 from ccp_tasks.checks.records import write_junit_reports
-from ccp_tasks.model.config import PipelineConfig, load_config
-from ccp_tasks.engine.engine_view import EngineView
+from ccp_tasks.core import lock
 from ccp_tasks.core.errors import CcpError
-from ccp_tasks.model.graph import ImageGraph, build_graph
 from ccp_tasks.core.layout import CacheLayout
+from ccp_tasks.engine.engine_view import EngineView
 from ccp_tasks.glue.reporter import reporter_for
+from ccp_tasks.model.config import PipelineConfig, load_config
+from ccp_tasks.model.graph import ImageGraph, build_graph
 
 DEBUG_ENV = "CCP_DEBUG"
 
@@ -97,8 +97,12 @@ def set_aside_if_unreadable(path: Path) -> None:
         companion = path.with_name(path.name + suffix)
         if companion.exists():
             os.replace(companion, aside.with_name(aside.name + suffix))
-    print(f"ccp: warning: {path.parent.name}/{path.name} {problem}; moved it to {path.parent.name}/{aside.name}, "
-          "so every task runs as if for the first time (builds adopt their images)", file=sys.stderr, flush=True)
+    print(
+        f"ccp: warning: {path.parent.name}/{path.name} {problem}; moved it to {path.parent.name}/{aside.name}, "
+        "so every task runs as if for the first time (builds adopt their images)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def load(root: Path, argv: list[str] | None = None) -> Pipeline:

@@ -203,7 +203,9 @@ class SummaryReporter(ConsoleReporter):
                 if outcome in counts:
                     label = "already in the registry" if outcome == "present" else outcome
                     names = counts[outcome]
-                    detail = f" ({', '.join(names[:NAMES_SHOWN])})" if outcome in ("pushed", "failed", "blocked") else ""
+                    detail = (
+                        f" ({', '.join(names[:NAMES_SHOWN])})" if outcome in ("pushed", "failed", "blocked") else ""
+                    )
                     shown.append(f"{len(names)} {label}{detail}")
             published = self.published or {}
             if published.get("outcome") == "moved":
@@ -219,7 +221,12 @@ class SummaryReporter(ConsoleReporter):
                 shown.append("moving tags not moved" + why)
             self.write(f"{'push':<11} {'':>4}  " + ", ".join(shown) + "\n")
         for image, lines in sorted(self.package_changes.items()):
-            self.write(f"{'packages':<11} {len(lines):>4}  {image}: " + "; ".join(lines[:4]) + (" …" if len(lines) > 4 else "") + "\n")
+            self.write(
+                f"{'packages':<11} {len(lines):>4}  {image}: "
+                + "; ".join(lines[:4])
+                + (" …" if len(lines) > 4 else "")
+                + "\n"
+            )
         return by_stage
 
     def complete_run(self):
@@ -235,7 +242,14 @@ class SummaryReporter(ConsoleReporter):
         self._settle_checks()
         self._settle_pushes()
         if type(self).on_checks is not None:
-            ran = sorted({stage for stages in self.checks.values() for stage, e in stages.items() if e["outcome"] != "up to date"})
+            ran = sorted(
+                {
+                    stage
+                    for stages in self.checks.values()
+                    for stage, e in stages.items()
+                    if e["outcome"] != "up to date"
+                }
+            )
             reports = type(self).on_checks(ran)
             if reports:
                 extra["reports"] = reports
@@ -252,7 +266,11 @@ class SummaryReporter(ConsoleReporter):
                 continue
             if outcome in ("built", "adopted", "up to date") and len(images) > NAMES_SHOWN:
                 # a long list helps nobody on a terminal; the JSON has them all
-                shown = ", ".join(images[:NAMES_SHOWN]) + f", … (+{len(images) - NAMES_SHOWN} more)" if outcome != "up to date" else ""
+                shown = (
+                    ", ".join(images[:NAMES_SHOWN]) + f", … (+{len(images) - NAMES_SHOWN} more)"
+                    if outcome != "up to date"
+                    else ""
+                )
             elif outcome == "blocked":
                 shown = ", ".join(
                     f"{image} (by {', '.join(c.partition(':')[2] or c for c in self.results[image]['blocked_by'])})"
@@ -274,7 +292,8 @@ class SummaryReporter(ConsoleReporter):
                 "pushes": self.pushes,
                 "published": self.published,
                 "other_failures": {
-                    name: reason for name, reason in self.failed_tasks.items()
+                    name: reason
+                    for name, reason in self.failed_tasks.items()
                     if not _image_of(name) and name.partition(":")[0] not in CHECK_STAGES
                 },
                 **extra,
@@ -283,7 +302,11 @@ class SummaryReporter(ConsoleReporter):
 
 
 def reporter_for(summary_path: Path, log_of, on_complete=None, on_checks=None) -> type[SummaryReporter]:
-    attributes = {"summary_path": summary_path, "log_of": staticmethod(log_of), "desc": "console + ccp summary",
-                  "on_complete": staticmethod(on_complete) if on_complete else None,
-                  "on_checks": staticmethod(on_checks) if on_checks else None}
+    attributes = {
+        "summary_path": summary_path,
+        "log_of": staticmethod(log_of),
+        "desc": "console + ccp summary",
+        "on_complete": staticmethod(on_complete) if on_complete else None,
+        "on_checks": staticmethod(on_checks) if on_checks else None,
+    }
     return type("CcpReporter", (SummaryReporter,), attributes)

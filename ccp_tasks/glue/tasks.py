@@ -13,19 +13,19 @@ from pathlib import Path
 
 from doit.tools import config_changed
 
-from ccp_tasks.glue import actions
-from ccp_tasks.checks import lint
 from ccp_tasks.build.base import is_fresh
+from ccp_tasks.checks import lint
 from ccp_tasks.checks.check_index import IntegrationInputs
 from ccp_tasks.checks.records import read_pass
-from ccp_tasks.model.config import PipelineConfig
-from ccp_tasks.engine.engine_view import EngineView
 from ccp_tasks.core.errors import CcpError
-from ccp_tasks.model.graph import ImageGraph
 from ccp_tasks.core.layout import CacheLayout
-from ccp_tasks.publish.push import CiContext, PushRecord, tag_plan
-from ccp_tasks.model.render import INTEGRATION_TESTS, POD_TEMPLATE, STRUCTURE_TESTS
 from ccp_tasks.core.state import Stamp
+from ccp_tasks.engine.engine_view import EngineView
+from ccp_tasks.glue import actions
+from ccp_tasks.model.config import PipelineConfig
+from ccp_tasks.model.graph import ImageGraph
+from ccp_tasks.model.render import INTEGRATION_TESTS, POD_TEMPLATE, STRUCTURE_TESTS
+from ccp_tasks.publish.push import CiContext, PushRecord, tag_plan
 
 # doit calls inspect.signature() on every uptodate callable of every task on
 # every run, to decide whether to pass it `task` and `values`; that was the
@@ -151,12 +151,16 @@ def _result_intact(layout: CacheLayout, stage: str, name: str) -> record_intact:
 def _rel(cfg: PipelineConfig, path) -> str:
     """`path` relative to the checkout, for docs (a string slice: this runs once per image)."""
     path, root = str(path), f"{cfg.root}/"
-    return path[len(root):] if path.startswith(root) else path
+    return path[len(root) :] if path.startswith(root) else path
 
 
 def base_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     if not cfg.base.enabled:
-        yield {"basename": "base", "doc": "Debian root filesystem: disabled (base.enabled is false in ccp.yaml)", "actions": None}
+        yield {
+            "basename": "base",
+            "doc": "Debian root filesystem: disabled (base.enabled is false in ccp.yaml)",
+            "actions": None,
+        }
         return
     settings = cfg.base
     yield {
@@ -179,7 +183,11 @@ def _generated_context(cfg: PipelineConfig, layout: CacheLayout, name: str) -> d
 
 
 def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
-    yield {"basename": "render", "name": None, "doc": "Render every Dockerfile.j2 and stage its build context under cache/build/"}
+    yield {
+        "basename": "render",
+        "name": None,
+        "doc": "Render every Dockerfile.j2 and stage its build context under cache/build/",
+    }
     for name in graph.order:
         image = graph.images[name]
         source = image.source
@@ -190,7 +198,9 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         file_dep.update(f"{directory}/{rel}" for rel in source.context_files)
         file_dep.update(str(path) for path in generated.values())
         file_dep.update(layout.source_record(s) for s in image.sources)
-        targets = [f"{context_dir}/Dockerfile"] + [f"{context_dir}/{rel}" for rel in (*source.context_files, *generated)]
+        targets = [f"{context_dir}/Dockerfile"] + [
+            f"{context_dir}/{rel}" for rel in (*source.context_files, *generated)
+        ]
         yield {
             "basename": "render",
             "name": name,
@@ -219,20 +229,28 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "basename": "build",
             "name": name,
             "doc": f"Build {image.ref}" + (f" on {', '.join(image.parents)}" if image.parents else ""),
-            "file_dep": sorted(f"{context_dir}/{rel}" for rel in staged) + [layout.stamp(parent) for parent in image.parents]
+            "file_dep": sorted(f"{context_dir}/{rel}" for rel in staged)
+            + [layout.stamp(parent) for parent in image.parents]
             + [layout.source_record(s) for s in image.sources],
             "targets": [layout.stamp(name)],
             "actions": [(actions.build_image, (cfg, image, layout))],
             # Spec tests come before the image exists: a Dockerfile that breaks a rule is not built.
             "task_dep": [f"lint:{name}"],
-            "uptodate": [config_changed_as(manifest, f"build:{name}"), stamp_intact(layout.stamp(name)),
-                         image_present(image.ref)],
+            "uptodate": [
+                config_changed_as(manifest, f"build:{name}"),
+                stamp_intact(layout.stamp(name)),
+                image_present(image.ref),
+            ],
             "clean": True,
         }
 
 
 def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
-    yield {"basename": "lint", "name": None, "doc": "Spec-test every rendered Dockerfile (rules CCP001-CCP010, and hadolint's), before any image exists"}
+    yield {
+        "basename": "lint",
+        "name": None,
+        "doc": "Spec-test every rendered Dockerfile (rules CCP001-CCP010, and hadolint's), before any image exists",
+    }
     hadolint = lint.hadolint_fingerprint(cfg)  # settings and binary: changing either reruns every lint
     for name in graph.order:
         image = graph.images[name]
@@ -245,8 +263,12 @@ def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "file_dep": [dockerfile, image.source.template],
             "targets": [layout.lint_report(name)],
             "actions": [(actions.lint_image, (cfg, image, dockerfile, layout, waived))],
-            "uptodate": [config_changed_as({"waived": waived, "external": list(cfg.external_images), "hadolint": hadolint}, f"lint:{name}"),
-                         _result_intact(layout, "lint", name)],
+            "uptodate": [
+                config_changed_as(
+                    {"waived": waived, "external": list(cfg.external_images), "hadolint": hadolint}, f"lint:{name}"
+                ),
+                _result_intact(layout, "lint", name),
+            ],
             "clean": True,
         }
 
@@ -312,8 +334,10 @@ def test_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
             "actions": [(actions.run_integration_tests, (cfg, image, images, layout, inputs.path))],
             # Ordering and gating only: a structure test rerun must not rerun the containers.
             "task_dep": earlier,
-            "uptodate": [config_changed_as({"variables": cfg.template_globals()}, f"test:{name}"),
-                         _result_intact(layout, "test", name)],
+            "uptodate": [
+                config_changed_as({"variables": cfg.template_globals()}, f"test:{name}"),
+                _result_intact(layout, "test", name),
+            ],
             "clean": True,
         }
 
@@ -327,7 +351,7 @@ def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
         "basename": "kube",
         "name": None,
         "doc": f"Check every image's pod definition ({kube.POD_TEMPLATE}) against Kubernetes {version} and the image, "
-               "then run it as a pod and its integration checks against it",
+        "then run it as a pod and its integration checks against it",
     }
     images = tuple(graph.order)
     for name in graph.order:
@@ -342,14 +366,19 @@ def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
             "basename": "kube",
             "name": name,
             "doc": f"Check {_rel(cfg, inputs.template)} (Kubernetes {version}) and run it as a pod"
-                   + (f" with {', '.join(others)}" if others else "") + f" (after test:{name})",
+            + (f" with {', '.join(others)}" if others else "")
+            + f" (after test:{name})",
             "file_dep": [inputs.template, *inputs.files, *(layout.stamp(other) for other in inputs.images)],
             "targets": [layout.result("kube", name)],
             "actions": [(actions.run_pod_checks, (cfg, image, images, layout, inputs.template))],
             "task_dep": [f"test:{name}"],  # ordering and gating only
-            "uptodate": [config_changed_as({"variables": cfg.template_globals(), "kubernetes": version,
-                                            "external": list(cfg.external_images)}, f"kube:{name}"),
-                         _result_intact(layout, "kube", name)],
+            "uptodate": [
+                config_changed_as(
+                    {"variables": cfg.template_globals(), "kubernetes": version, "external": list(cfg.external_images)},
+                    f"kube:{name}",
+                ),
+                _result_intact(layout, "kube", name),
+            ],
             "clean": True,
         }
 
@@ -387,9 +416,12 @@ def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             # Checks first: nothing is pushed for an image whose checks (pod included) fail.
             "task_dep": [f"test:{name}"] + ([f"kube:{name}"] if POD_TEMPLATE in image.source.check_files else []),
             "actions": [(actions.push_image, (cfg, image, layout, ci))],
-            "uptodate": [config_changed_as({"registry": cfg.registry.url, "fixed": plan.fixed, "moving": plan.moving},
-                                           f"push:{name}"),
-                         record_intact(layout.pushed(name), PushRecord.read, "push record")],
+            "uptodate": [
+                config_changed_as(
+                    {"registry": cfg.registry.url, "fixed": plan.fixed, "moving": plan.moving}, f"push:{name}"
+                ),
+                record_intact(layout.pushed(name), PushRecord.read, "push record"),
+            ],
             "clean": True,
         }
 
@@ -414,7 +446,11 @@ def artifacts_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
 
     ci = _ci(cfg, bool(cfg.artifactory.url))
     keep = os.environ.get("CCP_KEEP", "").lower() in ("1", "true", "yes")
-    where = f"{cfg.artifactory.url}/{cfg.artifactory.repository}" if cfg.artifactory.url else "Artifactory (artifactory.url is not set)"
+    where = (
+        f"{cfg.artifactory.url}/{cfg.artifactory.repository}"
+        if cfg.artifactory.url
+        else "Artifactory (artifactory.url is not set)"
+    )
     return {
         "basename": "artifacts",
         "doc": f"Deploy the last run's logs, JUnit reports, package manifests and summary to {where} (CCP_KEEP=1 marks the build to keep)",
@@ -424,7 +460,11 @@ def artifacts_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
 
 
 def sources_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
-    yield {"basename": "sources", "name": None, "doc": "Fetch every application source whose upstream moved (one fetch per source per run)"}
+    yield {
+        "basename": "sources",
+        "name": None,
+        "doc": "Fetch every application source whose upstream moved (one fetch per source per run)",
+    }
     users: dict[str, list[str]] = {}
     for name in graph.order:
         for source in graph.images[name].sources:
@@ -447,10 +487,19 @@ def retention_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     parts = [part for part, on in (("the registry", cfg.registry.url), ("Artifactory", cfg.artifactory.url)) if on]
     return {
         "basename": "retention",
-        "doc": (f"Plan the retention policy for {', '.join(parts + ['cache/'])} (table, and cache/retention/plan.json); "
-                "--apply deletes what no rule keeps"),
-        "params": [{"name": "apply", "long": "apply", "type": bool, "default": False,
-                    "help": "delete what the plan does not keep (without it nothing is deleted)"}],
+        "doc": (
+            f"Plan the retention policy for {', '.join(parts + ['cache/'])} (table, and cache/retention/plan.json); "
+            "--apply deletes what no rule keeps"
+        ),
+        "params": [
+            {
+                "name": "apply",
+                "long": "apply",
+                "type": bool,
+                "default": False,
+                "help": "delete what the plan does not keep (without it nothing is deleted)",
+            }
+        ],
         "actions": [(actions.run_retention, (cfg, layout), {"images": tuple(graph.order)})],
         "uptodate": [False],
         "verbosity": 2,  # the table goes to the terminal

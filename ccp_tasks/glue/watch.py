@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccp_tasks.model.config import load_config
 from ccp_tasks.core.errors import CcpError
+from ccp_tasks.model.config import load_config
 
 # Every 5 minutes, as the Jenkinsfile polls (pollSCM H/5): one schedule for both.
 DEFAULT_INTERVAL = 300.0
@@ -36,8 +36,13 @@ def log(message: str) -> None:
 
 def _git(root: Path, *args: str) -> str | None:
     try:
-        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "GIT_TERMINAL_PROMPT": "0"})
+        proc = subprocess.run(
+            ["git", "-C", str(root), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
@@ -108,8 +113,14 @@ def run_pipeline(root: Path, doit_args: list[str]) -> int:
         raise
 
 
-def watch(root: Path, interval: float, doit_args: list[str], max_runs: int | None = None,
-          run_first: bool = False, max_polls: int | None = None) -> int:
+def watch(
+    root: Path,
+    interval: float,
+    doit_args: list[str],
+    max_runs: int | None = None,
+    run_first: bool = False,
+    max_polls: int | None = None,
+) -> int:
     repo = TemplateRepo(root)
     state = snapshot(root, repo)
     log(f"watching {root} ({', '.join(state) or 'nothing'}) every {interval:g}s; Ctrl-C stops")
@@ -121,7 +132,9 @@ def watch(root: Path, interval: float, doit_args: list[str], max_runs: int | Non
             log(f"run {runs}: triggered by {'; '.join(pending)}: doit {' '.join(doit_args)}")
             started = time.monotonic()
             code = run_pipeline(root, doit_args)
-            log(f"run {runs}: {'passed' if code == 0 else f'failed (exit {code})'} in {time.monotonic() - started:.1f}s")
+            log(
+                f"run {runs}: {'passed' if code == 0 else f'failed (exit {code})'} in {time.monotonic() - started:.1f}s"
+            )
             pending = []
             state = snapshot(root, repo)
             if max_runs is not None and runs >= max_runs:
@@ -143,7 +156,9 @@ def watch(root: Path, interval: float, doit_args: list[str], max_runs: int | Non
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ccp_tasks watch", description=__doc__.splitlines()[0])
-    parser.add_argument("--interval", type=float, default=DEFAULT_INTERVAL, help="seconds between polls (300, as the Jenkinsfile polls)")
+    parser.add_argument(
+        "--interval", type=float, default=DEFAULT_INTERVAL, help="seconds between polls (300, as the Jenkinsfile polls)"
+    )
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the checkout (the current directory)")
     parser.add_argument("--run-first", action="store_true", help="run the pipeline once before watching")
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many runs (tests)")
@@ -151,8 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("doit_args", nargs="*", help="arguments for doit after `--` (default: -n 2)")
     args = parser.parse_args(argv)
     try:
-        return watch(args.root.resolve(), args.interval, args.doit_args or ["-n", "2"], args.max_runs,
-                     args.run_first, args.max_polls)
+        return watch(
+            args.root.resolve(),
+            args.interval,
+            args.doit_args or ["-n", "2"],
+            args.max_runs,
+            args.run_first,
+            args.max_polls,
+        )
     except CcpError as exc:
         print(f"watch: {exc}", file=sys.stderr)
         return 2

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ccp_tasks.core.errors import ConfigError
-from ccp_tasks.model.rules import waiver_problem
 from ccp_tasks.core.state import Malformed, fields, read_record, write_atomic
+from ccp_tasks.model.rules import waiver_problem
 
 CONFIG_NAME = "ccp.yaml"
 LOCAL_OVERRIDE_NAME = "ccp.local.yaml"
@@ -30,7 +30,9 @@ OVERRIDE_ENV = "CCP_OVERRIDE"
 
 # Names a template sees besides the config's free variables; a free variable
 # may not shadow them.
-RESERVED_VARIABLES = frozenset({"namespace", "image_prefix", "tag", "maintainer", "image_name", "image", "copy_sources"})
+RESERVED_VARIABLES = frozenset(
+    {"namespace", "image_prefix", "tag", "maintainer", "image_name", "image", "copy_sources"}
+)
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
 _PREFIX_RE = re.compile(r"^[a-z0-9._-]*$")
@@ -329,15 +331,19 @@ def _bounded_loader():
             self.composed += 1
             if self.composed > MAX_YAML_VALUES:
                 line = self.peek_event().start_mark.line + 1
-                raise ConfigError(f"{self.source}:{line}: it holds more than {MAX_YAML_VALUES} values; refusing to read it")
+                raise ConfigError(
+                    f"{self.source}:{line}: it holds more than {MAX_YAML_VALUES} values; refusing to read it"
+                )
             if not self.check_event(yaml.CollectionStartEvent):
                 return super().compose_node(parent, index)
             self.depth += 1
             try:
                 if self.depth > MAX_YAML_DEPTH:
                     line = self.peek_event().start_mark.line + 1
-                    raise ConfigError(f"{self.source}:{line}: lists and mappings nested deeper than {MAX_YAML_DEPTH} levels; "
-                                      "refusing to read it")
+                    raise ConfigError(
+                        f"{self.source}:{line}: lists and mappings nested deeper than {MAX_YAML_DEPTH} levels; "
+                        "refusing to read it"
+                    )
                 return super().compose_node(parent, index)
             finally:
                 self.depth -= 1
@@ -367,13 +373,17 @@ def _check_expansion(root, source: str, aliased: bool) -> None:
         if isinstance(node, yaml.ScalarNode):
             values[key], text[key], depth[key] = 1, len(node.value), 0
             continue
-        children = [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) else node.value
+        children = (
+            [child for pair in node.value for child in pair] if isinstance(node, yaml.MappingNode) else node.value
+        )
         if not children_done:
             if key in values:
                 continue
             if key in open_nodes:
-                raise ConfigError(f"{source}:{node.start_mark.line + 1}: an alias refers to a list or mapping it is inside of; "
-                                  "refusing to read it")
+                raise ConfigError(
+                    f"{source}:{node.start_mark.line + 1}: an alias refers to a list or mapping it is inside of; "
+                    "refusing to read it"
+                )
             open_nodes.add(key)
             stack.append((node, True))
             stack.extend((child, False) for child in children if id(child) not in values)
@@ -383,9 +393,12 @@ def _check_expansion(root, source: str, aliased: bool) -> None:
         text[key] = sum(text[id(child)] for child in children)
         depth[key] = 1 + max((depth[id(child)] for child in children), default=0)
         problem = (
-            f"more than {MAX_YAML_VALUES} values" if values[key] > MAX_YAML_VALUES
-            else f"more than {MAX_YAML_TEXT} characters of text" if text[key] > MAX_YAML_TEXT
-            else f"lists and mappings nested deeper than {MAX_YAML_DEPTH} levels" if depth[key] > MAX_YAML_DEPTH
+            f"more than {MAX_YAML_VALUES} values"
+            if values[key] > MAX_YAML_VALUES
+            else f"more than {MAX_YAML_TEXT} characters of text"
+            if text[key] > MAX_YAML_TEXT
+            else f"lists and mappings nested deeper than {MAX_YAML_DEPTH} levels"
+            if depth[key] > MAX_YAML_DEPTH
             else ""
         )
         if problem:
@@ -515,16 +528,25 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
         raise ConfigError(f"{origin.get(key.split('.')[0], CONFIG_NAME)}: {key}: {message}")
 
     if not _NAMESPACE_RE.match(cfg.namespace):
-        fail("namespace", f"'{cfg.namespace}' is not a valid repository namespace (lowercase letters, digits, . _ - and /)")
+        fail(
+            "namespace",
+            f"'{cfg.namespace}' is not a valid repository namespace (lowercase letters, digits, . _ - and /)",
+        )
     hub, _, rest = cfg.namespace.partition("/")
     if hub in ("docker.io", "index.docker.io") and rest:
         # The engine names (and reports events about) these images without the host:
         # a view keyed by the spelled-out reference missed every move of them.
-        fail("namespace", f"'{cfg.namespace}': the engine names these images '{rest}/...' (Docker Hub is implied); "
-                          f"write namespace: {rest}")
+        fail(
+            "namespace",
+            f"'{cfg.namespace}': the engine names these images '{rest}/...' (Docker Hub is implied); "
+            f"write namespace: {rest}",
+        )
     if cfg.namespace == "library" or (hub in ("docker.io", "index.docker.io") and rest == "library"):
-        fail("namespace", f"'{cfg.namespace}': the engine names Docker Hub's official images without 'library/'; "
-                          "choose another namespace")
+        fail(
+            "namespace",
+            f"'{cfg.namespace}': the engine names Docker Hub's official images without 'library/'; "
+            "choose another namespace",
+        )
     if not _PREFIX_RE.match(cfg.image_prefix):
         fail("image_prefix", f"'{cfg.image_prefix}' may only hold lowercase letters, digits, '.', '_' and '-'")
     if not _TAG_RE.match(cfg.tag):
@@ -539,8 +561,11 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
         if real_root == real or real_root.startswith(real.rstrip("/") + "/"):
             # It would hold this checkout's cache/ (staged contexts, synced sources), and '/' the whole host:
             # discovery would walk all of it, and every file in it could become context.
-            fail("repositories", f"template repository '{repo}' is {real}, which holds the checkout {cfg.root} "
-                                 "itself; name the templates' own directory (such as dockerfiles)")
+            fail(
+                "repositories",
+                f"template repository '{repo}' is {real}, which holds the checkout {cfg.root} "
+                "itself; name the templates' own directory (such as dockerfiles)",
+            )
     for name in cfg.variables:
         if not _IDENTIFIER_RE.match(name):
             fail(f"variables.{name}", "a variable name must be a Python identifier")
@@ -563,7 +588,10 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
         if cfg.registry.url.startswith("http://") and not cfg.registry.insecure:
             fail("registry.url", "plain http needs registry.insecure: true (and only on a trusted network)")
         if "@" in cfg.registry.url:
-            fail("registry.url", "credentials do not belong in the config: use CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD or docker login")
+            fail(
+                "registry.url",
+                "credentials do not belong in the config: use CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD or docker login",
+            )
         # An image reference has room for host[:port] only, and the registry
         # client would address /v2/ on the host root: a path, query or fragment
         # would be dropped without a word.
@@ -571,13 +599,21 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
 
         url = cfg.registry.url
         parts = urlsplit(url if "://" in url else f"//{url}")
-        for what, part, hint in (("a path", parts.path.rstrip("/"), "use a namespace for {!r}"),
-                                 ("a query", "?" in url and f"?{parts.query}", "drop it"),
-                                 ("a fragment", "#" in url and f"#{parts.fragment}", "drop it")):
+        for what, part, hint in (
+            ("a path", parts.path.rstrip("/"), "use a namespace for {!r}"),
+            ("a query", "?" in url and f"?{parts.query}", "drop it"),
+            ("a fragment", "#" in url and f"#{parts.fragment}", "drop it"),
+        ):
             if part:
-                fail("registry.url", f"{url!r} has {what} ({part!r}); a registry is named host[:port] "
-                                     f"(its API is at /v2/ on the host root); {hint.format(part)}")
-    for key, value in (("registry.ca_bundle", cfg.registry.ca_bundle), ("artifactory.ca_bundle", cfg.artifactory.ca_bundle)):
+                fail(
+                    "registry.url",
+                    f"{url!r} has {what} ({part!r}); a registry is named host[:port] "
+                    f"(its API is at /v2/ on the host root); {hint.format(part)}",
+                )
+    for key, value in (
+        ("registry.ca_bundle", cfg.registry.ca_bundle),
+        ("artifactory.ca_bundle", cfg.artifactory.ca_bundle),
+    ):
         if value and not (cfg.root / value).is_file():
             fail(key, f"{value} is not a file")
     for name, source in cfg.sources.items():
@@ -590,7 +626,10 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
         if source.url and not source.ref:
             fail(f"sources.{name}.ref", "a branch, tag or commit is needed")
     if cfg.artifactory.url and "@" in cfg.artifactory.url:
-        fail("artifactory.url", "credentials do not belong in the config: use CCP_ARTIFACTORY_TOKEN or CCP_ARTIFACTORY_USER/CCP_ARTIFACTORY_PASSWORD")
+        fail(
+            "artifactory.url",
+            "credentials do not belong in the config: use CCP_ARTIFACTORY_TOKEN or CCP_ARTIFACTORY_USER/CCP_ARTIFACTORY_PASSWORD",
+        )
     _validate_retention(cfg.retention, fail)
 
 
@@ -641,7 +680,10 @@ def _validate_retention(settings: RetentionSettings, fail) -> None:
             fail("retention.keep", problem + " (a tag, a digest, repository:tag or repository@digest)")
     if settings.keep_label and not _LABEL_KEY_RE.match(settings.keep_label):
         fail("retention.keep_label", f"'{settings.keep_label}' is not a label key")
-    for key, value in (("retention.untagged_days", settings.untagged_days), ("retention.local_days", settings.local_days)):
+    for key, value in (
+        ("retention.untagged_days", settings.untagged_days),
+        ("retention.local_days", settings.local_days),
+    ):
         if value < 0:
             fail(key, "must be 0 or more")
 
@@ -682,13 +724,19 @@ def load_config(root: Path | str = ".") -> PipelineConfig:
         merged = _merge(merged, checked)
     if "base" in merged:
         merged["base"] = BaseSettings(**merged["base"])
-    for key, settings in (("lint", LintSettings), ("registry", RegistrySettings), ("artifactory", ArtifactorySettings),
-                          ("retention", RetentionSettings)):
+    for key, settings in (
+        ("lint", LintSettings),
+        ("registry", RegistrySettings),
+        ("artifactory", ArtifactorySettings),
+        ("retention", RetentionSettings),
+    ):
         if key in merged:
             merged[key] = settings(**merged[key])
     if "sources" in merged:
         merged["sources"] = {
-            name: SourceSettings(**_check_mapping(SourceSettings, value, origin.get("sources", CONFIG_NAME), f"sources.{name}."))
+            name: SourceSettings(
+                **_check_mapping(SourceSettings, value, origin.get("sources", CONFIG_NAME), f"sources.{name}.")
+            )
             for name, value in merged["sources"].items()
         }
     cfg = PipelineConfig(**merged, root=root, files=tuple(str(p) for p in files))

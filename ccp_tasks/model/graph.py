@@ -11,8 +11,8 @@ import heapq
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.core.errors import GraphError
+from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.model.render import (
     ImageReference,
     ImageSource,
@@ -123,7 +123,7 @@ def _find_cycle(parents: dict[str, tuple[str, ...]], remaining: set[str]) -> lis
     while True:
         nxt = min(p for p in parents[path[-1]] if p in remaining)
         if nxt in position:
-            return path[position[nxt]:] + [nxt]
+            return path[position[nxt] :] + [nxt]
         position[nxt] = len(path)
         path.append(nxt)
 
@@ -162,8 +162,9 @@ def build_graph(cfg: PipelineConfig, render_cache: Path | None = None) -> ImageG
                     f"image '{name}' copies source '{source}' ({sources[name].template}), which is not under "
                     f"'sources' in ccp.yaml (known: {', '.join(sorted(cfg.sources)) or 'none'})"
                 )
-        images[name] = Image(name, cfg.image_ref(name), rendered, tuple(sorted(parents)), tuple(sorted(external)),
-                             tuple(sorted(used)))
+        images[name] = Image(
+            name, cfg.image_ref(name), rendered, tuple(sorted(parents)), tuple(sorted(external)), tuple(sorted(used))
+        )
 
     children: dict[str, list[str]] = {name: [] for name in images}
     pending = {name: len(image.parents) for name, image in images.items()}

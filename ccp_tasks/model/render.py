@@ -15,13 +15,14 @@ import os
 import posixpath
 import re
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.core.errors import ContextError, GraphError, TemplateError
 from ccp_tasks.core.state import Malformed, fields, is_signature, read_record, read_regular_file, write_atomic
+from ccp_tasks.model.config import PipelineConfig
 
 TEMPLATE_NAME = "Dockerfile.j2"
 # Files beside a template that describe the image rather than go into it.
@@ -94,7 +95,7 @@ class DockerIgnore:
         self.patterns = patterns  # (exception, number of path elements, regex, cleaned pattern)
 
     @classmethod
-    def read(cls, path: str) -> "DockerIgnore | None":
+    def read(cls, path: str) -> DockerIgnore | None:
         try:
             text = read_regular_file(path)[0].decode("utf-8", errors="surrogateescape")
         except FileNotFoundError:
@@ -158,7 +159,7 @@ def _dockerignore_regex(pattern: str) -> str:
             out.append(re.escape(pattern[i]))
             i += 1
         elif c == "[":
-            end = pattern.find("]", i + 1 if pattern[i:i + 1] in ("^", "!") else i)
+            end = pattern.find("]", i + 1 if pattern[i : i + 1] in ("^", "!") else i)
             if end < 0:
                 raise ValueError("an unclosed '['")
             body = pattern[i:end]
@@ -191,12 +192,15 @@ def _followed_link(path: str, repository: Path, real_repository: str) -> str:
             f"{path}: a symlink to {text}{leads}, outside the template repository {repository}: nothing "
             "outside it may reach an image; copy what the image needs into the repository"
         )
-    if ".git" in real[len(real_repository):].split("/"):
-        raise ContextError(f"{path}: a symlink to {text}{leads}, inside the .git directory of {repository}; "
-                           "version-control metadata never reaches an image")
+    if ".git" in real[len(real_repository) :].split("/"):
+        raise ContextError(
+            f"{path}: a symlink to {text}{leads}, inside the .git directory of {repository}; "
+            "version-control metadata never reaches an image"
+        )
     if not os.path.exists(real):
-        raise ContextError(f"{path}: a symlink to {text}, which does not exist; remove it, "
-                           f"or list it in the image's {DOCKERIGNORE}")
+        raise ContextError(
+            f"{path}: a symlink to {text}, which does not exist; remove it, or list it in the image's {DOCKERIGNORE}"
+        )
     return real
 
 
@@ -210,7 +214,7 @@ class _OpenImage:
     skipped: list[str] = field(default_factory=list)  # directories (rel + "/") its .dockerignore leaves out whole
 
     def rel(self, path: str) -> str:
-        return path[len(self.prefix):]
+        return path[len(self.prefix) :]
 
     def wants_directory(self, rel: str) -> bool:
         if f"{rel}/".startswith(TEST_FILES_DIR) or any(rel.startswith(s) for s in self.skipped):
@@ -281,8 +285,10 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
                 present = {filename for filename, _ in filenames}
                 if "Dockerfile" in present:
                     # Staging would overwrite the rendered Dockerfile with it, or it the file.
-                    raise ContextError(f"{dirpath}/Dockerfile: the rendered {TEMPLATE_NAME} is staged under that "
-                                       "name; rename the file (or make it the template)")
+                    raise ContextError(
+                        f"{dirpath}/Dockerfile: the rendered {TEMPLATE_NAME} is staged under that "
+                        "name; rename the file (or make it the template)"
+                    )
                 found.append((name, dirpath, files, tuple(f for f in CHECK_FILES if f in present)))
                 open_images.append(_OpenImage(dirpath + "/", files, ignore))
                 opened = True
@@ -310,10 +316,14 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
                     elif wanted:
                         real = _followed_link(path, repository, real_repository)
                         if real in links or _inside(os.path.realpath(dirpath), real):
-                            raise ContextError(f"{path}: a symlink to {os.readlink(path)}, which leads back into a "
-                                               "directory it is in (a loop)")
+                            raise ContextError(
+                                f"{path}: a symlink to {os.readlink(path)}, which leads back into a "
+                                "directory it is in (a loop)"
+                            )
                         if len(links) >= MAX_LINK_DEPTH:
-                            raise ContextError(f"{path}: more than {MAX_LINK_DEPTH} symlinked directories inside each other")
+                            raise ContextError(
+                                f"{path}: more than {MAX_LINK_DEPTH} symlinked directories inside each other"
+                            )
                         # Through a link a directory is context only: no image is looked for in it.
                         walk(path, links + (real,), False)
             finally:
@@ -322,7 +332,9 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
 
         walk(str(repository), (), True)
         for name, dirpath, files, check_files in found:
-            images[name] = ImageSource(name, Path(dirpath), repository, tuple(sorted(files)), templates[name], check_files)
+            images[name] = ImageSource(
+                name, Path(dirpath), repository, tuple(sorted(files)), templates[name], check_files
+            )
     return images
 
 
@@ -362,7 +374,9 @@ def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]):
             source, filename, uptodate = self.macros.get_source(environment, template)
             escaped = self.outside(filename)
             if escaped is not None:
-                raise TemplateError(f"includes '{template}', which leads to {escaped}, outside the template repositories")
+                raise TemplateError(
+                    f"includes '{template}', which leads to {escaped}, outside the template repositories"
+                )
             return source, filename, uptodate
 
         def macro_path(self, name: str) -> str | None:
@@ -384,8 +398,10 @@ def check_template_name(name) -> None:
     """A name a template includes or imports must be a macro file's, relative to
     the macros directories: an absolute path or a `..` would reach the host."""
     if isinstance(name, str) and (name.startswith("/") or ".." in name.replace("\\", "/").split("/")):
-        raise TemplateError(f"includes '{name}': templates load only from the macros directories, by a name "
-                            "relative to them (no absolute path, no '..')")
+        raise TemplateError(
+            f"includes '{name}': templates load only from the macros directories, by a name "
+            "relative to them (no absolute path, no '..')"
+        )
 
 
 def _tree_environment():
@@ -452,8 +468,10 @@ class Renderer:
             raise TemplateError(f"copy_sources({name!r}, {destination!r}): the destination must be an absolute path")
         if re.search(r"\s|[\x00-\x1f\x7f]", destination):
             # A newline would end the COPY and start an instruction of its own; a space would split it.
-            raise TemplateError(f"copy_sources({name!r}, {destination!r}): the destination may not hold "
-                                "whitespace or control characters")
+            raise TemplateError(
+                f"copy_sources({name!r}, {destination!r}): the destination may not hold "
+                "whitespace or control characters"
+            )
         # The engine refuses a COPY to `/..` with a message about its own overlay directories.
         destination = posixpath.normpath(destination).lstrip("/")
         return f"COPY {SOURCES_DIR}/{name}/ /{destination}{'/' if destination else ''}"
@@ -589,7 +607,7 @@ class RenderCache:
         return json.dumps(world, sort_keys=True, default=str)
 
     @classmethod
-    def load(cls, path: Path | None, world: str) -> "RenderCache":
+    def load(cls, path: Path | None, world: str) -> RenderCache:
         entries = None if path is None else read_record(path, "a render cache", lambda raw: _cached_renders(raw, world))
         return cls(path, world, entries or {})
 

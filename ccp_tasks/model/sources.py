@@ -25,9 +25,9 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ccp_tasks.model.config import SourceSettings
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.state import dump_json, fields, read_record, read_regular_file, write_if_changed
+from ccp_tasks.model.config import SourceSettings
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 GIT_TIMEOUT = 300
@@ -51,11 +51,11 @@ class SourceRecord:
         return dump_json(asdict(self))
 
     @classmethod
-    def read(cls, path: Path | str) -> "SourceRecord | None":
+    def read(cls, path: Path | str) -> SourceRecord | None:
         return read_record(path, "a source record", cls._from_raw)
 
     @classmethod
-    def _from_raw(cls, raw) -> "SourceRecord":
+    def _from_raw(cls, raw) -> SourceRecord:
         fields(raw, name=str, kind=str, location=str, ref=str, revision=str)
         return cls(**{key: raw[key] for key in cls.__dataclass_fields__})
 
@@ -134,8 +134,10 @@ def _tree_files(directory: Path, follow: bool = False) -> list[Path]:
                 if os.path.islink(path):
                     real = _inside_source(path, real_root)
                     if real in seen or real_root.startswith(real + os.sep):
-                        raise SourceError(f"{path}: a symlink to {os.readlink(path)}, which leads back into a "
-                                          "directory it is in (a loop)")
+                        raise SourceError(
+                            f"{path}: a symlink to {os.readlink(path)}, which leads back into a "
+                            "directory it is in (a loop)"
+                        )
                     seen.add(real)
             for n in names:
                 if os.path.islink(os.path.join(root, n)):
@@ -147,8 +149,10 @@ def _tree_files(directory: Path, follow: bool = False) -> list[Path]:
 def _inside_source(path: str, real_root: str) -> str:
     real = os.path.realpath(path)
     if real != real_root and not real.startswith(real_root + os.sep):
-        raise SourceError(f"{path}: a symlink to {os.readlink(path)}, outside the source directory {real_root}; "
-                          "copy the file into the directory instead")
+        raise SourceError(
+            f"{path}: a symlink to {os.readlink(path)}, outside the source directory {real_root}; "
+            "copy the file into the directory instead"
+        )
     if not os.path.exists(real):
         raise SourceError(f"{path}: a symlink to {os.readlink(path)}, which does not exist; remove it or fix it")
     return real
@@ -176,8 +180,17 @@ def sync(name: str, settings: SourceSettings, root: Path, cache_dir: Path) -> So
         mirror.mkdir(parents=True, exist_ok=True)
         _git("init", "--bare", "--quiet", str(mirror), what=what)
     # Forced refspecs: a force-pushed branch moves the mirror with it.
-    _git("fetch", "--quiet", "--force", "--prune", settings.url,
-         "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", cwd=mirror, what=f"{what}: cannot fetch")
+    _git(
+        "fetch",
+        "--quiet",
+        "--force",
+        "--prune",
+        settings.url,
+        "+refs/heads/*:refs/heads/*",
+        "+refs/tags/*:refs/tags/*",
+        cwd=mirror,
+        what=f"{what}: cannot fetch",
+    )
     try:
         _git("cat-file", "-e", f"{revision}^{{commit}}", cwd=mirror, what=what)
     except SourceError:

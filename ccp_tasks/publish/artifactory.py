@@ -56,10 +56,10 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Mapping
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -116,7 +116,7 @@ class ArtifactoryAuth:
             raise ArtifactoryError(f"{ENV_USER} is set but {ENV_PASSWORD} is not; set both, or {ENV_TOKEN} instead")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "ArtifactoryAuth":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ArtifactoryAuth:
         """Read CCP_ARTIFACTORY_TOKEN, or CCP_ARTIFACTORY_USER and CCP_ARTIFACTORY_PASSWORD (empty counts as unset)."""
         env = os.environ if env is None else env
         return cls(
@@ -132,7 +132,7 @@ class ArtifactoryAuth:
         if self.username and self.password:
             import base64
 
-            pair = f"{self.username}:{self.password}".encode("utf-8")
+            pair = f"{self.username}:{self.password}".encode()
             return "Basic " + base64.b64encode(pair).decode("ascii")
         return None
 
@@ -141,7 +141,9 @@ class ArtifactoryAuth:
 
     def __repr__(self) -> str:
         hidden = lambda value: "None" if value is None else "'***'"  # noqa: E731
-        return f"ArtifactoryAuth(username={self.username!r}, password={hidden(self.password)}, token={hidden(self.token)})"
+        return (
+            f"ArtifactoryAuth(username={self.username!r}, password={hidden(self.password)}, token={hidden(self.token)})"
+        )
 
     __str__ = __repr__
 
@@ -213,7 +215,7 @@ class Artifactory:
     def close(self) -> None:
         self._session.close()
 
-    def __enter__(self) -> "Artifactory":
+    def __enter__(self) -> Artifactory:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -252,13 +254,22 @@ class Artifactory:
 
         # Checksum deploy: the server copies content it already holds, nothing is sent.
         resp = self._send(
-            "PUT", url, action="deploy", target=target, repo=repo,
-            headers={**headers, "X-Checksum-Deploy": "true"}, body=b"", ok=(200, 201), passthrough=(404,),
+            "PUT",
+            url,
+            action="deploy",
+            target=target,
+            repo=repo,
+            headers={**headers, "X-Checksum-Deploy": "true"},
+            body=b"",
+            ok=(200, 201),
+            passthrough=(404,),
         )
         checksum_deployed = resp.status_code != 404
         if not checksum_deployed:
             # "Otherwise, a 404 error is returned to indicate that content upload is expected."
-            resp = self._send("PUT", url, action="deploy", target=target, repo=repo, headers=headers, body_file=file, ok=(200, 201))
+            resp = self._send(
+                "PUT", url, action="deploy", target=target, repo=repo, headers=headers, body_file=file, ok=(200, 201)
+            )
         item = self._deployed_item(resp, repo, path, sums, size, checksum_deployed)
         if later:
             try:
@@ -305,8 +316,12 @@ class Artifactory:
         """GET api/storage/{repo}/{path}?properties; {} when the item has none or does not exist (both are 404)."""
         repo, path = _check_repo(repo), _check_path(path)
         resp = self._send(
-            "GET", f"{self._storage_url(repo, path)}?properties", action="read properties of",
-            target=f"{repo}/{path}", repo=repo, passthrough=(404,),
+            "GET",
+            f"{self._storage_url(repo, path)}?properties",
+            action="read properties of",
+            target=f"{repo}/{path}",
+            repo=repo,
+            passthrough=(404,),
         )
         if resp.status_code == 404:
             return {}
@@ -337,14 +352,20 @@ class Artifactory:
         query = f"items.find({json.dumps(dict(criteria), separators=(',', ':'))})"
         query += ".include(" + ",".join(json.dumps(f) for f in fields) + ")"
         resp = self._send(
-            "POST", f"{self.url}/api/search/aql", action="search (AQL)", target=query,
-            headers={"Content-Type": "text/plain"}, body=query.encode("utf-8"),
+            "POST",
+            f"{self.url}/api/search/aql",
+            action="search (AQL)",
+            target=query,
+            headers={"Content-Type": "text/plain"},
+            body=query.encode("utf-8"),
         )
         body = self._json(resp, "search (AQL)", query)
         notice = (body.get("range") or {}).get("notification")
         if notice:
             # Partial results would make a clean-up miss items silently.
-            raise ArtifactoryError(f"Artifactory {self.url}: AQL search {query} was cut short ({notice}); narrow the criteria")
+            raise ArtifactoryError(
+                f"Artifactory {self.url}: AQL search {query} was cut short ({notice}); narrow the criteria"
+            )
         results = body.get("results")
         if not isinstance(results, list):
             raise self._protocol_error("search (AQL)", query, "no 'results' list in the answer")
@@ -374,8 +395,15 @@ class Artifactory:
     def delete(self, repo: str, path: str) -> None:
         """DELETE {url}/{repo}/{path}; an item already gone is not an error."""
         repo, path = _check_repo(repo), _check_path(path)
-        self._send("DELETE", self._item_url(repo, path), action="delete", target=f"{repo}/{path}", repo=repo,
-                   ok=(200, 202, 204), passthrough=(404,))
+        self._send(
+            "DELETE",
+            self._item_url(repo, path),
+            action="delete",
+            target=f"{repo}/{path}",
+            repo=repo,
+            ok=(200, 202, 204),
+            passthrough=(404,),
+        )
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -410,13 +438,23 @@ class Artifactory:
                         # requests streams a file object (never reads it whole); an empty one would
                         # go out chunked, so empty content is sent as b"" with Content-Length: 0.
                         resp = self._session.request(
-                            method, url, data=stream if size else b"", headers=headers,
-                            auth=self._auth, timeout=self.timeout, allow_redirects=False,
+                            method,
+                            url,
+                            data=stream if size else b"",
+                            headers=headers,
+                            auth=self._auth,
+                            timeout=self.timeout,
+                            allow_redirects=False,
                         )
                 else:
                     resp = self._session.request(
-                        method, url, data=body, headers=headers, auth=self._auth,
-                        timeout=self.timeout, allow_redirects=False,
+                        method,
+                        url,
+                        data=body,
+                        headers=headers,
+                        auth=self._auth,
+                        timeout=self.timeout,
+                        allow_redirects=False,
                     )
             except requests.exceptions.SSLError as exc:
                 raise ArtifactoryError(
@@ -449,7 +487,9 @@ class Artifactory:
                 pass  # an HTTP date: keep our own backoff
         return min(delay, 60.0)
 
-    def _http_error(self, resp: requests.Response, action: str, target: str, repo: str | None, attempts: int) -> ArtifactoryError:
+    def _http_error(
+        self, resp: requests.Response, action: str, target: str, repo: str | None, attempts: int
+    ) -> ArtifactoryError:
         status = resp.status_code
         detail = _server_message(resp, self.auth.secrets())
         where = f"repository '{repo}'" if repo else "this server"
@@ -466,8 +506,12 @@ class Artifactory:
         elif status == 404:
             hint = f"check that {where} exists and that the URL includes the context path (…/artifactory)"
         elif status == 409:
-            hint = ("the checksums sent do not match the content received (did the file change during the upload?), "
-                    "or the path is taken" if action == "deploy" else "the item is in a state that refuses this")
+            hint = (
+                "the checksums sent do not match the content received (did the file change during the upload?), "
+                "or the path is taken"
+                if action == "deploy"
+                else "the item is in a state that refuses this"
+            )
         elif status == 400 and action == "search (AQL)":
             hint = "check the AQL criteria and include fields against the AQL documentation"
         elif status in (400, 405, 411, 415):
@@ -530,7 +574,7 @@ def aql_time(moment: datetime) -> str:
     """An aware datetime as AQL takes it (ISO 8601, UTC, milliseconds)."""
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ArtifactoryError(f"a time for AQL needs a time zone, got the naive {moment.isoformat()}")
-    utc = moment.astimezone(timezone.utc)
+    utc = moment.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
@@ -546,18 +590,24 @@ def parse_time(value) -> datetime | None:
         moment = datetime.fromisoformat(text)
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _check_url(url: str) -> str:
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ArtifactoryError(f"Artifactory URL {url!r} must be http(s)://host[:port]/<context path>, e.g. https://host/artifactory")
+        raise ArtifactoryError(
+            f"Artifactory URL {url!r} must be http(s)://host[:port]/<context path>, e.g. https://host/artifactory"
+        )
     if parts.username or parts.password:
         # Credentials in a URL end up in logs and error messages.
-        raise ArtifactoryError(f"Artifactory URL must not contain credentials; set {ENV_TOKEN} or {ENV_USER}/{ENV_PASSWORD} instead")
+        raise ArtifactoryError(
+            f"Artifactory URL must not contain credentials; set {ENV_TOKEN} or {ENV_USER}/{ENV_PASSWORD} instead"
+        )
     if parts.query or parts.fragment:
-        raise ArtifactoryError(f"Artifactory URL {parts.scheme}://{parts.netloc}{parts.path} must not have a query or fragment")
+        raise ArtifactoryError(
+            f"Artifactory URL {parts.scheme}://{parts.netloc}{parts.path} must not have a query or fragment"
+        )
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
@@ -572,7 +622,9 @@ def _check_path(path: str) -> str:
         raise ArtifactoryError(f"invalid path in repository {path!r}: a relative path with '/' separators")
     segments = path.rstrip("/").split("/")
     if any(s in ("", ".", "..") for s in segments) or any(ord(c) < 32 or c == "\x7f" for c in path):
-        raise ArtifactoryError(f"invalid path in repository {path!r}: no empty, '.' or '..' parts, no control characters")
+        raise ArtifactoryError(
+            f"invalid path in repository {path!r}: no empty, '.' or '..' parts, no control characters"
+        )
     return "/".join(segments)
 
 
@@ -591,7 +643,9 @@ def _check_value(key: str, value) -> str:
     if not value:
         raise ArtifactoryError(f"property {key!r}: empty values cannot be told apart from 'no value' and are refused")
     if value != value.strip():
-        raise ArtifactoryError(f"property {key!r}: value {value!r} has leading or trailing blanks, which Artifactory trims")
+        raise ArtifactoryError(
+            f"property {key!r}: value {value!r} has leading or trailing blanks, which Artifactory trims"
+        )
     if "\\" in value:
         raise ArtifactoryError(
             f"property {key!r}: value {value!r} has a backslash, whose escaping differs between Artifactory versions; "

@@ -29,9 +29,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.core.errors import CcpError, EngineError
 from ccp_tasks.core.state import DIGEST_LABEL, STRINGS, dump_json, fields, read_record, write_if_changed
+from ccp_tasks.model.config import PipelineConfig
 
 CONTENT_TAG_PREFIX = "in-"
 # The environment of a CI job; Jenkins sets BRANCH_NAME/GIT_COMMIT/BUILD_NUMBER,
@@ -73,7 +73,7 @@ class CiContext:
         return f"{tag_safe(self.branch)[:100]}-{when}-{self.commit[:10]}"
 
     @classmethod
-    def from_env(cls, root: Path, env=os.environ) -> "CiContext":
+    def from_env(cls, root: Path, env=os.environ) -> CiContext:
         branch = next((env[k] for k in BRANCH_ENV if env.get(k)), "")
         if not branch:
             return cls()
@@ -82,8 +82,12 @@ class CiContext:
         commit_time = int(env.get("CCP_COMMIT_TIME") or 0)
         if not commit or not commit_time:
             try:
-                out = subprocess.run(["git", "-C", str(root), "show", "-s", "--format=%H %ct", commit or "HEAD"],
-                                     capture_output=True, text=True, timeout=10).stdout.split()
+                out = subprocess.run(
+                    ["git", "-C", str(root), "show", "-s", "--format=%H %ct", commit or "HEAD"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout.split()
             except OSError:
                 out = []
             if len(out) == 2:
@@ -137,13 +141,23 @@ class PushRecord:
         return dump_json(asdict(self))
 
     @classmethod
-    def read(cls, path: Path | str) -> "PushRecord | None":
+    def read(cls, path: Path | str) -> PushRecord | None:
         return read_record(path, "a push record", cls._from_raw)
 
     @classmethod
-    def _from_raw(cls, raw) -> "PushRecord":
-        fields(raw, image=str, image_id=str, registry=str, repository=str, digest=str, content_tag=str,
-               fixed_tags=STRINGS, moving_tags=STRINGS, outcome=str)
+    def _from_raw(cls, raw) -> PushRecord:
+        fields(
+            raw,
+            image=str,
+            image_id=str,
+            registry=str,
+            repository=str,
+            digest=str,
+            content_tag=str,
+            fixed_tags=STRINGS,
+            moving_tags=STRINGS,
+            outcome=str,
+        )
         values = {key: raw[key] for key in cls.__dataclass_fields__}
         return cls(**{**values, "fixed_tags": tuple(values["fixed_tags"]), "moving_tags": tuple(values["moving_tags"])})
 
@@ -179,7 +193,12 @@ def _stream_errors(chunks, what: str, log=None) -> dict:
             raise PushError(f"{what}: {detail}")
         if isinstance(chunk.get("aux"), dict):
             last_aux = chunk["aux"]
-        if log is not None and chunk.get("status") in ("Pushed", "Layer already exists", "Pull complete", "Already exists"):
+        if log is not None and chunk.get("status") in (
+            "Pushed",
+            "Layer already exists",
+            "Pull complete",
+            "Already exists",
+        ):
             log(f"{chunk.get('id', '')}: {chunk['status']}")
     return last_aux
 
@@ -231,8 +250,16 @@ def _untag_if_ours(client, ref: str, image_id: str, keep: str | None = None) -> 
             pass
 
 
-def push_image(cfg: PipelineConfig, client, registry, name: str, image_id: str, plan: TagPlan, log=None,
-               local_ref: str | None = None) -> PushRecord:
+def push_image(
+    cfg: PipelineConfig,
+    client,
+    registry,
+    name: str,
+    image_id: str,
+    plan: TagPlan,
+    log=None,
+    local_ref: str | None = None,
+) -> PushRecord:
     """Push `image_id` under its content tag unless the registry has it, then add the fixed tags.
 
     The engine pushes a registry-qualified reference, `<registry>/<repository>:<content tag>`,
@@ -261,7 +288,8 @@ def push_image(cfg: PipelineConfig, client, registry, name: str, image_id: str, 
             try:
                 aux = _stream_errors(
                     client.push(remote, tag=plan.content, stream=True, decode=True, auth_config=_auth_config(cfg)),
-                    what, log,
+                    what,
+                    log,
                 )
             finally:
                 # The registry-qualified name is only a vehicle for the push.
@@ -275,8 +303,12 @@ def push_image(cfg: PipelineConfig, client, registry, name: str, image_id: str, 
                 continue
             if attempt < PUSH_ATTEMPTS and _TRANSIENT.search(detail):
                 delay = PUSH_BACKOFF * 2 ** (attempt - 1)
-                print(f"   {name}: {detail.partition(': ')[2] or detail}; pushing again in {delay:.0f}s "
-                      f"({attempt}/{PUSH_ATTEMPTS - 1})", file=sys.stderr, flush=True)
+                print(
+                    f"   {name}: {detail.partition(': ')[2] or detail}; pushing again in {delay:.0f}s "
+                    f"({attempt}/{PUSH_ATTEMPTS - 1})",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 time.sleep(delay)
                 continue
             if attempt > 1:
@@ -386,4 +418,3 @@ def pull_reusable(cfg: PipelineConfig, client, name: str, input_digest: str, loc
 
 def write_record(path: Path, record: PushRecord) -> None:
     write_if_changed(path, record.to_bytes())
-

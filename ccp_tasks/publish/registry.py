@@ -27,9 +27,9 @@ import logging
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -115,19 +115,27 @@ def credentials_for(registry: str, env: Mapping[str, str] = os.environ) -> Crede
         return Credentials(username, password)
     if username or password:
         missing = "CCP_REGISTRY_PASSWORD" if username else "CCP_REGISTRY_USERNAME"
-        raise RegistryError(f"registry {registry}: CCP_REGISTRY_USERNAME and CCP_REGISTRY_PASSWORD go together; {missing} is not set")
+        raise RegistryError(
+            f"registry {registry}: CCP_REGISTRY_USERNAME and CCP_REGISTRY_PASSWORD go together; {missing} is not set"
+        )
 
     host = registry_host(registry)
     hosts = {host}
     if host in ("docker.io", "index.docker.io", "registry-1.docker.io"):
-        hosts |= {"docker.io", "index.docker.io", "registry-1.docker.io"}  # docker login's key is https://index.docker.io/v1/
+        hosts |= {
+            "docker.io",
+            "index.docker.io",
+            "registry-1.docker.io",
+        }  # docker login's key is https://index.docker.io/v1/
     path = _docker_config_path(env)
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise RegistryError(f"registry {registry}: cannot read docker's {path}: {type(exc).__name__}: fix or remove it, or set CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD") from None
+        raise RegistryError(
+            f"registry {registry}: cannot read docker's {path}: {type(exc).__name__}: fix or remove it, or set CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD"
+        ) from None
     if not isinstance(config, dict):
         raise RegistryError(f"registry {registry}: docker's {path} is not a JSON object")
 
@@ -142,7 +150,9 @@ def credentials_for(registry: str, env: Mapping[str, str] = os.environ) -> Crede
             except (ValueError, UnicodeDecodeError):
                 sep = ""
             if not sep:
-                raise RegistryError(f"registry {registry}: the auth entry for {key} in {path} is not base64 of user:password; run docker login {host} again")
+                raise RegistryError(
+                    f"registry {registry}: the auth entry for {key} in {path} is not base64 of user:password; run docker login {host} again"
+                )
             return Credentials(user, secret)
         if entry.get("username") and entry.get("password"):
             return Credentials(entry["username"], entry["password"])
@@ -257,14 +267,18 @@ class RegistryClient:
             scheme, text = text.split("://", 1)
             scheme = scheme.lower()
             if scheme not in ("http", "https"):
-                raise RegistryError(f"registry {registry}: only https:// (or http:// with registry.insecure) is supported")
+                raise RegistryError(
+                    f"registry {registry}: only https:// (or http:// with registry.insecure) is supported"
+                )
             if scheme == "http" and not insecure:
                 raise RegistryError(f"registry {registry}: plain http is used only with registry.insecure set")
         host = text.split("/", 1)[0]
         if not host:
             raise RegistryError(f"registry {registry!r}: no host")
         if host != text or "?" in host or "#" in host:  # config validation says so first, naming the key
-            raise RegistryError(f"registry {registry!r}: a registry is named host[:port], without a path, query or fragment")
+            raise RegistryError(
+                f"registry {registry!r}: a registry is named host[:port], without a path, query or fragment"
+            )
         if ca_bundle is not None and not Path(ca_bundle).is_file():
             raise RegistryError(f"registry {host}: the CA bundle {ca_bundle} does not exist (registry.ca_bundle)")
         self.name = host
@@ -292,7 +306,7 @@ class RegistryClient:
     def close(self) -> None:
         self._session.close()
 
-    def __enter__(self) -> "RegistryClient":
+    def __enter__(self) -> RegistryClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -313,13 +327,21 @@ class RegistryClient:
     def tags(self, repository: str, page_size: int = PAGE_SIZE) -> list[str]:
         """The tags of `repository` ([] when the registry does not know it)."""
         self._check_repository(repository)
-        return self._paginate(f"/v2/{repository}/tags/list", "tags", self._scope(repository, "pull"), repository, page_size)
+        return self._paginate(
+            f"/v2/{repository}/tags/list", "tags", self._scope(repository, "pull"), repository, page_size
+        )
 
     def manifest_digest(self, repository: str, reference: str) -> str | None:
         """The digest `reference` (a tag or digest) names, from a HEAD; None when unknown."""
         path = self._manifest_path(repository, reference)
-        response = self._send("HEAD", path, scope=self._scope(repository, "pull"), repository=repository,
-                              what=f"read manifest {reference}", headers={"Accept": ACCEPT})
+        response = self._send(
+            "HEAD",
+            path,
+            scope=self._scope(repository, "pull"),
+            repository=repository,
+            what=f"read manifest {reference}",
+            headers={"Accept": ACCEPT},
+        )
         if response.status_code == 404:
             return None
         if response.status_code != 200:
@@ -334,8 +356,14 @@ class RegistryClient:
         """The manifest `reference` names, its digest checked against its bytes."""
         path = self._manifest_path(repository, reference)
         what = f"read manifest {reference}"
-        response = self._send("GET", path, scope=self._scope(repository, "pull"), repository=repository,
-                              what=what, headers={"Accept": ACCEPT})
+        response = self._send(
+            "GET",
+            path,
+            scope=self._scope(repository, "pull"),
+            repository=repository,
+            what=what,
+            headers={"Accept": ACCEPT},
+        )
         if response.status_code != 200:
             raise self._error(response, repository, what, reference=reference)
         raw = response.content
@@ -352,7 +380,9 @@ class RegistryClient:
                 raise RegistryError(f"registry {self.name}: asked for {repository}@{reference} and got {claimed}")
         algorithm = (claimed or "sha256:").split(":", 1)[0]
         if algorithm not in _HASHES:
-            raise RegistryError(f"registry {self.name}: manifest {repository}:{reference} has a digest of unsupported algorithm {algorithm}")
+            raise RegistryError(
+                f"registry {self.name}: manifest {repository}:{reference} has a digest of unsupported algorithm {algorithm}"
+            )
         actual = _digest(raw, algorithm)
         if claimed and claimed != actual:
             raise RegistryError(
@@ -367,13 +397,22 @@ class RegistryClient:
             raise RegistryError(f"registry {self.name}: {tag!r} is not a valid tag")
         path = self._manifest_path(repository, tag)
         what = f"tag {tag}"
-        response = self._send("PUT", path, scope=self._scope(repository, "pull,push"), repository=repository,
-                              what=what, headers={"Content-Type": manifest.media_type}, data=manifest.raw)
+        response = self._send(
+            "PUT",
+            path,
+            scope=self._scope(repository, "pull,push"),
+            repository=repository,
+            what=what,
+            headers={"Content-Type": manifest.media_type},
+            data=manifest.raw,
+        )
         if response.status_code not in (200, 201, 202):
             raise self._error(response, repository, what, reference=tag)
         digest = response.headers.get("Docker-Content-Digest") or manifest.digest
         if digest != manifest.digest:
-            raise RegistryError(f"registry {self.name}: stored {repository}:{tag} as {digest}, expected {manifest.digest}")
+            raise RegistryError(
+                f"registry {self.name}: stored {repository}:{tag} as {digest}, expected {manifest.digest}"
+            )
         return digest
 
     def delete_manifest(self, repository: str, digest: str, *, missing_ok: bool = False) -> None:
@@ -381,12 +420,15 @@ class RegistryClient:
 
         Distribution removes every tag of `repository` that points at it."""
         if not DIGEST_RE.match(digest):
-            raise RegistryError(f"registry {self.name}: manifests are deleted by digest (sha256:…), not by tag {digest!r}")
+            raise RegistryError(
+                f"registry {self.name}: manifests are deleted by digest (sha256:…), not by tag {digest!r}"
+            )
         path = self._manifest_path(repository, digest)
         what = f"delete manifest {digest}"
         uncertain: list[bool] = []
-        response = self._send("DELETE", path, scope=self._scope(repository, "delete"), repository=repository,
-                              what=what, retried=uncertain)
+        response = self._send(
+            "DELETE", path, scope=self._scope(repository, "delete"), repository=repository, what=what, retried=uncertain
+        )
         if response.status_code in (200, 202, 204):
             return
         if response.status_code == 404 and (missing_ok or uncertain):
@@ -419,7 +461,9 @@ class RegistryClient:
 
     def _check_repository(self, repository: str) -> None:
         if not REPOSITORY_RE.match(repository or ""):
-            raise RegistryError(f"registry {self.name}: {repository!r} is not a valid repository name (lower case, a-z0-9 separated by . _ - /)")
+            raise RegistryError(
+                f"registry {self.name}: {repository!r} is not a valid repository name (lower case, a-z0-9 separated by . _ - /)"
+            )
 
     def _manifest_path(self, repository: str, reference: str) -> str:
         self._check_repository(repository)
@@ -444,14 +488,18 @@ class RegistryClient:
             if response.status_code != 200:
                 raise self._error(response, repository, what)
             try:
-                items.extend(response.json().get(key) or [])  # Distribution sends "tags": null for an emptied repository
+                items.extend(
+                    response.json().get(key) or []
+                )  # Distribution sends "tags": null for an emptied repository
             except (ValueError, AttributeError):
                 raise RegistryError(f"registry {self.name}: {path} did not answer JSON") from None
             following = response.links.get("next", {}).get("url")
             url = urljoin(url, following) if following else None
             if url and urlsplit(url)[:2] != urlsplit(self.base_url)[:2]:
                 # Our Authorization header goes with every request: never to another host.
-                raise RegistryError(f"registry {self.name}: the next page of {path} is on another host; not following it")
+                raise RegistryError(
+                    f"registry {self.name}: the next page of {path} is on another host; not following it"
+                )
         # The spec pages in lexical order; Distribution 2.8 lists tags in storage order.
         return sorted(items)
 
@@ -465,23 +513,43 @@ class RegistryClient:
                 return {"Authorization": "Bearer " + cached[0]}
         return {}
 
-    def _send(self, method: str, path_or_url: str, *, scope: str | None, what: str, repository: str | None = None,
-              headers: dict | None = None, data: bytes | None = None, retried: list | None = None) -> requests.Response:
+    def _send(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        scope: str | None,
+        what: str,
+        repository: str | None = None,
+        headers: dict | None = None,
+        data: bytes | None = None,
+        retried: list | None = None,
+    ) -> requests.Response:
         """One API request with authentication: answered as is unless a 401
         can be met by authenticating (then repeated once)."""
         url = path_or_url if "://" in path_or_url else self.base_url + path_or_url
         authenticated = False
         while True:
             sent = _Headers({**(headers or {}), **self._auth_headers(scope)})
-            response = self._http(method, url, headers=sent, data=data, target=f"registry {self.name}",
-                                  repository=repository, what=what, retried=retried)
+            response = self._http(
+                method,
+                url,
+                headers=sent,
+                data=data,
+                target=f"registry {self.name}",
+                repository=repository,
+                what=what,
+                retried=retried,
+            )
             if response.status_code != 401 or authenticated:
                 return response
             authenticated = True
             if not self._authenticate(response, scope, repository, sent_auth="Authorization" in sent):
                 return response
 
-    def _authenticate(self, response: requests.Response, scope: str | None, repository: str | None, sent_auth: bool) -> bool:
+    def _authenticate(
+        self, response: requests.Response, scope: str | None, repository: str | None, sent_auth: bool
+    ) -> bool:
         """Meet a 401 challenge; True when the request is worth repeating."""
         scheme, params = _parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if scheme == "basic":
@@ -499,12 +567,16 @@ class RegistryClient:
             return True
         return False
 
-    def _fetch_token(self, realm: str, service: str | None, scope: str | None, repository: str | None) -> tuple[str, float]:
+    def _fetch_token(
+        self, realm: str, service: str | None, scope: str | None, repository: str | None
+    ) -> tuple[str, float]:
         parts = urlsplit(realm)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise RegistryError(f"registry {self.name}: its token realm {realm!r} is not an http(s) URL")
         if parts.scheme == "http" and self._credentials and not self.insecure:
-            raise RegistryError(f"registry {self.name}: its token service {realm} is plain http; not sending credentials there (set registry.insecure to allow it)")
+            raise RegistryError(
+                f"registry {self.name}: its token service {realm} is plain http; not sending credentials there (set registry.insecure to allow it)"
+            )
         params: list[tuple[str, str]] = []
         if service:
             params.append(("service", service))
@@ -516,13 +588,18 @@ class RegistryClient:
             auth = requests.auth.HTTPBasicAuth(self._credentials.username, self._credentials.password)
         target = f"token service {parts.scheme}://{parts.netloc}{parts.path} of registry {self.name}"
         what = "get a token" + (f" for {scope}" if scope else "")
-        response = self._http("GET", realm, headers={}, params=params, auth=auth, target=target,
-                              repository=repository, what=what)
+        response = self._http(
+            "GET", realm, headers={}, params=params, auth=auth, target=target, repository=repository, what=what
+        )
         if response.status_code in (401, 403):
-            raise RegistryError(self._auth_failed_message(repository, response.status_code, "the token service refused the credentials"))
+            raise RegistryError(
+                self._auth_failed_message(repository, response.status_code, "the token service refused the credentials")
+            )
         if response.status_code != 200:
             codes, message = _errors_of(response)
-            raise RegistryError(f"{target}: answered {response.status_code} {' '.join(codes)} to {what}{': ' + message if message else ''}")
+            raise RegistryError(
+                f"{target}: answered {response.status_code} {' '.join(codes)} to {what}{': ' + message if message else ''}"
+            )
         try:
             body = response.json()
             token = body.get("token") or body.get("access_token")
@@ -533,15 +610,33 @@ class RegistryClient:
             raise RegistryError(f"{target}: the answer carries no token (neither 'token' nor 'access_token')")
         return token, lifetime
 
-    def _http(self, method: str, url: str, *, headers: dict, target: str, what: str, repository: str | None,
-              data: bytes | None = None, params=None, auth=None, retried: list | None = None) -> requests.Response:
+    def _http(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict,
+        target: str,
+        what: str,
+        repository: str | None,
+        data: bytes | None = None,
+        params=None,
+        auth=None,
+        retried: list | None = None,
+    ) -> requests.Response:
         """One request, repeated on connection errors, 429 and 5xx."""
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
             try:
                 response = self._session.request(
-                    method, url, headers={"User-Agent": USER_AGENT, **headers}, data=data, params=params,
-                    auth=auth, timeout=self.timeout, allow_redirects=method in ("GET", "HEAD"),
+                    method,
+                    url,
+                    headers={"User-Agent": USER_AGENT, **headers},
+                    data=data,
+                    params=params,
+                    auth=auth,
+                    timeout=self.timeout,
+                    allow_redirects=method in ("GET", "HEAD"),
                 )
             except requests.exceptions.SSLError as exc:
                 raise RegistryError(self._tls_message(exc, target)) from None
@@ -553,7 +648,16 @@ class RegistryClient:
                         "check the address, that the registry runs and the network"
                     ) from None
                 delay = self.backoff * 2 ** (attempt - 1)
-                log.info("%s: %s %s: %s; retrying in %.1fs (%d/%d)", target, method, urlsplit(url).path, reason, delay, attempt, self.retries)
+                log.info(
+                    "%s: %s %s: %s; retrying in %.1fs (%d/%d)",
+                    target,
+                    method,
+                    urlsplit(url).path,
+                    reason,
+                    delay,
+                    attempt,
+                    self.retries,
+                )
             else:
                 status = response.status_code
                 if status != 429 and not (500 <= status < 600 and status not in (501, 505)):
@@ -561,7 +665,9 @@ class RegistryClient:
                 if attempt == attempts:
                     scope = f" for repository {repository}" if repository else ""
                     if status == 429:
-                        raise RegistryError(f"{target}: rate limited (429) to {what}{scope} after {attempts} attempts: retry later or raise the registry's limits")
+                        raise RegistryError(
+                            f"{target}: rate limited (429) to {what}{scope} after {attempts} attempts: retry later or raise the registry's limits"
+                        )
                     codes, message = _errors_of(response)
                     detail = " ".join(filter(None, [" ".join(codes), message]))
                     raise RegistryError(
@@ -572,7 +678,16 @@ class RegistryClient:
                 hinted = _retry_after(response) if status in (429, 503) else None
                 if hinted is not None:  # the server knows best when to come back, within reason
                     delay = min(hinted, self.max_retry_after)
-                log.info("%s: %s %s answered %d; retrying in %.1fs (%d/%d)", target, method, urlsplit(url).path, status, delay, attempt, self.retries)
+                log.info(
+                    "%s: %s %s answered %d; retrying in %.1fs (%d/%d)",
+                    target,
+                    method,
+                    urlsplit(url).path,
+                    status,
+                    delay,
+                    attempt,
+                    self.retries,
+                )
             if retried is not None:
                 retried.append(True)
             self._sleep(delay)
@@ -587,18 +702,24 @@ class RegistryClient:
         if "mismatch" in text or "doesn't match" in text:
             return f"{target}: TLS certificate does not name this host: use the name the certificate was made for"
         if "CERTIFICATE_VERIFY_FAILED" in text:
-            return (f"{target}: TLS certificate not trusted: set registry.ca_bundle to the CA that signed it "
-                    "(or registry.insecure for a plain-http registry)")
+            return (
+                f"{target}: TLS certificate not trusted: set registry.ca_bundle to the CA that signed it "
+                "(or registry.insecure for a plain-http registry)"
+            )
         return f"{target}: TLS handshake failed: check registry.ca_bundle and that it serves https"
 
     def _auth_failed_message(self, repository: str | None, status: int, why: str = "") -> str:
         about = f" for repository {repository}" if repository else ""
         if not self._credentials:
-            return (f"registry {self.name}: authentication required{about} ({status}) and no credentials are set: "
-                    f"set CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD or docker login {self.name}")
+            return (
+                f"registry {self.name}: authentication required{about} ({status}) and no credentials are set: "
+                f"set CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD or docker login {self.name}"
+            )
         return f"registry {self.name}: authentication failed{about} ({status}{', ' + why if why else ''}): {CREDENTIALS_HINT}"
 
-    def _error(self, response: requests.Response, repository: str | None, what: str, reference: str | None = None) -> RegistryError:
+    def _error(
+        self, response: requests.Response, repository: str | None, what: str, reference: str | None = None
+    ) -> RegistryError:
         status = response.status_code
         codes, message = _errors_of(response)
         code = " ".join(codes)
@@ -612,13 +733,21 @@ class RegistryClient:
                 )
             return RegistryError(self._auth_failed_message(repository, status))
         if status == 403:
-            return RegistryError(f"registry {self.name}: access denied to {what}{about} (403{' ' + code if code else ''}): check the account's permissions")
+            return RegistryError(
+                f"registry {self.name}: access denied to {what}{about} (403{' ' + code if code else ''}): check the account's permissions"
+            )
         if status == 404:
             if "NAME_UNKNOWN" in codes:
-                return RegistryError(f"registry {self.name}: repository {repository} is unknown (404 NAME_UNKNOWN): check the name, or push it first")
+                return RegistryError(
+                    f"registry {self.name}: repository {repository} is unknown (404 NAME_UNKNOWN): check the name, or push it first"
+                )
             if reference and ("MANIFEST_UNKNOWN" in codes or not codes):
-                return RegistryError(f"registry {self.name}: manifest {repository}:{reference} is unknown (404{' ' + code if code else ''}): check the tag or digest")
-            return RegistryError(f"registry {self.name}: not found: cannot {what}{about} (404{' ' + code if code else ''}): is {self.base_url} a registry?")
+                return RegistryError(
+                    f"registry {self.name}: manifest {repository}:{reference} is unknown (404{' ' + code if code else ''}): check the tag or digest"
+                )
+            return RegistryError(
+                f"registry {self.name}: not found: cannot {what}{about} (404{' ' + code if code else ''}): is {self.base_url} a registry?"
+            )
         if status == 405 and what.startswith("delete"):
             return RegistryError(
                 f"registry {self.name}: the registry does not allow deletes (405{' ' + code if code else ''}){about}: "
@@ -627,6 +756,8 @@ class RegistryClient:
         if status == 400 and "Client sent an HTTP request to an HTTPS server" in response.text:
             return RegistryError(f"registry {self.name}: it speaks https; do not set registry.insecure")
         if "MANIFEST_BLOB_UNKNOWN" in codes:
-            return RegistryError(f"registry {self.name}: cannot {what}{about}: the blobs of the manifest are not in that repository (400 MANIFEST_BLOB_UNKNOWN): push the image there first")
+            return RegistryError(
+                f"registry {self.name}: cannot {what}{about}: the blobs of the manifest are not in that repository (400 MANIFEST_BLOB_UNKNOWN): push the image there first"
+            )
         detail = f"{code}: {message}" if code and message else code or message
         return RegistryError(f"registry {self.name}: cannot {what}{about} ({status}{' ' + detail if detail else ''})")

@@ -72,16 +72,16 @@ import hashlib
 import json
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterable, Mapping
 
-from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.layout import CacheLayout
-from ccp_tasks.publish.push import parse_build_tag, tag_safe
 from ccp_tasks.core.state import dump_json, fields, read_record, write_atomic
+from ccp_tasks.model.config import PipelineConfig
+from ccp_tasks.publish.push import parse_build_tag, tag_safe
 
 DAY = 86400
 KEEP_PROPERTY = "keep"  # artifactory.PROP_KEEP: what `doit artifacts` sets
@@ -128,11 +128,18 @@ class Policy:
     moving_tag: str = "latest"  # the configured tag
 
     @classmethod
-    def from_config(cls, cfg: PipelineConfig) -> "Policy":
+    def from_config(cls, cfg: PipelineConfig) -> Policy:
         settings = cfg.retention
         rules = tuple(Rule(pattern, rule.get("days"), rule.get("last", 0)) for pattern, rule in settings.rules.items())
-        return cls(rules, tuple(settings.keep_tags), frozenset(settings.keep), settings.keep_label,
-                   settings.untagged_days, settings.local_days, cfg.tag)
+        return cls(
+            rules,
+            tuple(settings.keep_tags),
+            frozenset(settings.keep),
+            settings.keep_label,
+            settings.untagged_days,
+            settings.local_days,
+            cfg.tag,
+        )
 
     def marked_builds(self) -> dict[tuple[str, str], str]:
         """(branch as tagged, short commit) -> reason, for the build tags listed in `keep`."""
@@ -145,8 +152,10 @@ class Policy:
 
     def describe(self) -> dict:
         return {
-            "rules": {r.pattern: {**({"days": r.days} if r.days is not None else {}), **({"last": r.last} if r.last else {})}
-                      for r in self.rules},
+            "rules": {
+                r.pattern: {**({"days": r.days} if r.days is not None else {}), **({"last": r.last} if r.last else {})}
+                for r in self.rules
+            },
             "keep_tags": list(self.keep_tags),
             "keep": sorted(self.keep),
             "keep_label": self.keep_label,
@@ -238,8 +247,9 @@ def _is_branch_tag(tag: str, branches: Iterable[str]) -> str | None:
     return None
 
 
-def plan_repository(repo: Repository, policy: Policy, now: datetime,
-                    marked: Mapping[tuple[str, str], str] | None = None) -> list[Entry]:
+def plan_repository(
+    repo: Repository, policy: Policy, now: datetime, marked: Mapping[tuple[str, str], str] | None = None
+) -> list[Entry]:
     """Keep or delete each manifest of `repo` (pure: the inventory and `now` in, decisions out)."""
     now_ts = now.timestamp()
     marked = marked or {}
@@ -297,7 +307,9 @@ def plan_repository(repo: Repository, policy: Policy, now: datetime,
         if policy.keep_label and str(image.labels.get(policy.keep_label, "")).lower() == "true":
             digest_reasons.append(f"label {policy.keep_label}=true")
         own = [b for b in builds if b.digest == image.digest]
-        kept_tags = {tag: sorted(set(tag_reasons[(image.digest, tag)])) for tag in image.tags if tag_reasons[(image.digest, tag)]}
+        kept_tags = {
+            tag: sorted(set(tag_reasons[(image.digest, tag)])) for tag in image.tags if tag_reasons[(image.digest, tag)]
+        }
         reasons = sorted({r for rs in kept_tags.values() for r in rs} | set(digest_reasons))
         if own:
             age = now_ts - max(b.when for b in own)
@@ -308,13 +320,23 @@ def plan_repository(repo: Repository, policy: Policy, now: datetime,
                     reasons = ["no build tag: age unknown"]
                 elif _within(age, policy.untagged_days):
                     reasons = [f"no build tag: within {policy.untagged_days}d"]
-        entries.append(Entry(
-            kind="registry", where=repo.name, ref=image.digest, tags=tuple(sorted(image.tags)),
-            branches=tuple(sorted({b.branch for b in own})), age=age, reasons=tuple(reasons),
-            size=sum(image.blobs.values()), kept_tags=kept_tags,
-        ))
+        entries.append(
+            Entry(
+                kind="registry",
+                where=repo.name,
+                ref=image.digest,
+                tags=tuple(sorted(image.tags)),
+                branches=tuple(sorted({b.branch for b in own})),
+                age=age,
+                reasons=tuple(reasons),
+                size=sum(image.blobs.values()),
+                kept_tags=kept_tags,
+            )
+        )
     # A manifest a kept index refers to stays with it.
-    kept_refs = {blob for image, entry in zip(repo.images, entries) if entry.keep for blob in image.blobs if blob != image.digest}
+    kept_refs = {
+        blob for image, entry in zip(repo.images, entries) if entry.keep for blob in image.blobs if blob != image.digest
+    }
     for entry in entries:
         if not entry.keep and entry.ref in kept_refs:
             entry.reasons = ("referenced by a kept index",)
@@ -327,8 +349,9 @@ class RegistryPlan:
     freed_bytes: int  # upper bound: blobs of deleted manifests no kept manifest refers to, each once
 
 
-def plan_registry(repos: Iterable[Repository], policy: Policy, now: datetime,
-                  marked: Mapping[tuple[str, str], str] | None = None) -> RegistryPlan:
+def plan_registry(
+    repos: Iterable[Repository], policy: Policy, now: datetime, marked: Mapping[tuple[str, str], str] | None = None
+) -> RegistryPlan:
     entries: list[Entry] = []
     kept_blobs: set[str] = set()
     deleted_blobs: dict[str, int] = {}
@@ -355,7 +378,7 @@ def _parse_created(value) -> float | None:
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     if moment.year < 1980:  # reproducible builds put 1970 here: no information
         return None
     return moment.timestamp()
@@ -367,8 +390,13 @@ def _get_blob(client, repository: str, digest: str) -> bytes:
     from ccp_tasks.publish.registry import RegistryError
 
     what = f"read blob {digest}"
-    response = client._send("GET", f"/v2/{repository}/blobs/{digest}", scope=client._scope(repository, "pull"),
-                            repository=repository, what=what)
+    response = client._send(
+        "GET",
+        f"/v2/{repository}/blobs/{digest}",
+        scope=client._scope(repository, "pull"),
+        repository=repository,
+        what=what,
+    )
     if response.status_code != 200:
         raise client._error(response, repository, what, reference=digest)
     data = response.content
@@ -426,7 +454,9 @@ def registry_inventory(client, repositories: Iterable[str], cache: dict | None =
             if digest not in cache:
                 cache[digest] = _describe(client, name, digest)
             described = cache[digest]
-            images.append(Image(digest, tuple(sorted(tags)), described["created"], described["labels"], described["blobs"]))
+            images.append(
+                Image(digest, tuple(sorted(tags)), described["created"], described["labels"], described["blobs"])
+            )
         repos.append(Repository(name, tuple(images)))
     return repos
 
@@ -441,8 +471,14 @@ class Applied:
         return asdict(self)
 
 
-def apply_registry(client, entries: Iterable[Entry], policy: Policy, now: datetime,
-                   marked: Mapping[tuple[str, str], str] | None = None, cache: dict | None = None) -> Applied:
+def apply_registry(
+    client,
+    entries: Iterable[Entry],
+    policy: Policy,
+    now: datetime,
+    marked: Mapping[tuple[str, str], str] | None = None,
+    cache: dict | None = None,
+) -> Applied:
     """Delete the manifests `entries` plan to delete, each repository listed again first:
     a digest is deleted only when the fresh plan deletes it too (no kept tag points at it now)."""
     applied = Applied()
@@ -458,7 +494,9 @@ def apply_registry(client, entries: Iterable[Entry], policy: Policy, now: dateti
             if now_entry is None:
                 applied.gone.append(f"{name}@{digest}")
             elif now_entry.keep:
-                applied.skipped.append(f"{name}@{digest}: kept now ({'; '.join(now_entry.reasons)}; tags {', '.join(now_entry.tags)})")
+                applied.skipped.append(
+                    f"{name}@{digest}: kept now ({'; '.join(now_entry.reasons)}; tags {', '.join(now_entry.tags)})"
+                )
             else:
                 client.delete_manifest(name, digest, missing_ok=True)
                 applied.deleted.append(f"{name}@{digest}")
@@ -503,15 +541,18 @@ def group_artifacts(items, namespace: str) -> list[ArtifactBuild]:
     builds = []
     for (folder, branch), found in sorted(groups.items()):
         times = [i.created.timestamp() for i in found if i.created is not None]
-        builds.append(ArtifactBuild(
-            folder=folder, branch=branch,
-            commit=next((c for c in (_first(i.properties, COMMIT_PROPERTY) for i in found) if c), ""),
-            build_number=next((b for b in (_first(i.properties, BUILD_NUMBER_PROPERTY) for i in found) if b), ""),
-            created=max(times) if times else None,
-            keep=any("true" in [v.lower() for v in i.properties.get(KEEP_PROPERTY, [])] for i in found),
-            items=tuple(sorted(i.repo_path for i in found)),
-            size=sum(i.size or 0 for i in found),
-        ))
+        builds.append(
+            ArtifactBuild(
+                folder=folder,
+                branch=branch,
+                commit=next((c for c in (_first(i.properties, COMMIT_PROPERTY) for i in found) if c), ""),
+                build_number=next((b for b in (_first(i.properties, BUILD_NUMBER_PROPERTY) for i in found) if b), ""),
+                created=max(times) if times else None,
+                keep=any("true" in [v.lower() for v in i.properties.get(KEEP_PROPERTY, [])] for i in found),
+                items=tuple(sorted(i.repo_path for i in found)),
+                size=sum(i.size or 0 for i in found),
+            )
+        )
     return builds
 
 
@@ -520,8 +561,13 @@ def artifact_marks(builds: Iterable[ArtifactBuild]) -> dict[tuple[str, str], str
     return {build_key(b.branch, b.commit): "Artifactory keep=true" for b in builds if b.keep and b.commit}
 
 
-def plan_artifacts(builds: Iterable[ArtifactBuild], policy: Policy, now: datetime, repository: str,
-                   marked: Mapping[tuple[str, str], str] | None = None) -> list[Entry]:
+def plan_artifacts(
+    builds: Iterable[ArtifactBuild],
+    policy: Policy,
+    now: datetime,
+    repository: str,
+    marked: Mapping[tuple[str, str], str] | None = None,
+) -> list[Entry]:
     now_ts = now.timestamp()
     marked = marked or {}
     builds = list(builds)
@@ -544,26 +590,39 @@ def plan_artifacts(builds: Iterable[ArtifactBuild], policy: Policy, now: datetim
         if age is None:
             reasons.append("age unknown")
         else:
-            reasons += [f"{r.pattern}: within {r.days}d" for r in policy.rules
-                        if r.days is not None and r.matches(branch) and _within(age, r.days)]
+            reasons += [
+                f"{r.pattern}: within {r.days}d"
+                for r in policy.rules
+                if r.days is not None and r.matches(branch) and _within(age, r.days)
+            ]
         if build.keep:
             reasons.append(f"property {KEEP_PROPERTY}=true")
         if build.commit and build_key(build.branch, build.commit) in marked:
             reasons.append(marked[build_key(build.branch, build.commit)])
-        entries.append(Entry(
-            kind="artifactory", where=repository, ref=build.folder, branches=(build.branch,), age=age,
-            reasons=tuple(sorted(set(reasons))), size=build.size, items=build.items,
-        ))
+        entries.append(
+            Entry(
+                kind="artifactory",
+                where=repository,
+                ref=build.folder,
+                branches=(build.branch,),
+                age=age,
+                reasons=tuple(sorted(set(reasons))),
+                size=build.size,
+                items=build.items,
+            )
+        )
     return entries
 
 
 def artifactory_inventory(server, repository: str, namespace: str) -> list[ArtifactBuild]:
     """Every item of ours, by AQL: in `repository`, under `<namespace>/`, with a branch property."""
-    criteria = {"$and": [
-        {"repo": {"$eq": repository}},
-        {"path": {"$match": f"{namespace.strip('/')}/*"}},
-        {f"@{BRANCH_PROPERTY}": {"$match": "*"}},
-    ]}
+    criteria = {
+        "$and": [
+            {"repo": {"$eq": repository}},
+            {"path": {"$match": f"{namespace.strip('/')}/*"}},
+            {f"@{BRANCH_PROPERTY}": {"$match": "*"}},
+        ]
+    }
     return group_artifacts(server.find(criteria), namespace)
 
 
@@ -588,6 +647,7 @@ def apply_artifacts(server, entries: Iterable[Entry]) -> Applied:
 
 
 # -- cache/ -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CacheFile:
@@ -679,12 +739,14 @@ class Plan:
     def to_json(self) -> dict:
         deleted = [e for e in self.entries if not e.keep]
         return {
-            "now": self.now.astimezone(timezone.utc).isoformat(),
+            "now": self.now.astimezone(UTC).isoformat(),
             "applied": bool(self.applied),
             "policy": self.policy.describe(),
             "totals": {
-                kind: {"keep": sum(1 for e in self.entries if e.kind == kind and e.keep),
-                       "delete": sum(1 for e in deleted if e.kind == kind)}
+                kind: {
+                    "keep": sum(1 for e in self.entries if e.kind == kind and e.keep),
+                    "delete": sum(1 for e in deleted if e.kind == kind),
+                }
                 for kind in ("registry", "artifactory", "local")
             },
             "registry_gc_frees_at_most_bytes": self.freed_bytes,
@@ -709,7 +771,9 @@ class Plan:
             decision = ("keep: " + "; ".join(e.reasons)) if e.keep else "DELETE"
             rows.append((where, shown, ref, ",".join(e.branches), age, decision))
         widths = [min(max(len(r[i]) for r in rows), cap) for i, cap in enumerate((40, 70, 60, 24, 6, 200))]
-        lines = ["  ".join(_cut(cell, widths[i]).ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+        lines = [
+            "  ".join(_cut(cell, widths[i]).ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows
+        ]
         return "\n".join(lines)
 
     def summary_lines(self) -> list[str]:
@@ -724,7 +788,9 @@ class Plan:
                     line += f"; deleted {len(result.deleted)}, skipped {len(result.skipped)}, already gone {len(result.gone)}"
                 lines.append(line)
         if any(e.kind == "registry" and not e.keep for e in self.entries):
-            lines.append(f"registry garbage collection frees at most {_human(self.freed_bytes)} ({self.freed_bytes} bytes)")
+            lines.append(
+                f"registry garbage collection frees at most {_human(self.freed_bytes)} ({self.freed_bytes} bytes)"
+            )
             lines.append(GC_HINT)
         return lines
 
@@ -747,16 +813,26 @@ def _repositories(cfg: PipelineConfig, client, images: Iterable[str] | None, not
 
     prefix = f"{cfg.namespace}/{cfg.image_prefix}"
     try:
-        return [r for r in client.catalog() if r.startswith(prefix) and "/" not in r[len(cfg.namespace) + 1:]]
+        return [r for r in client.catalog() if r.startswith(prefix) and "/" not in r[len(cfg.namespace) + 1 :]]
     except RegistryError as exc:
         if images is None:
             raise
-        notes.append(f"the registry's catalog cannot be read ({exc}); only the repositories of the images in the tree were planned")
+        notes.append(
+            f"the registry's catalog cannot be read ({exc}); only the repositories of the images in the tree were planned"
+        )
         return [f"{prefix}{name}" for name in images]
 
 
-def make_plan(cfg: PipelineConfig, layout: CacheLayout, now: datetime, *, images: Iterable[str] | None = None,
-              registry=None, artifactory=None, manifest_cache: dict | None = None) -> tuple[Plan, dict]:
+def make_plan(
+    cfg: PipelineConfig,
+    layout: CacheLayout,
+    now: datetime,
+    *,
+    images: Iterable[str] | None = None,
+    registry=None,
+    artifactory=None,
+    manifest_cache: dict | None = None,
+) -> tuple[Plan, dict]:
     """Plan every part that is configured; `registry`/`artifactory` are open clients (None: skipped).
     Returns the plan and the state apply needs (marked builds)."""
     policy = Policy.from_config(cfg)
@@ -801,14 +877,19 @@ def plan_path(layout: CacheLayout) -> Path:
     return layout.root / "retention" / "plan.json"
 
 
-def run_retention(cfg: PipelineConfig, layout: CacheLayout, apply: bool = False, now: datetime | None = None,
-                  images: Iterable[str] | None = None) -> dict:
+def run_retention(
+    cfg: PipelineConfig,
+    layout: CacheLayout,
+    apply: bool = False,
+    now: datetime | None = None,
+    images: Iterable[str] | None = None,
+) -> dict:
     """`doit retention [--apply]`: plan (print the table, write cache/retention/plan.json)
     and, with apply, delete what the plan deletes."""
     from ccp_tasks.publish.artifactory import Artifactory, ArtifactoryAuth
     from ccp_tasks.publish.push import registry_client
 
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if now.tzinfo is None:
         raise CcpError("retention: `now` needs a time zone")
     images = None if images is None else tuple(images)
@@ -816,18 +897,27 @@ def run_retention(cfg: PipelineConfig, layout: CacheLayout, apply: bool = False,
     manifest_cache = read_record(cache_path, "a manifest cache", _cached_manifests) or {}
     registry = registry_client(cfg) if cfg.registry.url else None
     settings = cfg.artifactory
-    artifactory = (Artifactory(settings.url, ArtifactoryAuth.from_env(),
-                               ca_bundle=str(cfg.root / settings.ca_bundle) if settings.ca_bundle else None)
-                   if settings.url else None)
+    artifactory = (
+        Artifactory(
+            settings.url,
+            ArtifactoryAuth.from_env(),
+            ca_bundle=str(cfg.root / settings.ca_bundle) if settings.ca_bundle else None,
+        )
+        if settings.url
+        else None
+    )
     plan = None
     try:
-        plan, state = make_plan(cfg, layout, now, images=images, registry=registry, artifactory=artifactory,
-                                manifest_cache=manifest_cache)
+        plan, state = make_plan(
+            cfg, layout, now, images=images, registry=registry, artifactory=artifactory, manifest_cache=manifest_cache
+        )
         write_atomic(plan_path(layout), dump_json(plan.to_json()))
         print(plan.table())
         if apply:
             if registry is not None:
-                plan.applied["registry"] = apply_registry(registry, plan.entries, plan.policy, now, state["marked"], manifest_cache)
+                plan.applied["registry"] = apply_registry(
+                    registry, plan.entries, plan.policy, now, state["marked"], manifest_cache
+                )
             if artifactory is not None:
                 plan.applied["artifactory"] = apply_artifacts(artifactory, plan.entries)
             if images is not None:
