@@ -2,7 +2,7 @@
 
 No Artifactory can run where these tests run, so this server plays one over
 real HTTP (http.server in a thread) and checks every request the way JFrog's
-pages describe (their URLs are in ccp_tasks/artifactory.py), keeping a small
+pages describe (their URLs are in ccp_tasks/publish/artifactory.py), keeping a small
 in-memory store:
 
 - context path /artifactory; Basic and Bearer authentication, 401 with

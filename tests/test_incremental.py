@@ -191,7 +191,7 @@ def test_second_run_waits_for_the_lock(tree):
             sys.executable,
             "-c",
             "import sys,time; sys.path.insert(0, '.');"
-            "from ccp_tasks import lock; from pathlib import Path;"
+            "from ccp_tasks.core import lock; from pathlib import Path;"
             "lock.acquire(Path('cache/ccp.lock')); print('held', flush=True); time.sleep(3)",
         ],
         cwd=tree.root,

@@ -1,4 +1,4 @@
-"""Retention (ccp_tasks/retention.py): the policy, the plan, and apply.
+"""Retention (ccp_tasks/publish/retention.py): the policy, the plan, and apply.
 
 - the planner over synthetic inventories, and a property-based test over
   thousands of random histories (pure: no registry), apply included through an
