@@ -1462,7 +1462,7 @@ class PodRun:
         """Per container name (None: owner unknown), port -> addresses its
         processes listen on, read from the pod's /proc tables on this host;
         and whether owners could be told apart."""
-        from ccp_tasks.checks.integration import DOCKER_DNS_ADDRESS, _parse_proc_net
+        from ccp_tasks.checks.integration import DOCKER_DNS_ADDRESS, parse_proc_net
 
         pid = self.client.inspect_container(self.holder_id)["State"].get("Pid")
         sockets = []  # (address, port, inode)
@@ -1475,7 +1475,7 @@ class PodRun:
                 fields = line.split()
                 if len(fields) < 10 or fields[3] != "0A":
                     continue
-                parsed = _parse_proc_net("header\n" + line, ipv6=name == "tcp6")
+                parsed = parse_proc_net("header\n" + line, ipv6=name == "tcp6")
                 if parsed and parsed[0][0] != DOCKER_DNS_ADDRESS:
                     sockets.append((parsed[0][0], parsed[0][1], fields[9]))
         owners: dict[str, str] = {}
