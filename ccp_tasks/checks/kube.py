@@ -1173,7 +1173,7 @@ def mounted_files(ctx: PodContext, container: dict, overrides: dict | None = Non
         ):
             continue
         try:
-            files, default_mode = runner._volume_files(volume)
+            files, default_mode = runner.volume_files(volume)
         except CcpError:
             continue  # reported by the reference check
         kind = next(k for k in ("configMap", "secret", "downwardAPI", "projected") if volume.get(k) is not None)
