@@ -863,7 +863,7 @@ def run_retention(
 ) -> dict:
     """`doit retention [--apply]`: plan (print the table, write cache/retention/plan.json)
     and, with apply, delete what the plan deletes."""
-    from ccp_tasks.publish.artifactory import Artifactory, ArtifactoryAuth
+    from ccp_tasks.publish.artifactory import artifactory_client
     from ccp_tasks.publish.push import registry_client
 
     now = now or datetime.now(UTC)
@@ -873,16 +873,7 @@ def run_retention(
     cache_path = _manifest_cache_path(layout)
     manifest_cache = read_record(cache_path, "a manifest cache", _cached_manifests) or {}
     registry = registry_client(cfg) if cfg.registry.url else None
-    settings = cfg.artifactory
-    artifactory = (
-        Artifactory(
-            settings.url,
-            ArtifactoryAuth.from_env(),
-            ca_bundle=str(cfg.root / settings.ca_bundle) if settings.ca_bundle else None,
-        )
-        if settings.url
-        else None
-    )
+    artifactory = artifactory_client(cfg) if cfg.artifactory.url else None
     plan = None
     try:
         plan, state = make_plan(
