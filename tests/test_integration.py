@@ -472,5 +472,5 @@ def test_proc_net_tables_are_parsed():
         "   0: 00000000000000000000000000000000:20FB 00000000000000000000000000000000:0000 0A 0\n"
         "   1: 0000000000000000FFFF00000100007F:0050 00000000000000000000000000000000:0000 0A 0\n"
     )
-    assert integration._parse_proc_net(tcp, ipv6=False) == [("127.0.0.11", 0xAEEF), ("127.0.0.1", 8081)]
-    assert integration._parse_proc_net(tcp6, ipv6=True) == [("::", 8443), ("127.0.0.1", 80)]
+    assert integration.parse_proc_net(tcp, ipv6=False) == [("127.0.0.11", 0xAEEF), ("127.0.0.1", 8081)]
+    assert integration.parse_proc_net(tcp6, ipv6=True) == [("::", 8443), ("127.0.0.1", 80)]

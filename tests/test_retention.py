@@ -827,7 +827,7 @@ class Uploader:
         self, repository: str, base: Manifest, name: str, created: datetime, labels: dict | None = None
     ) -> Manifest:
         body = base.json()
-        config = json.loads(retention._get_blob(self.client, repository, body["config"]["digest"]))
+        config = json.loads(self.client.get_blob(repository, body["config"]["digest"]))
         member = io.BytesIO()
         with tarfile.open(fileobj=member, mode="w") as tar:
             payload = name.encode() + os.urandom(16384)  # incompressible: a layer of its own size

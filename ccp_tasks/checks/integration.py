@@ -793,7 +793,7 @@ def spec_files(spec: IntegrationSpec, path: Path) -> list[Path]:
 
 
 @dataclass
-class _Started:
+class StartedContainer:
     spec: ContainerSpec
     ref: str
     container_id: str
@@ -801,23 +801,23 @@ class _Started:
 
 
 @dataclass
-class _Run:
+class IntegrationRun:
     client: Any
     image: str
     network: str
     labels: dict[str, str]
     workdir: Path
-    started: list[_Started] = field(default_factory=list)
+    started: list[StartedContainer] = field(default_factory=list)
     ca_pem: str = ""
     answers: dict[str, Any] = field(default_factory=dict)  # regression answers of this run
     recorded: dict[str, Any] = field(default_factory=dict)  # of the last passing run
 
     @property
-    def under_test(self) -> _Started:
+    def under_test(self) -> StartedContainer:
         return self.started[-1]
 
 
-def _require_local_engine() -> None:
+def require_local_engine() -> None:
     from ccp_tasks.engine.docker_ops import engine_address, local_socket
 
     if local_socket() is None:
@@ -828,7 +828,7 @@ def _require_local_engine() -> None:
         )
 
 
-def _engine_error(exc: Exception, doing: str) -> EngineError:
+def engine_error(exc: Exception, doing: str) -> EngineError:
     from ccp_tasks.engine.docker_ops import engine_address
 
     explanation = getattr(exc, "explanation", None) or str(exc)
@@ -863,7 +863,7 @@ def _template_line(tb, spec_dir: Path, default: str) -> str:
     return where
 
 
-def _render_files(
+def render_files(
     spec: IntegrationSpec, container: ContainerSpec, context: dict, out_dir: Path
 ) -> list[tuple[Path, str]]:
     """Render a container's files; return (host file, container path) pairs to mount."""
@@ -900,7 +900,7 @@ def _render_files(
     return mounts
 
 
-def _make_tls(tls: TlsSettings, out_dir: Path) -> str:
+def make_tls(tls: TlsSettings, out_dir: Path) -> str:
     """Write a fresh CA's server certificate, key, CA and bundle; return the CA's PEM."""
     import trustme
 
@@ -923,7 +923,9 @@ def _make_tls(tls: TlsSettings, out_dir: Path) -> str:
     return ca.cert_pem.bytes().decode()
 
 
-def _start(run: _Run, container: ContainerSpec, ref: str, mounts: list[tuple[Path, str]]) -> _Started:
+def start_container(
+    run: IntegrationRun, container: ContainerSpec, ref: str, mounts: list[tuple[Path, str]]
+) -> StartedContainer:
     from docker.errors import ImageNotFound, NotFound
 
     client = run.client
@@ -949,7 +951,7 @@ def _start(run: _Run, container: ContainerSpec, ref: str, mounts: list[tuple[Pat
         raise EngineError(
             f"image '{container.image or run.image}' ({ref}) is not in the engine; build it first"
         ) from None
-    started = _Started(container, ref, created["Id"])
+    started = StartedContainer(container, ref, created["Id"])
     run.started.append(started)  # before start: a failed start is still removed
     client.start(created["Id"])
     networks = client.inspect_container(created["Id"])["NetworkSettings"]["Networks"]
@@ -970,7 +972,7 @@ def _can_connect(ip: str, port: int, timeout: float = 1.0) -> str | None:
         return exc.strerror or str(exc)
 
 
-def _logs(client, container_id: str) -> str:
+def container_logs(client, container_id: str) -> str:
     from docker.errors import NotFound
 
     try:
@@ -979,7 +981,7 @@ def _logs(client, container_id: str) -> str:
         return ""
 
 
-def _wait_ready(run: _Run, started: _Started) -> CheckResult:
+def wait_ready(run: IntegrationRun, started: StartedContainer) -> CheckResult:
     container = started.spec
     name = "ready" if container.image is None else f"ready: {container.alias}"
     ready = container.ready
@@ -1002,7 +1004,7 @@ def _wait_ready(run: _Run, started: _Started) -> CheckResult:
             if problem:
                 waiting.append(f"port {port} {problem}")
                 closed.append(port)
-        if log_re and not log_re.search(_logs(run.client, started.container_id)):
+        if log_re and not log_re.search(container_logs(run.client, started.container_id)):
             waiting.append(f"its log has no line matching {_short(ready.log, 200)}")
         seconds = round(time.monotonic() - begin, 2)
         if not waiting:
@@ -1013,7 +1015,7 @@ def _wait_ready(run: _Run, started: _Started) -> CheckResult:
         time.sleep(ready.interval)
 
 
-def _loopback_hint(run: _Run, started: _Started, ports: list[int]) -> str:
+def _loopback_hint(run: IntegrationRun, started: StartedContainer, ports: list[int]) -> str:
     """The usual reason a port that is up refuses outside connections: it is bound to loopback."""
     if not ports:
         return ""
@@ -1029,7 +1031,7 @@ def _loopback_hint(run: _Run, started: _Started, ports: list[int]) -> str:
 # -- listening sockets
 
 
-def _parse_proc_net(text: str, ipv6: bool) -> list[tuple[str, int]]:
+def parse_proc_net(text: str, ipv6: bool) -> list[tuple[str, int]]:
     """(address, port) of each LISTEN socket in a /proc/net/tcp{,6} table."""
     import ipaddress
 
@@ -1059,7 +1061,7 @@ def _exec(client, container_id: str, command, user: str | None = None) -> tuple[
     return (code if code is not None else -1), output.decode("utf-8", "replace")
 
 
-def _listening(run: _Run, started: _Started) -> dict[int, set[str]]:
+def _listening(run: IntegrationRun, started: StartedContainer) -> dict[int, set[str]]:
     """Port -> addresses the container listens on, from its own /proc/net tables."""
     from docker.errors import APIError
 
@@ -1084,7 +1086,7 @@ def _listening(run: _Run, started: _Started) -> dict[int, set[str]]:
         raise OSError("cannot read /proc/net/tcp in the container (no `cat`) nor through its process on this host")
     ports: dict[int, set[str]] = {}
     for name, text in tables.items():
-        for address, port in _parse_proc_net(text, ipv6=name == "tcp6"):
+        for address, port in parse_proc_net(text, ipv6=name == "tcp6"):
             if address != DOCKER_DNS_ADDRESS:
                 ports.setdefault(port, set()).add(address)
     return ports
@@ -1150,7 +1152,7 @@ def port_results(
     return results
 
 
-def _port_checks(run: _Run, started: _Started) -> list[CheckResult]:
+def _port_checks(run: IntegrationRun, started: StartedContainer) -> list[CheckResult]:
     container = started.spec
     begin = time.monotonic()
     try:
@@ -1176,7 +1178,7 @@ def _ssl_reason(exc: ssl.SSLError) -> str:
     return str(exc.reason or exc)
 
 
-def _verifying_context(run: _Run) -> ssl.SSLContext:
+def _verifying_context(run: IntegrationRun) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # certificate and host name checked
     context.load_verify_locations(cadata=run.ca_pem)
     return context
@@ -1244,7 +1246,7 @@ def _show(expected) -> str:
     return json.dumps(expected)
 
 
-def _http_request(run: _Run, ip: str, check: HttpCheck):
+def _http_request(run: IntegrationRun, ip: str, check: HttpCheck):
     """(status, reason, headers, body) of one answer, retried while the service starts."""
     deadline = time.monotonic() + check.timeout
     headers = dict(check.headers)
@@ -1276,7 +1278,7 @@ def _http_request(run: _Run, ip: str, check: HttpCheck):
         return answer
 
 
-def _check_http(run: _Run, check: Check) -> CheckResult:
+def _check_http(run: IntegrationRun, check: Check) -> CheckResult:
     spec: HttpCheck = check.spec
     ip = run.under_test.ip
     try:
@@ -1354,7 +1356,7 @@ def _read_answer(sock: socket.socket, expect: re.Pattern | None, deadline: float
             return b"".join(chunks), "matched"
 
 
-def _check_send(run: _Run, check: Check) -> CheckResult:
+def _check_send(run: IntegrationRun, check: Check) -> CheckResult:
     spec: SendCheck = check.spec
     ip = run.under_test.ip
     deadline = time.monotonic() + spec.timeout
@@ -1390,7 +1392,7 @@ def _check_send(run: _Run, check: Check) -> CheckResult:
     return CheckResult(check.name, "send", True)
 
 
-def _check_exec(run: _Run, check: Check) -> CheckResult:
+def _check_exec(run: IntegrationRun, check: Check) -> CheckResult:
     from docker.errors import APIError
 
     spec: ExecCheck = check.spec
@@ -1428,7 +1430,7 @@ def _tls_floor_context(floor: str) -> tuple[ssl.SSLContext, str]:
     return context, below
 
 
-def _check_tls(run: _Run, check: Check) -> list[CheckResult]:
+def _check_tls(run: IntegrationRun, check: Check) -> list[CheckResult]:
     spec: TlsCheck = check.spec
     ip = run.under_test.ip
     results = []
@@ -1587,7 +1589,7 @@ def _differences(old, new, path: str = "") -> list[str]:
     return []
 
 
-def _regression(run: _Run, check: Check, answer: dict) -> CheckResult:
+def _regression(run: IntegrationRun, check: Check, answer: dict) -> CheckResult:
     run.answers[check.name] = answer
     previous = run.recorded.get(check.name)
     if previous is None:
@@ -1623,14 +1625,14 @@ def recorded_path(recorded_dir: Path, image: str) -> Path:
     return Path(recorded_dir) / f"{image}.json"
 
 
-def _load_recorded(path: Path) -> dict:
+def load_recorded(path: Path) -> dict:
     return read_record(path, "a record of answers", lambda raw: fields(raw, answers=dict)["answers"]) or {}
 
 
 # -- the run
 
 
-_CHECKERS: dict[str, Callable[[_Run, Check], CheckResult | list[CheckResult]]] = {
+_CHECKERS: dict[str, Callable[[IntegrationRun, Check], CheckResult | list[CheckResult]]] = {
     "http": _check_http,
     "send": _check_send,
     "exec": _check_exec,
@@ -1638,7 +1640,7 @@ _CHECKERS: dict[str, Callable[[_Run, Check], CheckResult | list[CheckResult]]] =
 }
 
 
-def _run_check(run: _Run, check: Check) -> list[CheckResult]:
+def run_check(run: IntegrationRun, check: Check) -> list[CheckResult]:
     begin = time.monotonic()
     outcome = _CHECKERS[check.kind](run, check)
     results = outcome if isinstance(outcome, list) else [outcome]
@@ -1651,7 +1653,7 @@ def _tail(text: str, lines: int = LOG_TAIL_LINES) -> list[str]:
     return [line for line in text.rstrip().splitlines()][-lines:]
 
 
-def _write_logs(run: _Run, results: list[CheckResult], log_path: Path) -> None:
+def _write_logs(run: IntegrationRun, results: list[CheckResult], log_path: Path) -> None:
     """Every container's full log to log_path; the tails to each failed result."""
     logs = []
     for started in run.started:
@@ -1660,7 +1662,7 @@ def _write_logs(run: _Run, results: list[CheckResult], log_path: Path) -> None:
             status = "running" if state.get("Running") else f"exited with code {state.get('ExitCode')}"
         except Exception:
             status = "gone"
-        logs.append((started, status, _logs(run.client, started.container_id)))
+        logs.append((started, status, container_logs(run.client, started.container_id)))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as out:
         for started, status, text in logs:
@@ -1685,7 +1687,7 @@ def _write_logs(run: _Run, results: list[CheckResult], log_path: Path) -> None:
         result.detail = "\n".join(part for part in (result.detail.rstrip(), *tails) if part)
 
 
-def _cleanup(run: _Run) -> None:
+def _cleanup(run: IntegrationRun) -> None:
     """Remove everything carrying this run's labels. Asking the engine by
     label, not going by what this process noted, also catches a container or
     network created just before an interrupt landed."""
@@ -1719,7 +1721,7 @@ def run_spec(
     from docker.errors import DockerException
     from requests.exceptions import RequestException
 
-    _require_local_engine()
+    require_local_engine()
     for alias in (s.alias for s in spec.services):
         if alias == image:
             raise ConfigError(
@@ -1732,7 +1734,7 @@ def run_spec(
     run_id = uuid.uuid4().hex[:10]
     sweep_labels = {**labels, IMAGE_LABEL: image}
     safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", image)
-    run = _Run(
+    run = IntegrationRun(
         client=client,
         image=image,
         network=f"ccp-it-{safe}-{run_id}",
@@ -1740,12 +1742,12 @@ def run_spec(
         workdir=Path(workdir),
     )
     record_file = recorded_path(recorded_dir, image)
-    run.recorded = _load_recorded(record_file)
+    run.recorded = load_recorded(record_file)
 
     try:
         remove_leftovers(client, of_any_run(sweep_labels))
     except (DockerException, RequestException) as exc:
-        raise _engine_error(exc, f"removing what an earlier run of '{image}' left") from None
+        raise engine_error(exc, f"removing what an earlier run of '{image}' left") from None
 
     # Files first: a template error needs no container to report.
     for sub in ("files", "tls"):
@@ -1759,9 +1761,9 @@ def run_spec(
     }
     main = dataclasses.replace(spec.container, alias=image)
     containers = [*spec.services, main]
-    mounts = {c.alias: _render_files(spec, c, context, run.workdir / "files" / c.alias) for c in containers}
+    mounts = {c.alias: render_files(spec, c, context, run.workdir / "files" / c.alias) for c in containers}
     if spec.tls:
-        run.ca_pem = _make_tls(spec.tls, run.workdir / "tls")
+        run.ca_pem = make_tls(spec.tls, run.workdir / "tls")
         mounts[image] += [((run.workdir / "tls" / name).resolve(), f"{spec.tls.dir}/{name}") for name in TLS_FILES]
 
     results: list[CheckResult] = []
@@ -1771,8 +1773,8 @@ def run_spec(
             client.create_network(run.network, driver="bridge", labels=run.labels, check_duplicate=True)
             for container in containers:
                 ref = refs[container.image or image]
-                started = _start(run, container, ref, mounts[container.alias])
-                ready = _wait_ready(run, started)
+                started = start_container(run, container, ref, mounts[container.alias])
+                ready = wait_ready(run, started)
                 results.append(ready)
                 if not ready.passed:
                     break
@@ -1780,10 +1782,10 @@ def run_spec(
                 if main.ports is not None or main.local_ports:
                     results.extend(_port_checks(run, run.under_test))
                 for check in spec.checks:
-                    results.extend(_run_check(run, check))
+                    results.extend(run_check(run, check))
             finished = True
         except (DockerException, RequestException) as exc:
-            raise _engine_error(exc, f"running the integration checks of '{image}'") from None
+            raise engine_error(exc, f"running the integration checks of '{image}'") from None
         finally:
             try:
                 _write_logs(run, results, Path(log_path))
@@ -1797,7 +1799,7 @@ def run_spec(
             if finished:
                 if isinstance(exc, EngineError):
                     raise
-                raise _engine_error(exc, f"removing the containers of '{image}'") from None
+                raise engine_error(exc, f"removing the containers of '{image}'") from None
 
     if all(result.passed for result in results) and (run.answers or record_file.exists()):
         write_atomic(record_file, dump_json({"image": image, "ref": refs[image], "answers": run.answers}))

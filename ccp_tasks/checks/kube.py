@@ -1173,7 +1173,7 @@ def mounted_files(ctx: PodContext, container: dict, overrides: dict | None = Non
         ):
             continue
         try:
-            files, default_mode = runner._volume_files(volume)
+            files, default_mode = runner.volume_files(volume)
         except CcpError:
             continue  # reported by the reference check
         kind = next(k for k in ("configMap", "secret", "downwardAPI", "projected") if volume.get(k) is not None)
@@ -1210,7 +1210,7 @@ def config_problems(ctx: PodContext) -> list[str]:
         "tls_dir": spec.tls.dir if spec.tls else None,
     }
     with tempfile.TemporaryDirectory(prefix="ccp-kube-") as scratch:
-        rendered = integration._render_files(spec, spec.container, context, Path(scratch))
+        rendered = integration.render_files(spec, spec.container, context, Path(scratch))
         expected = {}
         for (host, target), mount in zip(rendered, spec.container.files):
             expected[target] = (mount.template, Path(host).read_bytes(), mount.mode)
@@ -1355,7 +1355,7 @@ def _write_logs(path: Path, irun, pod: PodRun | None, results: list[CheckResult]
     for started in irun.started:
         if started.spec.image is None:
             continue  # the pod's container: written with the pod
-        text = integration._logs(irun.client, started.container_id)
+        text = integration.container_logs(irun.client, started.container_id)
         sections.append((f"service {started.spec.alias}", "", text))
     if pod is not None:
         sections += pod.log_sections()
@@ -1414,11 +1414,11 @@ def run_pod(
     try:
         remove_labelled(client, of_any_run(sweep))
     except (DockerException, RequestException) as exc:
-        raise integration._engine_error(exc, f"removing what an earlier pod run of '{image}' left") from None
+        raise integration.engine_error(exc, f"removing what an earlier pod run of '{image}' left") from None
     workdir = Path(workdir)
-    irun = integration._Run(client=client, image=image, network=network, labels=run_labels, workdir=workdir)
+    irun = integration.IntegrationRun(client=client, image=image, network=network, labels=run_labels, workdir=workdir)
     if spec is not None:
-        irun.recorded = integration._load_recorded(integration.recorded_path(recorded_dir, image))
+        irun.recorded = integration.load_recorded(integration.recorded_path(recorded_dir, image))
     main_path, main = ctx.main
     in_pod = {ctx.tree_image(c) for _, c, _ in ctx.source.all_containers()}
     services = [s for s in (spec.services if spec else ()) if s.image not in in_pod]
@@ -1431,10 +1431,10 @@ def run_pod(
     }
     for sub in ("files", "tls"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
-    mounts = {s.alias: integration._render_files(spec, s, context, workdir / "files" / s.alias) for s in services}
+    mounts = {s.alias: integration.render_files(spec, s, context, workdir / "files" / s.alias) for s in services}
     overrides = {}
     if spec is not None and spec.tls:
-        irun.ca_pem = integration._make_tls(spec.tls, workdir / "tls")
+        irun.ca_pem = integration.make_tls(spec.tls, workdir / "tls")
         secret = ctx.tls_secret()
         overrides[secret] = {name: (workdir / "tls" / name).read_bytes() for name in integration.TLS_FILES}
     version = kubernetes_version(ctx.cfg)
@@ -1455,10 +1455,10 @@ def run_pod(
         try:
             client.create_network(network, driver="bridge", labels=run_labels, check_duplicate=True)
             for service in services:
-                started = integration._start(
+                started = integration.start_container(
                     irun, service, refs(ctx.cfg.image_ref(service.image)), mounts[service.alias]
                 )
-                ready = integration._wait_ready(irun, started)
+                ready = integration.wait_ready(irun, started)
                 results.append(ready)
                 if not ready.passed:
                     finished = True
@@ -1475,7 +1475,7 @@ def run_pod(
                         ports=main_spec.ports if main_spec else None,
                         local_ports=main_spec.local_ports if main_spec else (),
                     )
-                    started = integration._Started(
+                    started = integration.StartedContainer(
                         alias_spec, refs(main["image"]), pod.instances[main["name"]].container_id, pod.ip
                     )
                     irun.started.append(started)
@@ -1493,14 +1493,14 @@ def run_pod(
                         ]
                         results.extend(_pod_port_checks(pod, main["name"], main_spec, containers))
                         for check in spec.checks if spec else ():
-                            results.extend(integration._run_check(irun, check))
+                            results.extend(integration.run_check(irun, check))
                     results.append(pod.health_result())
                     for result in results:
                         if result.detail.startswith("no answer recorded yet"):
                             result.detail = f"no answer recorded by test:{image} yet: nothing to compare with"
             finished = True
         except (DockerException, RequestException) as exc:
-            raise integration._engine_error(exc, f"running the pod of '{image}'") from None
+            raise integration.engine_error(exc, f"running the pod of '{image}'") from None
         finally:
             try:
                 _write_logs(Path(log_path), irun, pod, results)
@@ -1514,7 +1514,7 @@ def run_pod(
             if finished:
                 if isinstance(exc, EngineError):
                     raise
-                raise integration._engine_error(exc, f"removing the pod of '{image}'") from None
+                raise integration.engine_error(exc, f"removing the pod of '{image}'") from None
     return results
 
 
@@ -1642,7 +1642,7 @@ def check_pod(
     from ccp_tasks.checks import integration
     from ccp_tasks.checks.podrun import POD_IMAGE_LABEL, POD_RUN_LABEL
 
-    integration._require_local_engine()
+    integration.require_local_engine()
     images = tuple(images)
     template = Path(template)
     ctx = load_context(cfg, image, images, template, spec_path, spec_locator)
@@ -1673,7 +1673,7 @@ def check_pod(
         try:
             results = static_checks(ctx, version, files_for)
         except (DockerException, RequestException) as exc:
-            raise integration._engine_error(exc, f"reading the images of the pod of '{image}'") from None
+            raise integration.engine_error(exc, f"reading the images of the pod of '{image}'") from None
     finally:
         for files in opened.values():
             if files is not None:

@@ -707,7 +707,7 @@ class PodRun:
             chosen[item["path"]] = (data[item["key"]], item.get("mode"))
         return chosen
 
-    def _volume_files(
+    def volume_files(
         self, volume: dict, resource: dict | None = None
     ) -> tuple[dict[str, tuple[bytes, int | None]], int]:
         """The files of a configMap/secret/downwardAPI/projected volume: path -> (bytes, mode), default mode."""
@@ -733,7 +733,7 @@ class PodRun:
         source = volume["projected"]
         files = {}
         for part in source.get("sources") or []:
-            sub, _ = self._volume_files(part)
+            sub, _ = self.volume_files(part)
             files.update(sub)
         return files, source.get("defaultMode", 0o644)
 
@@ -780,7 +780,7 @@ class PodRun:
                     os.chown(directory, -1, int(fs_group))
                     directory.chmod(0o2777)
             else:
-                files, default_mode = self._volume_files(volume)
+                files, default_mode = self.volume_files(volume)
                 directory.mkdir()
                 self._write_atomic_dir(directory, files, default_mode)
                 if fs_group is not None:
@@ -1462,7 +1462,7 @@ class PodRun:
         """Per container name (None: owner unknown), port -> addresses its
         processes listen on, read from the pod's /proc tables on this host;
         and whether owners could be told apart."""
-        from ccp_tasks.checks.integration import DOCKER_DNS_ADDRESS, _parse_proc_net
+        from ccp_tasks.checks.integration import DOCKER_DNS_ADDRESS, parse_proc_net
 
         pid = self.client.inspect_container(self.holder_id)["State"].get("Pid")
         sockets = []  # (address, port, inode)
@@ -1475,7 +1475,7 @@ class PodRun:
                 fields = line.split()
                 if len(fields) < 10 or fields[3] != "0A":
                     continue
-                parsed = _parse_proc_net("header\n" + line, ipv6=name == "tcp6")
+                parsed = parse_proc_net("header\n" + line, ipv6=name == "tcp6")
                 if parsed and parsed[0][0] != DOCKER_DNS_ADDRESS:
                     sockets.append((parsed[0][0], parsed[0][1], fields[9]))
         owners: dict[str, str] = {}

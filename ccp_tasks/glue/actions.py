@@ -528,13 +528,11 @@ def deploy_artifacts(cfg: PipelineConfig, layout: CacheLayout, ci: publish.CiCon
         PROP_BUILD_NUMBER,
         PROP_COMMIT,
         PROP_KEEP,
-        Artifactory,
-        ArtifactoryAuth,
+        artifactory_client,
     )
 
     settings = cfg.artifactory
-    if not settings.url:
-        raise CcpError("no Artifactory is configured: set artifactory.url in ccp.yaml (or ccp.local.yaml)")
+    server = artifactory_client(cfg)  # fails first when none is configured, as before
     branch = ci.branch or "local"
     build = ci.build_number or (ci.commit[:10] if ci.commit else time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
     properties = {PROP_BRANCH: branch, PROP_KEEP: "true" if keep else "false"}
@@ -543,9 +541,8 @@ def deploy_artifacts(cfg: PipelineConfig, layout: CacheLayout, ci: publish.CiCon
     if ci.build_number:
         properties[PROP_BUILD_NUMBER] = ci.build_number
     prefix = f"{cfg.namespace}/{publish.tag_safe(branch)}/{build}"
-    ca_bundle = str(cfg.root / settings.ca_bundle) if settings.ca_bundle else None
     deployed = []
-    with Artifactory(settings.url, ArtifactoryAuth.from_env(), ca_bundle=ca_bundle) as server:
+    with server:
         for name in ARTIFACT_DIRS:
             directory = layout.root / name
             if directory.is_dir():

@@ -60,11 +60,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
 import requests
 
 from ccp_tasks.core.errors import CcpError
+
+if TYPE_CHECKING:
+    from ccp_tasks.model.config import PipelineConfig
 
 # Property names the pipeline uses for what it deploys.
 PROP_BRANCH = "branch"
@@ -568,6 +572,20 @@ class Artifactory:
 
 
 # -- helpers ----------------------------------------------------------------------
+
+
+def artifactory_client(cfg: PipelineConfig) -> Artifactory:
+    """The client for ccp.yaml's `artifactory` section, credentials from the
+    environment (CCP_ARTIFACTORY_*); the one way `doit artifacts` and
+    retention reach Artifactory."""
+    settings = cfg.artifactory
+    if not settings.url:
+        raise CcpError("no Artifactory is configured: set artifactory.url in ccp.yaml (or ccp.local.yaml)")
+    return Artifactory(
+        settings.url,
+        ArtifactoryAuth.from_env(),
+        ca_bundle=str(cfg.root / settings.ca_bundle) if settings.ca_bundle else None,
+    )
 
 
 def aql_time(moment: datetime) -> str:

@@ -436,6 +436,25 @@ class RegistryClient:
             return
         raise self._error(response, repository, what, reference=digest)
 
+    def get_blob(self, repository: str, digest: str) -> bytes:
+        """The blob `digest` of `repository` (an image config, say), checked
+        against its digest when that is sha256 or sha512."""
+        what = f"read blob {digest}"
+        response = self._send(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            scope=self._scope(repository, "pull"),
+            repository=repository,
+            what=what,
+        )
+        if response.status_code != 200:
+            raise self._error(response, repository, what, reference=digest)
+        data = response.content
+        algorithm, _, expected = digest.partition(":")
+        if algorithm in _HASHES and _HASHES[algorithm](data).hexdigest() != expected:
+            raise RegistryError(f"registry {self.name}: blob {repository}@{digest} does not match its digest")
+        return data
+
     def blob_size(self, repository: str, manifest: Manifest | str) -> int:
         """Bytes a manifest refers to: config and layers (the children's too for
         an index), the manifests themselves included. An upper bound of what a

@@ -68,7 +68,6 @@ Time is injected (`now`) into every planning function; nothing here sleeps.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import re
 from collections import defaultdict
@@ -384,28 +383,6 @@ def _parse_created(value) -> float | None:
     return moment.timestamp()
 
 
-def _get_blob(client, repository: str, digest: str) -> bytes:
-    """GET /v2/<repository>/blobs/<digest>, checked against its digest.
-    (The client has no public blob call yet; this rides on its authenticated request.)"""
-    from ccp_tasks.publish.registry import RegistryError
-
-    what = f"read blob {digest}"
-    response = client._send(
-        "GET",
-        f"/v2/{repository}/blobs/{digest}",
-        scope=client._scope(repository, "pull"),
-        repository=repository,
-        what=what,
-    )
-    if response.status_code != 200:
-        raise client._error(response, repository, what, reference=digest)
-    data = response.content
-    algorithm, _, expected = digest.partition(":")
-    if algorithm in ("sha256", "sha512") and getattr(hashlib, algorithm)(data).hexdigest() != expected:
-        raise RegistryError(f"registry {client.name}: blob {repository}@{digest} does not match its digest")
-    return data
-
-
 def _describe(client, repository: str, digest: str) -> dict:
     """Creation time, labels and blobs of a manifest (immutable: cached by digest)."""
     from ccp_tasks.publish.registry import INDEX_TYPES
@@ -429,7 +406,7 @@ def _describe(client, repository: str, digest: str) -> dict:
     created, labels = None, {}
     if config.get("digest"):
         try:
-            image_config = json.loads(_get_blob(client, repository, config["digest"]))
+            image_config = json.loads(client.get_blob(repository, config["digest"]))
         except ValueError:
             image_config = {}
         if isinstance(image_config, dict):
@@ -886,7 +863,7 @@ def run_retention(
 ) -> dict:
     """`doit retention [--apply]`: plan (print the table, write cache/retention/plan.json)
     and, with apply, delete what the plan deletes."""
-    from ccp_tasks.publish.artifactory import Artifactory, ArtifactoryAuth
+    from ccp_tasks.publish.artifactory import artifactory_client
     from ccp_tasks.publish.push import registry_client
 
     now = now or datetime.now(UTC)
@@ -896,16 +873,7 @@ def run_retention(
     cache_path = _manifest_cache_path(layout)
     manifest_cache = read_record(cache_path, "a manifest cache", _cached_manifests) or {}
     registry = registry_client(cfg) if cfg.registry.url else None
-    settings = cfg.artifactory
-    artifactory = (
-        Artifactory(
-            settings.url,
-            ArtifactoryAuth.from_env(),
-            ca_bundle=str(cfg.root / settings.ca_bundle) if settings.ca_bundle else None,
-        )
-        if settings.url
-        else None
-    )
+    artifactory = artifactory_client(cfg) if cfg.artifactory.url else None
     plan = None
     try:
         plan, state = make_plan(
