@@ -30,6 +30,10 @@ class EngineError(CcpError):
     """The Docker engine cannot be reached or refused a request."""
 
 
+class EngineNotFound(EngineError):
+    """The engine answered that a container, image, network or volume does not exist."""
+
+
 class BuildError(CcpError):
     """docker build failed; carries the image name and the last lines of its log."""
 
