@@ -40,3 +40,32 @@ def engine_errors(what: str) -> Iterator[None]:
         raise EngineError(f"{what}: the engine refused: {_explanation(exc)}") from exc
     except (RequestException, ConnectionError) as exc:
         raise EngineError(f"{what}: lost the Docker engine at {engine_address()}: {_explanation(exc)}") from exc
+
+
+class Engine:
+    """A connection to the engine, by collection as docker-py's own high-level
+    client has them: `images` (inspect, tag, remove, push, pull, events, info),
+    `containers` (containers, exec, logs, archives, networks, volumes: what the
+    check harness needs) and `builder` (builds with a streamed log).
+
+    Only this package holds the docker-py client; nothing outside it sees it."""
+
+    def __init__(self, client) -> None:
+        from ccp_tasks.engine.builder import ClassicBuilder
+        from ccp_tasks.engine.containers import Containers
+        from ccp_tasks.engine.images import Images
+
+        self._client = client
+        self.images = Images(client)
+        self.containers = Containers(client)
+        self.builder = ClassicBuilder(client)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def connect(timeout: int = 600) -> Engine:
+    """An Engine for $DOCKER_HOST (or the local socket), or a one-line EngineError."""
+    from ccp_tasks.engine.docker_ops import connect as docker_connect
+
+    return Engine(docker_connect(timeout=timeout))
