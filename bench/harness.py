@@ -258,8 +258,19 @@ def sample_checkout(namespace: str) -> Path:
 
 def busybox_sample_shape(root: Path, namespace: str) -> Path:
     """The sample tree's shape with busybox content: fast enough for an edit matrix."""
+    # api-service copies a git source, so a commit upstream is one of the edits.
+    app = root.parent / f"{root.name}-app"
+    if app.exists():
+        shutil.rmtree(app)
+    app.mkdir(parents=True)
+    (app / "app.txt").write_text("v1\n")
+    git(app, "init", "-q", "-b", "main")
+    git(app, "add", "app.txt")
+    git(app, "commit", "-q", "-m", "v1")
     repo = synth.new_checkout(
-        root, f"namespace: {namespace}\nbase:\n  enabled: false\nvariables:\n  listen_port: '8080'\n"
+        root,
+        f"namespace: {namespace}\nbase:\n  enabled: false\nvariables:\n  listen_port: '8080'\n"
+        f"sources:\n  app:\n    url: {app}\n    ref: main\n",
     )
     for name, parent in sample_shape().items():
         directory = repo / name
@@ -271,9 +282,13 @@ def busybox_sample_shape(root: Path, namespace: str) -> Path:
         else:
             body = f"FROM {{{{ image('{parent}') }}}}\n{{% include 'header.j2' %}}\n"
         if name == "api-service":
-            body += "ENV LISTEN_PORT={{ listen_port }}\n"
+            body += "ENV LISTEN_PORT={{ listen_port }}\n{{ copy_sources('app', '/opt/app') }}\n"
         (directory / "Dockerfile.j2").write_text(body + "COPY ctx.txt /etc/ctx-" + name + "\n")
     return root
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", *args], cwd=repo, check=True)
 
 
 def descendants_in(shape: dict[str, str | None], name: str) -> set[str]:
@@ -412,6 +427,13 @@ def exactness_matrix(results: dict, kolla_cases: int) -> None:
         )
 
     cases.append(("config value listen_port (api-service only)", config_edit, "api-service"))
+
+    def source_commit():
+        app = root.parent / f"{root.name}-app"
+        append(app / "app.txt", f"{time.time()}\n")
+        git(app, "commit", "-q", "-am", "edit")
+
+    cases.append(("commit to the source api-service copies", source_commit, "api-service"))
     rows = []
     for label, edit, image in cases:
         edit()
@@ -427,16 +449,6 @@ def exactness_matrix(results: dict, kolla_cases: int) -> None:
                 "recall": len(hit) / len(expected) if expected else 1.0,
             }
         )
-    rows.append(
-        {
-            "change": "source commit",
-            "expected": None,
-            "rebuilt": None,
-            "precision": None,
-            "recall": None,
-            "note": "application sources are not part of the pipeline yet (issue 7)",
-        }
-    )
     results["exactness"] = rows
 
     if kolla_cases:
@@ -778,4 +790,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except RuntimeError as exc:
+        # A scenario's step failed: what failed and its output, not the harness's stack.
+        print(f"bench: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        sys.exit(130)
