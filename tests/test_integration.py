@@ -401,7 +401,7 @@ def test_undefined_template_variable_names_file_and_line(runner):
     [
         (
             "checks:\n  - http: {path: /, stauts: 200}\nports: [80]\n",
-            "unknown key 'checks[0].http.stauts' (did you mean 'status'?); known keys: ",
+            "checks[0].http.stauts: unknown key (did you mean 'status'?); known keys: ",
         ),
         (
             "ports: [80]\nchecks:\n  - exec: {command: echo}\n  - http: {status: ok}\n",
@@ -411,7 +411,7 @@ def test_undefined_template_variable_names_file_and_line(runner):
             "services:\n  cache: {image: memcache}\n",
             "services.cache.image: 'memcache' is not an image of the tree (did you mean 'memcached'?)",
         ),
-        ("servcies: {}\n", "unknown key 'servcies' (did you mean 'services'?)"),
+        ("servcies: {}\n", "servcies: unknown key (did you mean 'services'?)"),
         ("ports: [80, 80]\n", "ports: port 80 is listed twice"),
         (
             "ports: [80]\nchecks:\n  - http: {}\n    send: {data: x}\n",

@@ -37,12 +37,12 @@ MISSING: Any = _Missing()  # a Field without a default: an absent key stays abse
 
 # A check validates one value found at a key path and returns it normalized;
 # it reports a problem through the Reader (which raises).
-Check = Callable[["Reader", Any, str], Any]
+Validator = Callable[["Reader", Any, str], Any]
 
 
 @dataclass(frozen=True)
 class Field:
-    check: Check | Schema | None = None  # None: any value; the caller looks at it
+    check: Validator | Schema | None = None  # None: any value; the caller looks at it
     default: Any = MISSING
     required: bool = False
 
@@ -130,7 +130,7 @@ class Reader:
                 checked[name] = spec.default
         return checked
 
-    def value(self, check: Check | Schema | None, value: Any, where: str) -> Any:
+    def value(self, check: Validator | Schema | None, value: Any, where: str) -> Any:
         if check is None:
             return value
         if isinstance(check, Schema):
@@ -199,12 +199,12 @@ class Reader:
         self.fail(where, f"expected one of {shown}, got {value!r}{hint}")
 
 
-def choice(*choices: Any) -> Check:
+def choice(*choices: Any) -> Validator:
     """A Field check: one of `choices` (with a did-you-mean for a near miss)."""
     return lambda reader, value, where: reader.one_of(value, where, choices)
 
 
-def mapping_of(check: Check | Schema, keys: Check | None = None) -> Check:
+def mapping_of(check: Validator | Schema, keys: Validator | None = None) -> Validator:
     """A Field check: a mapping whose every value passes `check` (and every key `keys`, if given)."""
 
     def check_all(reader: Reader, value: Any, where: str) -> dict[Any, Any]:

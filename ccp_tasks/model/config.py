@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ccp_tasks.core.errors import ConfigError
-from ccp_tasks.core.schema import Check, Field, Reader, Schema, choice, mapping_of
+from ccp_tasks.core.schema import Field, Reader, Schema, Validator, choice, mapping_of
 from ccp_tasks.core.state import Malformed, fields, read_record, write_atomic
 from ccp_tasks.model.rules import waiver_problem
 
@@ -220,7 +220,7 @@ class PipelineConfig:
         }
 
 
-def _section(schema: Schema) -> Check:
+def _section(schema: Schema) -> Validator:
     """A nested section; an empty one (`lint:` with every line commented out) is no section."""
     return lambda reader, value, where: {} if value is None else reader.mapping(value, where, schema)
 
@@ -261,7 +261,7 @@ def _waivers(reader: Reader, value: Any, where: str) -> list[str]:
     return value
 
 
-def _check_of(cls: type, name: str, tp: Any) -> Check:
+def _check_of(cls: type, name: str, tp: Any) -> Validator:
     """The check of one setting: its own where the annotation says too little, else by the annotation."""
     own = _OWN_CHECKS.get((cls, name))
     if own:
@@ -304,7 +304,7 @@ def _source(reader: Reader, value: Any, where: str) -> dict[str, Any]:
 
 
 # The settings whose annotation (a mapping of anything) says too little.
-_OWN_CHECKS: dict[tuple[type, str], Check] = {
+_OWN_CHECKS: dict[tuple[type, str], Validator] = {
     (PipelineConfig, "sources"): mapping_of(_source),
     (LintSettings, "waive"): mapping_of(_waivers),
     (RetentionSettings, "rules"): mapping_of(_retention_rule),
