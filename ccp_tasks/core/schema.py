@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from ccp_tasks.core.errors import ConfigError
@@ -40,19 +39,25 @@ MISSING: Any = _Missing()  # a Field without a default: an absent key stays abse
 Validator = Callable[["Reader", Any, str], Any]
 
 
-@dataclass(frozen=True)
+# Plain classes, not dataclasses: ccp.yaml's tables are built on every doit
+# invocation, and the decorator costs more than the validation.
 class Field:
-    check: Validator | Schema | None = None  # None: any value; the caller looks at it
-    default: Any = MISSING
-    required: bool = False
+    __slots__ = ("check", "default", "required")
+
+    def __init__(self, check: Validator | Schema | None = None, default: Any = MISSING, required: bool = False):
+        self.check = check  # None: any value; the caller looks at it
+        self.default = default
+        self.required = required
 
 
-@dataclass(frozen=True)
 class Schema:
-    fields: Mapping[str, Field]
-    # Keys the format knows that ccp refuses, and why (a file claiming them
-    # would claim checks nobody runs).
-    unsupported: Mapping[str, str] = field(default_factory=dict)
+    __slots__ = ("fields", "unsupported")
+
+    def __init__(self, fields: Mapping[str, Field], unsupported: Mapping[str, str] | None = None):
+        self.fields = fields
+        # Keys the format knows that ccp refuses, and why (a file claiming
+        # them would claim checks nobody runs).
+        self.unsupported = unsupported or {}
 
     @classmethod
     def keys(

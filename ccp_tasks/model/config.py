@@ -220,9 +220,11 @@ class PipelineConfig:
         }
 
 
-def _section(schema: Schema) -> Validator:
-    """A nested section; an empty one (`lint:` with every line commented out) is no section."""
-    return lambda reader, value, where: {} if value is None else reader.mapping(value, where, schema)
+def _section(cls: type) -> Validator:
+    """A nested section; an empty one (`lint:` with every line commented out) is
+    no section. Its Schema is made when a file first holds it: a run pays only
+    for the sections its files hold."""
+    return lambda reader, value, where: {} if value is None else reader.mapping(value, where, _schema(cls))
 
 
 def _string_keyed(reader: Reader, value: Any, where: str) -> dict[str, Any]:
@@ -267,8 +269,8 @@ def _check_of(cls: type, name: str, tp: Any) -> Validator:
     if own:
         return own
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _section(_schema(tp))
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _section(tp)
     if tp is str:
         return Reader.string
     if tp is bool:
@@ -299,13 +301,9 @@ def _schema(cls: type) -> Schema:
     )
 
 
-def _source(reader: Reader, value: Any, where: str) -> dict[str, Any]:
-    return reader.value(_section(_schema(SourceSettings)), value, where)
-
-
 # The settings whose annotation (a mapping of anything) says too little.
 _OWN_CHECKS: dict[tuple[type, str], Validator] = {
-    (PipelineConfig, "sources"): mapping_of(_source),
+    (PipelineConfig, "sources"): mapping_of(_section(SourceSettings)),
     (LintSettings, "waive"): mapping_of(_waivers),
     (RetentionSettings, "rules"): mapping_of(_retention_rule),
 }
