@@ -412,6 +412,11 @@ def test_undefined_template_variable_names_file_and_line(runner):
             "services.cache.image: 'memcache' is not an image of the tree (did you mean 'memcached'?)",
         ),
         ("servcies: {}\n", "servcies: unknown key (did you mean 'services'?)"),
+        (
+            "services:\n  cache: {image: memcached, redy: {timeout: 5}}\n",
+            "services.cache.redy: unknown key (did you mean 'ready'?); known keys: command, entrypoint, env, ",
+        ),
+        ("ready: {timeuot: 5}\n", "ready.timeuot: unknown key (did you mean 'timeout'?); known keys: interval, log, "),
         ("ports: [80, 80]\n", "ports: port 80 is listed twice"),
         (
             "ports: [80]\nchecks:\n  - http: {}\n    send: {data: x}\n",
