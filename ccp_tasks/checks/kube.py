@@ -269,7 +269,7 @@ def _validator(version: str, kind: str, api_version: str):
 def field_path(parts) -> str:
     out = ""
     for part in parts:
-        out = key_path(out, part)
+        out = f"{out}[{part}]" if isinstance(part, int) else key_path(out, part)
     return out
 
 

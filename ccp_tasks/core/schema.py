@@ -36,7 +36,7 @@ MISSING: Any = _Missing()  # a Field without a default: an absent key stays abse
 
 # A check validates one value found at a key path and returns it normalized;
 # it reports a problem through the Reader (which raises).
-Validator = Callable[["Reader", Any, str], Any]
+Validator = Callable[[Any, Any, str], Any]  # (reader, value, key path); any Reader subclass
 
 
 # Plain classes, not dataclasses: ccp.yaml's tables are built on every doit
@@ -99,9 +99,7 @@ def unknown_key(key: object, known: Collection[str], what: str = "key", list_kno
 
 
 def key_path(parent: str, key: object) -> str:
-    """`parent.key`, `parent[0]` for an index, `key` at the top."""
-    if isinstance(key, int) and not isinstance(key, bool):
-        return f"{parent}[{key}]"
+    """The path of a mapping's key: `parent.key`, or `key` at the top (an item of a list is `parent[0]`)."""
     return f"{parent}.{key}" if parent else str(key)
 
 
@@ -169,7 +167,7 @@ class Reader:
     def strings(self, value: Any, where: str) -> tuple[str, ...]:
         if not isinstance(value, list):
             self.fail(where, f"expected a list of strings, got {value!r}")
-        return tuple(self.string(item, key_path(where, i)) for i, item in enumerate(value))
+        return tuple(self.string(item, f"{where}[{i}]") for i, item in enumerate(value))
 
     def regex(self, value: Any, where: str) -> str:
         """A Python regular expression (integration.yaml's; tests.yaml's are Go's, checked by its reader)."""
@@ -209,16 +207,17 @@ def choice(*choices: Any) -> Validator:
     return lambda reader, value, where: reader.one_of(value, where, choices)
 
 
-def mapping_of(check: Validator | Schema, keys: Validator | None = None) -> Validator:
-    """A Field check: a mapping whose every value passes `check` (and every key `keys`, if given)."""
+def mapping_of(check: Validator | Schema) -> Validator:
+    """A Field check: a mapping of names (strings) whose every value passes `check`."""
 
     def check_all(reader: Reader, value: Any, where: str) -> dict[Any, Any]:
         if not isinstance(value, dict):
             reader.fail(where, f"expected a mapping, got {value!r}")
         out = {}
         for key, item in value.items():
-            name = keys(reader, key, key_path(where, key)) if keys else key
-            out[name] = reader.value(check, item, key_path(where, key))
+            if not isinstance(key, str):
+                reader.fail(where, f"expected string keys, got {key!r}")
+            out[key] = reader.value(check, item, key_path(where, key))
         return out
 
     return check_all
