@@ -300,7 +300,7 @@ def _schema_messages(error) -> list[str]:
     path = field_path(error.absolute_path)
 
     def at(key: str) -> str:
-        return f"{path}.{key}" if path else key
+        return key_path(path, key)
 
     validator = error.validator
     if validator == "additionalProperties":
