@@ -401,7 +401,7 @@ def test_undefined_template_variable_names_file_and_line(runner):
     [
         (
             "checks:\n  - http: {path: /, stauts: 200}\nports: [80]\n",
-            "unknown key 'checks[0].http.stauts' (did you mean 'status'?); known keys: ",
+            "checks[0].http.stauts: unknown key (did you mean 'status'?); known keys: ",
         ),
         (
             "ports: [80]\nchecks:\n  - exec: {command: echo}\n  - http: {status: ok}\n",
@@ -411,7 +411,12 @@ def test_undefined_template_variable_names_file_and_line(runner):
             "services:\n  cache: {image: memcache}\n",
             "services.cache.image: 'memcache' is not an image of the tree (did you mean 'memcached'?)",
         ),
-        ("servcies: {}\n", "unknown key 'servcies' (did you mean 'services'?)"),
+        ("servcies: {}\n", "servcies: unknown key (did you mean 'services'?)"),
+        (
+            "services:\n  cache: {image: memcached, redy: {timeout: 5}}\n",
+            "services.cache.redy: unknown key (did you mean 'ready'?); known keys: command, entrypoint, env, ",
+        ),
+        ("ready: {timeuot: 5}\n", "ready.timeuot: unknown key (did you mean 'timeout'?); known keys: interval, log, "),
         ("ports: [80, 80]\n", "ports: port 80 is listed twice"),
         (
             "ports: [80]\nchecks:\n  - http: {}\n    send: {data: x}\n",

@@ -136,7 +136,7 @@ retention:
     assert Rule("release/*", None, 3).matches("release-2.0")  # '/' counts as '-', as in tags
 
     bad = {
-        "retention: {rules: {master: {dayz: 3}}}": "ccp.yaml: retention.rules.master: unknown key 'dayz' (did you mean 'days'?); known keys: days, last",
+        "retention: {rules: {master: {dayz: 3}}}": "ccp.yaml: retention.rules.master.dayz: unknown key (did you mean 'days'?); known keys: days, last",
         "retention: {rules: {master: {days: -1}}}": "ccp.yaml: retention.rules.master.days: expected an integer, 0 or more, got -1",
         "retention: {rules: {master: {days: true}}}": "ccp.yaml: retention.rules.master.days: expected an integer, 0 or more, got True",
         "retention: {rules: {master: 5}}": "ccp.yaml: retention.rules.master: expected a mapping with days and/or last, got 5",
@@ -145,7 +145,7 @@ retention:
         "retention: {keep: ['bad tag']}": "ccp.yaml: retention.keep: 'bad tag': 'bad tag' is not a valid Docker tag (a tag, a digest, repository:tag or repository@digest)",
         "retention: {untagged_days: -2}": "ccp.yaml: retention.untagged_days: must be 0 or more",
         "retention: {keep_tags: keep-*}": "ccp.yaml: retention.keep_tags: expected a list of strings, got 'keep-*'",
-        "retention: {ruels: {}}": "ccp.yaml: unknown key 'retention.ruels' (did you mean 'rules'?); known keys: keep, keep_label, keep_tags, local_days, rules, untagged_days",
+        "retention: {ruels: {}}": "ccp.yaml: retention.ruels: unknown key (did you mean 'rules'?); known keys: keep, keep_label, keep_tags, local_days, rules, untagged_days",
     }
     for text, message in bad.items():
         with pytest.raises(ConfigError) as failed:

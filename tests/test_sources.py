@@ -214,7 +214,7 @@ def test_config_errors_for_sources(project):
     )
     project.config["sources"] = {"app": {"url": "file:///x", "branch": "main"}}
     project.write_config()
-    assert "unknown key 'sources.app.branch'" in project.doit("list").output
+    assert "ccp.yaml: sources.app.branch: unknown key" in project.doit("list").output
 
 
 def _watch(project, *args):

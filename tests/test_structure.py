@@ -907,6 +907,11 @@ INVALID = [
         "unknown key (did you mean 'expectedOutput'?)",
     ),
     (
+        'schemaVersion: "2.0.0"\nmetadataTest:\n  labels: [{key: a, value: b, isRegx: true}]\n',
+        "metadataTest.labels[0].isRegx",
+        "unknown key (did you mean 'isRegex'?); known keys: isRegex, key, value",
+    ),
+    (
         'schemaVersion: "2.0.0"\ncommandTest:\n  - name: t\n',
         "commandTest",
         "unknown key (did you mean 'commandTests'?)",

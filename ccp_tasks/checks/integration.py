@@ -153,7 +153,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import http.client
 import json
 import os
@@ -172,6 +171,7 @@ from typing import Any
 
 from ccp_tasks.checks.records import CheckResult
 from ccp_tasks.core.errors import CcpError, ConfigError, EngineError, TemplateError
+from ccp_tasks.core.schema import Field, Reader, Schema, Validator, choice, did_you_mean, key_path
 from ccp_tasks.core.state import dump_json, fields, read_record, write_atomic
 from ccp_tasks.engine.leftovers import of_any_run
 from ccp_tasks.engine.leftovers import remove_labelled as remove_leftovers
@@ -318,52 +318,8 @@ class IntegrationSpec:
 # Loading and validating
 
 
-class _Reader:
-    """Type checks that fail with one line naming the file and the key path."""
-
-    def __init__(self, filename: str):
-        self.filename = filename
-
-    def fail(self, where: str, message: str):
-        raise ConfigError(f"{self.filename}: {where}: {message}" if where else f"{self.filename}: {message}")
-
-    def mapping(self, value, where: str, known: Collection[str], required: Collection[str] = ()) -> dict:
-        if not isinstance(value, dict):
-            self.fail(where, f"expected a mapping, got {value!r}")
-        for key in value:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), list(known), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                path = f"{where}.{key}" if where else str(key)
-                raise ConfigError(
-                    f"{self.filename}: unknown key '{path}'{hint}; known keys: {', '.join(sorted(known))}"
-                )
-        for key in required:
-            if key not in value:
-                self.fail(where, f"missing key '{key}'")
-        return value
-
-    def string(self, value, where: str) -> str:
-        if not isinstance(value, str):
-            self.fail(where, f"expected a string, got {value!r}")
-        return value
-
-    def boolean(self, value, where: str) -> bool:
-        if not isinstance(value, bool):
-            self.fail(where, f"expected true or false, got {value!r}")
-        return value
-
-    def integer(self, value, where: str, low: int | None = None, high: int | None = None) -> int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.fail(where, f"expected an integer, got {value!r}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            self.fail(where, f"expected an integer from {low} to {high}, got {value}")
-        return value
-
-    def seconds(self, value, where: str) -> float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            self.fail(where, f"expected a number of seconds above 0, got {value!r}")
-        return float(value)
+class _Reader(Reader):
+    """integration.yaml's own kinds of value, besides the shared checks."""
 
     def port(self, value, where: str) -> int:
         return self.integer(value, where, 1, 65535)
@@ -375,33 +331,6 @@ class _Reader:
         if len(set(ports)) != len(ports):
             self.fail(where, f"port {next(p for p in ports if ports.count(p) > 1)} is listed twice")
         return ports
-
-    def strings(self, value, where: str) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            self.fail(where, f"expected a list of strings, got {value!r}")
-        return tuple(self.string(item, f"{where}[{i}]") for i, item in enumerate(value))
-
-    def regex(self, value, where: str) -> str:
-        self.string(value, where)
-        try:
-            re.compile(value)
-        except re.error as exc:
-            self.fail(where, f"not a valid regular expression: {exc}")
-        return value
-
-    def text_map(self, value, where: str) -> dict[str, str]:
-        """env and headers: numbers are fine (YAML makes 8080 an int); booleans are
-        not, since `yes` silently becoming 'True' is never what was meant."""
-        if not isinstance(value, dict):
-            self.fail(where, f"expected a mapping, got {value!r}")
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                self.fail(where, f"expected string keys, got {key!r}")
-            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-                self.fail(f"{where}.{key}", f"expected a string, got {item!r}")
-            out[key] = str(item)
-        return out
 
     def command(self, value, where: str) -> list[str] | str:
         if isinstance(value, str):
@@ -426,42 +355,105 @@ class _Reader:
         return value
 
 
-_READY_KEYS = ("timeout", "interval", "ports", "log")
-_CONTAINER_KEYS = ("env", "command", "entrypoint", "user", "files", "ports", "ready")
-_TOP_KEYS = (*_CONTAINER_KEYS, "local_ports", "variables", "services", "tls", "checks")
-_SERVICE_KEYS = ("image", *_CONTAINER_KEYS)
-_TLS_KEYS = ("hostnames", "common_name", "key_type", "dir")
+def _between(low: int, high: int) -> Validator:
+    return lambda r, value, where: r.integer(value, where, low, high)
+
+
+# What each section may hold. A field without a check is looked at by its
+# reader below, with the rest of the section (defaults that depend on other
+# sections, paths beside the spec).
+_READY = Schema(
+    {
+        "timeout": Field(Reader.seconds, 30.0),
+        "interval": Field(Reader.seconds, 0.5),
+        "ports": Field(_Reader.ports, None),
+        "log": Field(Reader.regex, None),
+    }
+)
+_CONTAINER = {
+    "env": Field(Reader.text_map, {}),
+    "command": Field(_Reader.command, None),
+    "entrypoint": Field(_Reader.command, None),
+    "user": Field(Reader.string, None),
+    "files": Field(),
+    "ports": Field(_Reader.ports, None),
+    "ready": Field(lambda r, value, where: _read_ready(r, value, where), Readiness()),
+}
+_TOP = Schema(
+    {
+        "variables": Field(),
+        "tls": Field(),
+        **_CONTAINER,
+        "local_ports": Field(_Reader.ports, ()),
+        "services": Field(),
+        "checks": Field(),
+    }
+)
+_SERVICE = Schema({"image": Field(Reader.string, required=True), **_CONTAINER})
+_TLS = Schema(
+    {
+        "hostnames": Field(Reader.strings, required=True),
+        "common_name": Field(Reader.string),
+        "key_type": Field(choice("ecdsa", "rsa"), "ecdsa"),
+        "dir": Field(Reader.string, DEFAULT_TLS_DIR),
+    }
+)
+_FILE = Schema({"template": Field(Reader.string, required=True), "mode": Field()})
 _KINDS = ("http", "send", "exec", "tls")
 _REGRESSION_KEYS = ("regression", "ignore", "mask")
-_CHECK_KEYS = ("name", *_KINDS, *_REGRESSION_KEYS)
-_HTTP_KEYS = (
-    "port",
-    "method",
-    "path",
-    "headers",
-    "body",
-    "json",
-    "tls",
-    "hostname",
-    "timeout",
-    "status",
-    "expect_headers",
-    "expect_json",
-    "expect_body",
+_CHECK = Schema(
+    {"name": Field(Reader.string), **{kind: Field() for kind in _KINDS}, **{k: Field() for k in _REGRESSION_KEYS}}
 )
-_SEND_KEYS = ("port", "data", "expect", "tls", "hostname", "timeout")
-_EXEC_KEYS = ("command", "user", "exit_code", "output")
-_TLS_CHECK_KEYS = ("port", "hostname", "min_version", "subject", "san", "plaintext", "timeout")
+_HTTP = Schema(
+    {
+        "port": Field(),
+        "method": Field(Reader.string, "GET"),
+        "path": Field(Reader.string, "/"),
+        "headers": Field(Reader.text_map, {}),
+        "body": Field(Reader.string, None),
+        "json": Field(),
+        "tls": Field(Reader.boolean, False),
+        "hostname": Field(),
+        "timeout": Field(Reader.seconds, 10.0),
+        "status": Field(_between(100, 599), 200),
+        "expect_headers": Field(),
+        "expect_json": Field(),
+        "expect_body": Field(Reader.regex, None),
+    }
+)
+_SEND = Schema(
+    {
+        "port": Field(),
+        "data": Field(Reader.string, required=True),
+        "expect": Field(Reader.regex, None),
+        "tls": Field(Reader.boolean, False),
+        "hostname": Field(),
+        "timeout": Field(Reader.seconds, 10.0),
+    }
+)
+_EXEC = Schema(
+    {
+        "command": Field(_Reader.command, required=True),
+        "user": Field(Reader.string, None),
+        "exit_code": Field(_between(0, 255), 0),
+        "output": Field(Reader.regex, None),
+    }
+)
+_TLS_CHECK = Schema(
+    {
+        "port": Field(),
+        "hostname": Field(Reader.string),
+        "min_version": Field(choice(*TLS_VERSIONS), "TLSv1.2"),
+        "subject": Field(Reader.text_map, {}),
+        "san": Field(Reader.strings, None),
+        "plaintext": Field(Reader.boolean, True),
+        "timeout": Field(Reader.seconds, 10.0),
+    }
+)
 
 
 def _read_ready(r: _Reader, data, where: str) -> Readiness:
-    r.mapping(data, where, _READY_KEYS)
-    return Readiness(
-        timeout=r.seconds(data["timeout"], f"{where}.timeout") if "timeout" in data else 30.0,
-        interval=r.seconds(data["interval"], f"{where}.interval") if "interval" in data else 0.5,
-        ports=r.ports(data["ports"], f"{where}.ports") if "ports" in data else None,
-        log=r.regex(data["log"], f"{where}.log") if "log" in data else None,
-    )
+    return Readiness(**r.mapping(data, where, _READY))
 
 
 def _read_files(r: _Reader, data, where: str, spec_dir: Path) -> tuple[FileMount, ...]:
@@ -474,8 +466,7 @@ def _read_files(r: _Reader, data, where: str, spec_dir: Path) -> tuple[FileMount
             r.fail(at, "the container path must be absolute")
         mode = 0o644
         if isinstance(item, dict):
-            r.mapping(item, at, ("template", "mode"), required=("template",))
-            template = r.string(item["template"], f"{at}.template")
+            template = r.mapping(item, at, _FILE)["template"]
             if "mode" in item:
                 raw = item["mode"]
                 try:
@@ -497,37 +488,33 @@ def _read_files(r: _Reader, data, where: str, spec_dir: Path) -> tuple[FileMount
 
 
 def _read_container(r: _Reader, data: dict, where: str, alias: str, image: str | None, spec_dir: Path) -> ContainerSpec:
-    at = (lambda key: f"{where}.{key}") if where else (lambda key: key)
+    """The container of a section `data` that _TOP or _SERVICE checked."""
     return ContainerSpec(
         alias=alias,
         image=image,
-        env=r.text_map(data["env"], at("env")) if "env" in data else {},
-        command=r.command(data["command"], at("command")) if "command" in data else None,
-        entrypoint=r.command(data["entrypoint"], at("entrypoint")) if "entrypoint" in data else None,
-        user=r.string(data["user"], at("user")) if "user" in data else None,
-        files=_read_files(r, data["files"], at("files"), spec_dir) if "files" in data else (),
-        ports=r.ports(data["ports"], at("ports")) if "ports" in data else None,
-        local_ports=r.ports(data["local_ports"], at("local_ports")) if "local_ports" in data else (),
-        ready=_read_ready(r, data["ready"], at("ready")) if "ready" in data else Readiness(),
+        env=data["env"],
+        command=data["command"],
+        entrypoint=data["entrypoint"],
+        user=data["user"],
+        files=_read_files(r, data["files"], key_path(where, "files"), spec_dir) if "files" in data else (),
+        ports=data["ports"],
+        local_ports=data.get("local_ports", ()),
+        ready=data["ready"],
     )
 
 
 def _read_tls(r: _Reader, data) -> TlsSettings:
-    r.mapping(data, "tls", _TLS_KEYS, required=("hostnames",))
-    hostnames = r.strings(data["hostnames"], "tls.hostnames")
+    tls = r.mapping(data, "tls", _TLS)
+    hostnames = tls["hostnames"]
     if not hostnames:
         r.fail("tls.hostnames", "name at least one host name for the certificate")
-    key_type = r.string(data.get("key_type", "ecdsa"), "tls.key_type")
-    if key_type not in ("ecdsa", "rsa"):
-        r.fail("tls.key_type", f"expected 'ecdsa' or 'rsa', got {key_type!r}")
-    tls_dir = r.string(data.get("dir", DEFAULT_TLS_DIR), "tls.dir")
-    if not tls_dir.startswith("/"):
+    if not tls["dir"].startswith("/"):
         r.fail("tls.dir", "the container path must be absolute")
     return TlsSettings(
         hostnames=hostnames,
-        common_name=r.string(data.get("common_name", hostnames[0]), "tls.common_name"),
-        dir=tls_dir.rstrip("/") or "/",
-        key_type=key_type,
+        common_name=tls.get("common_name", hostnames[0]),
+        dir=tls["dir"].rstrip("/") or "/",
+        key_type=tls["key_type"],
     )
 
 
@@ -574,18 +561,15 @@ def _hostname(r: _Reader, data: dict, where: str, tls: TlsSettings | None) -> st
 
 
 def _read_http(r: _Reader, data, where: str, container: ContainerSpec, tls: TlsSettings | None) -> HttpCheck:
-    r.mapping(data, where, _HTTP_KEYS)
+    checked = r.mapping(data, where, _HTTP)
     if "body" in data and "json" in data:
         r.fail(where, "give 'body' or 'json', not both")
-    use_tls = r.boolean(data.get("tls", False), f"{where}.tls")
-    if use_tls:
+    if checked["tls"]:
         _need_tls(r, tls, f"{where}.tls")
-    method = r.string(data.get("method", "GET"), f"{where}.method")
-    if not re.fullmatch(r"[A-Z]+", method):
-        r.fail(f"{where}.method", f"expected an HTTP method such as GET, got {method!r}")
-    path = r.string(data.get("path", "/"), f"{where}.path")
-    if not path.startswith("/"):
-        r.fail(f"{where}.path", f"expected a path starting with '/', got {path!r}")
+    if not re.fullmatch(r"[A-Z]+", checked["method"]):
+        r.fail(f"{where}.method", f"expected an HTTP method such as GET, got {checked['method']!r}")
+    if not checked["path"].startswith("/"):
+        r.fail(f"{where}.path", f"expected a path starting with '/', got {checked['path']!r}")
     expect_headers = {}
     if "expect_headers" in data:
         if not isinstance(data["expect_headers"], dict):
@@ -605,68 +589,44 @@ def _read_http(r: _Reader, data, where: str, container: ContainerSpec, tls: TlsS
             r.fail(f"{where}.expect_json", f"expected a mapping of dotted path to value, got {raw!r}")
         expect_json = {str(k): r.expected_value(v, f"{where}.expect_json.{k}") for k, v in raw.items()}
     return HttpCheck(
-        port=_default_port(r, data, where, container),
-        method=method,
-        path=path,
-        headers=r.text_map(data["headers"], f"{where}.headers") if "headers" in data else {},
-        body=r.string(data["body"], f"{where}.body") if "body" in data else None,
-        json=data.get("json"),
-        has_json="json" in data,
-        tls=use_tls,
-        hostname=_hostname(r, data, where, tls if use_tls else None),
-        timeout=r.seconds(data["timeout"], f"{where}.timeout") if "timeout" in data else 10.0,
-        status=r.integer(data.get("status", 200), f"{where}.status", 100, 599),
-        expect_headers=expect_headers,
-        expect_json=expect_json,
-        expect_body=r.regex(data["expect_body"], f"{where}.expect_body") if "expect_body" in data else None,
+        **checked
+        | {
+            "port": _default_port(r, data, where, container),
+            "has_json": "json" in data,
+            "hostname": _hostname(r, data, where, tls if checked["tls"] else None),
+            "expect_headers": expect_headers,
+            "expect_json": expect_json,
+        }
     )
 
 
 def _read_send(r: _Reader, data, where: str, container: ContainerSpec, tls: TlsSettings | None) -> SendCheck:
-    r.mapping(data, where, _SEND_KEYS, required=("data",))
-    use_tls = r.boolean(data.get("tls", False), f"{where}.tls")
-    if use_tls:
+    checked = r.mapping(data, where, _SEND)
+    if checked["tls"]:
         _need_tls(r, tls, f"{where}.tls")
     return SendCheck(
-        port=_default_port(r, data, where, container),
-        data=r.string(data["data"], f"{where}.data"),
-        expect=r.regex(data["expect"], f"{where}.expect") if "expect" in data else None,
-        tls=use_tls,
-        hostname=_hostname(r, data, where, tls if use_tls else None),
-        timeout=r.seconds(data["timeout"], f"{where}.timeout") if "timeout" in data else 10.0,
+        **checked
+        | {
+            "port": _default_port(r, data, where, container),
+            "hostname": _hostname(r, data, where, tls if checked["tls"] else None),
+        }
     )
 
 
 def _read_exec(r: _Reader, data, where: str) -> ExecCheck:
-    r.mapping(data, where, _EXEC_KEYS, required=("command",))
-    return ExecCheck(
-        command=r.command(data["command"], f"{where}.command"),
-        exit_code=r.integer(data.get("exit_code", 0), f"{where}.exit_code", 0, 255),
-        output=r.regex(data["output"], f"{where}.output") if "output" in data else None,
-        user=r.string(data["user"], f"{where}.user") if "user" in data else None,
-    )
+    return ExecCheck(**r.mapping(data, where, _EXEC))
 
 
 def _read_tls_check(r: _Reader, data, where: str, container: ContainerSpec, tls: TlsSettings | None) -> TlsCheck:
-    r.mapping(data, where, _TLS_CHECK_KEYS)
+    checked = r.mapping(data, where, _TLS_CHECK)
     tls = _need_tls(r, tls, where)
-    floor = r.string(data.get("min_version", "TLSv1.2"), f"{where}.min_version")
-    if floor not in TLS_VERSIONS:
-        close = difflib.get_close_matches(floor, TLS_VERSIONS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        r.fail(f"{where}.min_version", f"expected one of {', '.join(TLS_VERSIONS)}, got {floor!r}{hint}")
-    subject = {}
-    if "subject" in data:
-        for key, value in r.text_map(data["subject"], f"{where}.subject").items():
-            subject[_SUBJECT_NAMES.get(key, key)] = value
     return TlsCheck(
-        port=_default_port(r, data, where, container),
-        hostname=r.string(data.get("hostname", tls.hostnames[0]), f"{where}.hostname"),
-        min_version=floor,
-        subject=subject,
-        san=r.strings(data["san"], f"{where}.san") if "san" in data else None,
-        plaintext=r.boolean(data.get("plaintext", True), f"{where}.plaintext"),
-        timeout=r.seconds(data["timeout"], f"{where}.timeout") if "timeout" in data else 10.0,
+        **checked
+        | {
+            "port": _default_port(r, data, where, container),
+            "hostname": checked.get("hostname", tls.hostnames[0]),
+            "subject": {_SUBJECT_NAMES.get(key, key): value for key, value in checked["subject"].items()},
+        }
     )
 
 
@@ -688,13 +648,13 @@ def load_spec(path: Path, images: Collection[str]) -> IntegrationSpec:
     path = Path(path)
     r = _Reader(str(path))
     data = read_yaml(path)
-    r.mapping(data, "", _TOP_KEYS)
+    top = r.mapping(data, "", _TOP)
     spec_dir = path.parent
     variables = data.get("variables", {})
     if not isinstance(variables, dict) or not all(isinstance(k, str) and k.isidentifier() for k in variables):
         r.fail("variables", f"expected a mapping of identifiers to values, got {variables!r}")
     tls = _read_tls(r, data["tls"]) if "tls" in data else None
-    container = _read_container(r, data, "", alias="", image=None, spec_dir=spec_dir)
+    container = _read_container(r, top, "", alias="", image=None, spec_dir=spec_dir)
     overlap = set(container.local_ports) & set(container.ports or ())
     if overlap:
         r.fail("local_ports", f"port {min(overlap)} is in 'ports' too")
@@ -707,13 +667,11 @@ def load_spec(path: Path, images: Collection[str]) -> IntegrationSpec:
         where = f"services.{alias}"
         if not isinstance(alias, str) or not _ALIAS_RE.match(alias):
             r.fail(where, f"{alias!r} is not a valid host name (lowercase letters, digits and '-')")
-        r.mapping(item, where, _SERVICE_KEYS, required=("image",))
-        image = r.string(item["image"], f"{where}.image")
+        service = r.mapping(item, where, _SERVICE)
+        image = service["image"]
         if image not in images:
-            close = difflib.get_close_matches(image, list(images), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            r.fail(f"{where}.image", f"'{image}' is not an image of the tree{hint}")
-        services.append(_read_container(r, item, where, alias=alias, image=image, spec_dir=spec_dir))
+            r.fail(f"{where}.image", f"'{image}' is not an image of the tree{did_you_mean(image, images)}")
+        services.append(_read_container(r, service, where, alias=alias, image=image, spec_dir=spec_dir))
 
     checks = []
     raw_checks = data.get("checks", [])
@@ -722,7 +680,7 @@ def load_spec(path: Path, images: Collection[str]) -> IntegrationSpec:
     names: dict[str, int] = {}
     for index, item in enumerate(raw_checks):
         where = f"checks[{index}]"
-        r.mapping(item, where, _CHECK_KEYS)
+        name = r.mapping(item, where, _CHECK).get("name")
         kinds = [kind for kind in _KINDS if kind in item]
         if len(kinds) != 1:
             found = " and ".join(kinds) if kinds else "none"
@@ -738,7 +696,7 @@ def load_spec(path: Path, images: Collection[str]) -> IntegrationSpec:
             spec = _read_exec(r, item[kind], at)
         else:
             spec = _read_tls_check(r, item[kind], at, container, tls)
-        name = r.string(item["name"], f"{where}.name") if "name" in item else _default_name(kind, spec)
+        name = name if name is not None else _default_name(kind, spec)
         if name in names:
             r.fail(f"{where}.name", f"'{name}' names checks[{names[name]}] too; give one a different 'name'")
         names[name] = index

@@ -101,7 +101,6 @@ the next run removes what a killed one left. The log of every container
 
 from __future__ import annotations
 
-import difflib
 import re
 import shutil
 import tarfile
@@ -115,6 +114,7 @@ from typing import TYPE_CHECKING, Any
 
 from ccp_tasks.checks.records import CheckResult
 from ccp_tasks.core.errors import CcpError, ConfigError, EngineError
+from ccp_tasks.core.schema import did_you_mean, key_path, unknown_key
 from ccp_tasks.core.state import read_regular_file
 from ccp_tasks.engine.leftovers import ROLE_LABEL
 from ccp_tasks.model.config import load_yaml_all
@@ -269,7 +269,7 @@ def _validator(version: str, kind: str, api_version: str):
 def field_path(parts) -> str:
     out = ""
     for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        out = f"{out}[{part}]" if isinstance(part, int) else key_path(out, part)
     return out
 
 
@@ -300,18 +300,14 @@ def _schema_messages(error) -> list[str]:
     path = field_path(error.absolute_path)
 
     def at(key: str) -> str:
-        return f"{path}.{key}" if path else key
+        return key_path(path, key)
 
     validator = error.validator
     if validator == "additionalProperties":
         known = list((error.schema.get("properties") or {}).keys())
         extras = [key for key in error.instance if key not in known]
-        messages = []
-        for key in extras:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            messages.append(f"{at(key)}: unknown field{hint}")
-        return messages
+        # Kubernetes says field; its objects have too many to list them all.
+        return [f"{at(key)}: {unknown_key(key, known, what='field', list_known=False)}" for key in extras]
     if validator == "required":
         match = re.match(r"'(.+)' is a required property", error.message)
         return [f"{at(match.group(1)) if match else path}: required field is missing"]
@@ -840,8 +836,7 @@ def image_problems(ctx: PodContext) -> list[str]:
         ref = container.get("image", "")
         if ref in tree or ref in ctx.cfg.external_images:
             continue
-        close = difflib.get_close_matches(ref, [*tree, *ctx.cfg.external_images], n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        hint = did_you_mean(ref, [*tree, *ctx.cfg.external_images])
         problems.append(
             f"{path}.image: '{ref}' is neither an image of the tree nor listed in external_images{hint} "
             "(write {{ image('name') }})"

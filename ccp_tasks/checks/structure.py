@@ -29,7 +29,7 @@ and checks that can never pass are errors naming the file and the key.
 from __future__ import annotations
 
 import codecs
-import difflib
+import functools
 import json
 import re
 import tarfile
@@ -42,6 +42,7 @@ from typing import Any, NoReturn
 
 from ccp_tasks.checks.records import CheckResult
 from ccp_tasks.core.errors import ConfigError, EngineError
+from ccp_tasks.core.schema import Schema
 from ccp_tasks.model.config import compose_yaml
 
 SCHEMA_VERSION = "2.0.0"
@@ -411,6 +412,14 @@ def _go_wording(exc) -> str:
 # ---------------------------------------------------------------- loading
 
 
+@functools.cache
+def _section_schema(section: str, required: tuple[str, ...]) -> Schema:
+    """SUPPORTED and UNSUPPORTED of one section as the pipeline's one kind of schema table."""
+    prefix = "" if section == "(top level)" else f"{section}."
+    unsupported = {key[len(prefix) :]: why for key, why in UNSUPPORTED.items() if key.startswith(prefix)}
+    return Schema.keys(SUPPORTED[section], required, {k: v for k, v in unsupported.items() if "." not in k})
+
+
 class _Node:
     """Reading one YAML node (PyYAML's composed tree, so scalars keep their
     source text, as Go's yaml.v2 gives a string field, and duplicate keys and
@@ -454,7 +463,7 @@ class _Node:
             yaml.SafeLoader("").flatten_mapping(self.node)  # `<<` merge keys, which yaml.v2 knows too
             # flatten_mapping puts the merged pairs first; the mapping's own keys override them.
             merged = self.node.ccp_merged = len(self.node.value) - own
-        allowed = SUPPORTED[section]
+        schema = _section_schema(section, required)
         found: dict[str, _Node] = {}
         own_keys: set[str] = set()
         for index, (key_node, value_node) in enumerate(self.node.value):
@@ -466,17 +475,13 @@ class _Node:
                 if key in own_keys:
                     child.fail("given twice")
                 own_keys.add(key)
-            reason = UNSUPPORTED.get(f"{section}.{key}" if section != "(top level)" else key)
-            if reason:
-                child.fail(f"not supported by ccp: {reason} (supported: {', '.join(allowed)})")
-            if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"supported: {', '.join(allowed)}"
-                child.fail(f"unknown key ({hint})")
+            problem = schema.key_problem(key)
+            if problem:
+                child.fail(problem)
             found[key] = child
-        for key in required:
-            if key not in found:
-                self.fail(f"missing required key '{key}'")
+        problem = schema.missing(found)
+        if problem:
+            self.fail(problem)
         return found
 
     def items(self) -> list[_Node]:

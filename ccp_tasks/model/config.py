@@ -9,7 +9,6 @@ the key, and returns a `PipelineConfig`. Nothing downstream re-validates.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import hashlib
 import json
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ccp_tasks.core.errors import ConfigError
+from ccp_tasks.core.schema import Field, Reader, Schema, Validator, choice, mapping_of
 from ccp_tasks.core.state import Malformed, fields, read_record, write_atomic
 from ccp_tasks.model.rules import waiver_problem
 
@@ -220,75 +220,93 @@ class PipelineConfig:
         }
 
 
-def _yaml_fields(cls) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)}
+def _section(cls: type) -> Validator:
+    """A nested section; an empty one (`lint:` with every line commented out) is
+    no section. Its Schema is made when a file first holds it: a run pays only
+    for the sections its files hold."""
+    return lambda reader, value, where: {} if value is None else reader.mapping(value, where, _schema(cls))
 
 
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if tp is str:
-        return "a string"
-    if tp is bool:
-        return "true or false"
-    if tp is int:
-        return "an integer"
-    if origin is tuple:
-        return "a list of strings"
-    if origin is dict:
-        return "a mapping"
-    if origin is typing.Literal:
-        return "one of " + ", ".join(json.dumps(c) if isinstance(c, bool) else str(c) for c in typing.get_args(tp))
-    return "a mapping"
-
-
-def _coerce(tp, value, filename: str, key: str):
-    """Check `value` against the annotation `tp`; return it normalized."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _check_mapping(tp, value, filename, prefix=f"{key}.")
-    ok = False
-    if tp is bool:
-        ok = isinstance(value, bool)
-    elif tp is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif tp is str:
-        ok = isinstance(value, str)
-    elif origin is typing.Literal:  # exact values: True is not 1, "true" is not True
-        ok = any(type(value) is type(choice) and value == choice for choice in typing.get_args(tp))
-    elif origin is tuple:
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        if ok:
-            value = tuple(value)
-    elif origin is dict:
-        key_type, value_type = typing.get_args(tp)
-        ok = isinstance(value, dict) and all(isinstance(k, str) for k in value)
-        if ok and value_type is str:
-            bad = [k for k, v in value.items() if not isinstance(v, (str, int, float)) or isinstance(v, bool)]
-            if bad:
-                raise ConfigError(f"{filename}: {key}.{bad[0]}: expected a string, got {value[bad[0]]!r}")
-            value = {k: str(v) for k, v in value.items()}
-    if not ok:
-        raise ConfigError(f"{filename}: {key}: expected {_type_name(tp)}, got {value!r}")
+def _string_keyed(reader: Reader, value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        reader.fail(where, f"expected a mapping, got {value!r}")
     return value
 
 
-def _check_mapping(cls, data, filename: str, prefix: str = "") -> dict[str, Any]:
-    """Validate the keys present in `data` for dataclass `cls`; defaults are not filled in here."""
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{filename}: {prefix.rstrip('.')}: expected a mapping, got {data!r}")
-    fields = _yaml_fields(cls)
+def _count(reader: Reader, value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        reader.fail(where, f"expected an integer, 0 or more, got {value!r}")
+    return value
+
+
+_RETENTION_RULE = Schema({key: Field(_count) for key in RETENTION_RULE_KEYS})
+
+
+def _retention_rule(reader: Reader, value: Any, where: str) -> dict[str, int]:
+    if not isinstance(value, dict):
+        reader.fail(where, f"expected a mapping with days and/or last, got {value!r}")
+    rule = reader.mapping(value, where, _RETENTION_RULE)
+    if not rule:
+        reader.fail(
+            where, "a rule needs days (keep builds younger than that) or last (keep the newest that many), or both"
+        )
+    return rule
+
+
+def _waivers(reader: Reader, value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+        reader.fail(where, f"expected a list of rule ids, got {value!r}")
+    for rule in value:
+        problem = waiver_problem(rule)
+        if problem:
+            reader.fail(where, problem)
+    return value
+
+
+def _check_of(cls: type, name: str, tp: Any) -> Validator:
+    """The check of one setting: its own where the annotation says too little, else by the annotation."""
+    own = _OWN_CHECKS.get((cls, name))
+    if own:
+        return own
+    origin = typing.get_origin(tp)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _section(tp)
+    if tp is str:
+        return Reader.string
+    if tp is bool:
+        return Reader.boolean
+    if tp is int:
+        return Reader.integer
+    if origin is typing.Literal:
+        return choice(*typing.get_args(tp))
+    if origin is tuple:
+        return Reader.strings
+    if origin is dict and typing.get_args(tp)[1] is str:
+        return Reader.text_map
+    return _string_keyed
+
+
+@functools.cache
+def _schema(cls: type) -> Schema:
+    """A settings dataclass as a Schema: its fields settable from YAML, each
+    checked by its annotation. No Field has a default: the dataclass holds
+    them, and an override file must not reset what ccp.yaml set."""
     hints = typing.get_type_hints(cls)
-    checked = {}
-    for key, value in data.items():
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            known = ", ".join(sorted(fields))
-            raise ConfigError(f"{filename}: unknown key '{prefix}{key}'{hint}; known keys: {known}")
-        checked[key] = _coerce(hints[key], value, filename, f"{prefix}{key}")
-    return checked
+    return Schema(
+        {
+            f.name: Field(_check_of(cls, f.name, hints[f.name]))
+            for f in dataclasses.fields(cls)
+            if f.metadata.get("yaml", True)
+        }
+    )
+
+
+# The settings whose annotation (a mapping of anything) says too little.
+_OWN_CHECKS: dict[tuple[type, str], Validator] = {
+    (PipelineConfig, "sources"): mapping_of(_section(SourceSettings)),
+    (LintSettings, "waive"): mapping_of(_waivers),
+    (RetentionSettings, "rules"): mapping_of(_retention_rule),
+}
 
 
 # Bounds on any YAML the pipeline reads (ccp.yaml, integration.yaml, tests.yaml,
@@ -574,13 +592,6 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
     if cfg.base.max_age_days < 0:
         fail("base.max_age_days", "must be 0 or more")
 
-    for image, rules in cfg.lint.waive.items():
-        if not isinstance(rules, list) or not all(isinstance(r, str) for r in rules):
-            fail(f"lint.waive.{image}", f"expected a list of rule ids, got {rules!r}")
-        for rule in rules:
-            problem = waiver_problem(rule)
-            if problem:
-                fail(f"lint.waive.{image}", problem)
     for arg in cfg.build_args:
         if not _IDENTIFIER_RE.match(arg):
             fail(f"build_args.{arg}", "a build argument name must be an identifier")
@@ -656,21 +667,9 @@ def _keep_entry_problem(entry: str) -> str:
 
 
 def _validate_retention(settings: RetentionSettings, fail) -> None:
-    for pattern, rule in settings.rules.items():
-        key = f"retention.rules.{pattern}"
+    for pattern in settings.rules:
         if not pattern.strip():
             fail("retention.rules", "a branch pattern may not be empty (use '*' for every branch)")
-        if not isinstance(rule, dict):
-            fail(key, f"expected a mapping with days and/or last, got {rule!r}")
-        for name, value in rule.items():
-            if name not in RETENTION_RULE_KEYS:
-                close = difflib.get_close_matches(str(name), RETENTION_RULE_KEYS, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                fail(key, f"unknown key '{name}'{hint}; known keys: {', '.join(RETENTION_RULE_KEYS)}")
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                fail(f"{key}.{name}", f"expected an integer, 0 or more, got {value!r}")
-        if not rule:
-            fail(key, "a rule needs days (keep builds younger than that) or last (keep the newest that many), or both")
     for pattern in settings.keep_tags:
         if not pattern.strip():
             fail("retention.keep_tags", "a tag pattern may not be empty")
@@ -719,7 +718,7 @@ def load_config(root: Path | str = ".") -> PipelineConfig:
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for path in files:
-        checked = _check_mapping(PipelineConfig, read_yaml(path, parsed_cache), path.name)
+        checked = Reader(path.name).mapping(read_yaml(path, parsed_cache), "", _schema(PipelineConfig))
         origin.update({key: path.name for key in checked})
         merged = _merge(merged, checked)
     if "base" in merged:
@@ -733,12 +732,7 @@ def load_config(root: Path | str = ".") -> PipelineConfig:
         if key in merged:
             merged[key] = settings(**merged[key])
     if "sources" in merged:
-        merged["sources"] = {
-            name: SourceSettings(
-                **_check_mapping(SourceSettings, value, origin.get("sources", CONFIG_NAME), f"sources.{name}.")
-            )
-            for name, value in merged["sources"].items()
-        }
+        merged["sources"] = {name: SourceSettings(**value) for name, value in merged["sources"].items()}
     cfg = PipelineConfig(**merged, root=root, files=tuple(str(p) for p in files))
     _validate_values(cfg, origin)
     if set(parsed_cache) != known and parsed_cache_path.parent.is_dir():
