@@ -5,6 +5,7 @@
 #   ./ccp test [PYTEST ARGS]  the same set-up, then ruff (lint, format) and the test suite
 #   ./ccp doit [DOIT ARGS]    any doit command in the project's virtualenv (list, info, tree, clean …)
 #   ./ccp setup               only the set-up
+#   ./ccp apt-cache [stop]    start (or stop) a local apt-cacher-ng on loopback and print the setting for builds
 #
 # Every step is idempotent: packages are installed only when missing, dockerd
 # is started only when no engine answers, the virtualenv is refreshed only
@@ -26,6 +27,11 @@ DOCKER_CE_PACKAGES=(docker-ce docker-ce-cli containerd.io moby-engine)
 # apache2-utils), check pushes with an independent client (skopeo) and pack
 # the host's openssl into a TLS fixture image.
 TEST_PACKAGES=(docker-registry skopeo apache2-utils openssl)
+
+# `./ccp apt-cache`: a local apt-cacher-ng for builds (build.apt_proxy); its
+# cache, log and configuration live under cache/apt-cacher-ng.
+APT_CACHE_PORT="${CCP_APT_CACHE_PORT:-3142}"
+APT_CACHE_DIR="$CACHE/apt-cacher-ng"
 
 say() { printf 'ccp: %s\n' "$*" >&2; }
 die() { printf 'ccp: error: %s\n' "$*" >&2; exit 1; }
@@ -131,6 +137,64 @@ setup() {
     mkdir -p "$CACHE"
 }
 
+# Whether an apt-cacher-ng (not just anything) answers on the loopback port.
+apt_cache_answers() {
+    timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$APT_CACHE_PORT && printf 'GET /acng-report.html HTTP/1.0\r\n\r\n' >&3 && cat <&3" 2>/dev/null \
+        | grep -qi '^Server: .*Apt-Cacher.NG'
+}
+
+apt_cache() {
+    # apt-cacher-ng 3.7 cannot bind a port above 32767 ("Error resolving address for binding").
+    case "$APT_CACHE_PORT" in
+        ''|*[!0-9]*) die "CCP_APT_CACHE_PORT=$APT_CACHE_PORT is not a port number" ;;
+    esac
+    [ "$APT_CACHE_PORT" -ge 1 ] && [ "$APT_CACHE_PORT" -le 32767 ] \
+        || die "CCP_APT_CACHE_PORT=$APT_CACHE_PORT: apt-cacher-ng binds only ports 1-32767; choose one (default 3142)"
+    find_sudo
+    install_packages apt-cacher-ng
+    if [ "${1:-}" = stop ]; then
+        local pid
+        pid="$(cat "$APT_CACHE_DIR/pid" 2>/dev/null || true)"
+        if [ -n "$pid" ] && kill "$pid" 2>/dev/null; then
+            say "stopped apt-cacher-ng (pid $pid)"
+        else
+            say "no apt-cacher-ng of this checkout is running"
+        fi
+        rm -f "$APT_CACHE_DIR/pid"
+        return 0
+    fi
+    if apt_cache_answers; then
+        say "apt-cacher-ng already answers on 127.0.0.1:$APT_CACHE_PORT"
+    else
+        mkdir -p "$APT_CACHE_DIR/cache" "$APT_CACHE_DIR/log" "$APT_CACHE_DIR/conf"
+        # Without Remap rules it caches whatever http mirror apt asks for, by
+        # host and path (Debian's default remaps point at mirrors that may not resolve).
+        cat > "$APT_CACHE_DIR/conf/acng.conf" <<EOF
+CacheDir: $APT_CACHE_DIR/cache
+LogDir: $APT_CACHE_DIR/log
+SupportDir: /usr/lib/apt-cacher-ng
+Port: $APT_CACHE_PORT
+BindAddress: 127.0.0.1
+PidFile: $APT_CACHE_DIR/pid
+ExThreshold: 4
+EOF
+        # setsid: it outlives this script and ignores its terminal's Ctrl-C.
+        setsid apt-cacher-ng -c "$APT_CACHE_DIR/conf" ForeGround=1 >>"$APT_CACHE_DIR/log/daemon.log" 2>&1 < /dev/null &
+        local answered=""
+        for _ in $(seq 1 20); do
+            if apt_cache_answers; then answered=yes; break; fi
+            sleep 0.5
+        done
+        if [ -z "$answered" ]; then
+            tail -n 5 "$APT_CACHE_DIR/log/daemon.log" >&2 || true
+            die "apt-cacher-ng did not answer on 127.0.0.1:$APT_CACHE_PORT within 10s (port taken? set CCP_APT_CACHE_PORT); see cache/apt-cacher-ng/log/"
+        fi
+        say "apt-cacher-ng is up on 127.0.0.1:$APT_CACHE_PORT (cache and log: cache/apt-cacher-ng/)"
+    fi
+    say "builds go through it with this in ccp.yaml or ccp.local.yaml:"
+    printf 'build:\n  apt_proxy: http://127.0.0.1:%s\n' "$APT_CACHE_PORT"
+}
+
 if [ "${1:-}" = "--functions-only" ]; then
     return 0 2>/dev/null || exit 0
 fi
@@ -157,6 +221,9 @@ case "$command" in
         "$VENV/bin/ruff" check --quiet ccp_tasks tests bench dodo.py
         "$VENV/bin/ruff" format --check --quiet ccp_tasks tests bench dodo.py
         exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    apt-cache)
+        apt_cache "$@"
         ;;
     -h|--help|help)
         sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//'

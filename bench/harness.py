@@ -244,9 +244,12 @@ def copy_checkout(project: Path, root: Path, namespace: str) -> Path:
 
 def sample_checkout(namespace: str) -> Path:
     """A copy of the repository's sample tree, so edits never touch the real templates."""
-    root = copy_checkout(PROJECT, WORK / "sample", namespace)
-    # The root filesystem is the repository's: made (or refreshed when stale) by its own
-    # base task here, once, and hard-linked into the copy, so no cold build times mmdebstrap.
+    return link_rootfs(copy_checkout(PROJECT, WORK / "sample", namespace))
+
+
+def link_rootfs(root: Path) -> Path:
+    """The repository's root filesystem in the copy at `root`: made (or refreshed when
+    stale) by its own base task, and hard-linked, so no cold build times mmdebstrap."""
     log("the repository's root filesystem (doit base)")
     doit_run(PROJECT, "base")
     (root / "cache" / "base").mkdir(parents=True)
@@ -476,6 +479,56 @@ def exactness_matrix(results: dict, kolla_cases: int) -> None:
     remove_namespace(namespace)
 
 
+def apt_cache_scenario(reps: int, results: dict) -> None:
+    """The apt-heavy rebuild: python-base's apt-get runs again (an ENV before it
+    misses the layer cache), and so do its descendants', without and with a
+    warm apt-cacher-ng (`./ccp apt-cache`, build.apt_proxy)."""
+    root = link_rootfs(copy_checkout(PROJECT, WORK / "apt", "aptbench"))
+    shutil.copy(PROJECT / "ccp", root / "ccp")
+    port = "3199"
+    started = subprocess.run(
+        [root / "ccp", "apt-cache"], capture_output=True, text=True, env=dict(os.environ, CCP_APT_CACHE_PORT=port)
+    )
+    if started.returncode != 0:
+        raise RuntimeError(f"./ccp apt-cache failed:\n{started.stderr}")
+    config = (root / "ccp.yaml").read_text()
+    template = root / "dockerfiles" / "python-base" / "Dockerfile.j2"
+    original = template.read_text()
+    expected = {"python-base"} | descendants_in(sample_shape(), "python-base")
+
+    def rebuild(proxy: bool) -> float:
+        extra = f"\nbuild:\n  apt_proxy: http://127.0.0.1:{port}\n" if proxy else ""
+        (root / "ccp.yaml").write_text(config + extra)
+        template.write_text(
+            original.replace("{{ apt_install(", f"ENV CCP_BENCH_APT={time.time()}\n{{{{ apt_install(", 1)
+        )
+        wall, rebuilt, _ = doit_run(root, "-n", "2")
+        if rebuilt != expected:
+            raise RuntimeError(f"apt-heavy rebuild rebuilt {sorted(rebuilt)}, expected {sorted(expected)}")
+        return wall
+
+    try:
+        log("apt cache: cold build of the sample tree, then a rebuild that fills the cache")
+        doit_run(root, "-n", "2")
+        rebuild(proxy=True)
+        without, warm = [], []
+        for _ in range(reps):
+            without.append(rebuild(proxy=False))
+            warm.append(rebuild(proxy=True))
+        results["apt_cache"] = {
+            "rebuilt": sorted(expected),
+            "without": summarize(without),
+            "warm": summarize(warm),
+            "speedup": round(summarize(without)["median"] / summarize(warm)["median"], 2),
+        }
+        log(f"apt-heavy rebuild: {results['apt_cache']}")
+    finally:
+        subprocess.run(
+            [root / "ccp", "apt-cache", "stop"], capture_output=True, env=dict(os.environ, CCP_APT_CACHE_PORT=port)
+        )
+        remove_namespace("aptbench")
+
+
 def parallel_scenario(size: int, results: dict) -> None:
     """Cold build of a fan-out tree with one and with two workers."""
     rows = {}
@@ -665,6 +718,16 @@ def markdown(results: dict) -> str:
         for row in results["kolla_skip_existing"]:
             lines.append(f"| {row['change']} | {len(row['expected'])} | {len(row['rebuilt'])} | {row['recall']:.2f} |")
         lines += ["", "A recall below 1 is a missed change, not a speed-up.", ""]
+    if "apt_cache" in results:
+        a = results["apt_cache"]
+        lines += [
+            "## Apt-heavy rebuild with a shared apt cache",
+            "",
+            f"python-base's `apt-get` and its {len(a['rebuilt']) - 1} descendants' run again (an ENV before it): "
+            f"without an apt cache {fmt(a['without'])}, through a warm apt-cacher-ng (`./ccp apt-cache`, "
+            f"`build.apt_proxy`) {fmt(a['warm'])}: {a['speedup']:.2f}× faster.",
+            "",
+        ]
     if "parallel" in results:
         p = results["parallel"]
         lines += [
@@ -772,11 +835,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             sample_scenarios(reps=3, kolla_reps=1, include_base=False, results=results)
             exactness_matrix(results, kolla_cases=1)
+            apt_cache_scenario(1, results)
             parallel_scenario(24, results)
             scale_scenario([50, 300], reps=3, results=results, profile_size=300)
         else:
             sample_scenarios(reps=7, kolla_reps=3, include_base=True, results=results)
             exactness_matrix(results, kolla_cases=3)
+            apt_cache_scenario(3, results)
             parallel_scenario(60, results)
             scale_scenario([50, 300, 1000], reps=5, results=results, profile_size=1000)
     results["harness_seconds"] = round(time.perf_counter() - started, 1)

@@ -66,13 +66,16 @@ def is_fresh(settings: BaseSettings, tarball: Path, manifest: Path, now: float |
     return age < settings.max_age_days * 86400
 
 
-def make_rootfs(settings: BaseSettings, tarball: Path, manifest: Path, log_path: Path) -> dict:
-    """Run mmdebstrap into a temporary file; replace the tarball only if its bytes changed."""
+def make_rootfs(
+    settings: BaseSettings, tarball: Path, manifest: Path, log_path: Path, proxy_env: dict[str, str] | None = None
+) -> dict:
+    """Run mmdebstrap into a temporary file; replace the tarball only if its bytes changed.
+    `proxy_env` (http_proxy) sends its apt through an apt proxy without writing it into the tarball."""
     tarball.parent.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     partial = tarball.with_name(tarball.name + ".partial")
     command = rootfs_command(settings, partial)
-    env = dict(os.environ, SOURCE_DATE_EPOCH=str(settings.source_date_epoch))
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(settings.source_date_epoch), **(proxy_env or {}))
     print(f"   base: {shlex.join(command)}", file=sys.stderr, flush=True)
     started = time.monotonic()
     try:

@@ -168,6 +168,7 @@ def build(
     build_args: dict[str, str],
     log_path: Path,
     progress: Callable[[str], None] | None = None,
+    network_mode: str | None = None,
 ) -> str:
     """Build `context_dir` as `ref`, streaming the log to `log_path`; return the image ID.
 
@@ -193,6 +194,7 @@ def build(
                 forcerm=True,
                 pull=False,
                 decode=True,
+                network_mode=network_mode,
             )
             for chunk in stream:
                 if "error" in chunk:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from doit.exceptions import TaskFailed
 
+from ccp_tasks.build import apt_proxy, manifest
 from ccp_tasks.build import base as base_rootfs
-from ccp_tasks.build import manifest
 from ccp_tasks.build.digest import input_digest
 from ccp_tasks.checks import lint
 from ccp_tasks.checks.records import CheckResult, StageRecord, failure_report, save_record
@@ -207,7 +207,14 @@ def _build_on_parent(
         if base:
             docker_ops.tag(client, parent_ids[base], cfg.image_ref(base))
         image_id = docker_ops.build(
-            client, image.name, context_dir, image.ref, labels, cfg.build_args, Path(layout.log(image.name))
+            client,
+            image.name,
+            context_dir,
+            image.ref,
+            labels,
+            {**cfg.build_args, **apt_proxy.build_args(cfg.build.apt_proxy)},
+            Path(layout.log(image.name)),
+            network_mode=apt_proxy.network_mode(cfg.build.apt_proxy),
         )
         if not base or docker_ops.built_on(client, image_id, parent_ids[base]):
             return image_id
@@ -272,7 +279,9 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
 
 @reports_errors
 def refresh_rootfs(cfg: PipelineConfig, layout: CacheLayout) -> dict:
-    return base_rootfs.make_rootfs(cfg.base, layout.rootfs, layout.rootfs_manifest, layout.base_log)
+    return base_rootfs.make_rootfs(
+        cfg.base, layout.rootfs, layout.rootfs_manifest, layout.base_log, apt_proxy.environment(cfg.build.apt_proxy)
+    )
 
 
 @reports_errors

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,16 @@ class SourceSettings:
     @property
     def pinned(self) -> bool:
         return bool(_COMMIT_RE.match(self.ref))
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """How builds reach the network; nothing here is part of an input digest."""
+
+    # An apt proxy (apt-cacher-ng, `./ccp apt-cache`) every apt-get of every
+    # build and of mmdebstrap goes through: http://host:port. A proxy changes
+    # where packages come from, not what is installed.
+    apt_proxy: str = ""
 
 
 @dataclass(frozen=True)
@@ -189,6 +200,7 @@ class PipelineConfig:
     variables: dict[str, Any] = field(default_factory=dict)
     source_url: str = ""
     base: BaseSettings = field(default_factory=BaseSettings)
+    build: BuildSettings = field(default_factory=BuildSettings)
     lint: LintSettings = field(default_factory=LintSettings)
     # name -> SourceSettings (a mapping in YAML, checked key by key like the rest)
     sources: dict[str, Any] = field(default_factory=dict)
@@ -539,6 +551,25 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def apt_proxy_problem(url: str) -> str | None:
+    """What is wrong with an apt proxy URL, or None. apt-cacher-ng serves plain
+    http (apt asks it for http:// mirrors; https ones bypass it)."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme != "http" or not parsed.hostname:
+        return f"'{url}' is not an http://host:port URL (apt-cacher-ng listens on http, e.g. http://127.0.0.1:3142)"
+    try:
+        port = parsed.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return f"'{url}' has a bad port (give http://host:port, e.g. http://127.0.0.1:3142)"
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.username:
+        return f"'{url}': give only http://host:port, without a path, query or credentials"
+    if any(ord(c) < 33 for c in url):
+        return f"{url!r} holds a space or control character"
+    return None
+
+
 def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
     """Checks that need more than a type: reference syntax, names, ranges."""
 
@@ -595,6 +626,10 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
     for arg in cfg.build_args:
         if not _IDENTIFIER_RE.match(arg):
             fail(f"build_args.{arg}", "a build argument name must be an identifier")
+    if cfg.build.apt_proxy:
+        problem = apt_proxy_problem(cfg.build.apt_proxy)
+        if problem:
+            fail("build.apt_proxy", problem)
     if cfg.registry.url:
         if cfg.registry.url.startswith("http://") and not cfg.registry.insecure:
             fail("registry.url", "plain http needs registry.insecure: true (and only on a trusted network)")
@@ -721,16 +756,12 @@ def load_config(root: Path | str = ".") -> PipelineConfig:
         checked = Reader(path.name).mapping(read_yaml(path, parsed_cache), "", _schema(PipelineConfig))
         origin.update({key: path.name for key in checked})
         merged = _merge(merged, checked)
-    if "base" in merged:
-        merged["base"] = BaseSettings(**merged["base"])
-    for key, settings in (
-        ("lint", LintSettings),
-        ("registry", RegistrySettings),
-        ("artifactory", ArtifactorySettings),
-        ("retention", RetentionSettings),
-    ):
-        if key in merged:
-            merged[key] = settings(**merged[key])
+    # Every section typed by a dataclass becomes one (a section left a dict was
+    # read with getattr's default: `kube.kubernetes_version` was ignored).
+    hints = typing.get_type_hints(PipelineConfig)
+    for key in list(merged):
+        if dataclasses.is_dataclass(hints.get(key)):
+            merged[key] = hints[key](**merged[key])
     if "sources" in merged:
         merged["sources"] = {name: SourceSettings(**value) for name, value in merged["sources"].items()}
     cfg = PipelineConfig(**merged, root=root, files=tuple(str(p) for p in files))
