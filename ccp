@@ -19,7 +19,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="$HERE/.venv"
 CACHE="$HERE/cache"
-DEBIAN_PACKAGES=(mmdebstrap git busybox-static ca-certificates python3-venv)
+DEBIAN_PACKAGES=(mmdebstrap git busybox-static ca-certificates python3-venv graphviz)
 ENGINE_PACKAGE=docker.io  # only when there is no Docker at all (engine_plan)
 # Docker CE's and Moby's packages: Debian's docker.io conflicts with them.
 DOCKER_CE_PACKAGES=(docker-ce docker-ce-cli containerd.io moby-engine)

@@ -74,3 +74,8 @@ def task_retention():
 def task_tree():
     """Print the image tree."""
     return tasks.tree_task(PIPELINE.graph)
+
+
+def task_graph():
+    """Draw the image graph, coloured by the last run."""
+    return tasks.graph_task(PIPELINE.graph, PIPELINE.layout)

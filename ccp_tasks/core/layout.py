@@ -39,6 +39,14 @@ class CacheLayout:
         return self.root / "summary.json"
 
     @property
+    def graph_svg(self) -> Path:
+        return self.root / "graph.svg"
+
+    @property
+    def graph_png(self) -> Path:
+        return self.root / "graph.png"
+
+    @property
     def rootfs(self) -> Path:
         return self.root / "base" / "rootfs.tar"
 

@@ -30,9 +30,10 @@ from ccp_tasks.core.state import (
     write_if_changed,
 )
 from ccp_tasks.engine import docker_ops, leftovers
+from ccp_tasks.glue import picture
 from ccp_tasks.model import sources
 from ccp_tasks.model.config import PipelineConfig
-from ccp_tasks.model.graph import Image
+from ccp_tasks.model.graph import Image, ImageGraph
 from ccp_tasks.model.render import SOURCES_DIR, final_base
 from ccp_tasks.publish import push as publish
 
@@ -570,3 +571,9 @@ def run_retention(cfg: PipelineConfig, layout: CacheLayout, apply: bool = False,
     from ccp_tasks.publish import retention
 
     return retention.run_retention(cfg, layout, apply=apply, images=images)
+
+
+@reports_errors
+def draw_graph(graph: ImageGraph, summary: Path, svg: Path, png: Path) -> dict:
+    """`doit graph`: the picture of the tree, coloured by the last run."""
+    return picture.draw(graph, summary, svg, png)

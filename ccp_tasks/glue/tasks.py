@@ -517,3 +517,13 @@ def tree_task(graph: ImageGraph):
         "uptodate": [False],
         "verbosity": 2,
     }
+
+
+def graph_task(graph: ImageGraph, layout: CacheLayout):
+    return {
+        "basename": "graph",
+        "doc": "Draw the image graph to cache/graph.svg and cache/graph.png, coloured by the last run's outcomes",
+        "actions": [(actions.draw_graph, (graph, layout.summary, layout.graph_svg, layout.graph_png))],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
