@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO
 
 from ccp_tasks.checks import integration, kube
-from ccp_tasks.checks.pods import probes, restarts, rules, runner
+from ccp_tasks.checks.pods import probes, readiness, restarts, rules, runner
 from ccp_tasks.core.errors import ConfigError, TemplateError
 from ccp_tasks.engine.containers import Containers
 from ccp_tasks.model.config import PipelineConfig
@@ -322,6 +322,29 @@ def test_stream_and_version_errors(tree):
         kube._schema_dir("1.99")
     assert kube.kubernetes_version(SimpleNamespace(kube=SimpleNamespace(kubernetes_version="1.30"))) == "1.30"
     assert kube.kubernetes_version(tree.cfg) == kube.DEFAULT_KUBERNETES_VERSION
+
+
+def test_a_template_error_keeps_its_cause_and_a_bug_in_ccp_is_no_template_error(tree, monkeypatch):
+    """Rendering once turned any exception into a TemplateError `from None`:
+    CCP_DEBUG=1 could not show the cause, and a bug of ccp's read as the user's template."""
+    import jinja2
+    import yaml
+
+    from ccp_tasks.model.render import Renderer
+
+    with pytest.raises(TemplateError) as undefined:
+        tree.context("apiVersion: v1\nkind: Pod\nmetadata: {name: {{ replicas }}}\n")
+    assert isinstance(undefined.value.__cause__, jinja2.UndefinedError)
+    with pytest.raises(ConfigError) as malformed:
+        tree.context("kind: Pod\n  - x: [\n")
+    assert isinstance(malformed.value.__cause__, yaml.YAMLError)
+
+    def broken(self, name):
+        raise RuntimeError("a bug in ccp")
+
+    monkeypatch.setattr(Renderer, "image_ref", broken)
+    with pytest.raises(RuntimeError, match="a bug in ccp"):
+        tree.context("image: {{ image('web') }}\n")
 
 
 # ---------------------------------------------------------------------------
@@ -773,7 +796,7 @@ spec:
 
 def test_a_startup_probe_that_never_passes_kills_and_restarts_until_crashloop(pods, monkeypatch):
     monkeypatch.setattr(restarts, "BACKOFF_BASE", 0.5)
-    monkeypatch.setattr(runner, "MAX_RESTARTS_BEFORE_READY", 2)
+    monkeypatch.setattr(readiness, "MAX_RESTARTS_BEFORE_READY", 2)
     text = """\
 apiVersion: v1
 kind: Pod

@@ -1369,10 +1369,12 @@ def _setup(
     for sub in ("files", "tls"):
         shutil.rmtree(workdir / sub, ignore_errors=True)
     mounts = {s.alias: integration.render_files(spec, s, context, workdir / "files" / s.alias) for s in services}
-    overrides = {}
+    overrides: dict[str, dict[str, bytes]] = {}
     if spec is not None and spec.tls:
         irun.ca_pem = integration.make_tls(spec.tls, workdir / "tls")
-        overrides[ctx.tls_secret()] = {name: (workdir / "tls" / name).read_bytes() for name in integration.TLS_FILES}
+        secret = ctx.tls_secret()
+        if secret:  # the static checks made sure the pod mounts one
+            overrides[secret] = {name: (workdir / "tls" / name).read_bytes() for name in integration.TLS_FILES}
     pod = PodRun(
         containers,
         ctx.source,
@@ -1391,6 +1393,7 @@ def _checks_against_pod(ctx: PodContext, run: _PodSetup, refs: Callable[[str], s
     """With the pod ready: its ports and the integration checks, the kubelet
     probing meanwhile; then whether it stayed healthy."""
     spec, pod = ctx.spec, run.pod
+    assert ctx.main is not None, "the image reference check makes sure a container runs the image"
     _main_path, main = ctx.main
     main_spec = spec.container if spec else None
     alias_spec = integration.ContainerSpec(
@@ -1605,7 +1608,6 @@ def check_pod(
     images = tuple(images)
     template = Path(template)
     ctx = load_context(cfg, image, images, template, spec_path, spec_locator)
-    source = ctx.source
     tree = ctx.tree_refs
 
     def refs(ref: str) -> str:
@@ -1614,7 +1616,6 @@ def check_pod(
     version = kubernetes_version(cfg)
     opened: dict[str, ImageFiles | None] = {}
     inspect_labels = {**labels, POD_IMAGE_LABEL: image, POD_RUN_LABEL: "static-" + uuid.uuid4().hex[:8]}
-
     containers = Containers(client)
 
     def files_for(container: dict) -> ImageFiles | None:
@@ -1637,26 +1638,34 @@ def check_pod(
                     files.close()
                 except EngineError:
                     pass  # labelled: the next run's sweep removes it
-    hidden = [
-        n
-        for n in dict.fromkeys(ctx.tree_image(c) for _, c, _ in source.all_containers())
-        if n and n not in referenced_images(cfg, images, template.read_text())
-    ]
-    if hidden:
-        results.append(
-            CheckResult(
-                "image references visible to task generation",
-                "cross-check",
-                False,
-                f"{template.name} names {', '.join(cfg.image_ref(n) for n in hidden)} in a way the "
-                "task generator cannot see, so kube:" + image + " would not rerun when it is rebuilt "
-                "(write {{ image('" + hidden[0] + "') }})",
-            )
-        )
+    hidden = _hidden_references(ctx)
+    if hidden is not None:
+        results.append(hidden)
     if not run or not all(r.passed for r in results):
         return results
     return results + run_pod(
         client, ctx, refs, workdir=workdir, log_path=log_path, recorded_dir=recorded_dir, labels=labels
+    )
+
+
+def _hidden_references(ctx: PodContext) -> CheckResult | None:
+    """A failed result when the pod names a tree image in a way pod_inputs()
+    does not see (the kube task would not rerun when that image is rebuilt)."""
+    cfg, template = ctx.cfg, ctx.template
+    hidden = [
+        n
+        for n in dict.fromkeys(ctx.tree_image(c) for _, c, _ in ctx.source.all_containers())
+        if n and n not in referenced_images(cfg, ctx.images, template.read_text())
+    ]
+    if not hidden:
+        return None
+    return CheckResult(
+        "image references visible to task generation",
+        "cross-check",
+        False,
+        f"{template.name} names {', '.join(cfg.image_ref(n) for n in hidden)} in a way the "
+        "task generator cannot see, so kube:" + ctx.image + " would not rerun when it is rebuilt "
+        "(write {{ image('" + hidden[0] + "') }})",
     )
 
 

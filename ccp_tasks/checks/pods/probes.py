@@ -203,7 +203,9 @@ def _http_get(handler: Handler, host: str, timeout: float, agent: str) -> tuple[
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE  # the kubelet does not verify probe certificates
-        connection = http.client.HTTPSConnection(host, handler.port, timeout=timeout, context=context)
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, handler.port, timeout=timeout, context=context
+        )
     else:
         connection = http.client.HTTPConnection(host, handler.port, timeout=timeout)
     try:

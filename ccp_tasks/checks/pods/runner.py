@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ccp_tasks.checks.pods import holder, listening, volumes
+from ccp_tasks.checks.pods import holder, listening, readiness, volumes
 from ccp_tasks.checks.pods.plans import ContainerPlan, plan_container
 from ccp_tasks.checks.pods.restarts import Instance, Kubelet
 from ccp_tasks.checks.pods.source import PodSource, not_applied
@@ -26,8 +26,6 @@ from ccp_tasks.engine.leftovers import ROLE_LABEL
 POD_IMAGE_LABEL = "io.ccp.pod.image"
 POD_RUN_LABEL = "io.ccp.pod.run"
 CONTAINER_LABEL = "io.ccp.pod.container"
-# Restarts before the pod was ever ready after which waiting is pointless (CrashLoopBackOff).
-MAX_RESTARTS_BEFORE_READY = 3
 INIT_TIMEOUT = 120.0
 TICK = 0.1
 LOG_TAIL_LINES = 12
@@ -252,79 +250,25 @@ class PodRun:
 
     # -- readiness
 
-    def ready(self) -> bool:
-        return bool(self.instances) and all(i.ready and i.state == "running" for i in self.instances.values())
-
-    def ready_budget(self) -> float:
-        budget = 0.0
-        for instance in self.instances.values():
-            startup = instance.probes.get("startup")
-            readiness = instance.probes.get("readiness")
-            budget = max(budget, (startup.budget() if startup else 0) + (readiness.budget() if readiness else 0))
-        return max(30.0, budget + 30.0)
-
-    def _unready_reason(self, instance: Instance) -> str:
-        if instance.state == "waiting":
-            return f"{instance.name} is waiting to restart after: {instance.last_termination}"
-        if instance.state == "terminated":
-            return f"{instance.name} {instance.last_termination}"
-        startup = instance.workers.get("startup")
-        if startup and not instance.started:
-            return f"{instance.name}: startup probe {startup.probe.handler.describe()} has not passed ({startup.last or 'not run yet'})"
-        readiness = instance.workers.get("readiness")
-        if readiness:
-            return f"{instance.name}: readiness probe {readiness.probe.handler.describe()} has not passed ({readiness.last or 'not run yet'})"
-        return f"{instance.name} is not running"
-
-    def _hopeless(self, instance: Instance) -> str:
-        """Why the container cannot become ready any more under its own settings, or ''."""
-        readiness = instance.workers.get("readiness")
-        if instance.state == "terminated":
-            return (
-                f"container {instance.name} {instance.last_termination} and restartPolicy "
-                f"{self.kubelet.policy(instance)} does not restart it"
-            )
-        if instance.restarts > MAX_RESTARTS_BEFORE_READY:
-            return (
-                f"container {instance.name} restarted {instance.restarts} times before the pod was ready "
-                f"(CrashLoopBackOff); last: {instance.last_termination}"
-            )
-        if readiness and readiness.result is False and not instance.ever_ready and instance.state == "running":
-            return (
-                f"container {instance.name} not ready: readiness probe {readiness.probe.handler.describe()} "
-                f"failed {readiness.failures} times in a row ({readiness.last})"
-            )
-        return ""
-
-    def _ready_detail(self) -> str:
-        lines = []
-        for instance in self.instances.values():
-            probe = instance.probes.get("readiness")
-            how = f"{probe.describe()} passed" if probe else "running (no readiness probe)"
-            lines.append(
-                f"{instance.name}: ready {(instance.ready_at or 0) - instance.started_at:.2f}s after its start: {how}"
-            )
-        lines.append(f"pod IP {self.ip}")
-        lines += [f"not applied: {note}" for note in self.notes]
-        return "\n".join(lines)
-
     def wait_ready(self, timeout: float | None = None) -> CheckResult:
         """Run the kubelet's loop until every container is ready; fail as soon as
         that cannot happen any more under the probes' own settings."""
         begin = time.monotonic()
-        limit = timeout if timeout is not None else self.ready_budget()
+        instances = self.instances.values()
+        limit = timeout if timeout is not None else readiness.ready_budget(instances)
         while True:
             self.kubelet.tick()
             seconds = round(time.monotonic() - begin, 2)
-            if self.ready():
-                return CheckResult("pod ready", "ready", True, seconds=seconds, detail=self._ready_detail())
-            problem = next((p for p in map(self._hopeless, self.instances.values()) if p), "")
+            if readiness.all_ready(instances):
+                detail = readiness.ready_detail(instances, self.ip, self.notes)
+                return CheckResult("pod ready", "ready", True, seconds=seconds, detail=detail)
+            problem = next((p for i in instances if (p := readiness.hopeless(i, self.kubelet.policy(i)))), "")
             if not problem and time.monotonic() - begin >= limit:
-                waiting = [self._unready_reason(i) for i in self.instances.values() if not i.ready]
+                waiting = [readiness.unready_reason(i) for i in instances if not i.ready]
                 problem = f"pod not ready after {limit:g}s: " + "; ".join(waiting)
             if problem:
                 return CheckResult("pod ready", "ready", False, problem, seconds, detail="\n".join(self.events[-20:]))
-            due = [w.next_due for i in self.instances.values() for w in i.workers.values()]
+            due = [w.next_due for i in instances for w in i.workers.values()]
             pause = min([TICK * 2] + [max(0.0, d - time.monotonic()) for d in due])
             time.sleep(max(pause, 0.02))
 
@@ -376,7 +320,7 @@ class PodRun:
             elif instance.state != "running":
                 problems.append(f"container {name} {instance.last_termination}")
             elif not instance.ready:
-                problems.append(f"container {name} is not ready: {self._unready_reason(instance)}")
+                problems.append(f"container {name} is not ready: {readiness.unready_reason(instance)}")
         started = self.kubelet.checks_started or time.monotonic()
         seconds = round((self.checks_ended or time.monotonic()) - started, 2)
         detail = "\n".join(self.kubelet.during_checks)

@@ -43,8 +43,8 @@ class PodValues:
         if match:
             return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
         if field_path in ("metadata.labels", "metadata.annotations"):
-            values = meta.get(field_path.split(".")[1]) or {}
-            return "\n".join(f'{k}="{v}"' for k, v in sorted(values.items()))
+            pairs = meta.get(field_path.split(".")[1]) or {}
+            return "\n".join(f'{k}="{v}"' for k, v in sorted(pairs.items()))
         values: dict[str, Callable[[], str]] = {
             "metadata.name": lambda: self.source.name,
             "metadata.namespace": lambda: self.source.namespace,
@@ -60,7 +60,8 @@ class PodValues:
             raise CcpError(f"fieldRef {field_path!r} is not supported")
         return values[field_path]()
 
-    def items(self, kind: str, name: str, items, optional: bool) -> dict[str, tuple[bytes, int | None]] | None:
+    def items(self, kind: str, name: str, items: list | None, optional: bool) -> dict[str, tuple[bytes, int | None]]:
+        """A configMap or secret volume's files: path -> (bytes, mode), all keys without `items`."""
         data = (
             config_map_data(self.source, name)
             if kind == "configMap"
