@@ -78,9 +78,7 @@ class Containers:
         EngineNotFound when the image (or the network) does not exist."""
         client = self._client
         with engine_errors(f"creating a container of {image}"):
-            host_config = None
-            if binds or host_options:
-                host_config = client.create_host_config(binds=list(binds) or None, **dict(host_options or {}))
+            host_config = client.create_host_config(binds=list(binds) or None, **dict(host_options or {}))
             networking = None
             if network is not None:
                 networking = client.create_networking_config(
