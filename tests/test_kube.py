@@ -23,6 +23,7 @@ import pytest
 from conftest import REPO
 
 from ccp_tasks.checks import integration, kube
+from ccp_tasks.checks.harness import read_log, sweep
 from ccp_tasks.checks.pods import probes, readiness, restarts, rules, runner
 from ccp_tasks.core.errors import ConfigError, TemplateError
 from ccp_tasks.engine.containers import Containers
@@ -130,7 +131,7 @@ def tree(docker_client, box, tmp_path):
     namespace, image_id = box
     made = Tree(docker_client, namespace, image_id, tmp_path / "tree")
     yield made
-    Containers(docker_client).remove_labelled(made.labels)
+    sweep(docker_client, made.labels)
 
 
 def by_name(results) -> dict:
@@ -557,7 +558,7 @@ def pods(docker_client, box, tmp_path):
     yield start
     for pod in made:
         pod.cleanup()
-    Containers(docker_client).remove_labelled(labels)
+    sweep(docker_client, labels)
 
 
 def exec_in(client, container_id: str, *command: str) -> str:
@@ -590,7 +591,7 @@ def test_command_and_args_replace_entrypoint_and_cmd_as_kubernetes_does(pods, do
     assert [r.name for r in pod.results] == [
         f"init: {n}" for n in ("neither", "command", "args", "both", "expanded")
     ] + ["pod started"]
-    output = {name: Containers(docker_client).output(cid).strip() for name, cid in pod.init_runs}
+    output = {name: read_log(docker_client, cid).strip() for name, cid in pod.init_runs}
     assert output == {
         "neither": "entrypoint cmd",  # the image's ENTRYPOINT and CMD
         "command": "command",  # command replaces ENTRYPOINT, and CMD is not used
@@ -850,9 +851,9 @@ spec:
         "container web restarted 1 time(s) during the checks: liveness probe exec test -e /tmp/alive "
         "failed 2 times in a row (exit code 1)"
     )
-    titles = [title for title, _, _ in pod.log_sections()]
+    titles = [section.name for section in pod.log_sections()]
     assert titles == ["web (instance 1)", "web (instance 2)"]
-    assert all(text.startswith("started") for _, _, text in pod.log_sections())
+    assert all(section.text.startswith("started") for section in pod.log_sections())
 
 
 EXTRAS_POD = """\

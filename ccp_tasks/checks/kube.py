@@ -119,6 +119,7 @@ from pathlib import Path
 from typing import Any
 
 from ccp_tasks.checks import integration
+from ccp_tasks.checks.harness import Harness, LogSection, read_log, sweep, write_logs
 from ccp_tasks.checks.pods.plans import verify_non_root
 from ccp_tasks.checks.pods.rules import effective_argv, parse_quantity
 from ccp_tasks.checks.pods.runner import POD_IMAGE_LABEL, POD_RUN_LABEL, PodRun
@@ -128,7 +129,6 @@ from ccp_tasks.checks.pods.volumes import PROJECTED_KINDS, volume_files
 from ccp_tasks.checks.records import CheckResult
 from ccp_tasks.core.errors import CcpError, ConfigError, EngineError, EngineNotFound, TemplateError
 from ccp_tasks.core.state import read_regular_file
-from ccp_tasks.engine.api import engine_errors
 from ccp_tasks.engine.containers import Containers
 from ccp_tasks.engine.leftovers import ROLE_LABEL, of_any_run
 from ccp_tasks.model.config import load_yaml_all
@@ -682,17 +682,17 @@ class ImageFiles:
         self.labels = labels
         self._container: str | None = None
         self._stats: dict[str, FileInfo | None] = {}
-        self.config = containers.image_config(ref)
+        self.config = containers.inspect_image(ref).get("Config") or {}
 
     @property
     def container(self) -> str:
         if self._container is None:
             self._container = self.containers.create(
-                None,
                 self.ref,
-                {**self.labels, ROLE_LABEL: "inspect"},
-                {"entrypoint": ["/ccp-kube-never-started"], "command": []},
-                {},
+                labels={**self.labels, ROLE_LABEL: "inspect"},
+                entrypoint=["/ccp-kube-never-started"],
+                command=[],
+                use_config_proxy=False,
             )
         return self._container
 
@@ -1296,52 +1296,30 @@ def _pod_port_checks(pod: PodRun, main_name: str, main_spec, containers: list[di
     return results
 
 
-def _write_logs(path: Path, irun, pod: PodRun | None, results: list[CheckResult]) -> None:
-    sections = []
-    for started in irun.started:
-        if started.spec.image is None:
-            continue  # the pod's container: written with the pod
-        with engine_errors(f"reading the log of service {started.spec.alias}"):
-            text = integration.container_logs(irun.client, started.container_id)
-        sections.append((f"service {started.spec.alias}", "", text))
-    if pod is not None:
-        sections += pod.log_sections()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as out:
-        for title, status, text in sections:
-            out.write(f"==== {title}{f' ({status})' if status else ''}\n{text}")
-            if text and not text.endswith("\n"):
-                out.write("\n")
-        if pod is not None:
-            out.write("==== kubelet events\n" + "\n".join(pod.events) + "\n")
+def _write_logs(path: Path, run: _PodSetup, results: list[CheckResult]) -> None:
+    """The services' and the pod's logs and the kubelet's events to `path`, their tails to each failed result."""
+    sections = [
+        LogSection(f"service {started.spec.alias}", "", read_log(run.irun.client, started.container_id))
+        for started in run.irun.started
+        if started.spec.image is not None  # the pod's container is written with the pod
+    ]
+    sections += run.pod.log_sections()
     failed = [r for r in results if not r.passed and r.kind not in ("schema", "cross-check")]
-    if not failed:
-        return
-    tails = []
-    for title, status, text in sections:
-        tail = text.rstrip().splitlines()[-integration.LOG_TAIL_LINES :]
-        label = f"{title}'s log" + (f" ({status})" if status else "")
-        tails.append(f"--- last lines of {label}:" if tail else f"--- {label} is empty")
-        tails.extend(f"    {line}" for line in tail)
-    tails.append(f"full logs: {path}")
-    for result in failed:
-        result.detail = "\n".join(part for part in (result.detail.rstrip(), *tails) if part)
+    write_logs(path, sections, failed, trailer="==== kubelet events\n" + "\n".join(run.pod.events))
 
 
 @dataclass
 class _PodSetup:
     """What one run of the pod is made of, before anything starts."""
 
-    irun: Any  # integration.IntegrationRun: the services beside the pod, and the checks' state
+    irun: integration.IntegrationRun  # the services beside the pod, the checks' state, and the harness
     services: list  # the integration test's services that no container of the pod runs
     mounts: dict[str, list]  # service alias -> its rendered files
     pod: PodRun
     network: str
-    labels: dict[str, str]
 
 
 def _setup(
-    client,
     containers: Containers,
     ctx: PodContext,
     refs: Callable[[str], str],
@@ -1354,7 +1332,10 @@ def _setup(
     run_id = uuid.uuid4().hex[:10]
     run_labels = {**labels, POD_IMAGE_LABEL: image, POD_RUN_LABEL: run_id}
     network = f"ccp-pod-{re.sub(r'[^a-zA-Z0-9_.-]', '-', image)}-{run_id}"
-    irun = integration.IntegrationRun(client=client, image=image, network=network, labels=run_labels, workdir=workdir)
+    irun = integration.IntegrationRun(
+        client=containers, image=image, network=network, labels=run_labels, workdir=workdir
+    )
+    irun.harness = Harness(containers, run_labels, what=f"the pod run of '{image}'")
     if spec is not None:
         irun.recorded = integration.load_recorded(integration.recorded_path(recorded_dir, image))
     in_pod = {ctx.tree_image(c) for _, c, _ in ctx.source.all_containers()}
@@ -1386,7 +1367,7 @@ def _setup(
         prefix=f"{network}-pod",
         agent=f"kube-probe/{kubernetes_version(ctx.cfg)}",
     )
-    return _PodSetup(irun, services, mounts, pod, network, run_labels)
+    return _PodSetup(irun, services, mounts, pod, network)
 
 
 def _checks_against_pod(ctx: PodContext, run: _PodSetup, refs: Callable[[str], str]) -> list[CheckResult]:
@@ -1425,11 +1406,9 @@ def _checks_against_pod(ctx: PodContext, run: _PodSetup, refs: Callable[[str], s
     return results
 
 
-def _run(
-    ctx: PodContext, run: _PodSetup, containers: Containers, refs: Callable[[str], str], results: list[CheckResult]
-) -> None:
+def _run(ctx: PodContext, run: _PodSetup, refs: Callable[[str], str], results: list[CheckResult]) -> None:
     """The services, the pod, and the checks against it, each step only after the last passed."""
-    containers.create_network(run.network, run.labels)
+    run.irun.harness.network(run.network)
     for service in run.services:
         started = integration.start_container(
             run.irun, service, refs(ctx.cfg.image_ref(service.image)), run.mounts[service.alias]
@@ -1457,39 +1436,22 @@ def run_pod(
 ) -> list[CheckResult]:
     """Start the integration test's services the pod does not run, then the
     pod; wait until it is ready; run the integration checks against it;
-    remove everything. `refs` maps an image reference the pod names to what
-    to run (a tree image's build ID)."""
-    containers = Containers(client)
-    image = ctx.image
-    containers.remove_labelled(
-        of_any_run({**labels, POD_IMAGE_LABEL: image}), f"removing what an earlier pod run of '{image}' left"
-    )
-    run = _setup(client, containers, ctx, refs, Path(workdir), recorded_dir, labels)
+    remove everything (on success, failure and Ctrl-C: the harness). `client`
+    is an Engine, its Containers or a docker-py APIClient; `refs` maps an
+    image reference the pod names to what to run (a tree image's build ID)."""
+    containers = Containers.of(client)
+    sweep(containers, of_any_run({**labels, POD_IMAGE_LABEL: ctx.image}))  # what a killed run left
+    run = _setup(containers, ctx, refs, Path(workdir), recorded_dir, labels)
     results: list[CheckResult] = []
-    try:
-        # The services and checks still speak docker-py through integration's functions.
-        with engine_errors(f"running the pod of '{image}'"):
-            _run(ctx, run, containers, refs, results)
-    except BaseException:
-        _tear_down(run, containers, Path(log_path), results, quiet=True)
-        raise
-    _tear_down(run, containers, Path(log_path), results, quiet=False)
+    with run.irun.harness:
+        try:
+            _run(ctx, run, refs, results)
+        finally:
+            try:
+                _write_logs(Path(log_path), run, results)
+            except (EngineError, OSError):
+                pass  # the logs are evidence: losing them must not hide how the run went
     return results
-
-
-def _tear_down(run: _PodSetup, containers: Containers, log_path: Path, results: list[CheckResult], quiet: bool) -> None:
-    """The logs, then one sweep of everything the run made (the pod, the
-    services, the network). `quiet` while another exception is on its way:
-    that one is the news, and the next run sweeps what is left."""
-    try:
-        _write_logs(log_path, run.irun, run.pod, results)
-    except (EngineError, OSError):
-        pass  # the logs are evidence: losing them must not hide the run's outcome
-    try:
-        containers.remove_labelled(run.labels, f"removing the pod of '{run.irun.image}'")
-    except EngineError:
-        if not quiet:
-            raise
 
 
 # ---------------------------------------------------------------------------
@@ -1616,7 +1578,7 @@ def check_pod(
     version = kubernetes_version(cfg)
     opened: dict[str, ImageFiles | None] = {}
     inspect_labels = {**labels, POD_IMAGE_LABEL: image, POD_RUN_LABEL: "static-" + uuid.uuid4().hex[:8]}
-    containers = Containers(client)
+    containers = Containers.of(client)
 
     def files_for(container: dict) -> ImageFiles | None:
         ref = container.get("image", "")

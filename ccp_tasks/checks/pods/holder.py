@@ -12,7 +12,7 @@ import tarfile
 from pathlib import Path
 
 from ccp_tasks.checks.pods.source import PodSource
-from ccp_tasks.core.errors import CcpError
+from ccp_tasks.core.errors import CcpError, EngineNotFound
 from ccp_tasks.engine.containers import Containers
 
 PAUSE_REPOSITORY = "ccp-pod-pause"
@@ -52,8 +52,11 @@ def pause_image(containers: Containers) -> str:
             "apt-get install busybox-static"
         )
     ref = f"{PAUSE_REPOSITORY}:{hashlib.sha256(data).hexdigest()[:16]}"
-    if containers.has_image(ref):
+    try:
+        containers.inspect_image(ref)
         return ref
+    except EngineNotFound:
+        pass
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         info = tarfile.TarInfo("bin")
@@ -82,13 +85,14 @@ def start_holder(
             extra_hosts[host] = alias["ip"]
     sysctls = {s["name"]: str(s["value"]) for s in (spec.get("securityContext") or {}).get("sysctls") or []}
     holder_id = containers.create(
-        name,
         pause_image(containers),
-        labels,
-        {"hostname": source.hostname},
-        {"ipc_mode": "shareable", "extra_hosts": extra_hosts or None, "sysctls": sysctls or None},
+        labels=labels,
+        name=name,
+        hostname=source.hostname,
         network=network,
         aliases=sorted({source.hostname, source.name}),
+        use_config_proxy=False,
+        host_options={"ipc_mode": "shareable", "extra_hosts": extra_hosts or None, "sysctls": sysctls or None},
     )
     containers.start(holder_id)
-    return holder_id, containers.address(holder_id, network)
+    return holder_id, containers.inspect(holder_id)["NetworkSettings"]["Networks"][network]["IPAddress"]

@@ -20,7 +20,7 @@ def listening(
     """Per container name (None: owner unknown), port -> addresses its
     processes listen on, read from the pod's /proc tables on this host;
     and whether owners could be told apart."""
-    pid = containers.state(holder_id).get("Pid")
+    pid = containers.inspect(holder_id)["State"].get("Pid")
     sockets = []  # (address, port, inode)
     for name in ("tcp", "tcp6"):
         try:

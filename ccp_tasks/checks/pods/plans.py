@@ -29,6 +29,7 @@ class ContainerPlan:
     sidecar: bool  # an init container with restartPolicy Always
     image: str  # what to run (a tree image's build ID)
     config: dict[str, Any]  # the engine's container settings
+    binds: list[str]  # host:target:ro|rw
     host: dict[str, Any]  # the engine's host settings (None: the engine's default)
     probes: dict[str, Probe] = field(default_factory=dict)
     post_start: Handler | None = None
@@ -70,8 +71,8 @@ def verify_non_root(source: PodSource, container: dict, image_user: str) -> str:
     return "container has runAsNonRoot and image will run as root" if int(user) == 0 else ""
 
 
-def host_settings(source: PodSource, container: dict, binds: list[str], holder_id: str) -> dict[str, Any]:
-    """Namespaces, mounts, groups, security and resource limits, as the engine's host settings."""
+def host_settings(source: PodSource, container: dict, holder_id: str) -> dict[str, Any]:
+    """Namespaces, groups, security and resource limits, as the engine's host settings."""
     settings = security(source, container)
     pod_security = source.spec.get("securityContext") or {}
     groups = [str(g) for g in pod_security.get("supplementalGroups") or []]
@@ -83,7 +84,6 @@ def host_settings(source: PodSource, container: dict, binds: list[str], holder_i
     host: dict[str, Any] = {
         "network_mode": f"container:{holder_id}",
         "ipc_mode": f"container:{holder_id}",
-        "binds": binds or None,
         "group_add": groups or None,
         "cap_add": capabilities.get("add") or None,
         "cap_drop": capabilities.get("drop") or None,
@@ -134,7 +134,7 @@ def plan_container(
     config = {
         "entrypoint": entrypoint,
         "command": cmd,
-        "environment": [f"{k}={v}" for k, v in env.items()] or None,
+        "environment": env,
         "user": user_for(source, container, image_user),
         "working_dir": container.get("workingDir") or None,
         "tty": bool(container.get("tty")),
@@ -149,7 +149,8 @@ def plan_container(
         sidecar=init and container.get("restartPolicy") == "Always",
         image=image,
         config=config,
-        host=host_settings(source, container, binds, holder_id),
+        binds=binds,
+        host=host_settings(source, container, holder_id),
         probes=probes,
         post_start=parse_handler(lifecycle["postStart"], container) if lifecycle.get("postStart") else None,
         pre_stop=parse_handler(lifecycle["preStop"], container) if lifecycle.get("preStop") else None,

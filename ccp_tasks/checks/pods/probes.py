@@ -142,8 +142,9 @@ def run_exec(
 
     def run() -> None:
         try:
-            outcome["code"], outcome["output"] = containers.exec(container_id, command)
-        except EngineError as exc:  # reported as the probe's failure
+            code, output = containers.exec_run(container_id, command)
+            outcome["code"], outcome["output"] = code, output.decode("utf-8", "replace")
+        except EngineError as exc:  # reported as the probe's failure (NotRunning included)
             outcome["error"] = str(exc)
         except BaseException as exc:  # a bug: raised in the caller's thread, not lost in this one
             outcome["bug"] = exc

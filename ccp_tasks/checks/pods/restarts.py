@@ -107,11 +107,13 @@ class Kubelet:
         suffix = f"-r{instance.restarts + 1}" if instance.container_id else ""
         try:
             return (containers or self.containers).create(
-                f"{self.prefix}-{plan.name}{suffix}",
                 plan.image,
-                self.labels(instance.role, plan.name),
-                plan.config,
-                plan.host,
+                labels=self.labels(instance.role, plan.name),
+                name=f"{self.prefix}-{plan.name}{suffix}",
+                binds=plan.binds,
+                use_config_proxy=False,
+                host_options={k: v for k, v in plan.host.items() if v is not None},
+                **plan.config,
             )
         except EngineNotFound as exc:
             raise EngineError(
@@ -154,7 +156,7 @@ class Kubelet:
         timeout = grace if grace is not None else plan.grace
         try:
             containers.stop(instance.container_id, timeout=max(0, int(math.ceil(timeout))))
-            code = containers.state(instance.container_id).get("ExitCode")
+            code = containers.inspect(instance.container_id)["State"].get("ExitCode")
         except EngineError:
             code = None
         self.terminated(instance, code, reason, by_probe=True)
@@ -215,7 +217,7 @@ class Kubelet:
             return
         if instance.state != "running":
             return
-        state = containers.state(instance.container_id)
+        state = containers.inspect(instance.container_id)["State"]
         if not state.get("Running"):
             code = state.get("ExitCode")
             how = "was killed for lack of memory (OOMKilled)" if state.get("OOMKilled") else f"exited with code {code}"

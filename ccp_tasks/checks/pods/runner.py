@@ -12,13 +12,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ccp_tasks.checks.harness import LogSection, read_log, status, sweep
 from ccp_tasks.checks.pods import holder, listening, readiness, volumes
 from ccp_tasks.checks.pods.plans import ContainerPlan, plan_container
 from ccp_tasks.checks.pods.restarts import Instance, Kubelet
 from ccp_tasks.checks.pods.source import PodSource, not_applied
 from ccp_tasks.checks.pods.values import PodValues
 from ccp_tasks.checks.records import CheckResult
-from ccp_tasks.core.errors import CcpError, EngineError, EngineNotFound
+from ccp_tasks.core.errors import CcpError, EngineError
 from ccp_tasks.engine.api import connect
 from ccp_tasks.engine.containers import Containers
 from ccp_tasks.engine.leftovers import ROLE_LABEL
@@ -29,19 +30,6 @@ CONTAINER_LABEL = "io.ccp.pod.container"
 INIT_TIMEOUT = 120.0
 TICK = 0.1
 LOG_TAIL_LINES = 12
-
-
-def container_status(containers: Containers, container_id: str) -> str:
-    """running, OOMKilled, exited with code N, or gone."""
-    try:
-        state = containers.state(container_id)
-    except EngineNotFound:
-        return "gone"
-    if state.get("Running"):
-        return "running"
-    if state.get("OOMKilled"):
-        return "OOMKilled"
-    return f"exited with code {state.get('ExitCode')}"
 
 
 class PodRun:
@@ -113,7 +101,7 @@ class PodRun:
             container,
             init,
             image=image,
-            image_config=self.containers.image_config(image),
+            image_config=self.containers.inspect_image(image).get("Config") or {},
             environment=self.values.environment,
             mounts=lambda spec, env: volumes.mount_binds(self.source, spec, self.binds, env),
             holder_id=self.holder_id,
@@ -209,7 +197,7 @@ class PodRun:
     def _exit_code(self, container_id: str, deadline: float) -> int | None:
         """The container's exit code once it stops; None if it still runs at `deadline`."""
         while True:
-            state = self.containers.state(container_id)
+            state = self.containers.inspect(container_id)["State"]
             if not state.get("Running"):
                 return state.get("ExitCode")
             if time.monotonic() >= deadline:
@@ -333,11 +321,11 @@ class PodRun:
     # -- evidence and cleanup
 
     def _tail_of(self, container_id: str, lines: int = LOG_TAIL_LINES) -> str:
-        tail = self.containers.output(container_id).rstrip().splitlines()[-lines:]
+        tail = read_log(self.containers, container_id).rstrip().splitlines()[-lines:]
         return "\n".join(f"    {line}" for line in tail) if tail else "    (no output)"
 
-    def log_sections(self) -> list[tuple[str, str, str]]:
-        """(title, status, log text) of every container the pod ran, restarts included."""
+    def log_sections(self) -> list[LogSection]:
+        """The log of every container the pod ran, restarts included."""
         runs = [(f"init {name}", container_id) for name, container_id in self.init_runs]
         for instance in self.instances.values():
             for number, container_id in enumerate([*instance.previous, instance.container_id]):
@@ -346,8 +334,11 @@ class PodRun:
                         f" (instance {number + 1})" if instance.restarts else ""
                     )
                     runs.append((title, container_id))
-        return [(title, container_status(self.containers, cid), self.containers.output(cid)) for title, cid in runs]
+        return [LogSection(title, status(self.containers, cid), read_log(self.containers, cid)) for title, cid in runs]
 
     def cleanup(self) -> None:
         """Remove every container (the holder last), volume and network carrying this run's labels."""
-        self.containers.remove_labelled(self.labels, f"removing what pod {self.source.name} left")
+        try:
+            sweep(self.containers, self.labels)
+        except EngineError as exc:
+            raise EngineError(f"could not remove what pod {self.source.name} left: {exc}") from exc
