@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ccp_tasks.checks.harness import LogSection, read_log, status, sweep
+from ccp_tasks.checks.harness import LOG_TAIL_LINES, LogSection, read_log, status, sweep
 from ccp_tasks.checks.pods import holder, listening, readiness, volumes
 from ccp_tasks.checks.pods.plans import ContainerPlan, plan_container
 from ccp_tasks.checks.pods.restarts import Instance, Kubelet
@@ -29,7 +29,6 @@ POD_RUN_LABEL = "io.ccp.pod.run"
 CONTAINER_LABEL = "io.ccp.pod.container"
 INIT_TIMEOUT = 120.0
 TICK = 0.1
-LOG_TAIL_LINES = 12
 
 
 class PodRun:
