@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from ccp_tasks.checks import integration
+from ccp_tasks.checks import harness, integration
 from ccp_tasks.core.errors import ConfigError, EngineError, TemplateError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "integration" / "web"
@@ -97,7 +97,7 @@ def runner(docker_client, box, tmp_path):
     namespace, image_id = box
     runner = Runner(docker_client, namespace, image_id, tmp_path)
     yield runner
-    integration.remove_leftovers(docker_client, runner.labels)  # whatever a failed assertion left
+    harness.sweep(docker_client, runner.labels)  # whatever a failed assertion left
 
 
 def spec_in(tmp_path: Path, text: str, name: str = "integration.yaml") -> Path:

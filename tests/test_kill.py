@@ -24,14 +24,14 @@ NEXT_RUN_BOUND = 60  # seconds; the next run waits for no lock, this only bounds
 
 
 class Run:
-    """A `doit -n 2` in its own process group, its output collected as it comes."""
+    """A `doit -n 2` (or `-n <processes>`) in its own process group, its output collected as it comes."""
 
-    def __init__(self, project, *args: str, env: dict | None = None):
+    def __init__(self, project, *args: str, env: dict | None = None, processes: int = 2):
         self.root = os.path.realpath(project.root)
         run_env = {k: v for k, v in os.environ.items() if k != "CCP_OVERRIDE"}
         run_env.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "doit", "-n", "2", *args],
+            [sys.executable, "-m", "doit", "-n", str(processes), *args],
             cwd=project.root,
             env=run_env,
             stdout=subprocess.PIPE,
@@ -340,6 +340,24 @@ def test_what_a_killed_integration_test_left_is_swept_by_any_later_stage(project
         assert leftovers(docker_client, project.namespace) == [foreign_entry]
     finally:
         docker_client.remove_container(foreign["Id"], force=True)
+
+
+def test_ctrl_c_in_an_integration_test_leaves_no_container_or_network(project, docker_client, runs):
+    """Ctrl-C (SIGINT to the run's process group) while an integration test
+    waits for its container: the check's harness removes the container and the
+    network it made before the run ends, with no later run to sweep them. In
+    a serial run: with `-n N`, doit's runner ends its workers at once
+    (SIGTERM, then the lock's SIGKILL), and the next run sweeps instead."""
+    project.busybox_base("bb")
+    project.write("dockerfiles/bb/integration.yaml", SLEEPING_INTEGRATION)
+    project.ok("build")
+    run = runs(project, "test", processes=0)
+    run.wait_for(lambda: _running(docker_client, project.namespace, "bb", "test"), "integration test container")
+    assert any(entry.startswith("network ") for entry in leftovers(docker_client, project.namespace))
+    run.kill(signal.SIGINT)
+    assert run.proc.returncode != 0, run.output
+    assert run.wait_gone() == []
+    assert leftovers(docker_client, project.namespace) == []
 
 
 # ---------------------------------------------------------------------------

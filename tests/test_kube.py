@@ -1,4 +1,4 @@
-"""Pod definitions (ccp_tasks.checks.kube) and pod semantics on the engine (ccp_tasks.checks.podrun).
+"""Pod definitions (ccp_tasks.checks.kube) and pod semantics on the engine (ccp_tasks.checks.pods).
 
 One tiny image, built once FROM scratch, plays every part: static busybox
 (httpd, wget, nc, sh) with an /etc/passwd, ENTRYPOINT ["/bin/echo",
@@ -22,8 +22,11 @@ from types import SimpleNamespace
 import pytest
 from conftest import REPO
 
-from ccp_tasks.checks import integration, kube, podrun
+from ccp_tasks.checks import integration, kube
+from ccp_tasks.checks.harness import read_log, sweep
+from ccp_tasks.checks.pods import probes, readiness, restarts, rules, runner
 from ccp_tasks.core.errors import ConfigError, TemplateError
+from ccp_tasks.engine.containers import Containers
 from ccp_tasks.model.config import PipelineConfig
 
 SAMPLES = ("nginx", "memcached", "redis", "etcd", "haproxy", "api-service", "cron")
@@ -128,7 +131,7 @@ def tree(docker_client, box, tmp_path):
     namespace, image_id = box
     made = Tree(docker_client, namespace, image_id, tmp_path / "tree")
     yield made
-    podrun.remove_pod_leftovers(docker_client, made.labels)
+    sweep(docker_client, made.labels)
 
 
 def by_name(results) -> dict:
@@ -157,16 +160,16 @@ def test_command_args_mapping_and_expansion_rules():
         ),
     ]
     for container, docker, argv in cases:
-        assert podrun.docker_command(container, env) == docker, container
-        assert podrun.effective_argv(container, image, env) == argv, container
-    expand = podrun.expand
+        assert rules.docker_command(container, env) == docker, container
+        assert rules.effective_argv(container, image, env) == argv, container
+    expand = rules.expand
     assert expand("$(GREETING) $$(GREETING) $(MISSING) $ $x $(", env) == "hi $(GREETING) $(MISSING) $ $x $("
     assert expand("a$$b$$$(GREETING)", env) == "a$b$hi"
-    assert podrun.parse_quantity("128Mi") == 128 * 2**20 and podrun.parse_quantity("500m") * 1000 == 500
-    assert podrun.parse_quantity("1e3") == 1000 and podrun.parse_quantity(2) == 2
+    assert rules.parse_quantity("128Mi") == 128 * 2**20 and rules.parse_quantity("500m") * 1000 == 500
+    assert rules.parse_quantity("1e3") == 1000 and rules.parse_quantity(2) == 2
     with pytest.raises(ValueError, match="is not a quantity"):
-        podrun.parse_quantity("12 Mi")
-    assert [podrun.backoff_delay(n) for n in range(7)] == [0, 10, 20, 40, 80, 160, 300]
+        rules.parse_quantity("12 Mi")
+    assert [restarts.backoff_delay(n) for n in range(7)] == [0, 10, 20, 40, 80, 160, 300]
 
 
 # ---------------------------------------------------------------------------
@@ -320,6 +323,29 @@ def test_stream_and_version_errors(tree):
         kube._schema_dir("1.99")
     assert kube.kubernetes_version(SimpleNamespace(kube=SimpleNamespace(kubernetes_version="1.30"))) == "1.30"
     assert kube.kubernetes_version(tree.cfg) == kube.DEFAULT_KUBERNETES_VERSION
+
+
+def test_a_template_error_keeps_its_cause_and_a_bug_in_ccp_is_no_template_error(tree, monkeypatch):
+    """Rendering once turned any exception into a TemplateError `from None`:
+    CCP_DEBUG=1 could not show the cause, and a bug of ccp's read as the user's template."""
+    import jinja2
+    import yaml
+
+    from ccp_tasks.model.render import Renderer
+
+    with pytest.raises(TemplateError) as undefined:
+        tree.context("apiVersion: v1\nkind: Pod\nmetadata: {name: {{ replicas }}}\n")
+    assert isinstance(undefined.value.__cause__, jinja2.UndefinedError)
+    with pytest.raises(ConfigError) as malformed:
+        tree.context("kind: Pod\n  - x: [\n")
+    assert isinstance(malformed.value.__cause__, yaml.YAMLError)
+
+    def broken(self, name):
+        raise RuntimeError("a bug in ccp")
+
+    monkeypatch.setattr(Renderer, "image_ref", broken)
+    with pytest.raises(RuntimeError, match="a bug in ccp"):
+        tree.context("image: {{ image('web') }}\n")
 
 
 # ---------------------------------------------------------------------------
@@ -510,12 +536,12 @@ def pods(docker_client, box, tmp_path):
     labels = {"ccp.test.namespace": namespace, "io.ccp.check": f"{namespace}/pods-{uuid.uuid4().hex[:6]}"}
     made = []
 
-    def start(text: str, *, expect_start: bool = True) -> podrun.PodRun:
+    def start(text: str, *, expect_start: bool = True) -> runner.PodRun:
         source = kube.pod_source(kube.load_documents(text, "pod.yaml"), "pod.yaml")
         network = f"{namespace}-{uuid.uuid4().hex[:8]}"
         docker_client.create_network(network, labels=labels)
-        pod = podrun.PodRun(
-            docker_client,
+        pod = runner.PodRun(
+            Containers(docker_client),
             source,
             lambda ref: image_id,
             workdir=tmp_path / f"pod{len(made)}",
@@ -532,11 +558,11 @@ def pods(docker_client, box, tmp_path):
     yield start
     for pod in made:
         pod.cleanup()
-    podrun.remove_pod_leftovers(docker_client, labels)
+    sweep(docker_client, labels)
 
 
 def exec_in(client, container_id: str, *command: str) -> str:
-    code, output = podrun._exec(client, container_id, list(command), 10)
+    code, output = probes.run_exec(Containers(client), container_id, list(command), 10)
     assert code == 0, output
     return output
 
@@ -565,7 +591,7 @@ def test_command_and_args_replace_entrypoint_and_cmd_as_kubernetes_does(pods, do
     assert [r.name for r in pod.results] == [
         f"init: {n}" for n in ("neither", "command", "args", "both", "expanded")
     ] + ["pod started"]
-    output = {name: podrun._logs(docker_client, cid).strip() for name, cid in pod.init_runs}
+    output = {name: read_log(docker_client, cid).strip() for name, cid in pod.init_runs}
     assert output == {
         "neither": "entrypoint cmd",  # the image's ENTRYPOINT and CMD
         "command": "command",  # command replaces ENTRYPOINT, and CMD is not used
@@ -710,7 +736,7 @@ def test_configmap_secret_emptydir_mounts_env_user_and_limits(pods, docker_clien
     assert any(re.fullmatch(r"\.\.\d{4}_\d\d_\d\d_.*", e) for e in entries)
     assert run("cat", "/etc/secret/PASSWORD", "/etc/secret/USERNAME") == "s3cretadmin"
     assert run("cat", "/etc/podinfo/labels") == 'app="demo"'
-    code, output = podrun._exec(docker_client, reader, ["sh", "-c", "echo x > /etc/app/new"], 10)
+    code, output = probes.run_exec(Containers(docker_client), reader, ["sh", "-c", "echo x > /etc/app/new"], 10)
     assert code != 0 and "Read-only file system" in output  # configMap volumes are read-only
     env = dict(line.split("=", 1) for line in run("env").splitlines() if "=" in line)
     assert env["CFG_level"] == "debug" and env["CFG_app.conf"] == "listen = 80" and env["CFG_run.sh"] == "echo run"
@@ -770,8 +796,8 @@ spec:
 
 
 def test_a_startup_probe_that_never_passes_kills_and_restarts_until_crashloop(pods, monkeypatch):
-    monkeypatch.setattr(podrun, "BACKOFF_BASE", 0.5)
-    monkeypatch.setattr(podrun, "MAX_RESTARTS_BEFORE_READY", 2)
+    monkeypatch.setattr(restarts, "BACKOFF_BASE", 0.5)
+    monkeypatch.setattr(readiness, "MAX_RESTARTS_BEFORE_READY", 2)
     text = """\
 apiVersion: v1
 kind: Pod
@@ -825,9 +851,9 @@ spec:
         "container web restarted 1 time(s) during the checks: liveness probe exec test -e /tmp/alive "
         "failed 2 times in a row (exit code 1)"
     )
-    titles = [title for title, _, _ in pod.log_sections()]
+    titles = [section.name for section in pod.log_sections()]
     assert titles == ["web (instance 1)", "web (instance 2)"]
-    assert all(text.startswith("started") for _, _, text in pod.log_sections())
+    assert all(section.text.startswith("started") for section in pod.log_sections())
 
 
 EXTRAS_POD = """\
@@ -1002,7 +1028,7 @@ def test_kube_flow_failure_reports_and_removes_everything(tree):
 def test_kube_flow_interrupted_removes_everything_and_sweeps_a_killed_run(tree, monkeypatch):
     tree.write("tests/index.html.j2", "hello from {{ image_name }}\n")
     # What a killed run left: found by the image label, whatever its run.
-    old = {**tree.labels, podrun.POD_IMAGE_LABEL: "web", podrun.POD_RUN_LABEL: "killed"}
+    old = {**tree.labels, runner.POD_IMAGE_LABEL: "web", runner.POD_RUN_LABEL: "killed"}
     network = tree.client.create_network(f"{tree.namespace}-killed-{uuid.uuid4().hex[:6]}", labels=old)
     tree.client.create_container(tree.image_id, command=["sleep", "60"], entrypoint=[], labels=old)
     tree.client.create_volume(f"{tree.namespace}-killed-{uuid.uuid4().hex[:6]}", labels=old)

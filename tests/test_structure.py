@@ -734,7 +734,7 @@ class RecordingClient:
     def __init__(self, client, interrupt_on_wait: int | None = None):
         self._client = client
         self.created: list[str] = []  # not "containers": that is the client method clean-up calls
-        self.volumes: list[str] = []
+        self.anonymous_volumes: list[str] = []  # nor "volumes"
         self.committed: list[str] = []  # nor "images"
         self.waits = 0
         self.interrupt_on_wait = interrupt_on_wait
@@ -746,7 +746,7 @@ class RecordingClient:
         created = self._client.create_container(*args, **kwargs)
         self.created.append(created["Id"])
         mounts = self._client.inspect_container(created["Id"])["Mounts"]
-        self.volumes += [mount["Name"] for mount in mounts if mount.get("Type") == "volume"]
+        self.anonymous_volumes += [mount["Name"] for mount in mounts if mount.get("Type") == "volume"]
         return created
 
     def commit(self, *args, **kwargs):
@@ -777,13 +777,13 @@ fileExistenceTests:
 def _assert_nothing_left(docker_client, fixture: Fixture, recorder: RecordingClient):
     from docker.errors import NotFound
 
-    assert recorder.created and recorder.volumes and recorder.committed
+    assert recorder.created and recorder.anonymous_volumes and recorder.committed
     label = f"io.ccp.check={fixture.labels['io.ccp.check']}"
     assert docker_client.containers(all=True, filters={"label": label}) == []
     for container in recorder.created:
         with pytest.raises(NotFound):
             docker_client.inspect_container(container)
-    for volume in recorder.volumes:
+    for volume in recorder.anonymous_volumes:
         with pytest.raises(NotFound):
             docker_client.inspect_volume(volume)
     for image in recorder.committed:

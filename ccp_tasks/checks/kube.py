@@ -84,7 +84,7 @@ run.
 ## Running it
 
 Then the pod runs on a private network made for the run (see
-`ccp_tasks/podrun.py` for exactly what is and is not done like a kubelet), with
+`ccp_tasks/checks/pods/` for exactly what is and is not done like a kubelet), with
 the `services` of the image's `integration.yaml` that no container of the pod
 runs started beside it (they stand for the cluster's other Services, by their
 alias). When the pod is ready, the integration test's port checks (the
@@ -101,29 +101,45 @@ the next run removes what a killed one left. The log of every container
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import posixpath
 import re
 import shutil
 import tarfile
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ccp_tasks.checks import integration
+from ccp_tasks.checks.harness import Harness, LogSection, read_log, sweep, write_logs
+from ccp_tasks.checks.pods.plans import verify_non_root
+from ccp_tasks.checks.pods.rules import effective_argv, parse_quantity
+from ccp_tasks.checks.pods.runner import POD_IMAGE_LABEL, POD_RUN_LABEL, PodRun
+from ccp_tasks.checks.pods.source import SUPPORTED_VOLUMES, PodSource, config_map_data, secret_data
+from ccp_tasks.checks.pods.values import PodValues
+from ccp_tasks.checks.pods.volumes import PROJECTED_KINDS, volume_files
 from ccp_tasks.checks.records import CheckResult
-from ccp_tasks.core.errors import CcpError, ConfigError, EngineError
+from ccp_tasks.core.errors import CcpError, ConfigError, EngineError, EngineNotFound, TemplateError
 from ccp_tasks.core.schema import did_you_mean, key_path, unknown_key
 from ccp_tasks.core.state import read_regular_file
-from ccp_tasks.engine.leftovers import ROLE_LABEL
+from ccp_tasks.engine.containers import Containers
+from ccp_tasks.engine.leftovers import ROLE_LABEL, of_any_run
 from ccp_tasks.model.config import load_yaml_all
-from ccp_tasks.model.render import POD_TEMPLATE
-
-# podrun (and the http, ssl and thread machinery it brings) is imported where it
-# is used: task generation only needs pod_inputs(), and a no-op run stays cheap.
-if TYPE_CHECKING:
-    from ccp_tasks.checks.podrun import PodRun, PodSource
+from ccp_tasks.model.render import (
+    INTEGRATION_TESTS,
+    POD_TEMPLATE,
+    Renderer,
+    discover_images,
+    macro_dirs,
+    template_failure,
+)
 
 DEFAULT_KUBERNETES_VERSION = "1.33"
 WORKLOADS = {
@@ -150,14 +166,15 @@ def kubernetes_version(cfg) -> str:
 
 def render_pod(cfg, images: Collection[str], image: str, template: Path) -> str:
     """Render pod.yaml.j2 with the Dockerfile's variables and the image() helper."""
-    from ccp_tasks.model.render import Renderer, template_failure
+    import jinja2
 
     renderer = Renderer(cfg, {name: None for name in images})
     path = str(Path(template).resolve())
     try:
         return renderer.env.get_template(path).render(image=renderer.image_ref, image_name=image)
-    except Exception as exc:
-        raise template_failure(exc, path) from None
+    except (jinja2.TemplateError, TemplateError, UnicodeDecodeError) as exc:
+        # The template's own faults (a binary file included); anything else is ccp's and raises as it is.
+        raise template_failure(exc, path) from exc
 
 
 def load_documents(text: str, source: str) -> list[dict]:
@@ -170,7 +187,7 @@ def load_documents(text: str, source: str) -> list[dict]:
         mark = getattr(exc, "problem_mark", None)
         place = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{source}{place}: malformed YAML (as rendered): {problem}") from None
+        raise ConfigError(f"{source}{place}: malformed YAML (as rendered): {problem}") from exc
     for index, doc in enumerate(documents):
         if not isinstance(doc, dict):
             raise ConfigError(
@@ -189,8 +206,6 @@ def describe(doc: dict) -> str:
 
 
 def pod_source(documents: list[dict], source: str) -> PodSource:
-    from ccp_tasks.checks.podrun import PodSource
-
     workloads = [doc for doc in documents if doc.get("kind") in WORKLOADS]
     if len(workloads) != 1:
         found = ", ".join(describe(doc) for doc in workloads) or "none"
@@ -290,8 +305,6 @@ def _expected(types) -> str:
 
 
 def _show(value) -> str:
-    import json
-
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:59] + "…"
 
@@ -417,8 +430,6 @@ def _handler_problems(data: dict, where: str, probe: bool) -> list[str]:
 
 
 def _quantity_problems(resources: dict, where: str) -> list[str]:
-    from ccp_tasks.checks.podrun import parse_quantity
-
     problems = []
     parsed: dict[str, dict[str, Any]] = {}
     for section in ("limits", "requests"):
@@ -446,9 +457,6 @@ def api_problems(documents: list[dict], pod: PodSource) -> list[str]:
                 f"{describe(doc)}: metadata.name: {_show(name)} is not a valid name (lowercase letters, digits, '-' and '.')"
             )
         if doc.get("kind") == "Secret":
-            import base64
-            import binascii
-
             for key, value in (doc.get("data") or {}).items():
                 try:
                     base64.b64decode(str(value), validate=True)
@@ -591,8 +599,6 @@ def api_problems(documents: list[dict], pod: PodSource) -> list[str]:
 
 def runnable_problems(pod: PodSource) -> list[str]:
     """What the Docker engine cannot run with pod semantics."""
-    from ccp_tasks.checks.podrun import SUPPORTED_VOLUMES
-
     problems = []
     spec, sp = pod.spec, pod.spec_path
     for key, why in (
@@ -666,57 +672,40 @@ class FileInfo:
 class ImageFiles:
     """An image's files and config, read from a container that is created and never started."""
 
-    def __init__(self, client, ref: str, labels: dict[str, str]):
-        self.client = client
+    def __init__(self, containers: Containers, ref: str, labels: dict[str, str]):
+        self.containers = containers
         self.ref = ref
         self.labels = labels
         self._container: str | None = None
         self._stats: dict[str, FileInfo | None] = {}
-        self.config = client.inspect_image(ref).get("Config") or {}
+        self.config = containers.inspect_image(ref).get("Config") or {}
 
     @property
     def container(self) -> str:
-
         if self._container is None:
-            created = self.client.create_container(
+            self._container = self.containers.create(
                 self.ref,
+                labels={**self.labels, ROLE_LABEL: "inspect"},
                 entrypoint=["/ccp-kube-never-started"],
                 command=[],
-                labels={**self.labels, ROLE_LABEL: "inspect"},
                 use_config_proxy=False,
             )
-            self._container = created["Id"]
         return self._container
-
-    def _first(self, path: str):
-        from docker.errors import NotFound
-
-        from ccp_tasks.engine.docker_ops import stream_archive
-
-        try:
-            chunks, _ = self.client.get_archive(self.container, path)
-        except NotFound:
-            return None, None
-        return chunks, stream_archive(chunks)
 
     def stat(self, path: str) -> FileInfo | None:
         """What `path` is, following symbolic links (relative ones from their directory)."""
-        import posixpath
-
         original = path
         if original in self._stats:
             return self._stats[original]
         info = None
         for _ in range(40):
-            chunks, archive = self._first(path)
-            if archive is None:
-                break
-            try:
-                member = next(iter(archive), None)
-            except tarfile.TarError:
-                member = None
-            finally:
-                chunks.close()
+            with self.containers.archive(self.container, path) as archive:
+                if archive is None:
+                    break
+                try:
+                    member = next(iter(archive), None)
+                except tarfile.TarError:
+                    member = None
             if member is None:
                 break
             if member.issym():
@@ -735,22 +724,20 @@ class ImageFiles:
         info = self.stat(path)
         if info is None or info.kind != "file":
             return None
-        chunks, archive = self._first(info.path)
-        try:
-            for member in archive:
-                if member.isfile():
-                    handle = archive.extractfile(member)
-                    return handle.read() if handle else b""
-        except tarfile.TarError:
-            return None
-        finally:
-            chunks.close()
+        with self.containers.archive(self.container, info.path) as archive:
+            if archive is None:
+                return None
+            try:
+                for member in archive:
+                    if member.isfile():
+                        handle = archive.extractfile(member)
+                        return handle.read() if handle else b""
+            except tarfile.TarError:
+                return None
         return None
 
     def which(self, program: str, path_env: str, workdir: str) -> tuple[FileInfo | None, str]:
         """Where `program` is found (the executable check of execve/PATH lookup), or why not."""
-        import posixpath
-
         if "/" in program:
             path = program if program.startswith("/") else posixpath.normpath(posixpath.join(workdir or "/", program))
             info = self.stat(path)
@@ -768,13 +755,8 @@ class ImageFiles:
         return None, f"'{program}' is not in the image's PATH ({path_env or DEFAULT_PATH})"
 
     def close(self) -> None:
-        from docker.errors import NotFound
-
         if self._container:
-            try:
-                self.client.remove_container(self._container, force=True, v=True)
-            except NotFound:
-                pass
+            self.containers.remove(self._container)
             self._container = None
 
 
@@ -849,8 +831,6 @@ def image_problems(ctx: PodContext) -> list[str]:
 
 
 def reference_problems(ctx: PodContext) -> list[str]:
-    from ccp_tasks.checks.podrun import config_map_data, secret_data
-
     problems = []
     source, sp = ctx.source, ctx.source.spec_path
     provided = {ctx.tls_secret()} - {None}
@@ -1002,22 +982,12 @@ def probe_problems(ctx: PodContext) -> list[str]:
 
 
 def _static_env(ctx: PodContext, container: dict) -> dict[str, str]:
-    from ccp_tasks.checks.podrun import PodRun
-
-    runner = PodRun(
-        None,
-        ctx.source,
-        lambda ref: ref,
-        workdir=Path("/nonexistent"),
-        labels={},
-        network="",
-        secret_overrides={name: {} for name in {ctx.tls_secret()} - {None}},
-    )
-    runner.ip, runner.uid = "0.0.0.0", "00000000-0000-0000-0000-000000000000"
+    tls_secret = ctx.tls_secret()
+    values = PodValues.static(ctx.source, {tls_secret: {}} if tls_secret else None)
     try:
-        return runner.environment(container)
+        return values.environment(container)
     except (CcpError, KeyError, ValueError):
-        return {}
+        return {}  # a reference the reference check reports, or a quantity the API rules do
 
 
 def _under_mount(container: dict, path: str) -> bool:
@@ -1029,8 +999,6 @@ def _under_mount(container: dict, path: str) -> bool:
 
 
 def command_problems(ctx: PodContext, files_for: Callable[[dict], ImageFiles | None]) -> list[str]:
-    from ccp_tasks.checks.podrun import effective_argv
-
     problems = []
     for path, container, _init in ctx.source.all_containers():
         files = files_for(container)
@@ -1096,8 +1064,6 @@ def _passwd(files: ImageFiles) -> list[list[str]] | None:
 
 
 def user_problems(ctx: PodContext, files_for: Callable[[dict], ImageFiles | None]) -> list[str]:
-    from ccp_tasks.checks.podrun import PodRun
-
     problems = []
     pod_security = ctx.source.spec.get("securityContext") or {}
     sp = ctx.source.spec_path
@@ -1124,8 +1090,7 @@ def user_problems(ctx: PodContext, files_for: Callable[[dict], ImageFiles | None
             entries = _passwd(files)
             if entries is None or not any(e[0] == image_user for e in entries):
                 problems.append(f"{path}.image: the image's USER '{image_user}' is not in its /etc/passwd")
-        runner = PodRun(None, ctx.source, lambda ref: ref, workdir=Path("/nonexistent"), labels={}, network="")
-        why = runner.verify_non_root(container, files.config.get("User") or "")
+        why = verify_non_root(ctx.source, container, files.config.get("User") or "")
         if why:
             where = (
                 f"{path}.securityContext.runAsNonRoot"
@@ -1148,30 +1113,17 @@ def _first_difference(old: bytes, new: bytes) -> str:
 def mounted_files(ctx: PodContext, container: dict, overrides: dict | None = None) -> dict[str, tuple[str, bytes, int]]:
     """Container path -> (where it comes from, bytes, mode) of every file the
     container gets from a configMap, secret, downwardAPI or projected volume."""
-    from ccp_tasks.checks.podrun import PodRun
-
-    runner = PodRun(
-        None,
-        ctx.source,
-        lambda ref: ref,
-        workdir=Path("/nonexistent"),
-        labels={},
-        network="",
-        secret_overrides=overrides,
-    )
-    runner.ip, runner.uid = "0.0.0.0", "00000000-0000-0000-0000-000000000000"
+    values = PodValues.static(ctx.source, overrides)
     found = {}
     for mount in container.get("volumeMounts") or []:
         volume = _volume(ctx.source, mount.get("name"))
-        if not volume or not any(
-            volume.get(k) is not None for k in ("configMap", "secret", "downwardAPI", "projected")
-        ):
+        if not volume or not any(volume.get(k) is not None for k in PROJECTED_KINDS):
             continue
         try:
-            files, default_mode = runner.volume_files(volume)
+            files, default_mode = volume_files(values, volume)
         except CcpError:
             continue  # reported by the reference check
-        kind = next(k for k in ("configMap", "secret", "downwardAPI", "projected") if volume.get(k) is not None)
+        kind = next(k for k in PROJECTED_KINDS if volume.get(k) is not None)
         name = (volume[kind] or {}).get("name") or (volume[kind] or {}).get("secretName") or volume["name"]
         label = {"configMap": "ConfigMap", "secret": "Secret"}.get(kind, f"{kind} volume")
         target = mount.get("mountPath", "").rstrip("/")
@@ -1187,8 +1139,6 @@ def mounted_files(ctx: PodContext, container: dict, overrides: dict | None = Non
 
 
 def config_problems(ctx: PodContext) -> list[str]:
-    from ccp_tasks.checks import integration
-
     if ctx.spec is None or ctx.main is None:
         return []
     spec = ctx.spec
@@ -1284,8 +1234,6 @@ def static_checks(
 
 
 def _pod_port_checks(pod: PodRun, main_name: str, main_spec, containers: list[dict]) -> list[CheckResult]:
-    from ccp_tasks.checks.integration import port_problem, port_results
-
     begin = time.monotonic()
     try:
         listening, attributed = pod.listening()
@@ -1313,7 +1261,7 @@ def _pod_port_checks(pod: PodRun, main_name: str, main_spec, containers: list[di
     )
     results = []
     if main_spec is not None and (main_spec.ports is not None or main_spec.local_ports):
-        results += port_results(
+        results += integration.port_results(
             main_spec.ports or (),
             main_spec.local_ports,
             own,
@@ -1327,7 +1275,7 @@ def _pod_port_checks(pod: PodRun, main_name: str, main_spec, containers: list[di
             continue
         table = listening.get(name, {}) if attributed else {p: a for t in listening.values() for p, a in t.items()}
         for port in _tcp_ports(container):
-            message = port_problem(
+            message = integration.port_problem(
                 port,
                 table.get(port) or (listening.get(None) or {}).get(port),
                 pod.ip,
@@ -1343,37 +1291,132 @@ def _pod_port_checks(pod: PodRun, main_name: str, main_spec, containers: list[di
     return results
 
 
-def _write_logs(path: Path, irun, pod: PodRun | None, results: list[CheckResult]) -> None:
-    from ccp_tasks.checks import integration
-
-    sections = []
-    for started in irun.started:
-        if started.spec.image is None:
-            continue  # the pod's container: written with the pod
-        text = integration.container_logs(irun.client, started.container_id)
-        sections.append((f"service {started.spec.alias}", "", text))
-    if pod is not None:
-        sections += pod.log_sections()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as out:
-        for title, status, text in sections:
-            out.write(f"==== {title}{f' ({status})' if status else ''}\n{text}")
-            if text and not text.endswith("\n"):
-                out.write("\n")
-        if pod is not None:
-            out.write("==== kubelet events\n" + "\n".join(pod.events) + "\n")
+def _write_logs(path: Path, run: _PodSetup, results: list[CheckResult]) -> None:
+    """The services' and the pod's logs and the kubelet's events to `path`, their tails to each failed result."""
+    sections = [
+        LogSection(f"service {started.spec.alias}", "", read_log(run.irun.client, started.container_id))
+        for started in run.irun.started
+        if started.spec.image is not None  # the pod's container is written with the pod
+    ]
+    sections += run.pod.log_sections()
     failed = [r for r in results if not r.passed and r.kind not in ("schema", "cross-check")]
-    if not failed:
+    write_logs(path, sections, failed, trailer="==== kubelet events\n" + "\n".join(run.pod.events))
+
+
+@dataclass
+class _PodSetup:
+    """What one run of the pod is made of, before anything starts."""
+
+    irun: integration.IntegrationRun  # the services beside the pod, the checks' state, and the harness
+    services: list  # the integration test's services that no container of the pod runs
+    mounts: dict[str, list]  # service alias -> its rendered files
+    pod: PodRun
+    network: str
+
+
+def _setup(
+    containers: Containers,
+    ctx: PodContext,
+    refs: Callable[[str], str],
+    workdir: Path,
+    recorded_dir: Path,
+    labels: dict[str, str],
+) -> _PodSetup:
+    """Labels and names for the run, the services' files, the throwaway TLS certificate, the PodRun."""
+    spec, image = ctx.spec, ctx.image
+    run_id = uuid.uuid4().hex[:10]
+    run_labels = {**labels, POD_IMAGE_LABEL: image, POD_RUN_LABEL: run_id}
+    network = f"ccp-pod-{re.sub(r'[^a-zA-Z0-9_.-]', '-', image)}-{run_id}"
+    irun = integration.IntegrationRun(
+        client=containers, image=image, network=network, labels=run_labels, workdir=workdir
+    )
+    irun.harness = Harness(containers, run_labels, what=f"the pod run of '{image}'")
+    if spec is not None:
+        irun.recorded = integration.load_recorded(integration.recorded_path(recorded_dir, image))
+    in_pod = {ctx.tree_image(c) for _, c, _ in ctx.source.all_containers()}
+    services = [s for s in (spec.services if spec else ()) if s.image not in in_pod]
+    context = {
+        **ctx.variables,
+        **(spec.variables if spec else {}),
+        "image_name": image,
+        "services": [s.alias for s in spec.services] if spec else [],
+        "tls_dir": spec.tls.dir if spec and spec.tls else None,
+    }
+    for sub in ("files", "tls"):
+        shutil.rmtree(workdir / sub, ignore_errors=True)
+    mounts = {s.alias: integration.render_files(spec, s, context, workdir / "files" / s.alias) for s in services}
+    overrides: dict[str, dict[str, bytes]] = {}
+    if spec is not None and spec.tls:
+        irun.ca_pem = integration.make_tls(spec.tls, workdir / "tls")
+        secret = ctx.tls_secret()
+        if secret:  # the static checks made sure the pod mounts one
+            overrides[secret] = {name: (workdir / "tls" / name).read_bytes() for name in integration.TLS_FILES}
+    pod = PodRun(
+        containers,
+        ctx.source,
+        refs,
+        workdir=workdir / "pod",
+        labels=run_labels,
+        network=network,
+        secret_overrides=overrides,
+        prefix=f"{network}-pod",
+        agent=f"kube-probe/{kubernetes_version(ctx.cfg)}",
+    )
+    return _PodSetup(irun, services, mounts, pod, network)
+
+
+def _checks_against_pod(ctx: PodContext, run: _PodSetup, refs: Callable[[str], str]) -> list[CheckResult]:
+    """With the pod ready: its ports and the integration checks, the kubelet
+    probing meanwhile; then whether it stayed healthy."""
+    spec, pod = ctx.spec, run.pod
+    assert ctx.main is not None, "the image reference check makes sure a container runs the image"
+    _main_path, main = ctx.main
+    main_spec = spec.container if spec else None
+    alias_spec = integration.ContainerSpec(
+        alias=ctx.image,
+        image=None,
+        ports=main_spec.ports if main_spec else None,
+        local_ports=main_spec.local_ports if main_spec else (),
+    )
+    started = integration.StartedContainer(
+        alias_spec, refs(main["image"]), pod.instances[main["name"]].container_id, pod.ip
+    )
+    run.irun.started.append(started)
+
+    def follow(name: str, container_id: str) -> None:
+        if name == main["name"]:  # the checks exec in the container under test's current instance
+            started.container_id = container_id
+
+    pod.on_restart.append(follow)
+    results = []
+    with pod.monitoring():
+        containers = [c for _, c, init in ctx.source.all_containers() if not init or c.get("restartPolicy") == "Always"]
+        results.extend(_pod_port_checks(pod, main["name"], main_spec, containers))
+        for check in spec.checks if spec else ():
+            results.extend(integration.run_check(run.irun, check))
+    results.append(pod.health_result())
+    for result in results:
+        if result.detail.startswith("no answer recorded yet"):
+            result.detail = f"no answer recorded by test:{ctx.image} yet: nothing to compare with"
+    return results
+
+
+def _run(ctx: PodContext, run: _PodSetup, refs: Callable[[str], str], results: list[CheckResult]) -> None:
+    """The services, the pod, and the checks against it, each step only after the last passed."""
+    run.irun.harness.network(run.network)
+    for service in run.services:
+        started = integration.start_container(
+            run.irun, service, refs(ctx.cfg.image_ref(service.image)), run.mounts[service.alias]
+        )
+        results.append(integration.wait_ready(run.irun, started))
+        if not results[-1].passed:
+            return
+    results.extend(run.pod.start())
+    if not all(r.passed for r in results):
         return
-    tails = []
-    for title, status, text in sections:
-        tail = text.rstrip().splitlines()[-integration.LOG_TAIL_LINES :]
-        label = f"{title}'s log" + (f" ({status})" if status else "")
-        tails.append(f"--- last lines of {label}:" if tail else f"--- {label} is empty")
-        tails.extend(f"    {line}" for line in tail)
-    tails.append(f"full logs: {path}")
-    for result in failed:
-        result.detail = "\n".join(part for part in (result.detail.rstrip(), *tails) if part)
+    results.append(run.pod.wait_ready())
+    if results[-1].passed:
+        results.extend(_checks_against_pod(ctx, run, refs))
 
 
 def run_pod(
@@ -1388,128 +1431,21 @@ def run_pod(
 ) -> list[CheckResult]:
     """Start the integration test's services the pod does not run, then the
     pod; wait until it is ready; run the integration checks against it;
-    remove everything. `refs` maps an image reference the pod names to what
-    to run (a tree image's build ID)."""
-    import uuid
-
-    from docker.errors import DockerException
-    from requests.exceptions import RequestException
-
-    from ccp_tasks.checks import integration
-    from ccp_tasks.checks.podrun import POD_IMAGE_LABEL, POD_RUN_LABEL, PodRun
-    from ccp_tasks.engine.leftovers import of_any_run, remove_labelled
-
-    spec = ctx.spec
-    image = ctx.image
-    run_id = uuid.uuid4().hex[:10]
-    sweep = {**labels, POD_IMAGE_LABEL: image}
-    run_labels = {**sweep, POD_RUN_LABEL: run_id}
-    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", image)
-    network = f"ccp-pod-{safe}-{run_id}"
-    try:
-        remove_labelled(client, of_any_run(sweep))
-    except (DockerException, RequestException) as exc:
-        raise integration.engine_error(exc, f"removing what an earlier pod run of '{image}' left") from None
-    workdir = Path(workdir)
-    irun = integration.IntegrationRun(client=client, image=image, network=network, labels=run_labels, workdir=workdir)
-    if spec is not None:
-        irun.recorded = integration.load_recorded(integration.recorded_path(recorded_dir, image))
-    main_path, main = ctx.main
-    in_pod = {ctx.tree_image(c) for _, c, _ in ctx.source.all_containers()}
-    services = [s for s in (spec.services if spec else ()) if s.image not in in_pod]
-    context = {
-        **ctx.variables,
-        **(spec.variables if spec else {}),
-        "image_name": image,
-        "services": [s.alias for s in spec.services] if spec else [],
-        "tls_dir": spec.tls.dir if spec and spec.tls else None,
-    }
-    for sub in ("files", "tls"):
-        shutil.rmtree(workdir / sub, ignore_errors=True)
-    mounts = {s.alias: integration.render_files(spec, s, context, workdir / "files" / s.alias) for s in services}
-    overrides = {}
-    if spec is not None and spec.tls:
-        irun.ca_pem = integration.make_tls(spec.tls, workdir / "tls")
-        secret = ctx.tls_secret()
-        overrides[secret] = {name: (workdir / "tls" / name).read_bytes() for name in integration.TLS_FILES}
-    version = kubernetes_version(ctx.cfg)
-    pod = PodRun(
-        client,
-        ctx.source,
-        refs,
-        workdir=workdir / "pod",
-        labels=run_labels,
-        network=network,
-        secret_overrides=overrides,
-        prefix=f"{network}-pod",
-        agent=f"kube-probe/{version}",
-    )
+    remove everything (on success, failure and Ctrl-C: the harness). `client`
+    is an Engine, its Containers or a docker-py APIClient; `refs` maps an
+    image reference the pod names to what to run (a tree image's build ID)."""
+    containers = Containers.of(client)
+    sweep(containers, of_any_run({**labels, POD_IMAGE_LABEL: ctx.image}))  # what a killed run left
+    run = _setup(containers, ctx, refs, Path(workdir), recorded_dir, labels)
     results: list[CheckResult] = []
-    finished = False
-    try:
+    with run.irun.harness:
         try:
-            client.create_network(network, driver="bridge", labels=run_labels, check_duplicate=True)
-            for service in services:
-                started = integration.start_container(
-                    irun, service, refs(ctx.cfg.image_ref(service.image)), mounts[service.alias]
-                )
-                ready = integration.wait_ready(irun, started)
-                results.append(ready)
-                if not ready.passed:
-                    finished = True
-                    return results
-            results.extend(pod.start())
-            if all(r.passed for r in results):
-                ready = pod.wait_ready()
-                results.append(ready)
-                if ready.passed:
-                    main_spec = spec.container if spec else None
-                    alias_spec = integration.ContainerSpec(
-                        alias=image,
-                        image=None,
-                        ports=main_spec.ports if main_spec else None,
-                        local_ports=main_spec.local_ports if main_spec else (),
-                    )
-                    started = integration.StartedContainer(
-                        alias_spec, refs(main["image"]), pod.instances[main["name"]].container_id, pod.ip
-                    )
-                    irun.started.append(started)
-
-                    def follow(name, container_id, started=started, main_name=main["name"]):
-                        if name == main_name:
-                            started.container_id = container_id
-
-                    pod.on_restart.append(follow)
-                    with pod.monitoring():
-                        containers = [
-                            c
-                            for _, c, init in ctx.source.all_containers()
-                            if not init or c.get("restartPolicy") == "Always"
-                        ]
-                        results.extend(_pod_port_checks(pod, main["name"], main_spec, containers))
-                        for check in spec.checks if spec else ():
-                            results.extend(integration.run_check(irun, check))
-                    results.append(pod.health_result())
-                    for result in results:
-                        if result.detail.startswith("no answer recorded yet"):
-                            result.detail = f"no answer recorded by test:{image} yet: nothing to compare with"
-            finished = True
-        except (DockerException, RequestException) as exc:
-            raise integration.engine_error(exc, f"running the pod of '{image}'") from None
+            _run(ctx, run, refs, results)
         finally:
             try:
-                _write_logs(Path(log_path), irun, pod, results)
-            except (DockerException, RequestException, OSError):
-                pass
-    finally:
-        try:
-            pod.cleanup()
-            remove_labelled(client, run_labels)
-        except (DockerException, RequestException, EngineError) as exc:
-            if finished:
-                if isinstance(exc, EngineError):
-                    raise
-                raise integration.engine_error(exc, f"removing the pod of '{image}'") from None
+                _write_logs(Path(log_path), run, results)
+            except (EngineError, OSError):
+                pass  # the logs are evidence: losing them must not hide how the run went
     return results
 
 
@@ -1540,8 +1476,6 @@ class PodInputs:
 def pod_inputs(cfg, graph, name: str, integration_inputs: dict) -> PodInputs | None:
     """None when the image has no pod.yaml.j2. Reads only the template (no
     Jinja2, no YAML): task generation stays cheap."""
-    from ccp_tasks.model.render import macro_dirs
-
     image = graph.images[name]
     template = f"{image.source.directory}/{POD_TEMPLATE}"
     try:
@@ -1591,8 +1525,6 @@ def load_context(
     spec_locator: Callable[[str], Path | None] | None = None,
 ) -> PodContext:
     """Render and read the pod template, and the integration.yaml files the cross-checks compare with."""
-    from ccp_tasks.checks import integration
-
     images = tuple(images)
     template = Path(template)
     text = render_pod(cfg, images, image, template)
@@ -1629,19 +1561,10 @@ def check_pod(
     """Render the image's pod.yaml.j2, check it statically, then run it and
     the integration checks against it. `build_ids(name)` is the image ID a
     tree image's build made (raising CcpError when there is none)."""
-    import uuid
-
-    from docker.errors import DockerException
-    from requests.exceptions import RequestException
-
-    from ccp_tasks.checks import integration
-    from ccp_tasks.checks.podrun import POD_IMAGE_LABEL, POD_RUN_LABEL
-
     integration.require_local_engine()
     images = tuple(images)
     template = Path(template)
     ctx = load_context(cfg, image, images, template, spec_path, spec_locator)
-    source = ctx.source
     tree = ctx.tree_refs
 
     def refs(ref: str) -> str:
@@ -1650,52 +1573,56 @@ def check_pod(
     version = kubernetes_version(cfg)
     opened: dict[str, ImageFiles | None] = {}
     inspect_labels = {**labels, POD_IMAGE_LABEL: image, POD_RUN_LABEL: "static-" + uuid.uuid4().hex[:8]}
+    containers = Containers.of(client)
 
     def files_for(container: dict) -> ImageFiles | None:
-        from docker.errors import ImageNotFound, NotFound
-
         ref = container.get("image", "")
         if ref not in tree and ref not in cfg.external_images:
             return None  # reported by the image reference check
         if ref not in opened:
             try:
-                opened[ref] = ImageFiles(client, refs(ref), inspect_labels)
-            except (ImageNotFound, NotFound):
-                raise EngineError(f"image {ref} is not in the engine; build it first") from None
+                opened[ref] = ImageFiles(containers, refs(ref), inspect_labels)
+            except EngineNotFound as exc:
+                raise EngineError(f"image {ref} is not in the engine; build it first") from exc
         return opened[ref]
 
     try:
-        try:
-            results = static_checks(ctx, version, files_for)
-        except (DockerException, RequestException) as exc:
-            raise integration.engine_error(exc, f"reading the images of the pod of '{image}'") from None
+        results = static_checks(ctx, version, files_for)
     finally:
         for files in opened.values():
             if files is not None:
                 try:
                     files.close()
-                except (DockerException, RequestException):
-                    pass
-    hidden = [
-        n
-        for n in dict.fromkeys(ctx.tree_image(c) for _, c, _ in source.all_containers())
-        if n and n not in referenced_images(cfg, images, template.read_text())
-    ]
-    if hidden:
-        results.append(
-            CheckResult(
-                "image references visible to task generation",
-                "cross-check",
-                False,
-                f"{template.name} names {', '.join(cfg.image_ref(n) for n in hidden)} in a way the "
-                "task generator cannot see, so kube:" + image + " would not rerun when it is rebuilt "
-                "(write {{ image('" + hidden[0] + "') }})",
-            )
-        )
+                except EngineError:
+                    pass  # labelled: the next run's sweep removes it
+    hidden = _hidden_references(ctx)
+    if hidden is not None:
+        results.append(hidden)
     if not run or not all(r.passed for r in results):
         return results
     return results + run_pod(
         client, ctx, refs, workdir=workdir, log_path=log_path, recorded_dir=recorded_dir, labels=labels
+    )
+
+
+def _hidden_references(ctx: PodContext) -> CheckResult | None:
+    """A failed result when the pod names a tree image in a way pod_inputs()
+    does not see (the kube task would not rerun when that image is rebuilt)."""
+    cfg, template = ctx.cfg, ctx.template
+    hidden = [
+        n
+        for n in dict.fromkeys(ctx.tree_image(c) for _, c, _ in ctx.source.all_containers())
+        if n and n not in referenced_images(cfg, ctx.images, template.read_text())
+    ]
+    if not hidden:
+        return None
+    return CheckResult(
+        "image references visible to task generation",
+        "cross-check",
+        False,
+        f"{template.name} names {', '.join(cfg.image_ref(n) for n in hidden)} in a way the "
+        "task generator cannot see, so kube:" + ctx.image + " would not rerun when it is rebuilt "
+        "(write {{ image('" + hidden[0] + "') }})",
     )
 
 
@@ -1704,8 +1631,6 @@ _SPEC_LOCATIONS: dict[tuple[str, str], Path] = {}
 
 def _integration_path(cfg, image: str) -> Path | None:
     """The integration.yaml of another tree image, if it has one."""
-    from ccp_tasks.model.render import INTEGRATION_TESTS, discover_images
-
     key = (str(cfg.root), image)
     if key not in _SPEC_LOCATIONS:
         for name, source in discover_images(cfg).items():

@@ -1,4 +1,4 @@
-"""Structure tests: container-structure-test (CST) files, run with docker-py.
+"""Structure tests: container-structure-test (CST) files, run through the check harness.
 
 An image's `tests.yaml` is a CST file of schema 2.0.0. A file written for the
 real container-structure-test (v1.19, docker driver) runs here unchanged and
@@ -35,14 +35,16 @@ import re
 import tarfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ccp_tasks.checks.harness import Harness
 from ccp_tasks.checks.records import CheckResult
-from ccp_tasks.core.errors import ConfigError, EngineError
+from ccp_tasks.core.errors import ConfigError, EngineError, EngineNotFound
 from ccp_tasks.core.schema import Schema
+from ccp_tasks.engine.docker_ops import stream_archive
 from ccp_tasks.model.config import compose_yaml
 
 SCHEMA_VERSION = "2.0.0"
@@ -709,115 +711,6 @@ def _metadata_test(node: _Node) -> MetadataTest:
 # ---------------------------------------------------------------- running
 
 
-def _engine_errors() -> tuple[type[Exception], ...]:
-    """What a call to the engine raises when the engine (not ccp) fails: refused, gone, unreachable."""
-    from docker.errors import DockerException
-    from requests.exceptions import RequestException
-
-    return DockerException, RequestException, OSError
-
-
-def _engine_failure(what: str, exc: Exception) -> EngineError:
-    from ccp_tasks.engine.docker_ops import engine_address
-
-    reason = str(getattr(exc, "explanation", None) or exc).strip()
-    reason = reason.splitlines()[0] if reason else type(exc).__name__
-    return EngineError(f"structure tests: {what}: {reason} (engine {engine_address()})")
-
-
-class _Session:
-    """The containers and images one run_suite() call makes, and their removal.
-    Each carries the caller's labels and this run's RUN_LABEL, so an
-    interrupted run can find even what it had not yet heard the ID of."""
-
-    def __init__(self, client, labels: dict[str, str]):
-        self.client = client
-        self.run_id = uuid.uuid4().hex
-        self.labels = {**labels, RUN_LABEL: self.run_id}
-        self.containers: list[str] = []
-        self.images: list[str] = []  # committed setup images, oldest first
-        self.committing = False
-
-    def call(self, what: str, request: Callable):
-        try:
-            return request()
-        except _engine_errors() as exc:
-            raise _engine_failure(what, exc) from None
-
-    def create(self, image: str, command: list[str], environment: dict[str, str] | None = None) -> str:
-        env = [f"{key}={value}" for key, value in (environment or {}).items()] or None
-        created = self.call(
-            f"cannot create a container of {image}",
-            lambda: self.client.create_container(
-                image,
-                command=command,
-                entrypoint=[""],
-                environment=env,
-                labels=self.labels,
-                # docker-py would add proxy variables from ~/.docker/config.json; CST does not.
-                use_config_proxy=False,
-            ),
-        )
-        self.containers.append(created["Id"])
-        return created["Id"]
-
-    def remove(self, container: str) -> None:
-        from docker.errors import NotFound
-
-        try:
-            # v=True: the image's VOLUMEs made anonymous volumes, which would outlive the container.
-            self.client.remove_container(container, force=True, v=True)
-        except NotFound:
-            pass
-        if container in self.containers:
-            self.containers.remove(container)
-
-    def commit(self, container: str) -> str:
-        self.committing = True
-        image = self.call("cannot commit a setup container", lambda: self.client.commit(container))["Id"]
-        self.committing = False
-        self.images.append(image)
-        return image
-
-    def remove_images(self) -> None:
-        from docker.errors import APIError
-
-        for image in reversed(self.images):
-            try:
-                # noprune: the first commit's parent is the image under test, which may be untagged.
-                self.client.remove_image(image, noprune=True)
-            except APIError:
-                pass  # already gone
-        self.images.clear()
-
-    def cleanup(self, interrupted: bool) -> None:
-        if interrupted:
-            # Creation may have been cut between the engine's answer and our
-            # bookkeeping; the run label finds those too.
-            try:
-                found = self.client.containers(all=True, filters={"label": f"{RUN_LABEL}={self.run_id}"})
-                self.containers += [c["Id"] for c in found if c["Id"] not in self.containers]
-            except _engine_errors():
-                pass  # best effort: an engine that fails now must not hide why the run ended
-        for container in list(self.containers):
-            try:
-                self.remove(container)
-            except _engine_errors():
-                pass  # e.g. a removal already in progress; the rest is still removed
-        if interrupted and self.committing:
-            # Only then can an image of ours be unknown; listing images costs
-            # seconds on a large engine, so it is not done otherwise.
-            try:
-                found = self.client.images(filters={"label": f"{RUN_LABEL}={self.run_id}"})
-                self.images += [i["Id"] for i in found if i["Id"] not in self.images]
-            except _engine_errors():
-                pass
-        try:
-            self.remove_images()
-        except _engine_errors():
-            pass
-
-
 def _env_map(entries) -> dict[str, str]:
     env = {}
     for entry in entries or []:
@@ -837,88 +730,61 @@ def _quote(text: str) -> str:
 
 
 def run_suite(
-    client, image: str, suite: StructureSuite, *, labels: dict[str, str], command_timeout: float = COMMAND_TIMEOUT
+    engine, image: str, suite: StructureSuite, *, labels: dict[str, str], command_timeout: float = COMMAND_TIMEOUT
 ) -> list[CheckResult]:
     """Run every test of `suite` on `image` (an ID or reference): one CheckResult
     per test, in CST's order (command, file content, file existence, metadata).
-    Everything created is removed before returning, also on KeyboardInterrupt;
-    nothing else on the engine is touched."""
-    from docker.errors import ImageNotFound, NotFound
-
+    `engine` is an Engine, its Containers or a docker-py APIClient. Everything
+    created is removed before returning, also on KeyboardInterrupt; nothing
+    else on the engine is touched."""
+    # The run label finds even a container whose creation an interrupt cut
+    # between the engine's answer and our hearing of its ID.
+    harness = Harness(engine, {**labels, RUN_LABEL: uuid.uuid4().hex}, what=f"the structure tests of {image}")
     try:
-        info = client.inspect_image(image)
-    except (ImageNotFound, NotFound):
-        raise EngineError(f"structure tests: no image {image} in the engine") from None
-    except Exception as exc:
-        raise _engine_failure(f"cannot inspect {image}", exc) from None
+        info = harness.engine.inspect_image(image)
+    except EngineNotFound as exc:
+        raise EngineError(f"structure tests: no image {image} in the engine") from exc
     image_id = info["Id"]  # one image for the whole suite, even if the reference moves meanwhile
     config = info.get("Config") or {}
     image_env = _env_map(config.get("Env"))
     # CST commits the globals into the image, each expanded against the image's own environment.
     global_env = {var.key: go_expand(var.value, image_env) for var in suite.global_env_vars}
 
-    session = _Session(client, labels)
     results: list[CheckResult] = []
-    interrupted = True
-    try:
+    with harness:
         for test in suite.command_tests:
-            results.append(_run_command_test(session, image_id, image_env, global_env, test, command_timeout))
+            results.append(_run_command_test(harness, image_id, image_env, global_env, test, command_timeout))
         if suite.file_content_tests or suite.file_existence_tests:
-            reader = session.create(image_id, _NOOP_COMMAND)
+            reader = _create(harness, image_id, _NOOP_COMMAND)
             env = {**image_env, **global_env}
-            for test in suite.file_content_tests:
-                results.append(_run_file_content_test(session, reader, test))
-            for test in suite.file_existence_tests:
-                results.append(_run_file_existence_test(session, reader, test, env))
+            for content_test in suite.file_content_tests:
+                results.append(_run_file_content_test(harness, reader, content_test))
+            for existence_test in suite.file_existence_tests:
+                results.append(_run_file_existence_test(harness, reader, existence_test, env))
         if suite.metadata:
             results.append(_run_metadata_test(config, suite.metadata))
-        interrupted = False
-    finally:
-        session.cleanup(interrupted)
     return results
 
 
-def _run_container(session: _Session, container: str, timeout: float) -> tuple[int | None, str]:
-    """Start and wait: (exit code, "") or (None, why it did not run to its end)."""
-    from docker.errors import APIError
-    from requests.exceptions import ConnectionError as RequestsConnectionError
-    from requests.exceptions import Timeout
-
-    try:
-        session.client.start(container)
-    except APIError as exc:
-        # The engine refusing to start the command (not found, not executable) is the test's failure, as in CST.
-        reason = str(exc.explanation or exc).strip().splitlines()[0]
-        return None, f"could not start: {reason}"
-    except Exception as exc:
-        raise _engine_failure("cannot start a container", exc) from None
-    try:
-        status = session.client.wait(container, timeout=timeout)
-    except (Timeout, RequestsConnectionError) as exc:
-        if "timed out" not in str(exc).lower() and not isinstance(exc, Timeout):
-            raise _engine_failure("lost the engine while waiting for a container", exc) from None
-        try:
-            session.client.kill(container)
-        except _engine_errors():
-            pass  # it may have ended meanwhile; removal follows either way
-        return None, f"timed out after {timeout:g}s"
-    except Exception as exc:
-        raise _engine_failure("cannot wait for a container", exc) from None
-    return int(status.get("StatusCode", -1)), ""
-
-
-def _logs(session: _Session, container: str) -> tuple[str, str]:
-    out = session.call(
-        "cannot read container output", lambda: session.client.logs(container, stdout=True, stderr=False)
+def _create(harness: Harness, image: str, command: Sequence[str], environment: dict[str, str] | None = None) -> str:
+    return harness.create(
+        image,
+        command=list(command),
+        entrypoint=[""],
+        environment=environment,
+        # docker-py would add proxy variables from ~/.docker/config.json; CST does not.
+        use_config_proxy=False,
     )
-    err = session.call(
-        "cannot read container output", lambda: session.client.logs(container, stdout=False, stderr=True)
-    )
+
+
+def _logs(harness: Harness, container: str) -> tuple[str, str]:
+    out = harness.engine.logs(container, stdout=True, stderr=False)
+    err = harness.engine.logs(container, stdout=False, stderr=True)
     return go_string(out), go_string(err)
 
 
 def _run_command_test(
-    session: _Session,
+    harness: Harness,
     image_id: str,
     image_env: dict[str, str],
     global_env: dict[str, str],
@@ -935,16 +801,16 @@ def _run_command_test(
         # the image, so (only) after a setup they count for $VAR in args.
         expanded = {var.key: go_expand(var.value, substitution_env) for var in test.env_vars}
         for argv in test.setup:
-            container = session.create(current, list(argv), {**global_env, **expanded})
-            code, failure = _run_container(session, container, timeout)
+            container = _create(harness, current, argv, {**global_env, **expanded})
+            code, failure = harness.run_to_end(container, timeout)
             if failure:
                 problems.append(f"setup {_quote(' '.join(argv))}: {failure}")
-                session.remove(container)
+                harness.remove(container)
                 break
             # CST ignores a setup command's exit code; so do we, but the detail shows it.
             evidence.append(f"setup {json.dumps(list(argv))}: exit code {code}")
-            current = session.commit(container)
-            session.remove(container)
+            current = harness.commit(container)
+            harness.remove(container)
         substitution_env = {**substitution_env, **expanded}
 
     argv = [go_expand(part, substitution_env) for part in (test.command, *test.args)]
@@ -952,20 +818,20 @@ def _run_command_test(
     stdout = stderr = ""
     if not problems:
         # The test's own values reach the container unexpanded, as in CST.
-        container = session.create(current, argv, {**global_env, **{var.key: var.value for var in test.env_vars}})
-        code, failure = _run_container(session, container, timeout)
+        container = _create(harness, current, argv, {**global_env, **{var.key: var.value for var in test.env_vars}})
+        code, failure = harness.run_to_end(container, timeout)
         if failure:
             problems.append(failure)
         if not failure.startswith("could not start"):
-            stdout, stderr = _logs(session, container)
-        session.remove(container)
+            stdout, stderr = _logs(harness, container)
+        harness.remove(container)
         if code is not None:
             evidence.append(f"exit code: {code}")
             if code != test.exit_code:
                 problems.append(f"exit code {code}, expected {test.exit_code}")
             problems += _output_problems("stdout", stdout, test.expected_output, test.excluded_output)
             problems += _output_problems("stderr", stderr, test.expected_error, test.excluded_error)
-    session.remove_images()
+    harness.remove_images()
     return _result(test.name, "command", problems, started, evidence, stdout=stdout, stderr=stderr)
 
 
@@ -1028,39 +894,33 @@ def _entry_name(member: tarfile.TarInfo) -> str:
 _STAT_TYPES = (tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE)
 
 
-def _archive(session: _Session, container: str, path: str):
+def _archive(harness: Harness, container: str, path: str):
     """get_archive of `path` as an open streaming tarfile, or _Missing."""
-    from docker.errors import NotFound
-
-    from ccp_tasks.engine.docker_ops import stream_archive
-
     try:
-        chunks, _stat = session.client.get_archive(container, path)
-    except NotFound:
+        chunks = harness.engine.get_archive(container, path)
+    except EngineNotFound:
         raise _Missing(f"{path}: does not exist") from None
-    except Exception as exc:
-        raise _engine_failure(f"cannot read {path} from the image", exc) from None
     return chunks, stream_archive(chunks)
 
 
-def _stat(session: _Session, container: str, path: str) -> tarfile.TarInfo:
-    chunks, archive = _archive(session, container, path)
+def _stat(harness: Harness, container: str, path: str) -> tarfile.TarInfo:
+    chunks, archive = _archive(harness, container, path)
     try:
         base = _go_base(path)
         for member in archive:
             if member.type in _STAT_TYPES and _entry_name(member) == base:
                 return member
     except tarfile.TarError as exc:
-        raise _engine_failure(f"unreadable archive of {path}", exc) from None
+        raise EngineError(f"structure tests: the engine sent an unreadable archive of {path}: {exc}") from exc
     finally:
         chunks.close()
     raise _Missing(f"{path}: not found in the image")
 
 
-def _read(session: _Session, container: str, path: str, depth: int = 0) -> bytes:
+def _read(harness: Harness, container: str, path: str, depth: int = 0) -> bytes:
     if depth > 40:
         raise _Missing(f"{path}: too many levels of symbolic links")
-    chunks, archive = _archive(session, container, path)
+    chunks, archive = _archive(harness, container, path)
     try:
         base = _go_base(path)
         for member in archive:
@@ -1071,23 +931,23 @@ def _read(session: _Session, container: str, path: str, depth: int = 0) -> bytes
                 link = member.linkname
                 chunks.close()
                 try:
-                    return _read(session, container, link, depth + 1)
+                    return _read(harness, container, link, depth + 1)
                 except _Missing as exc:
                     raise _Missing(f"{path}: links to {link}; {exc}") from None
             if member.type in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.LNKTYPE) and _entry_name(member) == base:
                 handle = archive.extractfile(member)
                 return handle.read() if handle else b""
     except tarfile.TarError as exc:
-        raise _engine_failure(f"unreadable archive of {path}", exc) from None
+        raise EngineError(f"structure tests: the engine sent an unreadable archive of {path}: {exc}") from exc
     finally:
         chunks.close()
     raise _Missing(f"{path}: not found in the image")
 
 
-def _run_file_content_test(session: _Session, container: str, test: FileContentTest) -> CheckResult:
+def _run_file_content_test(harness: Harness, container: str, test: FileContentTest) -> CheckResult:
     started = time.monotonic()
     try:
-        content = go_string(_read(session, container, test.path))
+        content = go_string(_read(harness, container, test.path))
     except _Missing as exc:
         return _result(test.name, "file-content", [str(exc)], started)
     problems = [
@@ -1100,13 +960,13 @@ def _run_file_content_test(session: _Session, container: str, test: FileContentT
 
 
 def _run_file_existence_test(
-    session: _Session, container: str, test: FileExistenceTest, env: dict[str, str]
+    harness: Harness, container: str, test: FileExistenceTest, env: dict[str, str]
 ) -> CheckResult:
     started = time.monotonic()
     path = go_expand(test.path, env)
     shown = path if path == test.path else f"{path} ({test.path})"
     try:
-        member = _stat(session, container, path)
+        member = _stat(harness, container, path)
     except _Missing:
         member = None
     if not test.should_exist:
