@@ -1645,6 +1645,17 @@ def _start_and_check(
         results.extend(run_check(run, check))
 
 
+def _refuse_names(spec: IntegrationSpec, image: str, refs: dict[str, str]) -> None:
+    for alias in (s.alias for s in spec.services):
+        if alias == image:
+            raise ConfigError(
+                f"{spec.path}: services.{alias}: the image under test already has the host name '{image}'"
+            )
+    missing = [name for name in (image, *service_images(spec)) if name not in refs]
+    if missing:
+        raise CcpError(f"integration run of '{image}': no image reference given for '{missing[0]}'")
+
+
 def run_spec(
     engine,
     image: str,
@@ -1665,15 +1676,7 @@ def run_spec(
     one carries the containers' log tails in its detail. Raises EngineError
     (engine trouble), TemplateError (a file does not render) or ConfigError."""
     require_local_engine()
-    for alias in (s.alias for s in spec.services):
-        if alias == image:
-            raise ConfigError(
-                f"{spec.path}: services.{alias}: the image under test already has the host name '{image}'"
-            )
-    missing = [name for name in (image, *service_images(spec)) if name not in refs]
-    if missing:
-        raise CcpError(f"integration run of '{image}': no image reference given for '{missing[0]}'")
-
+    _refuse_names(spec, image, refs)
     run_id = uuid.uuid4().hex[:10]
     # The image label is what the next run of the image sweeps by; the run label tells runs apart.
     sweep_labels = {**labels, IMAGE_LABEL: image}
