@@ -169,8 +169,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ccp_tasks.checks.harness import LOG_TAIL_LINES as LOG_TAIL_LINES  # kube.run_pod's, until it runs on the harness
-from ccp_tasks.checks.harness import Harness, LogSection, read_log, sweep, write_logs
+from ccp_tasks.checks.harness import Harness, LogSection, sweep, write_logs
 from ccp_tasks.checks.records import CheckResult
 from ccp_tasks.core.errors import CcpError, ConfigError, EngineError, EngineNotFound, TemplateError
 from ccp_tasks.core.schema import Field, Reader, Schema, Validator, choice, did_you_mean, key_path
@@ -792,16 +791,6 @@ def require_local_engine() -> None:
         )
 
 
-def engine_error(exc: Exception, doing: str) -> EngineError:
-    """kube.run_pod's message for a docker-py failure, until it runs on the harness."""
-    from ccp_tasks.engine.docker_ops import engine_address
-
-    explanation = getattr(exc, "explanation", None) or str(exc)
-    return EngineError(
-        f"the Docker engine at {engine_address()} failed while {doing}: {str(explanation).splitlines()[0]}"
-    )
-
-
 def _template_env(spec_dir: Path):
     import jinja2
     from jinja2.sandbox import SandboxedEnvironment
@@ -927,9 +916,6 @@ def _can_connect(ip: str, port: int, timeout: float = 1.0) -> str | None:
         return "does not answer"
     except OSError as exc:
         return exc.strerror or str(exc)
-
-
-container_logs = read_log  # kube.run_pod's name for the one log reader, until it runs on the harness
 
 
 def wait_ready(run: IntegrationRun, started: StartedContainer) -> CheckResult:
