@@ -75,6 +75,11 @@ def _cached_entries(raw, world: list) -> dict:
 
 
 def _read(path: str, graph: ImageGraph) -> dict:
+    # The one own module imported late, and on purpose: integration.py is the
+    # test runner as well as the spec reader (ssl, http.client, sockets, a dozen
+    # dataclasses: about 35 ms), and a run whose index is fresh never reads a
+    # spec. No cycle hides here (integration imports nothing of this module);
+    # once the spec reader has a module of its own, import that at the top.
     from ccp_tasks.checks import integration
 
     try:

@@ -63,12 +63,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-import requests
-
 from ccp_tasks.core.errors import CcpError
+from ccp_tasks.model.config import PipelineConfig
 
 if TYPE_CHECKING:
-    from ccp_tasks.model.config import PipelineConfig
+    import requests
+
+# requests is imported where a client is made or a request is sent, never at
+# module level: it costs about 180 ms, and this module is loaded by runs that
+# send no request (retention's plan without Artifactory, the no-op).
 
 # Property names the pipeline uses for what it deploys.
 PROP_BRANCH = "branch"
@@ -181,7 +184,8 @@ class FoundItem:
         return self.name if self.path in ("", ".") else f"{self.path}/{self.name}"
 
 
-class _HeaderAuth(requests.auth.AuthBase):
+class _HeaderAuth:
+    # requests calls any callable given as `auth` on the prepared request.
     # Passing an auth object on every request also stops requests from replacing
     # the header with ~/.netrc credentials (it only reads netrc when auth is None).
     def __init__(self, value: str | None):
@@ -211,6 +215,8 @@ class Artifactory:
         self.timeout = timeout
         self.retries = max(0, int(retries))  # retries after the first attempt
         self.backoff = backoff
+        import requests  # see the note on the module's imports
+
         self._session = requests.Session()
         self._session.verify = str(ca_bundle) if ca_bundle else True
         self._session.headers["User-Agent"] = "ccp-artifactory"
@@ -281,7 +287,7 @@ class Artifactory:
             except ArtifactoryError as exc:
                 raise ArtifactoryError(
                     f"{exc} (the artifact {target} itself was deployed, without the properties {', '.join(sorted(later))})"
-                ) from None
+                ) from exc
         return item
 
     def deploy_tree(
@@ -432,6 +438,8 @@ class Artifactory:
         passthrough: tuple[int, ...] = (),
     ) -> requests.Response:
         """One request with retries on connection errors, 429 and 5xx; other failures become one ArtifactoryError line."""
+        import requests  # loaded with the session
+
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
             try:
@@ -536,8 +544,8 @@ class Artifactory:
     def _json(self, resp: requests.Response, action: str, target: str) -> dict:
         try:
             body = resp.json()
-        except ValueError:
-            raise self._protocol_error(action, target, "the answer is not JSON") from None
+        except ValueError as exc:
+            raise self._protocol_error(action, target, "the answer is not JSON") from exc
         if not isinstance(body, dict):
             raise self._protocol_error(action, target, "the answer is not a JSON object")
         return body
@@ -769,6 +777,8 @@ def _reason(exc: Exception) -> str:
         return found.group(0).strip()
     if "RemoteDisconnected" in text or "Connection aborted" in text:
         return "the server closed the connection without answering"
+    import requests  # loaded already: `exc` is one of its errors
+
     if isinstance(exc, requests.Timeout):
         return "timed out"
     return type(exc).__name__

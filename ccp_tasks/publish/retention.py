@@ -80,7 +80,9 @@ from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.layout import CacheLayout
 from ccp_tasks.core.state import dump_json, fields, read_record, write_atomic
 from ccp_tasks.model.config import PipelineConfig
-from ccp_tasks.publish.push import parse_build_tag, tag_safe
+from ccp_tasks.publish.artifactory import artifactory_client
+from ccp_tasks.publish.push import parse_build_tag, registry_client, tag_safe
+from ccp_tasks.publish.registry import INDEX_TYPES, RegistryError
 
 DAY = 86400
 KEEP_PROPERTY = "keep"  # artifactory.PROP_KEEP: what `doit artifacts` sets
@@ -385,8 +387,6 @@ def _parse_created(value) -> float | None:
 
 def _describe(client, repository: str, digest: str) -> dict:
     """Creation time, labels and blobs of a manifest (immutable: cached by digest)."""
-    from ccp_tasks.publish.registry import INDEX_TYPES
-
     manifest = client.get_manifest(repository, digest)
     body = manifest.json()
     blobs = {manifest.digest: len(manifest.raw)}
@@ -786,8 +786,6 @@ def _human(size: int) -> str:
 
 def _repositories(cfg: PipelineConfig, client, images: Iterable[str] | None, notes: list[str]) -> list[str]:
     """The repositories of this pipeline: the catalog's `<namespace>/<prefix>*`, else the tree's."""
-    from ccp_tasks.publish.registry import RegistryError
-
     prefix = f"{cfg.namespace}/{cfg.image_prefix}"
     try:
         return [r for r in client.catalog() if r.startswith(prefix) and "/" not in r[len(cfg.namespace) + 1 :]]
@@ -863,9 +861,6 @@ def run_retention(
 ) -> dict:
     """`doit retention [--apply]`: plan (print the table, write cache/retention/plan.json)
     and, with apply, delete what the plan deletes."""
-    from ccp_tasks.publish.artifactory import artifactory_client
-    from ccp_tasks.publish.push import registry_client
-
     now = now or datetime.now(UTC)
     if now.tzinfo is None:
         raise CcpError("retention: `now` needs a time zone")
