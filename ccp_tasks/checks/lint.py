@@ -218,7 +218,7 @@ class Hadolint:
                     command, input=dockerfile_text, capture_output=True, text=True, env=env, timeout=300
                 )
             except (OSError, subprocess.TimeoutExpired) as exc:
-                raise CcpError(f"hadolint ({self.path}) did not run: {exc}") from None
+                raise CcpError(f"hadolint ({self.path}) did not run: {exc}") from exc
         try:
             results = json.loads(proc.stdout) if proc.returncode == 0 else None
         except ValueError:
@@ -271,7 +271,7 @@ def _version(path: str, size: int, mtime_ns: int) -> str:
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CcpError(f"hadolint ({path}) did not run: {exc}") from None
+        raise CcpError(f"hadolint ({path}) did not run: {exc}") from exc
     match = re.search(r"\d+\.\d+(?:\.\d+)*", out)
     return match.group(0) if match else (out.strip() or "unknown")
 

@@ -78,12 +78,10 @@ def acquire(path: Path, timeout: float | None = None, announce=print) -> None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except BlockingIOError as exc:
                 if deadline is not None and time.monotonic() > deadline:
                     os.close(fd)
-                    raise LockError(
-                        f"another doit run (pid {holder}) still holds {path} after {timeout:.0f}s"
-                    ) from None
+                    raise LockError(f"another doit run (pid {holder}) still holds {path} after {timeout:.0f}s") from exc
                 time.sleep(0.2)
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)

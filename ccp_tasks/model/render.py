@@ -10,17 +10,20 @@ it reaches an image, and templates load only from inside the repositories.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import re
+import sysconfig
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-from ccp_tasks.core.errors import ContextError, GraphError, TemplateError
+from ccp_tasks.core.errors import CcpError, ContextError, GraphError, TemplateError
 from ccp_tasks.core.state import Malformed, fields, is_signature, read_record, read_regular_file, write_atomic
 from ccp_tasks.model.config import PipelineConfig
 
@@ -101,7 +104,7 @@ class DockerIgnore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise ContextError(f"{path}: cannot read it: {exc.strerror}") from None
+            raise ContextError(f"{path}: cannot read it: {exc.strerror}") from exc
         patterns = []
         for number, line in enumerate(text.splitlines(), 1):
             line = line.strip()
@@ -116,7 +119,7 @@ class DockerIgnore:
             try:
                 regex = re.compile(_dockerignore_regex(cleaned))
             except (re.error, ValueError) as exc:
-                raise ContextError(f"{path}:{number}: '{line}' is not a valid pattern ({exc})") from None
+                raise ContextError(f"{path}:{number}: '{line}' is not a valid pattern ({exc})") from exc
             patterns.append((exception, len(cleaned.split("/")), regex, cleaned))
         return cls(path, patterns)
 
@@ -364,14 +367,19 @@ def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]):
                     raise TemplateError(f"{template} leads to {escaped}, outside the template repositories")
                 try:
                     source = read_regular_file(template)[0].decode()
-                except FileNotFoundError:
-                    raise jinja2.TemplateNotFound(template) from None
+                except FileNotFoundError as exc:
+                    raise jinja2.TemplateNotFound(template) from exc
                 except OSError as exc:
-                    raise TemplateError(f"{template}: cannot read it: {exc.strerror}") from None
+                    raise TemplateError(f"{template}: cannot read it: {exc.strerror}") from exc
+                except UnicodeDecodeError as exc:
+                    raise TemplateError(_not_text(exc)) from exc  # template_failure puts the path before it
                 signature = _signature(template)
                 return source, template, lambda: _signature(template) == signature
             check_template_name(template)
-            source, filename, uptodate = self.macros.get_source(environment, template)
+            try:
+                source, filename, uptodate = self.macros.get_source(environment, template)
+            except UnicodeDecodeError as exc:
+                raise TemplateError(f"includes '{template}', which {_not_text(exc)}") from exc
             escaped = self.outside(filename)
             if escaped is not None:
                 raise TemplateError(
@@ -392,6 +400,10 @@ def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]):
             return None
 
     return TreeLoader()
+
+
+def _not_text(exc: UnicodeDecodeError) -> str:
+    return f"is not UTF-8 text (byte {exc.start}: {exc.reason}); templates and macro files are text"
 
 
 def check_template_name(name) -> None:
@@ -503,21 +515,73 @@ class Renderer:
         return self._references[name]
 
     def render(self, source: ImageSource) -> RenderedImage:
-        import jinja2  # noqa: F401  here, outside the try: a missing Jinja2 is no template's fault
-
         path = source.template
-        try:
+        with template_errors(path, self.loader.macro_dirs):
             files, names = self._analyse(path, path)
             template = self.env.get_template(path)
             text = template.render(image=self.image_ref, image_name=source.name, copy_sources=self.copy_sources)
-        except Exception as exc:
-            raise template_failure(exc, path, self.loader.macro_dirs) from None
         used = set(names)
         if "image" in used:
             used.update(IMAGE_HELPER_INPUTS)
         config_values = self.cfg.template_globals()
         variables = {key: config_values[key] for key in sorted(used) if key in config_values}
         return RenderedImage(source, text, tuple(sorted(files)), variables)
+
+
+@contextlib.contextmanager
+def template_errors(path: str, macro_dirs: Sequence[Path] | None = None) -> Iterator[None]:
+    """Around loading and rendering the template at `path`: what the template
+    did wrong leaves as its TemplateError (file:line, the original exception
+    kept as the cause for CCP_DEBUG=1): Jinja2's own errors, ccp's errors
+    raised by the helpers and the loader, and what Python raised running the
+    template's own expressions (`{{ 1/0 }}`, a filter given the wrong type). An
+    exception out of any other code the template called (a helper's bug, a
+    loader's) is that code's and propagates as itself."""
+    import jinja2  # here, outside the try: a missing Jinja2 is no template's fault
+
+    try:
+        yield
+    except (jinja2.TemplateError, CcpError) as exc:
+        raise template_failure(exc, path, macro_dirs) from exc
+    except Exception as exc:
+        if not _raised_by_template(exc):
+            raise
+        raise template_failure(exc, path, macro_dirs) from exc
+
+
+def _raised_by_template(exc: BaseException) -> bool:
+    """Whether every frame `exc` passed through, below the renderer's own,
+    runs the template's code, Jinja2's (markupsafe's) or the standard
+    library's: then the template made the error, as `{{ 1/0 }}` does."""
+    import jinja2
+    import markupsafe
+
+    frames = [_frame_file(frame) for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/"  # the ccp_tasks package
+    while frames and frames[0].startswith(ours):
+        frames.pop(0)  # the renderer, calling into Jinja2
+    if not frames:
+        return False  # raised by ccp itself, before any template code ran
+    libraries = tuple(os.path.dirname(os.path.abspath(module.__file__ or "")) + "/" for module in (jinja2, markupsafe))
+    stdlib = sysconfig.get_paths()["stdlib"].rstrip("/") + "/"
+    return all(
+        filename == _TEMPLATE_CODE
+        or filename.startswith(libraries)
+        or filename.startswith("<frozen ")
+        or (filename.startswith(stdlib) and "/site-packages/" not in filename)
+        for filename in frames
+    )
+
+
+_TEMPLATE_CODE = "<template>"
+
+
+def _frame_file(frame: FrameType) -> str:
+    """The absolute path of the file a frame runs, or _TEMPLATE_CODE for a template's own code."""
+    if "__jinja_template__" in frame.f_globals or "__jinja_exception__" in frame.f_globals:
+        return _TEMPLATE_CODE  # compiled template code, or the stand-in frame Jinja2 puts in its place
+    filename = frame.f_code.co_filename
+    return filename if filename.startswith("<") else os.path.abspath(filename)
 
 
 def template_failure(exc: Exception, path: str, macro_dirs: Sequence[Path] | None = None) -> TemplateError:

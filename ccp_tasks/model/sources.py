@@ -72,10 +72,10 @@ def _git(*args: str, cwd: Path | None = None, what: str = "") -> str:
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
     try:
         proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=GIT_TIMEOUT, env=env)
-    except subprocess.TimeoutExpired:
-        raise SourceError(f"{what}: git {args[0]} took longer than {GIT_TIMEOUT}s") from None
-    except FileNotFoundError:
-        raise SourceError(f"{what}: git is not installed") from None
+    except subprocess.TimeoutExpired as exc:
+        raise SourceError(f"{what}: git {args[0]} took longer than {GIT_TIMEOUT}s") from exc
+    except FileNotFoundError as exc:
+        raise SourceError(f"{what}: git is not installed") from exc
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         raise SourceError(f"{what}: git {args[0]} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
@@ -112,7 +112,7 @@ def directory_revision(directory: Path) -> str:
         try:
             data = read_regular_file(path)[0]
         except OSError as exc:
-            raise SourceError(f"{path}: cannot read it: {exc.strerror}; remove it from the source directory") from None
+            raise SourceError(f"{path}: cannot read it: {exc.strerror}; remove it from the source directory") from exc
         digest.update(hashlib.sha256(data).digest())
     return "sha256:" + digest.hexdigest()
 
