@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.state import STRINGS, fields, is_signature, read_record, write_atomic
@@ -31,7 +32,7 @@ class IntegrationInputs:
     error: str = ""  # the file does not load; test:<image> fails with this
 
 
-def _signature(path: str):
+def _signature(path: str) -> list[int] | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -65,7 +66,7 @@ def integration_inputs(graph: ImageGraph, index_path: Path) -> dict[str, Integra
     return found
 
 
-def _cached_entries(raw, world: list) -> dict:
+def _cached_entries(raw: Any, world: list) -> dict:
     fields(raw, world=list, entries=dict)
     if raw["world"] != world:
         return {}

@@ -17,15 +17,19 @@ import posixpath
 import re
 import sysconfig
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ccp_tasks.core.errors import CcpError, ContextError, GraphError, TemplateError
 from ccp_tasks.core.state import Malformed, fields, is_signature, read_record, read_regular_file, write_atomic
 from ccp_tasks.model.config import PipelineConfig
+
+if TYPE_CHECKING:
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
 
 TEMPLATE_NAME = "Dockerfile.j2"
 # Files beside a template that describe the image rather than go into it.
@@ -253,9 +257,10 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
         found: list[tuple[str, str, list[str], tuple[str, ...]]] = []  # (name, directory, context files, check files)
         open_images: list[_OpenImage] = []
 
-        def walk(dirpath: str, links: tuple[str, ...], discoverable: bool):
+        def walk(dirpath: str, links: tuple[str, ...], discoverable: bool) -> None:
             # os.scandir, not os.walk: its entries say which are symlinks without a stat each.
-            filenames, dirnames = [], []
+            filenames: list[tuple[str, bool]] = []
+            dirnames: list[tuple[str, bool]] = []
             try:
                 with os.scandir(dirpath) as entries:
                     for entry in entries:
@@ -341,7 +346,17 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
     return images
 
 
-def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]):
+class TreeLoader(Protocol):
+    """What the renderer uses of the jinja2.BaseLoader that _tree_loader() makes."""
+
+    macro_dirs: list[Path]
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]: ...
+
+    def macro_path(self, name: str) -> str | None: ...
+
+
+def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]) -> TreeLoader:
     """Image templates are named by absolute path; everything else is a macro
     file, looked up in the repositories' macro directories in config order.
     Whatever a name leads to (symlinks followed) must be inside a template
@@ -350,8 +365,8 @@ def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]):
 
     real_repositories = [os.path.realpath(repo) for repo in repositories]
 
-    class TreeLoader(jinja2.BaseLoader):
-        def __init__(self):
+    class Loader(jinja2.BaseLoader):
+        def __init__(self) -> None:
             self.macro_dirs = macro_dirs
             self.macros = jinja2.FileSystemLoader([str(d) for d in macro_dirs])
 
@@ -360,7 +375,7 @@ def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]):
             real = os.path.realpath(path)
             return None if any(_inside(real, repo) for repo in real_repositories) else real
 
-        def get_source(self, environment, template):
+        def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
             if os.path.isabs(template):
                 escaped = self.outside(template)
                 if escaped is not None:
@@ -399,14 +414,14 @@ def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]):
                     return None if self.outside(str(candidate)) else str(candidate)
             return None
 
-    return TreeLoader()
+    return Loader()
 
 
 def _not_text(exc: UnicodeDecodeError) -> str:
     return f"is not UTF-8 text (byte {exc.start}: {exc.reason}); templates and macro files are text"
 
 
-def check_template_name(name) -> None:
+def check_template_name(name: object) -> None:
     """A name a template includes or imports must be a macro file's, relative to
     the macros directories: an absolute path or a `..` would reach the host."""
     if isinstance(name, str) and (name.startswith("/") or ".." in name.replace("\\", "/").split("/")):
@@ -416,7 +431,7 @@ def check_template_name(name) -> None:
         )
 
 
-def _tree_environment():
+def _tree_environment() -> type[SandboxedEnvironment]:
     # Sandboxed: a template may come from another team's repository, and an
     # unsandboxed one reaches Python itself (`cycler.__init__.__globals__.os`):
     # it would run host commands at render time and read host files into the
@@ -425,7 +440,7 @@ def _tree_environment():
     from jinja2.sandbox import SandboxedEnvironment
 
     class TreeEnvironment(SandboxedEnvironment):
-        def join_path(self, template, parent):
+        def join_path(self, template: str, parent: str) -> str:
             # Called for every name a template includes, imports or extends (never for
             # the image template the renderer asks for by its absolute path).
             check_template_name(template)
@@ -447,8 +462,9 @@ class Renderer:
         self.cfg = cfg
         self.images = images
         self.loader = _tree_loader(macro_dirs(cfg), cfg.repository_paths())
+        loader = cast("jinja2.BaseLoader", self.loader)
         self.env = _tree_environment()(
-            loader=self.loader,
+            loader=loader,
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
             # A block or comment tag on its own line leaves no blank line
@@ -460,7 +476,7 @@ class Renderer:
         self.env.globals.update(cfg.template_globals())
         # jinja2.meta counts globals as declared, so the analysis that finds
         # which config values a template reads parses without them.
-        self.bare_env = jinja2.Environment(loader=self.loader, trim_blocks=True, lstrip_blocks=True)
+        self.bare_env = jinja2.Environment(loader=loader, trim_blocks=True, lstrip_blocks=True)
         self._references: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
 
     def image_ref(self, name: str) -> str:
@@ -603,7 +619,7 @@ def template_failure(exc: Exception, path: str, macro_dirs: Sequence[Path] | Non
     return TemplateError(f"{line}: {type(exc).__name__}: {exc}")  # a filter or test raised: still the template's fault
 
 
-def _template_line(tb, default: str) -> str:
+def _template_line(tb: TracebackType | None, default: str) -> str:
     """file:line of the innermost template frame in a Jinja2 traceback."""
     where = default
     for frame in traceback.extract_tb(tb):
@@ -629,7 +645,7 @@ def _signature(path: str) -> list[int] | None:
     return [st.st_mtime_ns, st.st_size]
 
 
-def _cached_renders(raw, world: str) -> dict:
+def _cached_renders(raw: Any, world: str) -> dict:
     fields(raw, world=str, images=dict)
     if raw["world"] != world:
         return {}
@@ -697,7 +713,7 @@ class RenderCache:
             "variables": rendered.variables,
         }
 
-    def save(self, names) -> None:
+    def save(self, names: Iterable[str]) -> None:
         stale = set(self.entries) - set(names)
         for name in stale:
             del self.entries[name]
@@ -725,7 +741,7 @@ def dockerfile_essence(text: str) -> str:
     """The Dockerfile without comment and blank lines (parser directives kept),
     otherwise byte for byte: two Dockerfiles with the same essence build the
     same image, so a comment edit is no new input."""
-    kept = []
+    kept: list[str] = []
     for line in text.splitlines():
         stripped = line.strip()
         if not stripped:
@@ -736,9 +752,10 @@ def dockerfile_essence(text: str) -> str:
     return "\n".join(kept) + "\n"
 
 
-def logical_lines(text: str):
+def logical_lines(text: str) -> Iterator[tuple[int, str]]:
     """Dockerfile instructions with continuations joined, with their first line number."""
-    buffer, start = [], 0
+    buffer: list[str] = []
+    start = 0
     for number, raw in enumerate(text.splitlines(), 1):
         stripped = raw.strip()
         if not buffer and (not stripped or stripped.startswith("#")):

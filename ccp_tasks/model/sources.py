@@ -22,8 +22,10 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.state import dump_json, fields, read_record, read_regular_file, write_if_changed
@@ -55,7 +57,7 @@ class SourceRecord:
         return read_record(path, "a source record", cls._from_raw)
 
     @classmethod
-    def _from_raw(cls, raw) -> SourceRecord:
+    def _from_raw(cls, raw: Any) -> SourceRecord:
         fields(raw, name=str, kind=str, location=str, ref=str, revision=str)
         return cls(**{key: raw[key] for key in cls.__dataclass_fields__})
 
@@ -122,7 +124,7 @@ def _tree_files(directory: Path, follow: bool = False) -> list[Path]:
     the user's disk) a symlink is followed only while it stays inside the
     directory: one that leads out of it (a host file) or nowhere is an error,
     never copied into an image or silently dropped."""
-    files = []
+    files: list[Path] = []
     real_root = os.path.realpath(directory)
     seen = {real_root}
     for root, dirs, names in os.walk(directory, followlinks=follow):
@@ -204,7 +206,7 @@ def sync(name: str, settings: SourceSettings, root: Path, cache_dir: Path) -> So
     return SourceRecord(name, "git", settings.url, settings.ref, revision)
 
 
-def _replace_tree(tree: Path, fill) -> None:
+def _replace_tree(tree: Path, fill: Callable[[Path], None]) -> None:
     """Fill a fresh directory, then swap it in: an interrupted sync leaves the old tree."""
     tree.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tree-", dir=tree.parent))
@@ -233,7 +235,10 @@ def _export_commit(mirror: Path, revision: str, staging: Path, what: str) -> Non
         _git("archive", "--format=tar", f"--output={archive}", revision, cwd=mirror, what=what)
         with tarfile.open(archive) as tar:
             # The "data" filter refuses absolute paths and links out of the tree.
-            tar.extractall(staging, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(staging, filter="data")
+            else:  # Python 3.11 before 3.11.4
+                tar.extractall(staging)
     finally:
         archive.unlink(missing_ok=True)
 

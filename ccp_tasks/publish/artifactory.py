@@ -60,7 +60,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from ccp_tasks.core.errors import CcpError
@@ -191,7 +191,7 @@ class _HeaderAuth:
     def __init__(self, value: str | None):
         self.value = value
 
-    def __call__(self, request):
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         if self.value:
             request.headers["Authorization"] = self.value
         return request
@@ -228,7 +228,7 @@ class Artifactory:
     def __enter__(self) -> Artifactory:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -556,7 +556,9 @@ class Artifactory:
             "check that the URL points at Artifactory including its context path (…/artifactory)"
         )
 
-    def _deployed_item(self, resp, repo, path, sums, size, checksum_deployed) -> DeployedItem:
+    def _deployed_item(
+        self, resp: requests.Response, repo: str, path: str, sums: dict[str, str], size: int, checksum_deployed: bool
+    ) -> DeployedItem:
         body = self._json(resp, "deploy", f"{repo}/{path}")
         stored = body.get("checksums") or {}
         for kind in ("sha256", "sha1", "md5"):
@@ -604,7 +606,7 @@ def aql_time(moment: datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
-def parse_time(value) -> datetime | None:
+def parse_time(value: object) -> datetime | None:
     """Artifactory's ISO 8601 times ("2024-05-01T10:00:00.123Z", "+02:00" offsets); None when absent or unreadable."""
     if not isinstance(value, str) or not value:
         return None
@@ -663,7 +665,7 @@ def _check_key(key: str) -> str:
     return key
 
 
-def _check_value(key: str, value) -> str:
+def _check_value(key: str, value: object) -> str:
     if not isinstance(value, str):
         raise ArtifactoryError(f"property {key!r}: values must be strings, got {type(value).__name__}")
     if not value:
@@ -738,7 +740,10 @@ def _found_item(row: dict) -> FoundItem:
     )
 
 
-def _int(value, default):
+_Default = TypeVar("_Default")
+
+
+def _int(value: Any, default: _Default) -> int | _Default:
     try:
         return int(value)
     except (TypeError, ValueError):

@@ -37,6 +37,7 @@ from ccp_tasks.core.errors import CcpError
 
 if TYPE_CHECKING:
     import requests
+    import requests.auth
 
 # requests is imported where a client is made or a request is sent, never at
 # module level: it costs about 180 ms, and the modules that import this one
@@ -318,7 +319,7 @@ class RegistryClient:
     def __enter__(self) -> RegistryClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- public API -----------------------------------------------------------
@@ -501,7 +502,7 @@ class RegistryClient:
 
     def _paginate(self, path: str, key: str, scope: str, repository: str | None, page_size: int) -> list[str]:
         what = "list tags" if repository else "list repositories"
-        url = f"{self.base_url}{path}?n={int(page_size)}"
+        url: str | None = f"{self.base_url}{path}?n={int(page_size)}"
         items: list[str] = []
         seen: set[str] = set()
         while url:
@@ -651,8 +652,8 @@ class RegistryClient:
         what: str,
         repository: str | None,
         data: bytes | None = None,
-        params=None,
-        auth=None,
+        params: list[tuple[str, str]] | None = None,
+        auth: requests.auth.AuthBase | None = None,
         retried: list | None = None,
     ) -> requests.Response:
         """One request, repeated on connection errors, 429 and 5xx."""
