@@ -15,7 +15,6 @@ import json
 import os
 import posixpath
 import re
-import sysconfig
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -579,7 +578,7 @@ def _raised_by_template(exc: BaseException) -> bool:
     if not frames:
         return False  # raised by ccp itself, before any template code ran
     libraries = tuple(os.path.dirname(os.path.abspath(module.__file__ or "")) + "/" for module in (jinja2, markupsafe))
-    stdlib = sysconfig.get_paths()["stdlib"].rstrip("/") + "/"
+    stdlib = os.path.dirname(os.path.abspath(os.__file__)) + "/"  # where os.py is, the standard library is
     return all(
         filename == _TEMPLATE_CODE
         or filename.startswith(libraries)
