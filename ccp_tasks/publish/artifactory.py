@@ -70,8 +70,9 @@ if TYPE_CHECKING:
     import requests
 
 # requests is imported where a client is made or a request is sent, never at
-# module level: it costs about 180 ms, and this module is loaded by runs that
-# send no request (retention's plan without Artifactory, the no-op).
+# module level: it costs about 180 ms, and runs that send no request load this
+# module (a retention plan without Artifactory; the no-op, once the glue imports
+# the stages at the top).
 
 # Property names the pipeline uses for what it deploys.
 PROP_BRANCH = "branch"

@@ -40,8 +40,8 @@ if TYPE_CHECKING:
     import requests.auth
 
 # requests is imported where a client is made or a request is sent, never at
-# module level: it costs about 180 ms, and the modules that import this one
-# (push, retention) are loaded by runs that send no request, the no-op included.
+# module level: it costs about 180 ms, and runs that send no request load this
+# module (through push and retention: the no-op, once they import it at the top).
 
 log = logging.getLogger(__name__)
 
