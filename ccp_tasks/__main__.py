@@ -2,6 +2,8 @@
 
 import sys
 
+from ccp_tasks.glue import watch
+
 COMMANDS = {"watch": "poll the template repository and the sources; run the pipeline when either moves"}
 
 
@@ -11,8 +13,6 @@ def main(argv: list[str]) -> int:
         for name, doc in COMMANDS.items():
             print(f"  {name:<8} {doc}")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    from ccp_tasks.glue import watch
-
     return watch.main(argv[1:])
 
 

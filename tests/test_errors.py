@@ -3,12 +3,17 @@ non-zero, and no half-written state."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import child_template
 
-from ccp_tasks.core.errors import ConfigError, GraphError
+from ccp_tasks.core.errors import ConfigError, GraphError, TemplateError
 from ccp_tasks.model.config import load_config
 from ccp_tasks.model.graph import build_graph
+from ccp_tasks.model.render import Renderer, discover_images
+
+DIRECT_CAUSE = "The above exception was the direct cause of the following exception"
 
 
 def assert_one_line_error(project, expected: str, *args: str):
@@ -66,6 +71,67 @@ def test_image_helper_with_unknown_name(small):
     assert_one_line_error(
         small, "dockerfiles/app/Dockerfile.j2:1: image('bbb') names no image of the tree (known: app, bb)"
     )
+
+
+def test_an_expression_that_raises_is_the_templates_error(small):
+    """Python's error running the template's own expression is the template's mistake: one line."""
+    small.image("app", "FROM {{ image('bb') }}\nRUN echo {{ 1 / 0 }}\n")
+    assert_one_line_error(small, "dockerfiles/app/Dockerfile.j2:2: ZeroDivisionError: division by zero")
+
+
+def test_a_macro_file_that_is_not_text_is_one_line(small):
+    """Jinja2's loader decodes the macro file inside ccp's; the template's mistake, not a bug in ccp."""
+    (small.root / "dockerfiles" / "macros" / "bin.j2").write_bytes(b"LABEL x=\xff\xfe\n")
+    small.image("app", "FROM {{ image('bb') }}\n{% include 'bin.j2' %}\n")
+    assert_one_line_error(
+        small,
+        "dockerfiles/app/Dockerfile.j2: includes 'bin.j2', which is not UTF-8 text "
+        "(byte 8: invalid start byte); templates and macro files are text",
+    )
+
+
+def test_a_helper_bug_is_not_reported_as_the_templates_error(small):
+    """An exception out of code the template called, other than Jinja2's and the
+    template's own, is a bug in that code: it propagates as itself (doit then
+    prints its traceback), never as the user's template error."""
+    small.image("app", "FROM {{ image('bb') }}\nRUN echo {{ lookup('colour') }}\n")
+    cfg = load_config(small.root)
+    images = discover_images(cfg)
+
+    def lookup(key):
+        return {}[key]  # the bug
+
+    renderer = Renderer(cfg, images)
+    renderer.env.globals["lookup"] = lookup
+    with pytest.raises(KeyError, match="colour"):
+        renderer.render(images["app"])
+    # The same call, done wrong by the template, stays the template's error.
+    small.image("app", "FROM {{ image('bb') }}\nRUN echo {{ lookup() }}\n")
+    with pytest.raises(TemplateError, match=r"Dockerfile.j2:2: TypeError: .*lookup\(\) missing 1 required"):
+        renderer.render(images["app"])
+
+
+def test_ccp_debug_shows_what_a_template_error_came_from(small):
+    small.image("app", "FROM {{ image('bb') }}\n\nRUN echo {{ colour }}\n")
+    result = small.doit("list", env={"CCP_DEBUG": "1"})
+    assert result.returncode != 0
+    assert DIRECT_CAUSE in result.output, result.output
+    assert "jinja2.exceptions.UndefinedError: 'colour' is undefined" in result.output, result.output
+
+
+def test_ccp_debug_shows_what_a_task_failure_came_from(small):
+    """A task's error is one line; with CCP_DEBUG=1 doit prints its traceback and its cause."""
+    small.write("src/app/main.txt", "hi\n")
+    os.mkfifo(small.root / "src" / "app" / "pipe")
+    small.config["sources"] = {"app": {"path": "src/app"}}
+    small.write_config()
+    plain = small.doit("sources:app", timeout=120)
+    assert plain.returncode != 0 and "Traceback" not in plain.output, plain.output
+    assert "src/app/pipe: cannot read it: it is a FIFO, not a regular file" in plain.output, plain.output
+    debug = small.doit("sources:app", env={"CCP_DEBUG": "1"}, timeout=120)
+    assert debug.returncode != 0
+    assert DIRECT_CAUSE in debug.output, debug.output
+    assert "OSError: [Errno 0] it is a FIFO, not a regular file" in debug.output, debug.output
 
 
 def test_unknown_parent_names_image_and_reference(small):

@@ -38,7 +38,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ccp_tasks.core.errors import CcpError, ConfigError
-from ccp_tasks.model.config import CONFIG_NAME
+from ccp_tasks.model.config import CONFIG_NAME, PipelineConfig
 from ccp_tasks.model.render import logical_lines
 from ccp_tasks.model.rules import HADOLINT_ID_RE, HADOLINT_OFF, RULES, waiver_problem  # noqa: F401 (waiver_problem: lint's vocabulary)
 
@@ -75,7 +75,7 @@ class Finding:
 
 
 def waivers_in(template_text: str) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for match in WAIVER_RE.finditer(template_text):
         found.update(rule.strip() for rule in match.group(1).split(",") if rule.strip())
     return found
@@ -89,7 +89,8 @@ def _commands(shell: str) -> list[list[str]]:
         words = list(lexer)
     except ValueError:  # unbalanced quotes: fall back to plain splitting
         words = shell.split()
-    commands, current = [], []
+    commands: list[list[str]] = []
+    current: list[str] = []
     for word in words:
         if word and set(word) <= set(";&|"):
             if current:
@@ -218,7 +219,7 @@ class Hadolint:
                     command, input=dockerfile_text, capture_output=True, text=True, env=env, timeout=300
                 )
             except (OSError, subprocess.TimeoutExpired) as exc:
-                raise CcpError(f"hadolint ({self.path}) did not run: {exc}") from None
+                raise CcpError(f"hadolint ({self.path}) did not run: {exc}") from exc
         try:
             results = json.loads(proc.stdout) if proc.returncode == 0 else None
         except ValueError:
@@ -245,7 +246,7 @@ def _executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
-def _locate(cfg) -> tuple[Path | None, str]:
+def _locate(cfg: PipelineConfig) -> tuple[Path | None, str]:
     """The hadolint binary `cfg` names or finds (None: none), and where it looked, in words."""
     import shutil
 
@@ -271,12 +272,12 @@ def _version(path: str, size: int, mtime_ns: int) -> str:
     try:
         out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CcpError(f"hadolint ({path}) did not run: {exc}") from None
+        raise CcpError(f"hadolint ({path}) did not run: {exc}") from exc
     match = re.search(r"\d+\.\d+(?:\.\d+)*", out)
     return match.group(0) if match else (out.strip() or "unknown")
 
 
-def find_hadolint(cfg) -> Hadolint | None:
+def find_hadolint(cfg: PipelineConfig) -> Hadolint | None:
     """The hadolint that lint:<image> runs under `cfg` (a PipelineConfig), or None.
 
     lint.hadolint false: never; auto: when installed; true: a missing binary is
@@ -302,12 +303,12 @@ def find_hadolint(cfg) -> Hadolint | None:
     return Hadolint(str(path), _version(str(path), stat.st_size, stat.st_mtime_ns), cfg.lint.hadolint_threshold)
 
 
-def hadolint_fingerprint(cfg) -> dict:
+def hadolint_fingerprint(cfg: PipelineConfig) -> dict:
     """What decides hadolint's part of a lint, for the lint tasks' config_changed:
     the settings and which binary would run (path, size, mtime: an upgrade, or
     installing it under `auto`, reruns the lint). No subprocess, and never
     raises: a missing binary is find_hadolint's error, at lint time."""
-    key = {"hadolint": cfg.lint.hadolint, "threshold": cfg.lint.hadolint_threshold, "binary": None}
+    key: dict[str, object] = {"hadolint": cfg.lint.hadolint, "threshold": cfg.lint.hadolint_threshold, "binary": None}
     if cfg.lint.hadolint is not False:
         path, _ = _locate(cfg)
         if path is not None:
@@ -317,7 +318,11 @@ def hadolint_fingerprint(cfg) -> dict:
 
 
 def lint_image(
-    dockerfile_text: str, template_text: str, waived: set[str], external_images=(), hadolint: Hadolint | None = None
+    dockerfile_text: str,
+    template_text: str,
+    waived: set[str],
+    external_images: tuple[str, ...] = (),
+    hadolint: Hadolint | None = None,
 ) -> tuple[list[Finding], list[Finding]]:
     """(findings that count, findings waived) for one image: our rules, and
     hadolint's when `hadolint` is given (see find_hadolint)."""

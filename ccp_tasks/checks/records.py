@@ -11,8 +11,10 @@ pass). JUnit XML and the run summary are made from these records.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ccp_tasks.core.layout import CacheLayout
 from ccp_tasks.core.state import Malformed, dump_json, fields, read_record, write_atomic
@@ -56,7 +58,7 @@ class StageRecord:
         return dump_json(asdict(self))
 
     @classmethod
-    def from_raw(cls, raw) -> StageRecord:
+    def from_raw(cls, raw: Any) -> StageRecord:
         # Older records may lack the later keys; what a record holds must be of its type.
         fields(
             raw,
@@ -86,7 +88,7 @@ def read_pass(path: Path | str) -> dict | None:
     return read_record(path, "a check record", _passed)
 
 
-def _passed(raw) -> dict:
+def _passed(raw: Any) -> dict:
     fields(raw, stage=str, image=str, passed=bool, checks=list)
     if raw["passed"] is not True:
         raise Malformed("a failure where a pass belongs")
@@ -108,7 +110,7 @@ def save_record(layout: CacheLayout, record: StageRecord) -> Path:
     return keep
 
 
-def load_records(layout: CacheLayout, stage: str, images) -> list[StageRecord]:
+def load_records(layout: CacheLayout, stage: str, images: Iterable[str]) -> list[StageRecord]:
     records = []
     for image in images:
         for path in record_paths(layout, stage, image):
@@ -186,7 +188,7 @@ def failure_report(record: StageRecord, limit: int = 12) -> str:
     return "\n".join(lines)
 
 
-def write_junit_reports(layout: CacheLayout, stages, images) -> dict[str, str]:
+def write_junit_reports(layout: CacheLayout, stages: Iterable[str], images: Collection[str]) -> dict[str, str]:
     """Remake `reports/junit-<stage>.xml` for each stage from the records of the
     current images (a removed image's old record is not reported)."""
     written = {}

@@ -4,6 +4,16 @@ Library code raises these and never exits; the boundaries (dodo.py loading,
 task actions) turn them into one line for the user.
 """
 
+import os
+
+# Set to anything but the empty string, the boundaries show an error with its
+# traceback and the chain of its causes instead of its one line.
+DEBUG_ENV = "CCP_DEBUG"
+
+
+def debugging() -> bool:
+    return bool(os.environ.get(DEBUG_ENV))
+
 
 class CcpError(Exception):
     """An expected failure with a message a user can act on."""

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ccp_tasks.core.errors import LockError
@@ -61,7 +62,7 @@ def run_id() -> str:
     return _Run.id
 
 
-def acquire(path: Path, timeout: float | None = None, announce=print) -> None:
+def acquire(path: Path, timeout: float | None = None, announce: Callable[..., object] = print) -> None:
     if _Run.path is not None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,12 +79,10 @@ def acquire(path: Path, timeout: float | None = None, announce=print) -> None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except BlockingIOError as exc:
                 if deadline is not None and time.monotonic() > deadline:
                     os.close(fd)
-                    raise LockError(
-                        f"another doit run (pid {holder}) still holds {path} after {timeout:.0f}s"
-                    ) from None
+                    raise LockError(f"another doit run (pid {holder}) still holds {path} after {timeout:.0f}s") from exc
                 time.sleep(0.2)
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -179,8 +178,8 @@ def _after_fork_in_parent() -> None:
 
 
 def _after_fork_in_child() -> None:
-    if _Run.fd is None:
-        return  # not forked by the process holding the lock
+    if _Run.fd is None or _Run.alive is None:
+        return  # not forked by the process holding the lock (it sets both)
     os.close(_Run.fd)
     _Run.fd = None
     read_end, write_end = _Run.alive

@@ -17,13 +17,18 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+
+if TYPE_CHECKING:
+    from hashlib import _Hash
 
 DIGEST_LABEL = "io.ccp.input-digest"
 
 T = TypeVar("T")
 # A list of strings, as `fields()` spells the kind.
 STRINGS = "a list of strings"
+# What `fields()` checks a value against: a type, STRINGS, None, a predicate, or a tuple of these.
+Kind: TypeAlias = "type | str | None | Callable[[Any], bool] | tuple[Kind, ...]"
 _warned: set[str] = set()
 
 
@@ -82,21 +87,21 @@ def is_signature(value: Any) -> bool:
     return value is None or isinstance(value, list) and len(value) == 2 and all(_is_kind(v, int) for v in value)
 
 
-def _is_kind(value: Any, kind) -> bool:
+def _is_kind(value: Any, kind: Kind) -> bool:
     if isinstance(kind, tuple):
         return any(_is_kind(value, k) for k in kind)
     if kind is None:
         return value is None
-    if not isinstance(kind, (type, str)):
-        return kind(value)
-    if kind is STRINGS:
+    if isinstance(kind, str):  # STRINGS, the only kind spelled as a string
         return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    if not isinstance(kind, type):
+        return kind(value)
     if isinstance(value, bool):  # JSON's true is no number
         return kind is bool
     return isinstance(value, (int, float) if kind is float else kind)
 
 
-def fields(raw: Any, optional: dict | None = None, **kinds) -> dict:
+def fields(raw: Any, optional: dict[str, Kind] | None = None, **kinds: Kind) -> dict:
     """`raw` itself, once it is a mapping holding every named key with a value
     of its kind (a type, STRINGS, None, a predicate, or a tuple of these), and every key of
     `optional` it holds of its kind too; else Malformed."""
@@ -133,7 +138,7 @@ _SPECIAL_KINDS = (
 )
 
 
-def read_regular_file(path) -> tuple[bytes, os.stat_result, str]:
+def read_regular_file(path: Path | str) -> tuple[bytes, os.stat_result, str]:
     """The bytes and status of the regular file at `path` (symlinks followed),
     and the real path of what was opened. Anything else is an OSError: a FIFO
     would block the read forever, a device never ends. Opened without
@@ -187,12 +192,12 @@ class Stamp:
         return read_record(path, "a build stamp", cls._from_raw, quiet)
 
     @classmethod
-    def _from_raw(cls, raw) -> Stamp:
+    def _from_raw(cls, raw: Any) -> Stamp:
         fields(raw, image=str, image_id=str, input_digest=str, tags=STRINGS)
         return cls(raw["image"], raw["image_id"], raw["input_digest"], tuple(raw["tags"]))
 
 
-def hash_file(path: Path, digest=None):
+def hash_file(path: Path | str, digest: _Hash | None = None) -> _Hash:
     digest = digest or hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

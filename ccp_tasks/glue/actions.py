@@ -18,7 +18,7 @@ from ccp_tasks.build import base as base_rootfs
 from ccp_tasks.build.digest import input_digest
 from ccp_tasks.checks import lint
 from ccp_tasks.checks.records import CheckResult, StageRecord, failure_report, save_record
-from ccp_tasks.core.errors import BuildError, CcpError
+from ccp_tasks.core.errors import BuildError, CcpError, debugging
 from ccp_tasks.core.gitinfo import last_revision
 from ccp_tasks.core.layout import CacheLayout
 from ccp_tasks.core.state import (
@@ -48,7 +48,8 @@ def reports_errors(func):
         try:
             return func(*args, **kwargs)
         except CcpError as exc:
-            return TaskFailed(str(exc))
+            # Given the exception, doit prints its traceback, causes included.
+            return TaskFailed(str(exc), exc if debugging() else None)
 
     return wrapper
 

@@ -12,14 +12,12 @@ from doit.exceptions import InvalidDodoFile
 from ccp_tasks.checks.check_index import IntegrationInputs, integration_inputs
 from ccp_tasks.checks.records import write_junit_reports
 from ccp_tasks.core import lock
-from ccp_tasks.core.errors import CcpError
+from ccp_tasks.core.errors import DEBUG_ENV, CcpError
 from ccp_tasks.core.layout import CacheLayout
 from ccp_tasks.engine.engine_view import EngineView
 from ccp_tasks.glue.reporter import reporter_for
 from ccp_tasks.model.config import PipelineConfig, load_config
 from ccp_tasks.model.graph import ImageGraph, build_graph
-
-DEBUG_ENV = "CCP_DEBUG"
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any
 
-from doit.exceptions import UnmetDependency
+from doit.exceptions import BaseFail, UnmetDependency
 from doit.reporter import ConsoleReporter
+from doit.task import Task
 
 from ccp_tasks.core.state import dump_json, write_atomic
 
@@ -35,16 +38,16 @@ class SummaryReporter(ConsoleReporter):
     """Set `summary_path` (and `log_of`) on a subclass before doit builds it."""
 
     summary_path: Path | None = None
-    log_of = None  # image -> its build log's path (CacheLayout.log)
+    log_of: Callable[[str], str | Path] | None = None  # image -> its build log's path (CacheLayout.log)
     # Called at the end of a run with the (reference, image ID) pairs it built,
-    # adopted, pulled or tagged again after a push; what it returns is added to
-    # the summary.
-    on_complete = None
+    # adopted, pulled or tagged again after a push, and whether it ran any task;
+    # what it returns is added to the summary.
+    on_complete: Callable[[set[tuple[str, str]], bool], dict | None] | None = None
     # Called at the end of a run with the check stages that ran something; it
     # remakes their JUnit reports and returns their paths.
-    on_checks = None
+    on_checks: Callable[[list[str]], dict[str, str]] | None = None
 
-    def __init__(self, outstream, options):
+    def __init__(self, outstream: IO[str], options: dict[str, Any]) -> None:
         super().__init__(outstream, options)
         self.started = time.time()
         self.clock = time.monotonic()
@@ -58,7 +61,7 @@ class SummaryReporter(ConsoleReporter):
         self.retagged: set[tuple[str, str]] = set()  # (reference, image ID) a push tagged again
         self.published: dict | None = None
 
-    def _note_push(self, task, outcome: str, values: dict | None = None):
+    def _note_push(self, task: Task, outcome: str, values: dict | None = None) -> None:
         stage, _, image = task.name.partition(":")
         if stage == "push" and image:
             entry = {"outcome": outcome}
@@ -69,12 +72,12 @@ class SummaryReporter(ConsoleReporter):
         elif task.name == "publish":
             self.published = {"outcome": outcome, "moved": (values or {}).get("moved", [])}
 
-    def _note_check(self, task, outcome: str, **details):
+    def _note_check(self, task: Task, outcome: str, **details: Any) -> None:
         stage, _, image = task.name.partition(":")
         if stage in CHECK_STAGES and image and task.actions:
             self.checks.setdefault(image, {})[stage] = {"outcome": outcome, **details}
 
-    def skip_uptodate(self, task):
+    def skip_uptodate(self, task: Task) -> None:
         super().skip_uptodate(task)
         self._note_check(task, "up to date")
         self._note_push(task, "up to date")
@@ -82,12 +85,12 @@ class SummaryReporter(ConsoleReporter):
         if found:
             self.results[found[1]] = {"outcome": "up to date"}
 
-    def execute_task(self, task):
+    def execute_task(self, task: Task) -> None:
         super().execute_task(task)
         if task.actions:
             self.executed_any = True
 
-    def add_success(self, task):
+    def add_success(self, task: Task) -> None:
         super().add_success(task)
         values = task.values or {}
         self._note_check(task, "passed", **{k: values[k] for k in ("checks", "seconds") if k in values})
@@ -104,7 +107,7 @@ class SummaryReporter(ConsoleReporter):
                 "seconds": values.get("seconds"),
             }
 
-    def add_failure(self, task, fail):
+    def add_failure(self, task: Task, fail: BaseFail) -> None:
         super().add_failure(task, fail)
         if isinstance(fail, UnmetDependency):
             self.blocked_tasks[task.name] = fail.message.split()
@@ -117,7 +120,7 @@ class SummaryReporter(ConsoleReporter):
         if found:
             self.results[found[1]] = {}  # filled in complete_run, once every failure is known
 
-    def _root_causes(self, task_name: str, seen=None) -> list[str]:
+    def _root_causes(self, task_name: str, seen: set[str] | None = None) -> list[str]:
         """Failed tasks that a blocked task waits on, through other blocked tasks."""
         seen = seen if seen is not None else set()
         causes = []
@@ -131,12 +134,13 @@ class SummaryReporter(ConsoleReporter):
                 causes.extend(self._root_causes(dep, seen))
         return sorted(set(causes))
 
-    def _settle_failures(self):
+    def _settle_failures(self) -> None:
         for task_name in list(self.failed_tasks) + list(self.blocked_tasks):
             found = _image_of(task_name)
             if not found:
                 continue
             image = found[1]
+            entry: dict[str, Any]
             if task_name in self.failed_tasks:
                 entry = {"outcome": "failed", "error": self.failed_tasks[task_name]}
                 if self.log_of and Path(self.log_of(image)).exists():
@@ -146,7 +150,7 @@ class SummaryReporter(ConsoleReporter):
                 entry = {"outcome": "blocked", "blocked_by": causes}
             self.results[image] = entry
 
-    def _settle_pushes(self):
+    def _settle_pushes(self) -> None:
         """Say why a push or the publish did not happen: the error, or the failed tasks it waits on."""
         entries = [(f"push:{image}", entry) for image, entry in self.pushes.items()]
         if self.published is not None:
@@ -165,7 +169,7 @@ class SummaryReporter(ConsoleReporter):
                 causes.update(entry.get("blocked_by", []))
             self.published = {"outcome": "blocked", "moved": [], "blocked_by": sorted(causes)}
 
-    def _settle_checks(self):
+    def _settle_checks(self) -> None:
         for image, stages in self.checks.items():
             for stage, entry in stages.items():
                 name = f"{stage}:{image}"
@@ -174,7 +178,7 @@ class SummaryReporter(ConsoleReporter):
                 elif name in self.blocked_tasks:
                     entry["blocked_by"] = self._root_causes(name)
 
-    def _write_checks(self):
+    def _write_checks(self) -> dict[str, dict[str, list[str]]]:
         by_stage: dict[str, dict[str, list[str]]] = {}
         for image, stages in sorted(self.checks.items()):
             for stage, entry in stages.items():
@@ -195,14 +199,14 @@ class SummaryReporter(ConsoleReporter):
         if parts:
             self.write(f"{'checks':<11} {'':>4}  " + " · ".join(parts) + "\n")
         if self.pushes:
-            counts: dict[str, list[str]] = {}
+            pushed: dict[str, list[str]] = {}
             for image, entry in sorted(self.pushes.items()):
-                counts.setdefault(entry["outcome"], []).append(image)
+                pushed.setdefault(entry["outcome"], []).append(image)
             shown = []
             for outcome in ("pushed", "present", "up to date", "failed", "blocked"):
-                if outcome in counts:
+                if outcome in pushed:
                     label = "already in the registry" if outcome == "present" else outcome
-                    names = counts[outcome]
+                    names = pushed[outcome]
                     detail = (
                         f" ({', '.join(names[:NAMES_SHOWN])})" if outcome in ("pushed", "failed", "blocked") else ""
                     )
@@ -229,19 +233,20 @@ class SummaryReporter(ConsoleReporter):
             )
         return by_stage
 
-    def complete_run(self):
+    def complete_run(self) -> None:
         super().complete_run()
-        extra = {}
-        if type(self).on_complete is not None:
+        extra: dict[str, Any] = {}
+        on_complete, on_checks = type(self).on_complete, type(self).on_checks
+        if on_complete is not None:
             made = {(entry["ref"], entry["image_id"]) for entry in self.results.values() if entry.get("ref")}
             made |= self.retagged  # a push untags its vehicle reference, then tags ours again
             # A run whose tasks ran containers (checks, pods, manifests) may have
             # overflowed the engine's event buffer even if it built nothing.
             busy = bool(self.executed_any)
-            extra = type(self).on_complete(made, busy) or {}
+            extra = on_complete(made, busy) or {}
         self._settle_checks()
         self._settle_pushes()
-        if type(self).on_checks is not None:
+        if on_checks is not None:
             ran = sorted(
                 {
                     stage
@@ -250,7 +255,7 @@ class SummaryReporter(ConsoleReporter):
                     if e["outcome"] != "up to date"
                 }
             )
-            reports = type(self).on_checks(ran)
+            reports = on_checks(ran)
             if reports:
                 extra["reports"] = reports
         if not self.results and not self.checks and not self.pushes:
@@ -301,7 +306,12 @@ class SummaryReporter(ConsoleReporter):
             write_atomic(self.summary_path, dump_json(summary))
 
 
-def reporter_for(summary_path: Path, log_of, on_complete=None, on_checks=None) -> type[SummaryReporter]:
+def reporter_for(
+    summary_path: Path,
+    log_of: Callable[[str], str | Path],
+    on_complete: Callable[[set[tuple[str, str]], bool], dict | None] | None = None,
+    on_checks: Callable[[list[str]], dict[str, str]] | None = None,
+) -> type[SummaryReporter]:
     attributes = {
         "summary_path": summary_path,
         "log_of": staticmethod(log_of),

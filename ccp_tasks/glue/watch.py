@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ccp_tasks.core.errors import CcpError
+from ccp_tasks.model import sources
 from ccp_tasks.model.config import load_config
 
 # Every 5 minutes, as the Jenkinsfile polls (pollSCM H/5): one schedule for both.
@@ -76,8 +77,6 @@ class TemplateRepo:
 
 def snapshot(root: Path, repo: TemplateRepo) -> dict[str, str]:
     """What the watch compares between polls: one entry per thing that can move."""
-    from ccp_tasks.model import sources
-
     state = {}
     head = repo.head()
     if head:

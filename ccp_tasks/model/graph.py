@@ -75,7 +75,7 @@ class ImageGraph:
         """An indented tree; an image with several parents sits under its first and names the others."""
         lines: list[str] = []
 
-        def walk(name: str, depth: int, via: str | None):
+        def walk(name: str, depth: int, via: str | None) -> None:
             image = self.images[name]
             notes = []
             others = [p for p in image.parents if p != via]
@@ -93,7 +93,10 @@ class ImageGraph:
         return "\n".join(lines)
 
 
-def _resolve(cfg: PipelineConfig, image: str, template: Path, reference: ImageReference, by_ref: dict[str, str]):
+def _resolve(
+    cfg: PipelineConfig, image: str, template: str, reference: ImageReference, by_ref: dict[str, str]
+) -> tuple[str | None, str | None]:
+    """(the tree image, or the external image) `reference` names; a GraphError when neither."""
     if reference.ref in by_ref:
         return by_ref[reference.ref], None
     if reference.ref in cfg.external_images:

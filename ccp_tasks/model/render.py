@@ -10,19 +10,25 @@ it reaches an image, and templates load only from inside the repositories.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import re
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import FrameType, TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ccp_tasks.core.errors import ContextError, GraphError, TemplateError
+from ccp_tasks.core.errors import CcpError, ContextError, GraphError, TemplateError
 from ccp_tasks.core.state import Malformed, fields, is_signature, read_record, read_regular_file, write_atomic
 from ccp_tasks.model.config import PipelineConfig
+
+if TYPE_CHECKING:
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
 
 TEMPLATE_NAME = "Dockerfile.j2"
 # Files beside a template that describe the image rather than go into it.
@@ -101,7 +107,7 @@ class DockerIgnore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise ContextError(f"{path}: cannot read it: {exc.strerror}") from None
+            raise ContextError(f"{path}: cannot read it: {exc.strerror}") from exc
         patterns = []
         for number, line in enumerate(text.splitlines(), 1):
             line = line.strip()
@@ -116,7 +122,7 @@ class DockerIgnore:
             try:
                 regex = re.compile(_dockerignore_regex(cleaned))
             except (re.error, ValueError) as exc:
-                raise ContextError(f"{path}:{number}: '{line}' is not a valid pattern ({exc})") from None
+                raise ContextError(f"{path}:{number}: '{line}' is not a valid pattern ({exc})") from exc
             patterns.append((exception, len(cleaned.split("/")), regex, cleaned))
         return cls(path, patterns)
 
@@ -250,9 +256,10 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
         found: list[tuple[str, str, list[str], tuple[str, ...]]] = []  # (name, directory, context files, check files)
         open_images: list[_OpenImage] = []
 
-        def walk(dirpath: str, links: tuple[str, ...], discoverable: bool):
+        def walk(dirpath: str, links: tuple[str, ...], discoverable: bool) -> None:
             # os.scandir, not os.walk: its entries say which are symlinks without a stat each.
-            filenames, dirnames = [], []
+            filenames: list[tuple[str, bool]] = []
+            dirnames: list[tuple[str, bool]] = []
             try:
                 with os.scandir(dirpath) as entries:
                     for entry in entries:
@@ -338,7 +345,17 @@ def discover_images(cfg: PipelineConfig) -> dict[str, ImageSource]:
     return images
 
 
-def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]):
+class TreeLoader(Protocol):
+    """What the renderer uses of the jinja2.BaseLoader that _tree_loader() makes."""
+
+    macro_dirs: list[Path]
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]: ...
+
+    def macro_path(self, name: str) -> str | None: ...
+
+
+def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]) -> TreeLoader:
     """Image templates are named by absolute path; everything else is a macro
     file, looked up in the repositories' macro directories in config order.
     Whatever a name leads to (symlinks followed) must be inside a template
@@ -347,8 +364,8 @@ def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]):
 
     real_repositories = [os.path.realpath(repo) for repo in repositories]
 
-    class TreeLoader(jinja2.BaseLoader):
-        def __init__(self):
+    class Loader(jinja2.BaseLoader):
+        def __init__(self) -> None:
             self.macro_dirs = macro_dirs
             self.macros = jinja2.FileSystemLoader([str(d) for d in macro_dirs])
 
@@ -357,21 +374,26 @@ def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]):
             real = os.path.realpath(path)
             return None if any(_inside(real, repo) for repo in real_repositories) else real
 
-        def get_source(self, environment, template):
+        def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
             if os.path.isabs(template):
                 escaped = self.outside(template)
                 if escaped is not None:
                     raise TemplateError(f"{template} leads to {escaped}, outside the template repositories")
                 try:
                     source = read_regular_file(template)[0].decode()
-                except FileNotFoundError:
-                    raise jinja2.TemplateNotFound(template) from None
+                except FileNotFoundError as exc:
+                    raise jinja2.TemplateNotFound(template) from exc
                 except OSError as exc:
-                    raise TemplateError(f"{template}: cannot read it: {exc.strerror}") from None
+                    raise TemplateError(f"{template}: cannot read it: {exc.strerror}") from exc
+                except UnicodeDecodeError as exc:
+                    raise TemplateError(_not_text(exc)) from exc  # template_failure puts the path before it
                 signature = _signature(template)
                 return source, template, lambda: _signature(template) == signature
             check_template_name(template)
-            source, filename, uptodate = self.macros.get_source(environment, template)
+            try:
+                source, filename, uptodate = self.macros.get_source(environment, template)
+            except UnicodeDecodeError as exc:
+                raise TemplateError(f"includes '{template}', which {_not_text(exc)}") from exc
             escaped = self.outside(filename)
             if escaped is not None:
                 raise TemplateError(
@@ -391,10 +413,14 @@ def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]):
                     return None if self.outside(str(candidate)) else str(candidate)
             return None
 
-    return TreeLoader()
+    return Loader()
 
 
-def check_template_name(name) -> None:
+def _not_text(exc: UnicodeDecodeError) -> str:
+    return f"is not UTF-8 text (byte {exc.start}: {exc.reason}); templates and macro files are text"
+
+
+def check_template_name(name: object) -> None:
     """A name a template includes or imports must be a macro file's, relative to
     the macros directories: an absolute path or a `..` would reach the host."""
     if isinstance(name, str) and (name.startswith("/") or ".." in name.replace("\\", "/").split("/")):
@@ -404,7 +430,7 @@ def check_template_name(name) -> None:
         )
 
 
-def _tree_environment():
+def _tree_environment() -> type[SandboxedEnvironment]:
     # Sandboxed: a template may come from another team's repository, and an
     # unsandboxed one reaches Python itself (`cycler.__init__.__globals__.os`):
     # it would run host commands at render time and read host files into the
@@ -413,7 +439,7 @@ def _tree_environment():
     from jinja2.sandbox import SandboxedEnvironment
 
     class TreeEnvironment(SandboxedEnvironment):
-        def join_path(self, template, parent):
+        def join_path(self, template: str, parent: str) -> str:
             # Called for every name a template includes, imports or extends (never for
             # the image template the renderer asks for by its absolute path).
             check_template_name(template)
@@ -435,8 +461,9 @@ class Renderer:
         self.cfg = cfg
         self.images = images
         self.loader = _tree_loader(macro_dirs(cfg), cfg.repository_paths())
+        loader = cast("jinja2.BaseLoader", self.loader)
         self.env = _tree_environment()(
-            loader=self.loader,
+            loader=loader,
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
             # A block or comment tag on its own line leaves no blank line
@@ -448,7 +475,7 @@ class Renderer:
         self.env.globals.update(cfg.template_globals())
         # jinja2.meta counts globals as declared, so the analysis that finds
         # which config values a template reads parses without them.
-        self.bare_env = jinja2.Environment(loader=self.loader, trim_blocks=True, lstrip_blocks=True)
+        self.bare_env = jinja2.Environment(loader=loader, trim_blocks=True, lstrip_blocks=True)
         self._references: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
 
     def image_ref(self, name: str) -> str:
@@ -503,21 +530,73 @@ class Renderer:
         return self._references[name]
 
     def render(self, source: ImageSource) -> RenderedImage:
-        import jinja2  # noqa: F401  here, outside the try: a missing Jinja2 is no template's fault
-
         path = source.template
-        try:
+        with template_errors(path, self.loader.macro_dirs):
             files, names = self._analyse(path, path)
             template = self.env.get_template(path)
             text = template.render(image=self.image_ref, image_name=source.name, copy_sources=self.copy_sources)
-        except Exception as exc:
-            raise template_failure(exc, path, self.loader.macro_dirs) from None
         used = set(names)
         if "image" in used:
             used.update(IMAGE_HELPER_INPUTS)
         config_values = self.cfg.template_globals()
         variables = {key: config_values[key] for key in sorted(used) if key in config_values}
         return RenderedImage(source, text, tuple(sorted(files)), variables)
+
+
+@contextlib.contextmanager
+def template_errors(path: str, macro_dirs: Sequence[Path] | None = None) -> Iterator[None]:
+    """Around loading and rendering the template at `path`: what the template
+    did wrong leaves as its TemplateError (file:line, the original exception
+    kept as the cause for CCP_DEBUG=1): Jinja2's own errors, ccp's errors
+    raised by the helpers and the loader, and what Python raised running the
+    template's own expressions (`{{ 1/0 }}`, a filter given the wrong type). An
+    exception out of any other code the template called (a helper's bug, a
+    loader's) is that code's and propagates as itself."""
+    import jinja2  # here, outside the try: a missing Jinja2 is no template's fault
+
+    try:
+        yield
+    except (jinja2.TemplateError, CcpError) as exc:
+        raise template_failure(exc, path, macro_dirs) from exc
+    except Exception as exc:
+        if not _raised_by_template(exc):
+            raise
+        raise template_failure(exc, path, macro_dirs) from exc
+
+
+def _raised_by_template(exc: BaseException) -> bool:
+    """Whether every frame `exc` passed through, below the renderer's own,
+    runs the template's code, Jinja2's (markupsafe's) or the standard
+    library's: then the template made the error, as `{{ 1/0 }}` does."""
+    import jinja2
+    import markupsafe
+
+    frames = [_frame_file(frame) for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/"  # the ccp_tasks package
+    while frames and frames[0].startswith(ours):
+        frames.pop(0)  # the renderer, calling into Jinja2
+    if not frames:
+        return False  # raised by ccp itself, before any template code ran
+    libraries = tuple(os.path.dirname(os.path.abspath(module.__file__ or "")) + "/" for module in (jinja2, markupsafe))
+    stdlib = os.path.dirname(os.path.abspath(os.__file__)) + "/"  # where os.py is, the standard library is
+    return all(
+        filename == _TEMPLATE_CODE
+        or filename.startswith(libraries)
+        or filename.startswith("<frozen ")
+        or (filename.startswith(stdlib) and "/site-packages/" not in filename)
+        for filename in frames
+    )
+
+
+_TEMPLATE_CODE = "<template>"
+
+
+def _frame_file(frame: FrameType) -> str:
+    """The absolute path of the file a frame runs, or _TEMPLATE_CODE for a template's own code."""
+    if "__jinja_template__" in frame.f_globals or "__jinja_exception__" in frame.f_globals:
+        return _TEMPLATE_CODE  # compiled template code, or the stand-in frame Jinja2 puts in its place
+    filename = frame.f_code.co_filename
+    return filename if filename.startswith("<") else os.path.abspath(filename)
 
 
 def template_failure(exc: Exception, path: str, macro_dirs: Sequence[Path] | None = None) -> TemplateError:
@@ -539,7 +618,7 @@ def template_failure(exc: Exception, path: str, macro_dirs: Sequence[Path] | Non
     return TemplateError(f"{line}: {type(exc).__name__}: {exc}")  # a filter or test raised: still the template's fault
 
 
-def _template_line(tb, default: str) -> str:
+def _template_line(tb: TracebackType | None, default: str) -> str:
     """file:line of the innermost template frame in a Jinja2 traceback."""
     where = default
     for frame in traceback.extract_tb(tb):
@@ -565,7 +644,7 @@ def _signature(path: str) -> list[int] | None:
     return [st.st_mtime_ns, st.st_size]
 
 
-def _cached_renders(raw, world: str) -> dict:
+def _cached_renders(raw: Any, world: str) -> dict:
     fields(raw, world=str, images=dict)
     if raw["world"] != world:
         return {}
@@ -633,7 +712,7 @@ class RenderCache:
             "variables": rendered.variables,
         }
 
-    def save(self, names) -> None:
+    def save(self, names: Iterable[str]) -> None:
         stale = set(self.entries) - set(names)
         for name in stale:
             del self.entries[name]
@@ -661,7 +740,7 @@ def dockerfile_essence(text: str) -> str:
     """The Dockerfile without comment and blank lines (parser directives kept),
     otherwise byte for byte: two Dockerfiles with the same essence build the
     same image, so a comment edit is no new input."""
-    kept = []
+    kept: list[str] = []
     for line in text.splitlines():
         stripped = line.strip()
         if not stripped:
@@ -672,9 +751,10 @@ def dockerfile_essence(text: str) -> str:
     return "\n".join(kept) + "\n"
 
 
-def logical_lines(text: str):
+def logical_lines(text: str) -> Iterator[tuple[int, str]]:
     """Dockerfile instructions with continuations joined, with their first line number."""
-    buffer, start = [], 0
+    buffer: list[str] = []
+    start = 0
     for number, raw in enumerate(text.splitlines(), 1):
         stripped = raw.strip()
         if not buffer and (not stripped or stripped.startswith("#")):

@@ -22,8 +22,10 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.state import dump_json, fields, read_record, read_regular_file, write_if_changed
@@ -55,7 +57,7 @@ class SourceRecord:
         return read_record(path, "a source record", cls._from_raw)
 
     @classmethod
-    def _from_raw(cls, raw) -> SourceRecord:
+    def _from_raw(cls, raw: Any) -> SourceRecord:
         fields(raw, name=str, kind=str, location=str, ref=str, revision=str)
         return cls(**{key: raw[key] for key in cls.__dataclass_fields__})
 
@@ -72,10 +74,10 @@ def _git(*args: str, cwd: Path | None = None, what: str = "") -> str:
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
     try:
         proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=GIT_TIMEOUT, env=env)
-    except subprocess.TimeoutExpired:
-        raise SourceError(f"{what}: git {args[0]} took longer than {GIT_TIMEOUT}s") from None
-    except FileNotFoundError:
-        raise SourceError(f"{what}: git is not installed") from None
+    except subprocess.TimeoutExpired as exc:
+        raise SourceError(f"{what}: git {args[0]} took longer than {GIT_TIMEOUT}s") from exc
+    except FileNotFoundError as exc:
+        raise SourceError(f"{what}: git is not installed") from exc
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         raise SourceError(f"{what}: git {args[0]} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")
@@ -112,7 +114,7 @@ def directory_revision(directory: Path) -> str:
         try:
             data = read_regular_file(path)[0]
         except OSError as exc:
-            raise SourceError(f"{path}: cannot read it: {exc.strerror}; remove it from the source directory") from None
+            raise SourceError(f"{path}: cannot read it: {exc.strerror}; remove it from the source directory") from exc
         digest.update(hashlib.sha256(data).digest())
     return "sha256:" + digest.hexdigest()
 
@@ -122,7 +124,7 @@ def _tree_files(directory: Path, follow: bool = False) -> list[Path]:
     the user's disk) a symlink is followed only while it stays inside the
     directory: one that leads out of it (a host file) or nowhere is an error,
     never copied into an image or silently dropped."""
-    files = []
+    files: list[Path] = []
     real_root = os.path.realpath(directory)
     seen = {real_root}
     for root, dirs, names in os.walk(directory, followlinks=follow):
@@ -204,7 +206,7 @@ def sync(name: str, settings: SourceSettings, root: Path, cache_dir: Path) -> So
     return SourceRecord(name, "git", settings.url, settings.ref, revision)
 
 
-def _replace_tree(tree: Path, fill) -> None:
+def _replace_tree(tree: Path, fill: Callable[[Path], None]) -> None:
     """Fill a fresh directory, then swap it in: an interrupted sync leaves the old tree."""
     tree.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tree-", dir=tree.parent))
@@ -233,7 +235,10 @@ def _export_commit(mirror: Path, revision: str, staging: Path, what: str) -> Non
         _git("archive", "--format=tar", f"--output={archive}", revision, cwd=mirror, what=what)
         with tarfile.open(archive) as tar:
             # The "data" filter refuses absolute paths and links out of the tree.
-            tar.extractall(staging, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(staging, filter="data")
+            else:  # Python 3.11 before 3.11.4
+                tar.extractall(staging)
     finally:
         archive.unlink(missing_ok=True)
 

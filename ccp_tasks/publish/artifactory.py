@@ -60,15 +60,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit
 
-import requests
-
 from ccp_tasks.core.errors import CcpError
+from ccp_tasks.model.config import PipelineConfig
 
 if TYPE_CHECKING:
-    from ccp_tasks.model.config import PipelineConfig
+    import requests
+
+# requests is imported where a client is made or a request is sent, never at
+# module level: it costs about 180 ms, and runs that send no request load this
+# module (a retention plan without Artifactory; the no-op, once the glue imports
+# the stages at the top).
 
 # Property names the pipeline uses for what it deploys.
 PROP_BRANCH = "branch"
@@ -181,13 +185,14 @@ class FoundItem:
         return self.name if self.path in ("", ".") else f"{self.path}/{self.name}"
 
 
-class _HeaderAuth(requests.auth.AuthBase):
+class _HeaderAuth:
+    # requests calls any callable given as `auth` on the prepared request.
     # Passing an auth object on every request also stops requests from replacing
     # the header with ~/.netrc credentials (it only reads netrc when auth is None).
     def __init__(self, value: str | None):
         self.value = value
 
-    def __call__(self, request):
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         if self.value:
             request.headers["Authorization"] = self.value
         return request
@@ -211,6 +216,8 @@ class Artifactory:
         self.timeout = timeout
         self.retries = max(0, int(retries))  # retries after the first attempt
         self.backoff = backoff
+        import requests  # see the note on the module's imports
+
         self._session = requests.Session()
         self._session.verify = str(ca_bundle) if ca_bundle else True
         self._session.headers["User-Agent"] = "ccp-artifactory"
@@ -222,7 +229,7 @@ class Artifactory:
     def __enter__(self) -> Artifactory:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -281,7 +288,7 @@ class Artifactory:
             except ArtifactoryError as exc:
                 raise ArtifactoryError(
                     f"{exc} (the artifact {target} itself was deployed, without the properties {', '.join(sorted(later))})"
-                ) from None
+                ) from exc
         return item
 
     def deploy_tree(
@@ -432,6 +439,8 @@ class Artifactory:
         passthrough: tuple[int, ...] = (),
     ) -> requests.Response:
         """One request with retries on connection errors, 429 and 5xx; other failures become one ArtifactoryError line."""
+        import requests  # loaded with the session
+
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
             try:
@@ -536,8 +545,8 @@ class Artifactory:
     def _json(self, resp: requests.Response, action: str, target: str) -> dict:
         try:
             body = resp.json()
-        except ValueError:
-            raise self._protocol_error(action, target, "the answer is not JSON") from None
+        except ValueError as exc:
+            raise self._protocol_error(action, target, "the answer is not JSON") from exc
         if not isinstance(body, dict):
             raise self._protocol_error(action, target, "the answer is not a JSON object")
         return body
@@ -548,7 +557,9 @@ class Artifactory:
             "check that the URL points at Artifactory including its context path (…/artifactory)"
         )
 
-    def _deployed_item(self, resp, repo, path, sums, size, checksum_deployed) -> DeployedItem:
+    def _deployed_item(
+        self, resp: requests.Response, repo: str, path: str, sums: dict[str, str], size: int, checksum_deployed: bool
+    ) -> DeployedItem:
         body = self._json(resp, "deploy", f"{repo}/{path}")
         stored = body.get("checksums") or {}
         for kind in ("sha256", "sha1", "md5"):
@@ -596,7 +607,7 @@ def aql_time(moment: datetime) -> str:
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
-def parse_time(value) -> datetime | None:
+def parse_time(value: object) -> datetime | None:
     """Artifactory's ISO 8601 times ("2024-05-01T10:00:00.123Z", "+02:00" offsets); None when absent or unreadable."""
     if not isinstance(value, str) or not value:
         return None
@@ -655,7 +666,7 @@ def _check_key(key: str) -> str:
     return key
 
 
-def _check_value(key: str, value) -> str:
+def _check_value(key: str, value: object) -> str:
     if not isinstance(value, str):
         raise ArtifactoryError(f"property {key!r}: values must be strings, got {type(value).__name__}")
     if not value:
@@ -730,7 +741,10 @@ def _found_item(row: dict) -> FoundItem:
     )
 
 
-def _int(value, default):
+_Default = TypeVar("_Default")
+
+
+def _int(value: Any, default: _Default) -> int | _Default:
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -769,6 +783,8 @@ def _reason(exc: Exception) -> str:
         return found.group(0).strip()
     if "RemoteDisconnected" in text or "Connection aborted" in text:
         return "the server closed the connection without answering"
+    import requests  # loaded already: `exc` is one of its errors
+
     if isinstance(exc, requests.Timeout):
         return "timed out"
     return type(exc).__name__

@@ -30,12 +30,18 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
-import requests
-import requests.auth
-
 from ccp_tasks.core.errors import CcpError
+
+if TYPE_CHECKING:
+    import requests
+    import requests.auth
+
+# requests is imported where a client is made or a request is sent, never at
+# module level: it costs about 180 ms, and runs that send no request load this
+# module (through push and retention: the no-op, once they import it at the top).
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +223,8 @@ def _retry_after(response: requests.Response) -> float | None:
 
 def _connection_reason(exc: Exception) -> str:
     """A short reason without the URL chain requests puts in its messages."""
+    import requests  # loaded already: `exc` is one of its errors
+
     text = str(exc)
     if isinstance(exc, requests.Timeout):
         return "timed out"
@@ -288,6 +296,8 @@ class RegistryClient:
         self.retries = max(0, retries)
         self.backoff = backoff
         self.max_retry_after = max_retry_after
+        import requests  # see the note on the module's imports
+
         self._credentials = credentials
         self._session = requests.Session()
         # Nothing from the environment: no ~/.netrc credentials added behind
@@ -309,7 +319,7 @@ class RegistryClient:
     def __enter__(self) -> RegistryClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- public API -----------------------------------------------------------
@@ -492,7 +502,7 @@ class RegistryClient:
 
     def _paginate(self, path: str, key: str, scope: str, repository: str | None, page_size: int) -> list[str]:
         what = "list tags" if repository else "list repositories"
-        url = f"{self.base_url}{path}?n={int(page_size)}"
+        url: str | None = f"{self.base_url}{path}?n={int(page_size)}"
         items: list[str] = []
         seen: set[str] = set()
         while url:
@@ -510,8 +520,8 @@ class RegistryClient:
                 items.extend(
                     response.json().get(key) or []
                 )  # Distribution sends "tags": null for an emptied repository
-            except (ValueError, AttributeError):
-                raise RegistryError(f"registry {self.name}: {path} did not answer JSON") from None
+            except (ValueError, AttributeError) as exc:
+                raise RegistryError(f"registry {self.name}: {path} did not answer JSON") from exc
             following = response.links.get("next", {}).get("url")
             url = urljoin(url, following) if following else None
             if url and urlsplit(url)[:2] != urlsplit(self.base_url)[:2]:
@@ -604,6 +614,9 @@ class RegistryClient:
         auth = None
         if self._credentials:
             params.append(("account", self._credentials.username))
+            import requests.auth  # loaded with the session
+
+            # An object, not a (user, password) tuple: its repr holds no password.
             auth = requests.auth.HTTPBasicAuth(self._credentials.username, self._credentials.password)
         target = f"token service {parts.scheme}://{parts.netloc}{parts.path} of registry {self.name}"
         what = "get a token" + (f" for {scope}" if scope else "")
@@ -639,11 +652,13 @@ class RegistryClient:
         what: str,
         repository: str | None,
         data: bytes | None = None,
-        params=None,
-        auth=None,
+        params: list[tuple[str, str]] | None = None,
+        auth: requests.auth.AuthBase | None = None,
         retried: list | None = None,
     ) -> requests.Response:
         """One request, repeated on connection errors, 429 and 5xx."""
+        import requests  # loaded with the session
+
         attempts = self.retries + 1
         for attempt in range(1, attempts + 1):
             try:

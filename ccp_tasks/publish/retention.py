@@ -75,12 +75,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.layout import CacheLayout
 from ccp_tasks.core.state import dump_json, fields, read_record, write_atomic
 from ccp_tasks.model.config import PipelineConfig
-from ccp_tasks.publish.push import parse_build_tag, tag_safe
+from ccp_tasks.publish.artifactory import Artifactory, FoundItem, artifactory_client
+from ccp_tasks.publish.push import parse_build_tag, registry_client, tag_safe
+from ccp_tasks.publish.registry import INDEX_TYPES, RegistryClient, RegistryError
 
 DAY = 86400
 KEEP_PROPERTY = "keep"  # artifactory.PROP_KEEP: what `doit artifacts` sets
@@ -292,9 +295,9 @@ def plan_repository(
             if tag == policy.moving_tag:
                 reasons.append(f"moving tag {tag}")
             elif not _CONTENT_TAG_RE.match(tag) and parse_build_tag(tag) is None:
-                branch = _is_branch_tag(tag, live)
-                if branch is not None:
-                    reasons.append(f"branch tag of live branch {branch}")
+                live_branch = _is_branch_tag(tag, live)
+                if live_branch is not None:
+                    reasons.append(f"branch tag of live branch {live_branch}")
             for pattern in policy.keep_tags:
                 if fnmatch.fnmatchcase(tag, pattern):
                     reasons.append(f"keep tag {pattern}")
@@ -310,12 +313,13 @@ def plan_repository(
             tag: sorted(set(tag_reasons[(image.digest, tag)])) for tag in image.tags if tag_reasons[(image.digest, tag)]
         }
         reasons = sorted({r for rs in kept_tags.values() for r in rs} | set(digest_reasons))
+        age: float | None
         if own:
             age = now_ts - max(b.when for b in own)
         else:
             age = None if image.created is None else now_ts - image.created
             if not reasons:
-                if image.created is None:
+                if age is None:
                     reasons = ["no build tag: age unknown"]
                 elif _within(age, policy.untagged_days):
                     reasons = [f"no build tag: within {policy.untagged_days}d"]
@@ -366,7 +370,7 @@ def plan_registry(
     return RegistryPlan(entries, freed)
 
 
-def _parse_created(value) -> float | None:
+def _parse_created(value: object) -> float | None:
     """An image config's `created` (RFC 3339, nanoseconds allowed) as epoch seconds."""
     if not isinstance(value, str) or not value:
         return None
@@ -383,10 +387,8 @@ def _parse_created(value) -> float | None:
     return moment.timestamp()
 
 
-def _describe(client, repository: str, digest: str) -> dict:
+def _describe(client: RegistryClient, repository: str, digest: str) -> dict:
     """Creation time, labels and blobs of a manifest (immutable: cached by digest)."""
-    from ccp_tasks.publish.registry import INDEX_TYPES
-
     manifest = client.get_manifest(repository, digest)
     body = manifest.json()
     blobs = {manifest.digest: len(manifest.raw)}
@@ -415,7 +417,9 @@ def _describe(client, repository: str, digest: str) -> dict:
     return {"created": created, "labels": {str(k): str(v) for k, v in labels.items()}, "blobs": blobs}
 
 
-def registry_inventory(client, repositories: Iterable[str], cache: dict | None = None) -> list[Repository]:
+def registry_inventory(
+    client: RegistryClient, repositories: Iterable[str], cache: dict | None = None
+) -> list[Repository]:
     """Each repository's manifests with their tags: one tags list and one HEAD per
     tag, then the manifest and config of each digest not in `cache` (digest -> description)."""
     cache = {} if cache is None else cache
@@ -449,7 +453,7 @@ class Applied:
 
 
 def apply_registry(
-    client,
+    client: RegistryClient,
     entries: Iterable[Entry],
     policy: Policy,
     now: datetime,
@@ -502,7 +506,7 @@ def _first(properties: Mapping[str, list[str]], key: str) -> str:
     return values[0]
 
 
-def group_artifacts(items, namespace: str) -> list[ArtifactBuild]:
+def group_artifacts(items: Iterable[FoundItem], namespace: str) -> list[ArtifactBuild]:
     """Group found items (artifactory.FoundItem) into builds by folder; items
     outside `<namespace>/` or without a branch property are not ours."""
     prefix = namespace.strip("/").split("/")
@@ -548,13 +552,13 @@ def plan_artifacts(
     now_ts = now.timestamp()
     marked = marked or {}
     builds = list(builds)
-    by_branch: dict[str, list[ArtifactBuild]] = defaultdict(list)
+    by_branch: dict[str, list[tuple[float, ArtifactBuild]]] = defaultdict(list)  # builds of known age
     for build in builds:
         if build.created is not None:
-            by_branch[tag_safe(build.branch)].append(build)
+            by_branch[tag_safe(build.branch)].append((build.created, build))
     last: dict[str, list[str]] = defaultdict(list)  # folder -> reasons
     for branch, group in by_branch.items():
-        ranked = sorted(group, key=lambda b: (-b.created, b.folder))
+        ranked = [build for _, build in sorted(group, key=lambda dated: (-dated[0], dated[1].folder))]
         for rule in policy.rules:
             if rule.last and rule.matches(branch):
                 for build in ranked[: rule.last]:
@@ -591,7 +595,7 @@ def plan_artifacts(
     return entries
 
 
-def artifactory_inventory(server, repository: str, namespace: str) -> list[ArtifactBuild]:
+def artifactory_inventory(server: Artifactory, repository: str, namespace: str) -> list[ArtifactBuild]:
     """Every item of ours, by AQL: in `repository`, under `<namespace>/`, with a branch property."""
     criteria = {
         "$and": [
@@ -603,7 +607,7 @@ def artifactory_inventory(server, repository: str, namespace: str) -> list[Artif
     return group_artifacts(server.find(criteria), namespace)
 
 
-def apply_artifacts(server, entries: Iterable[Entry]) -> Applied:
+def apply_artifacts(server: Artifactory, entries: Iterable[Entry]) -> Applied:
     """Delete the builds planned for deletion, item by item, re-reading each item's
     properties first: a build marked keep=true since the plan is left alone."""
     applied = Applied()
@@ -776,7 +780,7 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _human(size: int) -> str:
+def _human(size: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
@@ -784,10 +788,10 @@ def _human(size: int) -> str:
     return str(size)
 
 
-def _repositories(cfg: PipelineConfig, client, images: Iterable[str] | None, notes: list[str]) -> list[str]:
+def _repositories(
+    cfg: PipelineConfig, client: RegistryClient, images: Iterable[str] | None, notes: list[str]
+) -> list[str]:
     """The repositories of this pipeline: the catalog's `<namespace>/<prefix>*`, else the tree's."""
-    from ccp_tasks.publish.registry import RegistryError
-
     prefix = f"{cfg.namespace}/{cfg.image_prefix}"
     try:
         return [r for r in client.catalog() if r.startswith(prefix) and "/" not in r[len(cfg.namespace) + 1 :]]
@@ -806,8 +810,8 @@ def make_plan(
     now: datetime,
     *,
     images: Iterable[str] | None = None,
-    registry=None,
-    artifactory=None,
+    registry: RegistryClient | None = None,
+    artifactory: Artifactory | None = None,
     manifest_cache: dict | None = None,
 ) -> tuple[Plan, dict]:
     """Plan every part that is configured; `registry`/`artifactory` are open clients (None: skipped).
@@ -838,7 +842,7 @@ def make_plan(
     return plan, {"marked": marked}
 
 
-def _cached_manifests(raw) -> dict:
+def _cached_manifests(raw: Any) -> dict:
     """digest -> what _describe said of it."""
     fields(raw)
     for described in raw.values():
@@ -863,9 +867,6 @@ def run_retention(
 ) -> dict:
     """`doit retention [--apply]`: plan (print the table, write cache/retention/plan.json)
     and, with apply, delete what the plan deletes."""
-    from ccp_tasks.publish.artifactory import artifactory_client
-    from ccp_tasks.publish.push import registry_client
-
     now = now or datetime.now(UTC)
     if now.tzinfo is None:
         raise CcpError("retention: `now` needs a time zone")
