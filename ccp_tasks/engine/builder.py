@@ -10,10 +10,18 @@ and leaves no tag behind, a lost engine raises EngineError.
 
 from __future__ import annotations
 
+import sys
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from ccp_tasks.core.errors import BuildError
+from ccp_tasks.engine.docker_ops import engine_errors
+
+LOG_TAIL_LINES = 20
 
 
 @dataclass(frozen=True)
@@ -35,13 +43,82 @@ class Builder(Protocol):
         ...
 
 
+def short(line: str, width: int = 110) -> str:
+    """A log line cut to one terminal line."""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def progress_printer(name: str) -> Callable[[str], None]:
+    """What a build says on stderr when the request names no `progress`."""
+    return lambda line: print(f"   {name}: {short(line)}", file=sys.stderr, flush=True)
+
+
 class ClassicBuilder:
     """docker-py's /build endpoint: the engine's classic builder."""
 
     name = "classic"
 
-    def __init__(self, client) -> None:
+    def __init__(self, client: Any) -> None:
         self._client = client
 
     def build(self, request: BuildRequest) -> str:
-        raise NotImplementedError("moved here from docker_ops.build")
+        """Build `request.context_dir` as `request.ref`, streaming the log to
+        `request.log_path`; return the image ID.
+
+        The classic builder tags only once every step succeeded, so a failed
+        build leaves no tag. docker-py reports a failed step as an 'error'
+        chunk in a successful HTTP stream, so every chunk is inspected."""
+        from docker.errors import APIError
+
+        name, log_path = request.name, request.log_path
+        progress = request.progress or progress_printer(name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        image_id = None
+        started = time.monotonic()
+        with open(log_path, "w") as log:
+            log.write(f"# docker build {request.context_dir} -t {request.ref}\n")
+            with engine_errors(f"building '{name}' ({request.ref}) from {request.context_dir}"):
+                try:
+                    stream = self._client.build(
+                        path=str(request.context_dir),
+                        tag=request.ref,
+                        labels=request.labels,
+                        buildargs=request.build_args,
+                        rm=True,
+                        forcerm=True,
+                        pull=False,
+                        decode=True,
+                    )
+                    for chunk in stream:
+                        if "error" in chunk:
+                            message = chunk["error"].strip()
+                            log.write(message + "\n")
+                            raise BuildError(name, message, list(tail), str(log_path))
+                        text = chunk.get("stream") or chunk.get("status") or ""
+                        if text:
+                            log.write(text)
+                            for line in text.splitlines():
+                                if line.strip():
+                                    tail.append(line.rstrip())
+                                if line.startswith("Step "):
+                                    progress(line.strip())
+                        aux = chunk.get("aux")
+                        if isinstance(aux, dict) and "ID" in aux:
+                            image_id = aux["ID"]
+                except APIError as exc:
+                    # The engine refused the build itself (a bad Dockerfile, a missing base):
+                    # the user's to fix, not a lost engine.
+                    message = exc.explanation or str(exc)
+                    log.write(f"{message}\n")
+                    raise BuildError(name, str(message).strip(), list(tail), str(log_path)) from exc
+                except (ConnectionError, TimeoutError):
+                    raise  # the engine's, for engine_errors
+                except OSError as exc:
+                    # docker-py tars the context here: a file of it removed or unreadable since staging.
+                    where = f": {exc.filename}" if exc.filename else ""
+                    raise BuildError(name, f"{exc.strerror or exc}{where}", list(tail), str(log_path)) from exc
+            log.write(f"# finished in {time.monotonic() - started:.1f}s: {image_id}\n")
+        if not image_id:
+            raise BuildError(name, "the engine reported no image ID", list(tail), str(log_path))
+        return image_id
