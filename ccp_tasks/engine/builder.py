@@ -69,6 +69,7 @@ class ClassicBuilder:
         build leaves no tag. docker-py reports a failed step as an 'error'
         chunk in a successful HTTP stream, so every chunk is inspected."""
         from docker.errors import APIError
+        from requests.exceptions import RequestException
 
         name, log_path = request.name, request.log_path
         progress = request.progress or progress_printer(name)
@@ -112,8 +113,8 @@ class ClassicBuilder:
                     message = exc.explanation or str(exc)
                     log.write(f"{message}\n")
                     raise BuildError(name, str(message).strip(), list(tail), str(log_path)) from exc
-                except (ConnectionError, TimeoutError):
-                    raise  # the engine's, for engine_errors
+                except (ConnectionError, TimeoutError, RequestException):
+                    raise  # the engine lost, not the context: engine_errors says so (requests' are OSErrors too)
                 except OSError as exc:
                     # docker-py tars the context here: a file of it removed or unreadable since staging.
                     where = f": {exc.filename}" if exc.filename else ""
