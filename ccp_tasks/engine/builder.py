@@ -10,7 +10,10 @@ and leaves no tag behind, a lost engine raises EngineError.
 
 from __future__ import annotations
 
+import os
+import re
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -53,6 +56,51 @@ def progress_printer(name: str) -> Callable[[str], None]:
     return lambda line: print(f"   {name}: {short(line)}", file=sys.stderr, flush=True)
 
 
+_DIRECTIVE = re.compile(r"^#\s*([a-z]+)\s*=\s*(\S*)\s*$", re.IGNORECASE)
+
+
+def escape_token(dockerfile: str) -> str:
+    """The Dockerfile's escape character: `\\`, or what an `# escape=` parser directive sets."""
+    for line in dockerfile.splitlines():
+        match = _DIRECTIVE.match(line.strip())
+        if not match:
+            break  # directives come first; any other line ends them
+        if match[1].lower() == "escape" and match[2] in ("\\", "`"):
+            return match[2]
+    return "\\"
+
+
+def _quoted(text: str, escape: str) -> str:
+    # Inside double quotes the Dockerfile lexer unescapes only `"`, `$` and the escape character.
+    for char in (escape, '"', "$"):
+        text = text.replace(char, escape + char)
+    return f'"{text}"'
+
+
+def _writable(text: str) -> bool:
+    # A line break (or any control character) cannot be written inside a Dockerfile word.
+    return not any(ord(char) < 32 and char != "\t" or ord(char) == 127 for char in text)
+
+
+def fold_labels(dockerfile: str, labels: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The Dockerfile with one LABEL instruction appended for `labels`, and the
+    labels that must still go as build options (`labels=`, one committed step
+    each): those a Dockerfile cannot spell, or all of them when the file ends
+    inside a continuation line, where an appended line would join the last
+    instruction."""
+    escape = escape_token(dockerfile)
+    last = [line.strip() for line in dockerfile.splitlines() if line.strip() and not line.strip().startswith("#")]
+    if not labels or (last and last[-1].endswith(escape)):
+        return dockerfile, dict(labels)
+    folded = {key: value for key, value in labels.items() if _writable(key) and _writable(value)}
+    rest = {key: value for key, value in labels.items() if key not in folded}
+    if not folded:
+        return dockerfile, rest
+    pairs = " ".join(f"{_quoted(key, escape)}={_quoted(value, escape)}" for key, value in sorted(folded.items()))
+    text = dockerfile if dockerfile.endswith("\n") or not dockerfile else dockerfile + "\n"
+    return f"{text}LABEL {pairs}\n", rest
+
+
 class ClassicBuilder:
     """docker-py's /build endpoint: the engine's classic builder."""
 
@@ -65,9 +113,35 @@ class ClassicBuilder:
         """Build `request.context_dir` as `request.ref`, streaming the log to
         `request.log_path`; return the image ID.
 
+        The labels go in one LABEL line appended to a copy of the Dockerfile
+        (docker-py sends a Dockerfile from outside the context inside the
+        context's tar): as build options the engine would commit one step per
+        label. The staged context, which the input digest hashes, is left as it is.
+
         The classic builder tags only once every step succeeded, so a failed
         build leaves no tag. docker-py reports a failed step as an 'error'
         chunk in a successful HTTP stream, so every chunk is inspected."""
+        try:
+            staged = (request.context_dir / "Dockerfile").read_bytes().decode()
+        except (OSError, UnicodeDecodeError):
+            # The engine's own error says what is wrong with it.
+            return self._build(request, "Dockerfile", request.labels)
+        text, option_labels = fold_labels(staged, request.labels)
+        if text == staged:
+            return self._build(request, "Dockerfile", option_labels)
+        handle, dockerfile = tempfile.mkstemp(prefix=f"ccp-{request.name}-", suffix=".Dockerfile")
+        try:
+            try:
+                # In the locale's encoding: docker-py reads it back with open() and sends it as UTF-8.
+                with os.fdopen(handle, "w") as out:
+                    out.write(text)
+            except UnicodeEncodeError:
+                return self._build(request, "Dockerfile", request.labels)
+            return self._build(request, dockerfile, option_labels)
+        finally:
+            os.unlink(dockerfile)
+
+    def _build(self, request: BuildRequest, dockerfile: str, labels: dict[str, str]) -> str:
         from docker.errors import APIError
         from requests.exceptions import RequestException
 
@@ -83,8 +157,9 @@ class ClassicBuilder:
                 try:
                     stream = self._client.build(
                         path=str(request.context_dir),
+                        dockerfile=dockerfile,
                         tag=request.ref,
-                        labels=request.labels,
+                        labels=labels,
                         buildargs=request.build_args,
                         rm=True,
                         forcerm=True,
