@@ -24,16 +24,22 @@ TRICKY = {
 }
 
 
-def _context(root: Path, dockerfile: str) -> Path:
-    context = root / "ctx"
+def _context(project, dockerfile: str) -> Path:
+    context = project.root / "ctx"
     context.mkdir(parents=True, exist_ok=True)
     (context / "Dockerfile").write_text(dockerfile)
-    (context / "f").write_text("f\n")
+    # The test's own content, so no other build's cached step (which a prune may remove under it) is reused.
+    (context / "f").write_text(f"{project.namespace}\n")
     return context
 
 
+def _dockerfile(project, head: str = "", tail: str = "\n") -> str:
+    # The namespace label first: every step image is this test's to prune (conftest).
+    return f"{head}FROM scratch\nLABEL ccp.test.namespace={project.namespace}\nCOPY f /f{tail}"
+
+
 def _build(project, docker_client, dockerfile: str, labels: dict[str, str]) -> tuple[dict, list[str], Path]:
-    context = _context(project.root, dockerfile)
+    context = _context(project, dockerfile)
     labels = {**labels, "ccp.test.namespace": project.namespace}
     log = project.root / "labels.log"
     request = BuildRequest(
@@ -48,26 +54,27 @@ def _build(project, docker_client, dockerfile: str, labels: dict[str, str]) -> t
 
 
 def test_labels_are_one_step_and_read_back_exactly(project, docker_client):
-    dockerfile = "FROM scratch\nCOPY f /f\n"
+    dockerfile = _dockerfile(project)
     _, steps, context = _build(project, docker_client, dockerfile, TRICKY)
-    assert len(steps) == 3, steps
-    assert steps[2].startswith("LABEL ")
+    assert len(steps) == 4, steps
+    assert steps[3].startswith('LABEL "ccp.test.namespace"=')
     # The staged context is the input digest's: the build leaves it as it was.
     assert (context / "Dockerfile").read_text() == dockerfile
     assert sorted(p.name for p in context.iterdir()) == ["Dockerfile", "f"]
 
 
 def test_a_label_a_dockerfile_cannot_spell_goes_as_a_build_option(project, docker_client):
-    _, steps, _ = _build(project, docker_client, "FROM scratch\nCOPY f /f", {"x.lines": "two\nlines", "x.a": "a"})
+    labels = {"x.lines": "two\nlines", "x.a": "a"}
+    _, steps, _ = _build(project, docker_client, _dockerfile(project, tail=""), labels)
     # The folded LABEL, then the engine's own step for the one with a newline.
-    assert len(steps) == 4, steps
-    assert steps[2] == f'LABEL "ccp.test.namespace"="{project.namespace}" "x.a"="a"'
-    assert steps[3].startswith("LABEL x.lines=two")
+    assert len(steps) == 5, steps
+    assert steps[3] == f'LABEL "ccp.test.namespace"="{project.namespace}" "x.a"="a"'
+    assert steps[4].startswith("LABEL x.lines=two")
 
 
 def test_the_escape_directive_is_honoured(project, docker_client):
-    _, steps, _ = _build(project, docker_client, "# escape=`\nFROM scratch\nCOPY f /f\n", TRICKY)
-    assert len(steps) == 3, steps
+    _, steps, _ = _build(project, docker_client, _dockerfile(project, head="# escape=`\n"), TRICKY)
+    assert len(steps) == 4, steps
 
 
 def test_a_dockerfile_ending_in_a_continuation_keeps_every_label_a_build_option():
