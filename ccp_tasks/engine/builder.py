@@ -139,7 +139,7 @@ class ClassicBuilder:
                 return self._build(request, "Dockerfile", request.labels)
             return self._build(request, dockerfile, option_labels)
         finally:
-            os.unlink(dockerfile)
+            Path(dockerfile).unlink(missing_ok=True)
 
     def _build(self, request: BuildRequest, dockerfile: str, labels: dict[str, str]) -> str:
         from docker.errors import APIError
@@ -166,6 +166,9 @@ class ClassicBuilder:
                         pull=False,
                         decode=True,
                     )
+                    if dockerfile != "Dockerfile":
+                        # docker-py has put it in the context's tar: a kill during the build leaves no copy.
+                        Path(dockerfile).unlink(missing_ok=True)
                     for chunk in stream:
                         if "error" in chunk:
                             message = chunk["error"].strip()
