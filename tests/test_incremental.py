@@ -244,7 +244,7 @@ def test_a_child_is_built_on_the_parent_its_inputs_name(tree, docker_client):
     puts it back on the parent of record before building, and checks after."""
     from conftest import child_template
 
-    from ccp_tasks.engine import docker_ops
+    from ccp_tasks.engine.images import Images
 
     bb_id = tree.stamp("bb")["image_id"]
     lone_id = tree.stamp("lone")["image_id"]
@@ -254,6 +254,6 @@ def test_a_child_is_built_on_the_parent_its_inputs_name(tree, docker_client):
     result = tree.ok()
     assert "build:app" in result.executed
     app_id = tree.stamp("app")["image_id"]
-    assert docker_ops.built_on(docker_client, app_id, bb_id)
-    assert not docker_ops.built_on(docker_client, app_id, lone_id)
+    assert Images(docker_client).built_on(app_id, bb_id)
+    assert not Images(docker_client).built_on(app_id, lone_id)
     assert docker_client.inspect_image(tree.ref("bb"))["Id"] == bb_id

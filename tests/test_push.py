@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BUSYBOX_BASE, Project, _remove_namespace, child_template
+from engine_proxy import FaultyEngine
 
 from tests.registry_server import FaultProxy, RegistryServer
 
@@ -536,6 +537,32 @@ def test_after_a_failed_push_every_image_is_up_to_date(tree):
     after = project.ok(env=ENV)
     assert after.rebuilt == set(), after.output
     assert after.images("up to date") == set(IMAGES) and not after.images("adopted")
+    assert project.ok("push", env=ENV).summary["pushes"]["app2"]["outcome"] == "pushed"
+
+
+def test_an_engine_failure_in_a_push_names_image_and_request_and_debug_shows_the_cause(tree):
+    """The engine refuses the push request itself (an HTTP error, not an error
+    chunk in its stream): one line naming the image, the registry reference and
+    the engine's reason; CCP_DEBUG=1 shows docker-py's exception as the cause."""
+    from ccp_tasks.engine import docker_ops
+
+    if docker_ops.local_socket() is None:
+        pytest.skip("needs the engine's unix socket to stand in front of")
+    project = tree.project
+    tree.bump()
+    project.ok(env=ENV)
+    vehicle = f"{tree.registry.host}/{tree.ns}/app2:{content_tag_of(project, 'app2')}"
+    for debug in ({}, {"CCP_DEBUG": "1"}):
+        with FaultyEngine(docker_ops.local_socket(), "/push?", status=500, message="injected: disk full") as engine:
+            failed = project.doit("push", env={**ENV, **debug, "DOCKER_HOST": engine.host})
+            assert engine.faulted.is_set()
+        assert failed.returncode != 0
+        error = failed.summary["pushes"]["app2"]["error"]
+        assert (
+            error == f"push of 'app2' to {vehicle} failed: pushing {vehicle}: the engine refused: injected: disk full"
+        )
+        assert ("Traceback" in failed.output) == bool(debug), failed.output
+    assert "docker.errors.APIError: 500 Server Error" in failed.output, failed.output
     assert project.ok("push", env=ENV).summary["pushes"]["app2"]["outcome"] == "pushed"
 
 

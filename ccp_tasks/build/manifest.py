@@ -9,12 +9,11 @@ runs.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccp_tasks.core.errors import EngineError
 from ccp_tasks.core.state import warn_unusable
+from ccp_tasks.engine.api import Engine
 
 DPKG_STATUS = "/var/lib/dpkg/status"
 HELPER_LABEL = "io.ccp.helper"
@@ -39,32 +38,12 @@ def parse_dpkg_status(text: str) -> dict[str, str]:
     return packages
 
 
-def read_packages(client, image: str, labels: dict[str, str]) -> dict[str, str] | None:
+def read_packages(engine: Engine, image: str, labels: dict[str, str]) -> dict[str, str] | None:
     """The installed packages of `image`, or None when it has no dpkg database.
     The helper container carries `labels` (see leftovers.py): a kill between
     its creation and its removal leaves it for the next run to sweep."""
-    import tarfile
-
-    from docker.errors import APIError, NotFound
-
-    try:
-        container = client.create_container(
-            image, command=["/ccp-manifest-never-runs"], entrypoint=[], labels={**labels, HELPER_LABEL: "manifest"}
-        )
-    except APIError as exc:
-        raise EngineError(
-            f"cannot create a container from {image} to read its packages: {exc.explanation or exc}"
-        ) from None
-    try:
-        try:
-            stream, _ = client.get_archive(container["Id"], DPKG_STATUS)
-        except NotFound:
-            return None
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
-            member = archive.extractfile(archive.getmembers()[0])
-            return parse_dpkg_status(member.read().decode("utf-8", "replace")) if member else None
-    finally:
-        client.remove_container(container["Id"], force=True)
+    status = engine.images.read_file(image, DPKG_STATUS, {**labels, HELPER_LABEL: "manifest"})
+    return None if status is None else parse_dpkg_status(status.decode("utf-8", "replace"))
 
 
 def format_manifest(packages: dict[str, str]) -> str:

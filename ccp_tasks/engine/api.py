@@ -9,63 +9,47 @@ and the original exception kept as `__cause__` (CCP_DEBUG=1 shows it).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from typing import Any
 
-from ccp_tasks.core.errors import EngineError, EngineNotFound
+from ccp_tasks.engine.builder import ClassicBuilder
+from ccp_tasks.engine.docker_ops import connect as docker_connect
+from ccp_tasks.engine.docker_ops import engine_errors
+from ccp_tasks.engine.images import Images
 
-
-def _explanation(exc: BaseException) -> str:
-    text = getattr(exc, "explanation", None) or str(exc)
-    if isinstance(text, bytes):
-        text = text.decode(errors="replace")
-    return str(text).strip().split("\n")[0]
-
-
-@contextmanager
-def engine_errors(what: str) -> Iterator[None]:
-    """Turn a docker-py, requests or socket failure inside the block into
-    EngineError naming `what` (e.g. "starting container ccp-x"); ccp's own
-    exceptions pass through untouched."""
-    from docker.errors import DockerException, NotFound
-    from requests.exceptions import RequestException
-
-    from ccp_tasks.engine.docker_ops import engine_address
-
-    try:
-        yield
-    except NotFound as exc:
-        raise EngineNotFound(f"{what}: {_explanation(exc)}") from exc
-    except DockerException as exc:
-        raise EngineError(f"{what}: the engine refused: {_explanation(exc)}") from exc
-    except (RequestException, ConnectionError) as exc:
-        raise EngineError(f"{what}: lost the Docker engine at {engine_address()}: {_explanation(exc)}") from exc
+__all__ = ["Engine", "connect", "docker_client", "engine_errors"]
 
 
 class Engine:
     """A connection to the engine, by collection as docker-py's own high-level
-    client has them: `images` (inspect, tag, remove, push, pull, events, info),
-    `containers` (containers, exec, logs, archives, networks, volumes: what the
-    check harness needs) and `builder` (builds with a streamed log).
+    client has them: `images` (inspect, tag, remove, push, pull, files of an
+    image), `containers` (containers, exec, logs, archives, networks, volumes:
+    what the check harness needs) and `builder` (builds with a streamed log).
 
     Only this package holds the docker-py client; nothing outside it sees it."""
 
-    def __init__(self, client) -> None:
-        from ccp_tasks.engine.builder import ClassicBuilder
+    def __init__(self, client: Any) -> None:
         from ccp_tasks.engine.containers import Containers
-        from ccp_tasks.engine.images import Images
 
         self._client = client
         self.images = Images(client)
         self.containers = Containers(client)
         self.builder = ClassicBuilder(client)
 
+    @property
+    def docker_client(self) -> Any:
+        """The docker-py client, for the engine package's own modules only."""
+        return self._client
+
     def close(self) -> None:
         self._client.close()
 
 
+def docker_client(target: Engine | Any) -> Any:
+    """The docker-py client of an Engine, or `target` itself when it is one
+    already (the check stages still hand raw clients to engine.leftovers)."""
+    return target.docker_client if isinstance(target, Engine) else target
+
+
 def connect(timeout: int = 600) -> Engine:
     """An Engine for $DOCKER_HOST (or the local socket), or a one-line EngineError."""
-    from ccp_tasks.engine.docker_ops import connect as docker_connect
-
     return Engine(docker_connect(timeout=timeout))

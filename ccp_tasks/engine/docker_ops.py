@@ -1,7 +1,8 @@
-"""Talking to the Docker engine with docker-py's low-level API.
+"""The bottom of the engine package: the connection, the failure mapping,
+and the requests a no-op run makes without importing docker-py.
 
 Which images the engine holds is known per run from engine_view.EngineView;
-this module does the requests.
+the stages go through engine.api.Engine.
 """
 
 from __future__ import annotations
@@ -10,21 +11,44 @@ import io
 import json
 import os
 import socket
-import sys
-import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
-from ccp_tasks.core.errors import BuildError, EngineError
-from ccp_tasks.core.state import DIGEST_LABEL
-
-LOG_TAIL_LINES = 20
+from ccp_tasks.core.errors import EngineError, EngineNotFound
 
 
 def engine_address() -> str:
     return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def _explanation(exc: BaseException) -> str:
+    text = getattr(exc, "explanation", None) or str(exc)
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return str(text).strip().split("\n")[0]
+
+
+@contextmanager
+def engine_errors(what: str) -> Iterator[None]:
+    """Turn a docker-py, requests, urllib3 or socket failure inside the block
+    into EngineError naming `what` (e.g. "starting container ccp-x"); ccp's own
+    exceptions pass through untouched. (Here, at the bottom of the package, so
+    that every module of it can use it; engine.api offers it to the stages.)"""
+    # Imported on the first request, never by a no-op run that asks the engine nothing.
+    from docker.errors import DockerException, NotFound
+    from requests.exceptions import RequestException
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    try:
+        yield
+    except NotFound as exc:
+        raise EngineNotFound(f"{what}: {_explanation(exc)}") from exc
+    except DockerException as exc:
+        raise EngineError(f"{what}: the engine refused: {_explanation(exc)}") from exc
+    except (RequestException, Urllib3Error, ConnectionError, TimeoutError) as exc:
+        # docker-py reads streamed answers (build, push, pull) from urllib3 directly.
+        raise EngineError(f"{what}: lost the Docker engine at {engine_address()}: {_explanation(exc)}") from exc
 
 
 def connect(timeout: int = 600):
@@ -129,122 +153,3 @@ def list_images(timeout: float = 30) -> list[dict]:
     if socket_path is None:
         return connect(timeout=int(timeout)).images()
     return json.loads(unix_get(socket_path, "/images/json", timeout))
-
-
-def adoptable(client, digest: str, ref: str) -> str | None:
-    """The image `ref` names, if it was built from inputs with this digest.
-
-    Only the reference itself is asked (one inspect): labels are inherited, so
-    intermediate stages of a multi-stage build, or any image built FROM ours,
-    carry our digest label too; the image tagged in our own repository is the
-    image itself. Searching the whole store for the label would cost as much as
-    listing it."""
-    from docker.errors import NotFound
-
-    try:
-        found = client.inspect_image(ref)
-    except NotFound:
-        return None
-    labels = (found.get("Config") or {}).get("Labels") or {}
-    return found["Id"] if labels.get(DIGEST_LABEL) == digest else None
-
-
-def tag(client, image_id: str, ref: str) -> None:
-    repository, _, tag_name = ref.rpartition(":")
-    if not client.tag(image_id, repository, tag_name, force=True):
-        raise EngineError(f"the engine refused to tag {image_id} as {ref}")
-
-
-def _short(line: str, width: int = 110) -> str:
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
-def build(
-    client,
-    name: str,
-    context_dir: Path,
-    ref: str,
-    labels: dict[str, str],
-    build_args: dict[str, str],
-    log_path: Path,
-    progress: Callable[[str], None] | None = None,
-    network_mode: str | None = None,
-) -> str:
-    """Build `context_dir` as `ref`, streaming the log to `log_path`; return the image ID.
-
-    docker-py reports a failed build as an 'error' chunk in a successful HTTP
-    stream, so every chunk is inspected.
-    """
-    from docker.errors import APIError
-
-    progress = progress or (lambda line: print(f"   {name}: {_short(line)}", file=sys.stderr, flush=True))
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
-    image_id = None
-    started = time.monotonic()
-    with open(log_path, "w") as log:
-        log.write(f"# docker build {context_dir} -t {ref}\n")
-        try:
-            stream = client.build(
-                path=str(context_dir),
-                tag=ref,
-                labels=labels,
-                buildargs=build_args,
-                rm=True,
-                forcerm=True,
-                pull=False,
-                decode=True,
-                network_mode=network_mode,
-            )
-            for chunk in stream:
-                if "error" in chunk:
-                    message = chunk["error"].strip()
-                    log.write(message + "\n")
-                    raise BuildError(name, message, list(tail), str(log_path))
-                text = chunk.get("stream") or chunk.get("status") or ""
-                if text:
-                    log.write(text)
-                    for line in text.splitlines():
-                        if line.strip():
-                            tail.append(line.rstrip())
-                        if line.startswith("Step "):
-                            progress(line.strip())
-                aux = chunk.get("aux")
-                if isinstance(aux, dict) and "ID" in aux:
-                    image_id = aux["ID"]
-        except APIError as exc:
-            message = exc.explanation or str(exc)
-            log.write(f"{message}\n")
-            raise BuildError(name, str(message).strip(), list(tail), str(log_path)) from None
-        except (ConnectionError, OSError) as exc:
-            raise EngineError(f"lost the Docker engine at {engine_address()} while building '{name}': {exc}") from None
-        except Exception as exc:
-            if isinstance(exc, BuildError):
-                raise
-            if type(exc).__module__.startswith(("requests", "urllib3")):
-                raise EngineError(
-                    f"lost the Docker engine at {engine_address()} while building '{name}': {exc}"
-                ) from None
-            raise
-        log.write(f"# finished in {time.monotonic() - started:.1f}s: {image_id}\n")
-    if not image_id:
-        raise BuildError(name, "the engine reported no image ID", list(tail), str(log_path))
-    return image_id
-
-
-def built_on(client, image_id: str, parent_id: str) -> bool:
-    """Whether `image_id` extends `parent_id`: the parent's layers are the first of its own."""
-    child = (client.inspect_image(image_id).get("RootFS") or {}).get("Layers") or []
-    parent = (client.inspect_image(parent_id).get("RootFS") or {}).get("Layers") or []
-    return child[: len(parent)] == parent
-
-
-def untag_if(client, ref: str, image_id: str) -> None:
-    """Remove `ref` while it still names `image_id` (another run may have moved it)."""
-    from docker.errors import APIError
-
-    try:
-        if client.inspect_image(ref)["Id"] == image_id:
-            client.remove_image(ref, noprune=True)
-    except APIError:
-        pass

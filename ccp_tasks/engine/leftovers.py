@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 from ccp_tasks.core import lock
 from ccp_tasks.core.layout import CacheLayout
+from ccp_tasks.engine.api import Engine, connect, docker_client, engine_errors
 
 CHECKOUT_LABEL = "io.ccp.checkout"
 RUN_LABEL = "io.ccp.run"
@@ -40,10 +42,21 @@ def of_any_run(labels: dict[str, str]) -> dict[str, str]:
     return {key: value for key, value in labels.items() if key != RUN_LABEL}
 
 
-def remove_labelled(client, labels: dict[str, str], spare_run: str | None = None) -> int:
+def remove_labelled(target: Engine | Any, labels: dict[str, str], spare_run: str | None = None) -> int:
     """Remove the containers (pod holders last), then the volumes and networks,
     carrying all of `labels`, except those of run `spare_run`. Returns how
-    many were removed."""
+    many were removed.
+
+    `target` is an Engine (a failure is then an EngineError naming the labels)
+    or a docker-py client, as the check stages still pass, whose callers map
+    docker-py's exceptions themselves."""
+    if not isinstance(target, Engine):
+        return _remove(target, labels, spare_run)
+    with engine_errors(f"removing what carries {', '.join(f'{k}={v}' for k, v in labels.items())}"):
+        return _remove(docker_client(target), labels, spare_run)
+
+
+def _remove(client: Any, labels: dict[str, str], spare_run: str | None) -> int:
     from docker.errors import NotFound
 
     def spared(entry) -> bool:
@@ -77,23 +90,14 @@ def remove_labelled(client, labels: dict[str, str], spare_run: str | None = None
     return removed
 
 
-def sweep(layout: CacheLayout, client=None) -> int:
+def sweep(layout: CacheLayout, engine: Engine | None = None) -> int:
     """Remove what dead runs of this checkout left, once per process. Only
     under the checkout's lock: without it, a run of the checkout may be alive."""
     root = Path(layout.root).resolve()
     if root in _swept or not lock.held(layout.lock):
         return 0
-    from docker.errors import DockerException
-    from requests.exceptions import RequestException
-
-    from ccp_tasks.core.errors import EngineError
-    from ccp_tasks.engine.docker_ops import connect
-
-    client = client or connect()
-    try:
-        removed = remove_labelled(client, {CHECKOUT_LABEL: checkout_id(layout)}, spare_run=lock.run_id())
-    except (DockerException, RequestException) as exc:
-        reason = str(getattr(exc, "explanation", None) or exc).splitlines()[0]
-        raise EngineError(f"could not remove what a killed run of this checkout left in the engine: {reason}") from None
+    engine = engine or connect()
+    with engine_errors("could not remove what a killed run of this checkout left in the engine"):
+        removed = _remove(docker_client(engine), {CHECKOUT_LABEL: checkout_id(layout)}, spare_run=lock.run_id())
     _swept.add(root)
     return removed

@@ -1,6 +1,7 @@
 """What the tasks run. Each action turns an expected failure (CcpError) into
 doit's TaskFailed with a one-line-first message, so doit reports it without a
-traceback; anything else is a bug and keeps its traceback."""
+traceback (CCP_DEBUG=1 adds it, with its causes); anything else is a bug and
+keeps its traceback."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from ccp_tasks.core.state import (
     write_if_changed,
 )
 from ccp_tasks.engine import docker_ops, leftovers
+from ccp_tasks.engine.api import Engine, connect
+from ccp_tasks.engine.builder import BuildRequest
 from ccp_tasks.glue import picture
 from ccp_tasks.model import sources
 from ccp_tasks.model.config import PipelineConfig
@@ -194,7 +197,7 @@ def sync_source(cfg: PipelineConfig, name: str, layout: CacheLayout) -> dict:
 
 def _build_on_parent(
     cfg: PipelineConfig,
-    client,
+    engine: Engine,
     image: Image,
     context_dir: Path,
     labels: dict[str, str],
@@ -205,22 +208,22 @@ def _build_on_parent(
     the builder resolves FROM by reference, and another run on the same engine
     may move that reference meanwhile (then the image is built again)."""
     base = _final_parent(cfg, image)
+    request = BuildRequest(
+        image.name,
+        context_dir,
+        image.ref,
+        Path(layout.log(image.name)),
+        labels,
+        {**cfg.build_args, **apt_proxy.build_args(cfg.build.apt_proxy)},
+        network_mode=apt_proxy.network_mode(cfg.build.apt_proxy),
+    )
     for attempt in range(1, BUILD_ATTEMPTS + 1):
         if base:
-            docker_ops.tag(client, parent_ids[base], cfg.image_ref(base))
-        image_id = docker_ops.build(
-            client,
-            image.name,
-            context_dir,
-            image.ref,
-            labels,
-            {**cfg.build_args, **apt_proxy.build_args(cfg.build.apt_proxy)},
-            Path(layout.log(image.name)),
-            network_mode=apt_proxy.network_mode(cfg.build.apt_proxy),
-        )
-        if not base or docker_ops.built_on(client, image_id, parent_ids[base]):
+            engine.images.tag(parent_ids[base], cfg.image_ref(base))
+        image_id = engine.builder.build(request)
+        if not base or engine.images.built_on(image_id, parent_ids[base]):
             return image_id
-        docker_ops.untag_if(client, image.ref, image_id)
+        engine.images.untag_if(image.ref, image_id)
         if attempt < BUILD_ATTEMPTS:
             print(
                 f"   {image.name}: built on another '{base}' (another run on this engine moved "
@@ -252,22 +255,22 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     labels = {**image_labels(cfg, image), **_source_labels(image, layout)}
     context_dir = Path(layout.context_dir(image.name))
     digest = input_digest(context_dir, cfg.build_args, labels, parent_ids)
-    client = docker_ops.connect()
-    image_id = docker_ops.adoptable(client, digest, image.ref)
+    engine = connect()
+    image_id = engine.images.adoptable(digest, image.ref)
     if image_id:
-        docker_ops.tag(client, image_id, image.ref)
+        engine.images.tag(image_id, image.ref)
         outcome = "adopted"
     elif (
         cfg.registry.url
         and cfg.registry.reuse
-        and (image_id := publish.pull_reusable(cfg, client, image.name, digest, image.ref, log=_say(image.name)))
+        and (image_id := publish.pull_reusable(cfg, engine, image.name, digest, image.ref, log=_say(image.name)))
     ):
         outcome = "pulled"
     else:
         all_labels = {**labels, **_revision_labels(cfg, image), DIGEST_LABEL: digest}
-        image_id = _build_on_parent(cfg, client, image, context_dir, all_labels, parent_ids, layout)
+        image_id = _build_on_parent(cfg, engine, image, context_dir, all_labels, parent_ids, layout)
         outcome = "built"
-    packages = _record_packages(client, image, image_id, layout)
+    packages = _record_packages(engine, image, image_id, layout)
     stamp = Stamp(image.name, image_id, digest, (image.ref,))
     write_if_changed(Path(layout.stamp(image.name)), stamp.to_bytes())
     return {
@@ -435,7 +438,7 @@ def run_pod_checks(
     return _run_stage("kube", cfg, image, layout, run, empty_fails=True)
 
 
-def _record_packages(client, image: Image, image_id: str, layout: CacheLayout) -> dict:
+def _record_packages(engine: Engine, image: Image, image_id: str, layout: CacheLayout) -> dict:
     """Write the image's package list and, beside it, what changed since its
     previous build (kept until the next change, so "what moved in the last
     rebuild" can be looked up later). Part of the build, not a task of its
@@ -446,8 +449,8 @@ def _record_packages(client, image: Image, image_id: str, layout: CacheLayout) -
     target = Path(layout.manifest(image.name))
     if previous_stamp is not None and previous_stamp.image_id == image_id and target.exists():
         return {}
-    leftovers.sweep(layout, client)
-    packages = manifest.read_packages(client, image_id, leftovers.run_labels(layout))
+    leftovers.sweep(layout, engine)
+    packages = manifest.read_packages(engine, image_id, leftovers.run_labels(layout))
     changes_path = Path(layout.manifest_changes(image.name))
     if packages is None:
         write_if_changed(target, b"")
@@ -480,7 +483,7 @@ def push_image(cfg: PipelineConfig, image: Image, layout: CacheLayout, ci: publi
     plan = publish.tag_plan(cfg, image.name, stamp.input_digest, ci)
     with publish.registry_client(cfg) as registry:
         record = publish.push_image(
-            cfg, docker_ops.connect(), registry, image.name, stamp.image_id, plan, log=None, local_ref=image.ref
+            cfg, connect(), registry, image.name, stamp.image_id, plan, log=None, local_ref=image.ref
         )
     publish.write_record(Path(layout.pushed(image.name)), record)
     print(

@@ -14,9 +14,9 @@ Tags (after fuel-ccp's "Docker layers & versions"):
   pushed (`publish`), by a registry-side retag of the manifest already there:
   a run that fails half-way leaves every moving tag where it was.
 
-Pushing and pulling go through the engine (docker-py), the checks and the
-retags through ccp_tasks.registry: HEAD and PUT of manifests, no layer
-traffic.
+Pushing and pulling go through the engine (engine.api.Engine), the checks
+and the retags through ccp_tasks.registry: HEAD and PUT of manifests, no
+layer traffic.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from pathlib import Path
 
 from ccp_tasks.core.errors import CcpError, EngineError
 from ccp_tasks.core.state import DIGEST_LABEL, STRINGS, dump_json, fields, read_record, write_if_changed
+from ccp_tasks.engine.api import Engine
+from ccp_tasks.engine.images import Images, labels_of
 from ccp_tasks.model.config import PipelineConfig
 
 CONTENT_TAG_PREFIX = "in-"
@@ -225,7 +227,7 @@ def _vanished(exc: Exception) -> bool:
     return "No such image" in text or "does not exist locally" in text or "reference does not exist" in text
 
 
-def _untag_if_ours(client, ref: str, image_id: str, keep: str | None = None) -> None:
+def _untag_if_ours(images: Images, ref: str, image_id: str, keep: str | None = None) -> None:
     """Remove `ref` from the engine unless another run re-pointed it meanwhile.
 
     The engine's `untag` event names the image, not the reference removed, so
@@ -234,25 +236,19 @@ def _untag_if_ours(client, ref: str, image_id: str, keep: str | None = None) -> 
     the removal, and that `tag` event, which names it, restores it in the view
     when the task succeeds (the run made it). After a failed push the next run
     asks the engine about `keep` (EngineView.has) instead."""
-    from docker.errors import APIError
-
-    try:
-        if client.inspect_image(ref)["Id"] == image_id:
-            client.remove_image(ref, noprune=True)
-    except APIError:
-        pass  # already gone, or re-pointed and removed by the run that owns it now
+    # Not removed when already gone, or re-pointed and removed by the run that owns it now.
+    images.untag_if(ref, image_id)
     if keep:
-        repository, _, tag = keep.rpartition(":")
         try:
-            if client.inspect_image(keep)["Id"] == image_id:
-                client.tag(image_id, repository, tag)
-        except APIError:
+            if images.id_of(keep) == image_id:
+                images.tag(image_id, keep)
+        except EngineError:
             pass
 
 
 def push_image(
     cfg: PipelineConfig,
-    client,
+    engine: Engine,
     registry,
     name: str,
     image_id: str,
@@ -270,10 +266,9 @@ def push_image(
     registry's content tag names after the push: with two runs pushing the same
     content tag at once the last push wins, and that is what `publish` points
     the moving tags at."""
-    from docker.errors import APIError
-
     from ccp_tasks.publish.registry import registry_host
 
+    images = engine.images
     host = registry_host(cfg.registry.url)
     remote = f"{host}/{plan.repository}"
     vehicle = f"{remote}:{plan.content}"
@@ -284,18 +279,14 @@ def push_image(
     while digest is None:
         attempt += 1
         try:
-            client.tag(image_id, remote, plan.content)
+            images.tag(image_id, vehicle)
             try:
-                aux = _stream_errors(
-                    client.push(remote, tag=plan.content, stream=True, decode=True, auth_config=_auth_config(cfg)),
-                    what,
-                    log,
-                )
+                aux = _stream_errors(images.push(remote, plan.content, _auth_config(cfg)), what, log)
             finally:
                 # The registry-qualified name is only a vehicle for the push.
-                _untag_if_ours(client, vehicle, image_id, keep=local_ref)
-        except (APIError, PushError) as exc:
-            detail = str(exc) if isinstance(exc, PushError) else f"{what}: {exc.explanation or exc}"
+                _untag_if_ours(images, vehicle, image_id, keep=local_ref)
+        except (EngineError, PushError) as exc:
+            detail = str(exc) if isinstance(exc, PushError) else f"{what}: {exc}"
             digest = registry.manifest_digest(plan.repository, plan.content)
             if digest is not None:
                 break  # another run pushed it meanwhile
@@ -313,7 +304,9 @@ def push_image(
                 continue
             if attempt > 1:
                 detail += f" (after {attempt} attempts)"
-            raise PushError(detail) from None
+            if isinstance(exc, PushError):
+                raise PushError(detail) from None
+            raise EngineError(detail) from exc
         digest = registry.manifest_digest(plan.repository, plan.content) or aux.get("Digest")
         if not digest:
             raise PushError(f"push of '{name}' to {vehicle} reported no digest; the registry does not list it")
@@ -362,12 +355,12 @@ def move_tags(registry, records: list[PushRecord]) -> tuple[list[str], dict[str,
 _UNAVAILABLE: dict[str, str] = {}
 
 
-def pull_reusable(cfg: PipelineConfig, client, name: str, input_digest: str, local_ref: str, log=None) -> str | None:
+def pull_reusable(
+    cfg: PipelineConfig, engine: Engine, name: str, input_digest: str, local_ref: str, log=None
+) -> str | None:
     """The image ID of the registry's image for `input_digest`, pulled and tagged
     `local_ref`; None when the registry has none (or cannot be asked: then the
     image is built here, and the reason is said once)."""
-    from docker.errors import APIError
-
     from ccp_tasks.publish.registry import RegistryError, registry_host
 
     if cfg.registry.url in _UNAVAILABLE:
@@ -384,15 +377,15 @@ def pull_reusable(cfg: PipelineConfig, client, name: str, input_digest: str, loc
         return None
     remote = f"{registry_host(cfg.registry.url)}/{plan.repository}"
     vehicle = f"{remote}:{plan.content}"
+    images = engine.images
     for attempt in (1, 2):
         try:
             _stream_errors(
-                client.pull(remote, tag=plan.content, stream=True, decode=True, auth_config=_auth_config(cfg)),
-                f"pull of '{name}' from {vehicle} failed",
+                images.pull(remote, plan.content, _auth_config(cfg)), f"pull of '{name}' from {vehicle} failed"
             )
-            info = client.inspect_image(vehicle)
+            info = images.inspect(vehicle)
             break
-        except (APIError, PushError) as exc:
+        except (EngineError, PushError) as exc:
             # Another run on this engine pulling the same image may have removed
             # the shared registry-qualified reference between our pull and inspect.
             if attempt == 1 and _vanished(exc):
@@ -400,19 +393,14 @@ def pull_reusable(cfg: PipelineConfig, client, name: str, input_digest: str, loc
             if log:
                 log(f"not reusing {vehicle} ({exc}); building here")
             return None
-    labels = (info.get("Config") or {}).get("Labels") or {}
-    if labels.get(DIGEST_LABEL) != input_digest:
+    if labels_of(info).get(DIGEST_LABEL) != input_digest:
         # Someone pushed a different image under our content tag: never trust it.
-        _untag_if_ours(client, vehicle, info["Id"])
+        _untag_if_ours(images, vehicle, info["Id"])
         if log:
             log(f"{vehicle} carries another input digest; building here")
         return None
-    repository, _, tag = local_ref.rpartition(":")
-    try:
-        client.tag(info["Id"], repository, tag)
-    except APIError as exc:
-        raise EngineError(f"cannot tag the pulled image as {local_ref}: {exc.explanation or exc}") from None
-    _untag_if_ours(client, vehicle, info["Id"], keep=local_ref)
+    images.tag(info["Id"], local_ref)
+    _untag_if_ours(images, vehicle, info["Id"], keep=local_ref)
     return info["Id"]
 
 
