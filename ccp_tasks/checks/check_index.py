@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ccp_tasks.checks import integration
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.state import STRINGS, fields, is_signature, read_record, write_atomic
 from ccp_tasks.model.graph import ImageGraph
@@ -76,13 +77,6 @@ def _cached_entries(raw: Any, world: list) -> dict:
 
 
 def _read(path: str, graph: ImageGraph) -> dict:
-    # The one own module imported late, and on purpose: integration.py is the
-    # test runner as well as the spec reader (ssl, http.client, sockets, a dozen
-    # dataclasses: about 35 ms), and a run whose index is fresh never reads a
-    # spec. No cycle hides here (integration imports nothing of this module);
-    # once the spec reader has a module of its own, import that at the top.
-    from ccp_tasks.checks import integration
-
     try:
         spec = integration.load_spec(Path(path), tuple(graph.images))
     except CcpError as exc:

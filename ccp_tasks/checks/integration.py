@@ -175,7 +175,11 @@ from ccp_tasks.core.errors import CcpError, ConfigError, EngineError, EngineNotF
 from ccp_tasks.core.schema import Field, Reader, Schema, Validator, choice, did_you_mean, key_path
 from ccp_tasks.core.state import dump_json, fields, read_record, write_atomic
 from ccp_tasks.engine.containers import Containers, NotRunning
+from ccp_tasks.engine.docker_ops import engine_address, local_socket
 from ccp_tasks.engine.leftovers import of_any_run
+
+# The pipeline's one YAML reader: malformed YAML is reported as file:line:col.
+from ccp_tasks.model.config import read_yaml
 
 SPEC_NAME = "integration.yaml"
 # Every container and network of a run carries the caller's labels plus these;
@@ -642,9 +646,6 @@ def _default_name(kind: str, spec) -> str:
 
 def load_spec(path: Path, images: Collection[str]) -> IntegrationSpec:
     """Parse and validate an integration.yaml once; every error is one line naming the file and key."""
-    # The pipeline's one YAML reader: malformed YAML is reported as file:line:col.
-    from ccp_tasks.model.config import read_yaml
-
     path = Path(path)
     r = _Reader(str(path))
     data = read_yaml(path)
@@ -781,8 +782,6 @@ class IntegrationRun:
 
 
 def require_local_engine() -> None:
-    from ccp_tasks.engine.docker_ops import engine_address, local_socket
-
     if local_socket() is None:
         raise EngineError(
             f"integration tests need a local Docker engine: their checks connect from this host to the "

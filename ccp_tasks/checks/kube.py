@@ -129,8 +129,8 @@ from ccp_tasks.checks.records import CheckResult
 from ccp_tasks.core.errors import CcpError, ConfigError, EngineError, EngineNotFound, TemplateError
 from ccp_tasks.core.schema import did_you_mean, key_path, unknown_key
 from ccp_tasks.core.state import read_regular_file
-from ccp_tasks.engine.containers import Containers
-from ccp_tasks.engine.leftovers import ROLE_LABEL, of_any_run
+from ccp_tasks.engine.containers import ROLE_LABEL, Containers
+from ccp_tasks.engine.leftovers import of_any_run
 from ccp_tasks.model.config import load_yaml_all
 from ccp_tasks.model.render import (
     INTEGRATION_TESTS,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ccp_tasks.engine.builder import ClassicBuilder
+from ccp_tasks.engine.containers import Containers
 from ccp_tasks.engine.docker_ops import connect as docker_connect
 from ccp_tasks.engine.docker_ops import engine_errors
 from ccp_tasks.engine.images import Images
@@ -28,8 +29,6 @@ class Engine:
     Only this package holds the docker-py client; nothing outside it sees it."""
 
     def __init__(self, client: Any) -> None:
-        from ccp_tasks.engine.containers import Containers
-
         self._client = client
         self.images = Images(client)
         self.containers = Containers(client)

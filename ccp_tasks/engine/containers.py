@@ -17,9 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ccp_tasks.core.errors import EngineError, EngineNotFound
-from ccp_tasks.engine.api import engine_errors
-from ccp_tasks.engine.docker_ops import stream_archive
-from ccp_tasks.engine.leftovers import remove_labelled
+from ccp_tasks.engine.docker_ops import engine_errors, stream_archive
 
 
 def _short(container: str) -> str:
@@ -34,6 +32,12 @@ class NotRunning(EngineError):
     def __init__(self, what: str, reason: str) -> None:
         super().__init__(f"{what}: {reason}")
         self.reason = reason
+
+
+# Every run's things carry its id; a pod's carry their role (holder, init,
+# container, service), and a pod is taken down holder last.
+RUN_LABEL = "io.ccp.run"
+ROLE_LABEL = "io.ccp.pod.role"
 
 
 def _label_filters(labels: Mapping[str, str]) -> dict[str, list[str]]:
@@ -266,10 +270,45 @@ class Containers:
 
     def remove_labelled(self, labels: Mapping[str, str], spare_run: str | None = None) -> int:
         """Remove every container (pod holders last), volume and network
-        carrying all of `labels`, except run `spare_run`'s: leftovers.remove_labelled,
-        the one sweep. How many were removed."""
+        carrying all of `labels`, except run `spare_run`'s: the one sweep
+        (leftovers.sweep and the harness call it). How many were removed."""
         with engine_errors("removing what carries the labels " + ", ".join(f"{k}={v}" for k, v in labels.items())):
-            return remove_labelled(self._client, dict(labels), spare_run=spare_run)
+            return self._remove_labelled(dict(labels), spare_run)
+
+    def _remove_labelled(self, labels: dict[str, str], spare_run: str | None) -> int:
+        from docker.errors import NotFound
+
+        client = self._client
+
+        def spared(entry) -> bool:
+            return spare_run is not None and (entry.get("Labels") or {}).get(RUN_LABEL) == spare_run
+
+        filters = _label_filters(labels)
+        removed = 0
+        found = [c for c in client.containers(all=True, filters=filters) if not spared(c)]
+        # The holder owns the network namespace the pod's other containers joined.
+        found.sort(key=lambda c: (c.get("Labels") or {}).get(ROLE_LABEL) == "holder")
+        for entry in found:
+            try:
+                client.remove_container(entry["Id"], force=True, v=True)
+                removed += 1
+            except NotFound:
+                pass
+        for volume in (client.volumes(filters=filters) or {}).get("Volumes") or []:
+            if not spared(volume):
+                try:
+                    client.remove_volume(volume["Name"], force=True)
+                    removed += 1
+                except NotFound:
+                    pass
+        for network in client.networks(filters=filters):
+            if not spared(network):
+                try:
+                    client.remove_network(network["Id"])
+                    removed += 1
+                except NotFound:
+                    pass
+        return removed
 
     # (section kept apart so that two branches can add methods without touching each other's lines)
 

@@ -19,11 +19,10 @@ from typing import Any
 
 from ccp_tasks.core import lock
 from ccp_tasks.core.layout import CacheLayout
-from ccp_tasks.engine.api import Engine, connect, docker_client, engine_errors
+from ccp_tasks.engine.api import Engine, connect
+from ccp_tasks.engine.containers import RUN_LABEL, Containers
 
 CHECKOUT_LABEL = "io.ccp.checkout"
-RUN_LABEL = "io.ccp.run"
-ROLE_LABEL = "io.ccp.pod.role"  # holder, init, container, service: a pod is taken down holder last
 _swept: set[Path] = set()  # per process: the checkouts already swept
 
 
@@ -44,50 +43,9 @@ def of_any_run(labels: dict[str, str]) -> dict[str, str]:
 
 def remove_labelled(target: Engine | Any, labels: dict[str, str], spare_run: str | None = None) -> int:
     """Remove the containers (pod holders last), then the volumes and networks,
-    carrying all of `labels`, except those of run `spare_run`. Returns how
-    many were removed.
-
-    `target` is an Engine (a failure is then an EngineError naming the labels)
-    or a docker-py client, as the check stages still pass, whose callers map
-    docker-py's exceptions themselves."""
-    if not isinstance(target, Engine):
-        return _remove(target, labels, spare_run)
-    with engine_errors(f"removing what carries {', '.join(f'{k}={v}' for k, v in labels.items())}"):
-        return _remove(docker_client(target), labels, spare_run)
-
-
-def _remove(client: Any, labels: dict[str, str], spare_run: str | None) -> int:
-    from docker.errors import NotFound
-
-    def spared(entry) -> bool:
-        return spare_run is not None and (entry.get("Labels") or {}).get(RUN_LABEL) == spare_run
-
-    filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
-    removed = 0
-    found = [c for c in client.containers(all=True, filters=filters) if not spared(c)]
-    # The holder owns the network namespace the pod's other containers joined.
-    found.sort(key=lambda c: (c.get("Labels") or {}).get(ROLE_LABEL) == "holder")
-    for entry in found:
-        try:
-            client.remove_container(entry["Id"], force=True, v=True)
-            removed += 1
-        except NotFound:
-            pass
-    for volume in (client.volumes(filters=filters) or {}).get("Volumes") or []:
-        if not spared(volume):
-            try:
-                client.remove_volume(volume["Name"], force=True)
-                removed += 1
-            except NotFound:
-                pass
-    for network in client.networks(filters=filters):
-        if not spared(network):
-            try:
-                client.remove_network(network["Id"])
-                removed += 1
-            except NotFound:
-                pass
-    return removed
+    carrying all of `labels`, except those of run `spare_run`; how many were
+    removed. `target` is an Engine, its Containers or a docker-py client."""
+    return Containers.of(target).remove_labelled(labels, spare_run=spare_run)
 
 
 def sweep(layout: CacheLayout, engine: Engine | None = None) -> int:
@@ -97,7 +55,6 @@ def sweep(layout: CacheLayout, engine: Engine | None = None) -> int:
     if root in _swept or not lock.held(layout.lock):
         return 0
     engine = engine or connect()
-    with engine_errors("could not remove what a killed run of this checkout left in the engine"):
-        removed = _remove(docker_client(engine), {CHECKOUT_LABEL: checkout_id(layout)}, spare_run=lock.run_id())
+    removed = engine.containers.remove_labelled({CHECKOUT_LABEL: checkout_id(layout)}, spare_run=lock.run_id())
     _swept.add(root)
     return removed

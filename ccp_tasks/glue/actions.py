@@ -17,7 +17,7 @@ from doit.exceptions import TaskFailed
 from ccp_tasks.build import apt_proxy, manifest
 from ccp_tasks.build import base as base_rootfs
 from ccp_tasks.build.digest import input_digest
-from ccp_tasks.checks import lint
+from ccp_tasks.checks import integration, kube, lint, structure
 from ccp_tasks.checks.records import CheckResult, StageRecord, failure_report, save_record
 from ccp_tasks.core.errors import BuildError, CcpError, debugging
 from ccp_tasks.core.gitinfo import last_revision
@@ -30,15 +30,23 @@ from ccp_tasks.core.state import (
     write_atomic,
     write_if_changed,
 )
-from ccp_tasks.engine import docker_ops, leftovers
+from ccp_tasks.engine import leftovers
 from ccp_tasks.engine.api import Engine, connect
 from ccp_tasks.engine.builder import BuildRequest
 from ccp_tasks.glue import picture
 from ccp_tasks.model import sources
 from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.model.graph import Image, ImageGraph
-from ccp_tasks.model.render import SOURCES_DIR, final_base
+from ccp_tasks.model.render import INTEGRATION_TESTS, SOURCES_DIR, final_base
 from ccp_tasks.publish import push as publish
+from ccp_tasks.publish import retention
+from ccp_tasks.publish.artifactory import (
+    PROP_BRANCH,
+    PROP_BUILD_NUMBER,
+    PROP_COMMIT,
+    PROP_KEEP,
+    artifactory_client,
+)
 
 CHECK_LABEL = "io.ccp.check"
 # Builds of one image when another run on the same engine keeps moving its parent's tag.
@@ -376,11 +384,10 @@ def _run_stage(
 @reports_errors
 def run_structure_tests(cfg: PipelineConfig, image: Image, layout: CacheLayout, tests_file: str) -> dict:
     """Run the image's container-structure-test file against the image its build made."""
-    from ccp_tasks.checks import structure
 
     def run(image_id, labels):
         suite = structure.load_suite(Path(tests_file))
-        return structure.run_suite(docker_ops.connect(), image_id, suite, labels=labels)
+        return structure.run_suite(connect(), image_id, suite, labels=labels)
 
     return _run_stage("spec", cfg, image, layout, run)
 
@@ -390,13 +397,12 @@ def run_integration_tests(
     cfg: PipelineConfig, image: Image, images: tuple[str, ...], layout: CacheLayout, spec_file: str
 ) -> dict:
     """Start the image (and the services it needs) and run the checks of its integration.yaml."""
-    from ccp_tasks.checks import integration
 
     def run(image_id, labels):
         spec = integration.load_spec(Path(spec_file), images)
         run_refs = {name: _built(name, layout).image_id for name in [image.name, *integration.service_images(spec)]}
         return integration.run_spec(
-            docker_ops.connect(),
+            connect(),
             image.name,
             run_refs,
             spec,
@@ -415,14 +421,11 @@ def run_pod_checks(
     cfg: PipelineConfig, image: Image, images: tuple[str, ...], layout: CacheLayout, pod_template: str
 ) -> dict:
     """Validate the image's pod definition, run it as a pod and its integration checks against it."""
-    from ccp_tasks.checks import kube
-    from ccp_tasks.model.render import INTEGRATION_TESTS
-
     spec_path = Path(pod_template).parent / INTEGRATION_TESTS
 
     def run(image_id, labels):
         return kube.check_pod(
-            docker_ops.connect(),
+            connect(),
             cfg,
             image.name,
             images,
@@ -537,13 +540,6 @@ def deploy_artifacts(cfg: PipelineConfig, layout: CacheLayout, ci: publish.CiCon
     """Deploy the logs, reports, package manifests and summary of the last run to
     Artifactory, under <namespace>/<branch>/<build>/, with the properties
     retention reads (branch, commit, build.number, keep)."""
-    from ccp_tasks.publish.artifactory import (
-        PROP_BRANCH,
-        PROP_BUILD_NUMBER,
-        PROP_COMMIT,
-        PROP_KEEP,
-        artifactory_client,
-    )
 
     settings = cfg.artifactory
     server = artifactory_client(cfg)  # fails first when none is configured, as before
@@ -572,7 +568,6 @@ def deploy_artifacts(cfg: PipelineConfig, layout: CacheLayout, ci: publish.CiCon
 @reports_errors
 def run_retention(cfg: PipelineConfig, layout: CacheLayout, apply: bool = False, images: tuple[str, ...] = ()) -> dict:
     """`doit retention [--apply]` (the planner is imported only when asked for)."""
-    from ccp_tasks.publish import retention
 
     return retention.run_retention(cfg, layout, apply=apply, images=images)
 

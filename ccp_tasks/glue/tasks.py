@@ -14,7 +14,7 @@ from pathlib import Path
 from doit.tools import config_changed
 
 from ccp_tasks.build.base import is_fresh
-from ccp_tasks.checks import lint
+from ccp_tasks.checks import kube, lint
 from ccp_tasks.checks.check_index import IntegrationInputs
 from ccp_tasks.checks.records import read_pass
 from ccp_tasks.core.errors import CcpError
@@ -22,6 +22,7 @@ from ccp_tasks.core.layout import CacheLayout
 from ccp_tasks.core.state import Stamp
 from ccp_tasks.engine.engine_view import EngineView
 from ccp_tasks.glue import actions
+from ccp_tasks.model import sources
 from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.model.graph import ImageGraph
 from ccp_tasks.model.render import INTEGRATION_TESTS, POD_TEMPLATE, STRUCTURE_TESTS
@@ -129,8 +130,6 @@ class source_current:
         self.__signature__ = UPTODATE_SIGNATURE
 
     def __call__(self, task, values):
-        from ccp_tasks.model import sources
-
         settings = self.cfg.sources[self.name]
         record = sources.SourceRecord.read(self.record_path)
         if record is None or not record.describes(settings):
@@ -344,8 +343,6 @@ def test_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
 
 def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, integration: dict[str, IntegrationInputs]):
     """kube:<image>: pod.yaml.j2 validated and cross-checked, then run as a pod with the integration checks."""
-    from ccp_tasks.checks import kube
-
     version = kube.kubernetes_version(cfg)
     yield {
         "basename": "kube",

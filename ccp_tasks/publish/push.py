@@ -34,6 +34,7 @@ from ccp_tasks.core.state import DIGEST_LABEL, STRINGS, dump_json, fields, read_
 from ccp_tasks.engine.api import Engine
 from ccp_tasks.engine.images import Images, labels_of
 from ccp_tasks.model.config import PipelineConfig
+from ccp_tasks.publish.registry import RegistryClient, RegistryError, credentials_for, registry_host
 
 CONTENT_TAG_PREFIX = "in-"
 # The environment of a CI job; Jenkins sets BRANCH_NAME/GIT_COMMIT/BUILD_NUMBER,
@@ -165,8 +166,6 @@ class PushRecord:
 
 
 def registry_client(cfg: PipelineConfig):
-    from ccp_tasks.publish.registry import RegistryClient, credentials_for
-
     settings = cfg.registry
     if not settings.url:
         raise CcpError("no registry is configured: set registry.url in ccp.yaml (or ccp.local.yaml) to push")
@@ -179,8 +178,6 @@ def registry_client(cfg: PipelineConfig):
 
 
 def _auth_config(cfg: PipelineConfig) -> dict | None:
-    from ccp_tasks.publish.registry import credentials_for
-
     credentials = credentials_for(cfg.registry.url)
     return {"username": credentials.username, "password": credentials.password} if credentials else None
 
@@ -266,8 +263,6 @@ def push_image(
     registry's content tag names after the push: with two runs pushing the same
     content tag at once the last push wins, and that is what `publish` points
     the moving tags at."""
-    from ccp_tasks.publish.registry import registry_host
-
     images = engine.images
     host = registry_host(cfg.registry.url)
     remote = f"{host}/{plan.repository}"
@@ -361,8 +356,6 @@ def pull_reusable(
     """The image ID of the registry's image for `input_digest`, pulled and tagged
     `local_ref`; None when the registry has none (or cannot be asked: then the
     image is built here, and the reason is said once)."""
-    from ccp_tasks.publish.registry import RegistryError, registry_host
-
     if cfg.registry.url in _UNAVAILABLE:
         return None
     plan = tag_plan(cfg, name, input_digest, CiContext())

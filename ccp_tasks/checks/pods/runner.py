@@ -21,8 +21,7 @@ from ccp_tasks.checks.pods.values import PodValues
 from ccp_tasks.checks.records import CheckResult
 from ccp_tasks.core.errors import CcpError, EngineError
 from ccp_tasks.engine.api import connect
-from ccp_tasks.engine.containers import Containers
-from ccp_tasks.engine.leftovers import ROLE_LABEL
+from ccp_tasks.engine.containers import ROLE_LABEL, Containers
 
 POD_IMAGE_LABEL = "io.ccp.pod.image"
 POD_RUN_LABEL = "io.ccp.pod.run"
