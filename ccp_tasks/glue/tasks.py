@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from pathlib import Path
 
 from doit.tools import config_changed
 
 from ccp_tasks.build.base import is_fresh
+from ccp_tasks.build.digest import record_context_digest
 from ccp_tasks.checks import lint
 from ccp_tasks.checks.check_index import IntegrationInputs
 from ccp_tasks.checks.records import read_pass
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.layout import CacheLayout
-from ccp_tasks.core.state import Stamp
+from ccp_tasks.core.state import CheckedRecords, Stamp, file_identity
 from ccp_tasks.engine.engine_view import EngineView
 from ccp_tasks.glue import actions
 from ccp_tasks.model.config import PipelineConfig
@@ -76,17 +78,27 @@ class record_intact:
     """Up to date only while the task's record under cache/ (its target) reads
     as one: doit only asks whether a target exists, so a truncated, garbage or
     wrong-shaped record would stay "up to date" for ever, and whatever reads it
-    would fail. `read` warns once about such a file and returns None."""
+    would fail. `read` warns once about such a file and returns None. A record
+    whose file is as it was when an earlier run read it is not read again
+    (CheckedRecords): hundreds of these run on every no-op."""
 
-    def __init__(self, path: str, read, what: str):
-        self.path, self.read, self.what = path, read, what
+    def __init__(self, path: str, read, what: str, index: CheckedRecords):
+        self.path, self.read, self.what, self.index = path, read, what, index
         self.__signature__ = UPTODATE_SIGNATURE
 
     def __call__(self, task, values):
-        return self.read(self.path) is not None
+        return self.index.summary(self.path, self.read, _intact) is not None
 
     def __repr__(self):
         return f"record_intact({self.what!r})"
+
+
+def _intact(record) -> bool:
+    return True
+
+
+def _image_id(stamp: Stamp) -> str:
+    return stamp.image_id
 
 
 class stamp_intact(record_intact):
@@ -94,15 +106,67 @@ class stamp_intact(record_intact):
     otherwise the build runs again and adopts that image by its input digest,
     instead of leaving the children a parent without a stamp."""
 
-    def __init__(self, path: str):
-        super().__init__(path, Stamp.read, "build stamp")
+    def __init__(self, path: str, index: CheckedRecords):
+        super().__init__(path, Stamp.read, "build stamp", index)
 
     def __call__(self, task, values):
-        stamp = Stamp.read(self.path)
-        return stamp is not None and stamp.image_id == values.get("image_id")
+        image_id = self.index.summary(self.path, self.read, _image_id)
+        return image_id is not None and image_id == values.get("image_id")
 
     def __repr__(self):
         return f"stamp_intact({Path(self.path).name!r})"
+
+
+class context_intact:
+    """Up to date while the staged build context and its digest file are the
+    files render's last run left (by file identity, as the digest recorded
+    them): the build depends on the digest file alone, so a staged file a hand
+    or a disk changed since is staged again here, not built from or trusted."""
+
+    def __init__(self, context_dir: str, digest_file: str):
+        self.context_dir, self.digest_file = context_dir, digest_file
+        self.__signature__ = UPTODATE_SIGNATURE
+
+    def __call__(self, task, values):
+        saved = values.get("staged")
+        if not isinstance(saved, list) or not saved:
+            return False
+        try:
+            for rel, *identity in saved:
+                path = (
+                    self.digest_file if rel == "" else self.context_dir if rel == "." else f"{self.context_dir}/{rel}"
+                )
+                if file_identity(os.lstat(path)) != identity:
+                    return False
+        except (OSError, TypeError, ValueError):
+            return False
+        return True
+
+    def __repr__(self):
+        return f"context_intact({Path(self.context_dir).name!r})"
+
+
+class hadolint_unchanged:
+    """Up to date while hadolint's settings and binary (lint.hadolint_fingerprint)
+    are those of the task's last run. Looked up at the first lint task's check,
+    once per run and shared by every lint task: generating tasks touches no file."""
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+        self.__signature__ = UPTODATE_SIGNATURE
+
+    @functools.cached_property
+    def fingerprint(self) -> dict:
+        return lint.hadolint_fingerprint(self.cfg)
+
+    def configure_task(self, task):
+        task.value_savers.append(lambda: {"_hadolint": self.fingerprint})
+
+    def __call__(self, task, values):
+        return values.get("_hadolint") == self.fingerprint
+
+    def __repr__(self):
+        return "hadolint_unchanged()"
 
 
 class rootfs_fresh:
@@ -144,8 +208,14 @@ class source_current:
         return f"source_current({self.name!r})"
 
 
+@functools.cache
+def _checked(layout: CacheLayout) -> CheckedRecords:
+    """The run's index of intact records (one path computation, not one per task)."""
+    return CheckedRecords.at(layout.checked_records)
+
+
 def _result_intact(layout: CacheLayout, stage: str, name: str) -> record_intact:
-    return record_intact(layout.result(stage, name), read_pass, f"{stage} record")
+    return record_intact(layout.result(stage, name), read_pass, f"{stage} record", _checked(layout))
 
 
 def _rel(cfg: PipelineConfig, path) -> str:
@@ -198,7 +268,8 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         file_dep.update(f"{directory}/{rel}" for rel in source.context_files)
         file_dep.update(str(path) for path in generated.values())
         file_dep.update(layout.source_record(s) for s in image.sources)
-        targets = [f"{context_dir}/Dockerfile"] + [
+        digest_file = layout.context_digest(name)
+        targets = [f"{context_dir}/Dockerfile", digest_file] + [
             f"{context_dir}/{rel}" for rel in (*source.context_files, *generated)
         ]
         yield {
@@ -207,8 +278,14 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "doc": f"Render {_rel(cfg, source.template)} and stage the build context of '{name}'",
             "file_dep": sorted(file_dep),
             "targets": targets,
-            "actions": [(actions.stage_context, (image, context_dir, generated, layout))],
-            "uptodate": [config_changed_as({"variables": image.rendered.variables}, f"render:{name}")],
+            "actions": [
+                (actions.stage_context, (image, context_dir, generated, layout)),
+                (record_context_digest, (context_dir, digest_file)),
+            ],
+            "uptodate": [
+                config_changed_as({"variables": image.rendered.variables}, f"render:{name}"),
+                context_intact(context_dir, digest_file),
+            ],
             "clean": True,
         }
 
@@ -217,8 +294,6 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     yield {"basename": "build", "name": None, "doc": "Build every image of the tree, parents first"}
     for name in graph.order:
         image = graph.images[name]
-        context_dir = layout.context_dir(name)
-        staged = ["Dockerfile", *image.source.context_files, *_generated_context(cfg, layout, name)]
         manifest = {
             "ref": image.ref,
             "labels": actions.image_labels(cfg, image),
@@ -229,7 +304,9 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "basename": "build",
             "name": name,
             "doc": f"Build {image.ref}" + (f" on {', '.join(image.parents)}" if image.parents else ""),
-            "file_dep": sorted(f"{context_dir}/{rel}" for rel in staged)
+            # The context's digest, not its files: what render staged again to the same
+            # digest (a comment) is no change to the image (early cutoff).
+            "file_dep": [layout.context_digest(name)]
             + [layout.stamp(parent) for parent in image.parents]
             + [layout.source_record(s) for s in image.sources],
             "targets": [layout.stamp(name)],
@@ -238,7 +315,7 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "task_dep": [f"lint:{name}"],
             "uptodate": [
                 config_changed_as(manifest, f"build:{name}"),
-                stamp_intact(layout.stamp(name)),
+                stamp_intact(layout.stamp(name), _checked(layout)),
                 image_present(image.ref),
             ],
             "clean": True,
@@ -251,7 +328,7 @@ def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         "name": None,
         "doc": "Spec-test every rendered Dockerfile (rules CCP001-CCP010, and hadolint's), before any image exists",
     }
-    hadolint = lint.hadolint_fingerprint(cfg)  # settings and binary: changing either reruns every lint
+    hadolint = hadolint_unchanged(cfg)  # settings and binary: changing either reruns every lint
     for name in graph.order:
         image = graph.images[name]
         dockerfile = f"{layout.context_dir(name)}/Dockerfile"
@@ -264,9 +341,8 @@ def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "targets": [layout.lint_report(name)],
             "actions": [(actions.lint_image, (cfg, image, dockerfile, layout, waived))],
             "uptodate": [
-                config_changed_as(
-                    {"waived": waived, "external": list(cfg.external_images), "hadolint": hadolint}, f"lint:{name}"
-                ),
+                config_changed_as({"waived": waived, "external": list(cfg.external_images)}, f"lint:{name}"),
+                hadolint,
                 _result_intact(layout, "lint", name),
             ],
             "clean": True,
@@ -420,7 +496,7 @@ def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
                 config_changed_as(
                     {"registry": cfg.registry.url, "fixed": plan.fixed, "moving": plan.moving}, f"push:{name}"
                 ),
-                record_intact(layout.pushed(name), PushRecord.read, "push record"),
+                record_intact(layout.pushed(name), PushRecord.read, "push record", _checked(layout)),
             ],
             "clean": True,
         }
