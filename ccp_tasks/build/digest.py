@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from ccp_tasks.core.state import dump_json, file_identity, hash_file, write_if_changed
+from ccp_tasks.core.state import dump_json, hash_file, write_if_changed
 from ccp_tasks.model.render import dockerfile_essence
 
 
@@ -49,22 +49,26 @@ def record_context_digest(context_dir: str, digest_file: str) -> dict:
     depends on that file instead of the staged files, so an edit that leaves
     the digest as it was (a Jinja or Dockerfile comment, blank lines) runs no
     build; the build itself still hashes the context it sends, so a damaged
-    digest file can make a build run, never skip one. Returns the identity of
-    every staged path and of the digest file, for render's up-to-date check
-    (a hand or a disk changing the staged context makes render stage it again)."""
+    digest file can make a build run, never skip one. Returns what render's
+    up-to-date check compares (staged_signature): a hand or a disk changing the
+    staged context, or the digest file, makes render stage it again."""
     digest = hashlib.sha256()
     _hash_context(Path(context_dir), digest)
     write_if_changed(Path(digest_file), f"sha256:{digest.hexdigest()}\n".encode())
-    return {"staged": staged_identities(context_dir, digest_file)}
-
-
-def staged_identities(context_dir: str, digest_file: str) -> list[list] | None:
-    """[relative path, *file_identity] of the context directory, everything in it
-    and (as "") the digest file; None when the directory is gone."""
     root = Path(context_dir)
+    rels = ["", ".", *sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))]
+    return {"staged": [rels, staged_signature(context_dir, digest_file, rels)]}
+
+
+def staged_signature(context_dir: str, digest_file: str, rels: list[str]) -> str | None:
+    """The identity (inode, size, mtime, ctime) of each path of `rels` under the
+    context directory ("." itself, whose times change as entries come and go;
+    "" the digest file), as one string; None when one is gone."""
+    parts = []
     try:
-        paths = [("", digest_file), (".", context_dir)]
-        paths += sorted((p.relative_to(root).as_posix(), str(p)) for p in root.rglob("*"))
-        return [[rel, *file_identity(os.lstat(path))] for rel, path in paths]
+        for rel in rels:
+            status = os.lstat(digest_file if rel == "" else context_dir if rel == "." else f"{context_dir}/{rel}")
+            parts.append(f"{status.st_ino}:{status.st_size}:{status.st_mtime_ns}:{status.st_ctime_ns}")
     except OSError:
         return None
+    return " ".join(parts)

@@ -78,7 +78,7 @@ def read_record(path: Path | str, what: str, parse: Callable[[Any], T], quiet: b
         return None
 
 
-def file_identity(status: os.stat_result) -> list[int]:
+def _identity(status: os.stat_result) -> list[int]:
     """What changes whenever a file's bytes may have: the kernel sets ctime on every
     write, rename and utime, so not even a hand restoring the mtime keeps it."""
     return [status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
@@ -120,7 +120,7 @@ class CheckedRecords:
         or unusable (with the reader's warning)."""
         entry = self.entries.get(path)
         try:
-            before = file_identity(os.stat(path))
+            before = _identity(os.stat(path))
         except OSError:
             before = None
         if entry is not None and before == entry[:4]:
@@ -132,7 +132,7 @@ class CheckedRecords:
             return None
         value = summarize(record)
         try:
-            after = file_identity(os.stat(path))
+            after = _identity(os.stat(path))
         except OSError:
             after = None
         if before is not None and after == before:  # else it changed while being read: ask again next run

@@ -8,20 +8,21 @@ does what it says.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
-import os
+import json
 from pathlib import Path
 
 from doit.tools import config_changed
 
 from ccp_tasks.build.base import is_fresh
-from ccp_tasks.build.digest import record_context_digest
+from ccp_tasks.build.digest import record_context_digest, staged_signature
 from ccp_tasks.checks import lint
 from ccp_tasks.checks.check_index import IntegrationInputs
 from ccp_tasks.checks.records import read_pass
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.layout import CacheLayout
-from ccp_tasks.core.state import CheckedRecords, Stamp, file_identity
+from ccp_tasks.core.state import CheckedRecords, Stamp
 from ccp_tasks.engine.engine_view import EngineView
 from ccp_tasks.glue import actions
 from ccp_tasks.model.config import PipelineConfig
@@ -55,6 +56,31 @@ class config_changed_as(config_changed):
 
     def __repr__(self):
         return f"config_changed_as({self.config!r}, {self.key!r})"
+
+
+class all_of:
+    """Several up-to-date checks as one: doit's own cost per check (a signature
+    inspection, the task's values) is paid once per task, not once per check,
+    on every task of every run. Every check runs, as doit runs them all
+    (config_changed_as computes there the digest it saves); the repr names
+    the checks that said no, which is what `doit info` shows."""
+
+    def __init__(self, *checks):
+        self.checks = checks
+        self.failed: tuple = ()
+        self.__signature__ = UPTODATE_SIGNATURE
+
+    def configure_task(self, task):
+        for check in self.checks:
+            if hasattr(check, "configure_task"):
+                check.configure_task(task)
+
+    def __call__(self, task, values):
+        self.failed = tuple(check for check in self.checks if not check(task, values))
+        return not self.failed
+
+    def __repr__(self):
+        return ", ".join(repr(check) for check in self.failed or self.checks)
 
 
 class image_present:
@@ -129,18 +155,11 @@ class context_intact:
 
     def __call__(self, task, values):
         saved = values.get("staged")
-        if not isinstance(saved, list) or not saved:
-            return False
         try:
-            for rel, *identity in saved:
-                path = (
-                    self.digest_file if rel == "" else self.context_dir if rel == "." else f"{self.context_dir}/{rel}"
-                )
-                if file_identity(os.lstat(path)) != identity:
-                    return False
-        except (OSError, TypeError, ValueError):
+            rels, signature = saved
+            return signature is not None and staged_signature(self.context_dir, self.digest_file, rels) == signature
+        except (TypeError, ValueError):  # no value saved (an older cache/), or not of this shape
             return False
-        return True
 
     def __repr__(self):
         return f"context_intact({Path(self.context_dir).name!r})"
@@ -156,8 +175,9 @@ class hadolint_unchanged:
         self.__signature__ = UPTODATE_SIGNATURE
 
     @functools.cached_property
-    def fingerprint(self) -> dict:
-        return lint.hadolint_fingerprint(self.cfg)
+    def fingerprint(self) -> str:
+        # A digest, not the dict: it is saved with, and read back for, every lint task.
+        return hashlib.md5(json.dumps(lint.hadolint_fingerprint(self.cfg), sort_keys=True).encode()).hexdigest()
 
     def configure_task(self, task):
         task.value_savers.append(lambda: {"_hadolint": self.fingerprint})
@@ -208,14 +228,14 @@ class source_current:
         return f"source_current({self.name!r})"
 
 
-@functools.cache
 def _checked(layout: CacheLayout) -> CheckedRecords:
-    """The run's index of intact records (one path computation, not one per task)."""
+    """The run's index of intact records: asked once per generator, not per task
+    (hashing a CacheLayout per task was a measurable part of a no-op)."""
     return CheckedRecords.at(layout.checked_records)
 
 
-def _result_intact(layout: CacheLayout, stage: str, name: str) -> record_intact:
-    return record_intact(layout.result(stage, name), read_pass, f"{stage} record", _checked(layout))
+def _result_intact(layout: CacheLayout, stage: str, name: str, checked: CheckedRecords) -> record_intact:
+    return record_intact(layout.result(stage, name), read_pass, f"{stage} record", checked)
 
 
 def _rel(cfg: PipelineConfig, path) -> str:
@@ -283,8 +303,10 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
                 (record_context_digest, (context_dir, digest_file)),
             ],
             "uptodate": [
-                config_changed_as({"variables": image.rendered.variables}, f"render:{name}"),
-                context_intact(context_dir, digest_file),
+                all_of(
+                    config_changed_as({"variables": image.rendered.variables}, f"render:{name}"),
+                    context_intact(context_dir, digest_file),
+                )
             ],
             "clean": True,
         }
@@ -292,6 +314,7 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
 
 def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     yield {"basename": "build", "name": None, "doc": "Build every image of the tree, parents first"}
+    checked = _checked(layout)
     for name in graph.order:
         image = graph.images[name]
         manifest = {
@@ -314,9 +337,11 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             # Spec tests come before the image exists: a Dockerfile that breaks a rule is not built.
             "task_dep": [f"lint:{name}"],
             "uptodate": [
-                config_changed_as(manifest, f"build:{name}"),
-                stamp_intact(layout.stamp(name), _checked(layout)),
-                image_present(image.ref),
+                all_of(
+                    config_changed_as(manifest, f"build:{name}"),
+                    stamp_intact(layout.stamp(name), checked),
+                    image_present(image.ref),
+                )
             ],
             "clean": True,
         }
@@ -329,6 +354,7 @@ def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         "doc": "Spec-test every rendered Dockerfile (rules CCP001-CCP010, and hadolint's), before any image exists",
     }
     hadolint = hadolint_unchanged(cfg)  # settings and binary: changing either reruns every lint
+    checked = _checked(layout)
     for name in graph.order:
         image = graph.images[name]
         dockerfile = f"{layout.context_dir(name)}/Dockerfile"
@@ -341,9 +367,11 @@ def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "targets": [layout.lint_report(name)],
             "actions": [(actions.lint_image, (cfg, image, dockerfile, layout, waived))],
             "uptodate": [
-                config_changed_as({"waived": waived, "external": list(cfg.external_images)}, f"lint:{name}"),
-                hadolint,
-                _result_intact(layout, "lint", name),
+                all_of(
+                    config_changed_as({"waived": waived, "external": list(cfg.external_images)}, f"lint:{name}"),
+                    hadolint,
+                    _result_intact(layout, "lint", name, checked),
+                )
             ],
             "clean": True,
         }
@@ -355,6 +383,7 @@ def spec_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         "name": None,
         "doc": f"Run every image's structure tests ({STRUCTURE_TESTS}, container-structure-test schema 2.0.0) on the built image",
     }
+    checked = _checked(layout)
     for name in graph.order:
         image = graph.images[name]
         if STRUCTURE_TESTS not in image.source.check_files:
@@ -367,7 +396,7 @@ def spec_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "file_dep": [tests_file, layout.stamp(name)],
             "targets": [layout.result("spec", name)],
             "actions": [(actions.run_structure_tests, (cfg, image, layout, tests_file))],
-            "uptodate": [_result_intact(layout, "spec", name)],
+            "uptodate": [_result_intact(layout, "spec", name, checked)],
             "clean": True,
         }
 
@@ -379,6 +408,7 @@ def test_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
         "doc": "Every check of every image: Dockerfile spec tests, structure tests, then integration tests on running containers",
     }
     images = tuple(graph.order)
+    checked = _checked(layout)
     for name in graph.order:
         image = graph.images[name]
         earlier = [f"lint:{name}"]
@@ -412,7 +442,7 @@ def test_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
             "task_dep": earlier,
             "uptodate": [
                 config_changed_as({"variables": cfg.template_globals()}, f"test:{name}"),
-                _result_intact(layout, "test", name),
+                _result_intact(layout, "test", name, checked),
             ],
             "clean": True,
         }
@@ -430,6 +460,7 @@ def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
         "then run it as a pod and its integration checks against it",
     }
     images = tuple(graph.order)
+    checked = _checked(layout)
     for name in graph.order:
         if POD_TEMPLATE not in graph.images[name].source.check_files:
             continue
@@ -453,7 +484,7 @@ def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
                     {"variables": cfg.template_globals(), "kubernetes": version, "external": list(cfg.external_images)},
                     f"kube:{name}",
                 ),
-                _result_intact(layout, "kube", name),
+                _result_intact(layout, "kube", name, checked),
             ],
             "clean": True,
         }
@@ -478,6 +509,7 @@ def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         "doc": f"Check, then push every image to {where}; the moving tags move last (publish)",
         "task_dep": ["publish"],
     }
+    checked = _checked(layout)
     for name in graph.order:
         image = graph.images[name]
         plan = tag_plan(cfg, name, "sha256:<input>", ci)
@@ -496,7 +528,7 @@ def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
                 config_changed_as(
                     {"registry": cfg.registry.url, "fixed": plan.fixed, "moving": plan.moving}, f"push:{name}"
                 ),
-                record_intact(layout.pushed(name), PushRecord.read, "push record", _checked(layout)),
+                record_intact(layout.pushed(name), PushRecord.read, "push record", checked),
             ],
             "clean": True,
         }
