@@ -229,8 +229,7 @@ class source_current:
 
 
 def _checked(layout: CacheLayout) -> CheckedRecords:
-    """The run's index of intact records: asked once per generator, not per task
-    (hashing a CacheLayout per task was a measurable part of a no-op)."""
+    """The run's index of intact records (asked once per generator, not per task)."""
     return CheckedRecords.at(layout.checked_records)
 
 
