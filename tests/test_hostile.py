@@ -5,6 +5,7 @@ ends with one line, in bounded time and memory."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -108,12 +109,19 @@ def test_stamp_naming_another_image_is_rebuilt(built):
 
 
 @pytest.mark.parametrize(
-    "rel", ["cache/engine.json", "cache/render-cache.json", "cache/check-index.json", "cache/config-cache.json"]
+    "rel",
+    [
+        "cache/engine.json",
+        "cache/render-cache.json",
+        "cache/check-index.json",
+        "cache/config-cache.json",
+        "cache/checked-records.json",
+    ],
 )
 def test_damaged_cache_file_is_rebuilt(built, rel):
     """The engine view, the render cache, the check index and the parsed-config
     cache are made again from what they summarise; nothing is rebuilt."""
-    read_at_load = rel != "cache/engine.json"
+    read_at_load = rel not in ("cache/engine.json", "cache/checked-records.json")
     for kind, content in CORRUPTIONS.items():
         answers = _every_command_survives(built, rel, content, read_at_load)
         assert "status     : up-to-date" in answers[("info", "build:bb")].stdout
@@ -122,6 +130,31 @@ def test_damaged_cache_file_is_rebuilt(built, rel):
         again = clean(built)
         assert warnings(again) == [], (kind, again.output)  # the file was written whole again
         assert again.images("up to date") == {"bb", "app"}
+
+
+@pytest.mark.parametrize("rel", ["cache/images/bb.json", "cache/results/lint/app.json"])
+def test_a_record_damaged_after_a_noop_is_read_again(built, rel):
+    """Up-to-date checks skip reading a record whose file is as an earlier check
+    found it (cache/checked-records.json); garbage of the same size with the old
+    mtime put back is still a changed file (its ctime moved), so it is read, and
+    counts as missing."""
+    assert built.ok().images("up to date") == {"bb", "app"}
+    assert rel in (built.root / "cache" / "checked-records.json").read_text()
+    path = built.root / rel
+    good, before = path.read_bytes(), path.stat()
+    path.write_bytes(b"\x00" * len(good))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    result = clean(built)
+    said = warnings(result)
+    assert len(said) == 1 and rel in said[0] and "not JSON" in said[0], result.output
+    if rel.startswith("cache/images/"):
+        assert result.images("adopted") == {"bb"} and result.images("up to date") == {"app"}, result.output
+        assert path.read_bytes() == good
+    else:
+        assert "lint:app" in result.executed and "lint:bb" not in result.executed, result.output
+        assert json.loads(path.read_bytes())["passed"] is True
+    again = clean(built)
+    assert warnings(again) == [] and again.images("up to date") == {"bb", "app"}, again.output
 
 
 def test_damaged_check_record_reruns_the_check(built):

@@ -8,6 +8,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 ALL = {"bb", "app", "app2", "lone", "leaf"}
 
 
@@ -45,6 +47,81 @@ def test_jinja_comment_edit_rebuilds_nothing(tree):
     result = tree.ok()
     assert "render:app" in result.executed  # the template changed, so it was rendered again...
     assert result.built == set()  # ...to the same Dockerfile, so nothing was built
+
+
+@pytest.mark.parametrize(
+    "edit",
+    ["{# a comment only Jinja sees #}\n", "# a Dockerfile comment\n", "\n\n"],
+    ids=["jinja comment", "dockerfile comment", "blank lines"],
+)
+def test_an_edit_that_keeps_the_input_digest_runs_no_build(tree, edit):
+    """Early cutoff: the build depends on the digest of the staged context, so a
+    template edit that renders to the same digest stops at render."""
+    path = tree.root / "dockerfiles" / "app" / "Dockerfile.j2"
+    path.write_text(path.read_text().replace("\n", "\n" + edit, 1))
+    result = tree.ok()
+    assert "render:app" in result.executed, result.stdout
+    assert result.rebuilt == set(), result.stdout
+    assert result.images("up to date") == ALL, result.stdout
+    assert "up to date     5" in result.stdout
+
+
+def test_a_real_edit_after_a_cutoff_still_rebuilds(tree):
+    path = tree.root / "dockerfiles" / "app" / "Dockerfile.j2"
+    path.write_text("{# a comment #}\n" + path.read_text())
+    assert tree.ok().rebuilt == set()
+    path.write_text(path.read_text() + "RUN echo app-v2 > /app\n")
+    result = tree.ok()
+    assert result.rebuilt == {"app", "leaf"} and result.built == {"app", "leaf"}, result.stdout
+    assert tree.ok().rebuilt == set()
+
+
+def test_a_damaged_digest_file_is_made_again_not_believed(tree):
+    """The digest file is a signal, never a source: garbage in it (or none) makes render
+    write it again from the staged context; the image it names is still the one of record."""
+    digest = tree.root / "cache" / "digests" / "app.txt"
+    good = digest.read_bytes()
+    for damage in (b"garbage\n", b"", None):
+        if damage is None:
+            digest.unlink()
+        else:
+            digest.write_bytes(damage)
+        result = tree.ok()
+        assert "render:app" in result.executed, result.stdout
+        assert digest.read_bytes() == good
+        assert result.images("up to date") == ALL, result.stdout
+    # ...and a real edit, with the old digest put back in its place, still rebuilds.
+    digest2 = tree.root / "cache" / "digests" / "app2.txt"
+    before = digest2.read_bytes()
+    tree.write("dockerfiles/app2/motd", "changed\n")
+    tree.ok("render:app2")
+    assert digest2.read_bytes() != before
+    digest2.write_bytes(before)
+    result = tree.ok()
+    assert result.built == {"app2", "leaf"}, result.stdout
+
+
+def test_a_run_killed_between_staging_and_digest_still_rebuilds(tree):
+    """What a run killed inside render leaves: the new context staged, the old digest
+    file, render not done. The next run renders again, and the digest then changes."""
+    tree.write("dockerfiles/app2/motd", "changed\n")
+    (tree.root / "cache" / "build" / "app2" / "motd").write_text("changed\n")  # staged, then killed
+    result = tree.ok()
+    assert result.built == {"app2", "leaf"}, result.stdout
+
+
+def test_a_staged_file_changed_by_hand_is_staged_again(tree, docker_client):
+    """The build no longer reads the staged files' state; render notices a staged file
+    that is not the one it left, and puts its own back, so no later build sends it."""
+    staged = tree.root / "cache" / "build" / "app2" / "motd"
+    staged.write_text("tampered\n")
+    result = tree.ok()
+    assert "render:app2" in result.executed and result.rebuilt == set(), result.stdout
+    assert staged.read_text() == "hello\n"
+    (tree.root / "cache" / "build" / "app2" / "planted").write_text("x\n")
+    result = tree.ok()
+    assert "render:app2" in result.executed and result.rebuilt == set(), result.stdout
+    assert not (tree.root / "cache" / "build" / "app2" / "planted").exists()
 
 
 def test_context_file_edit_rebuilds_image_and_descendants(tree):

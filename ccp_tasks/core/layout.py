@@ -35,6 +35,11 @@ class CacheLayout:
         return self.root / "engine.json"
 
     @property
+    def checked_records(self) -> Path:
+        """Which records the up-to-date checks found intact, by file identity (state.CheckedRecords)."""
+        return self.root / "checked-records.json"
+
+    @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 
@@ -62,6 +67,10 @@ class CacheLayout:
     # every run, and pathlib costs several times what an f-string does.
     def context_dir(self, image: str) -> str:
         return f"{self.root}/build/{image}"
+
+    def context_digest(self, image: str) -> str:
+        """The digest of the staged build context, rewritten only when it changes: what the build depends on."""
+        return f"{self.root}/digests/{image}.txt"
 
     def stamp(self, image: str) -> str:
         return f"{self.root}/images/{image}.json"
@@ -142,6 +151,7 @@ class CacheLayout:
     # Directories holding per-image files (and the two of _NOT_PER_IMAGE).
     PER_IMAGE_DIRS = (
         "build",
+        "digests",
         "images",
         "logs",
         "results",
@@ -163,6 +173,8 @@ class CacheLayout:
             return (parts[1],)  # a directory per image: everything in it
         if len(parts) == 2 and top == "images" and name.endswith(".json"):
             return (name[:-5],)
+        if len(parts) == 2 and top == "digests" and name.endswith(".txt"):
+            return (name[:-4],)
         if len(parts) == 2 and top == "logs" and name.endswith(".log"):
             stem = name[:-4]
             return (stem, *(stem[len(s) + 1 :] for s in CONTAINER_STAGES if stem.startswith(f"{s}-")))

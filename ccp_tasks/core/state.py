@@ -8,6 +8,7 @@ the same image leaves its children's dependency untouched.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -64,7 +65,7 @@ def read_record(path: Path | str, what: str, parse: Callable[[Any], T], quiet: b
     path = Path(path)
     warn = (lambda path, why: None) if quiet else warn_unusable
     try:
-        data = path.read_bytes()
+        data = _read_regular(path, real=False)[0]  # a FIFO in its place would block a plain read for ever
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -80,6 +81,95 @@ def read_record(path: Path | str, what: str, parse: Callable[[Any], T], quiet: b
     except (ValueError, KeyError, TypeError, RecursionError):
         warn(path, f"is not {what} (wrong shape)")
         return None
+
+
+def _identity(status: os.stat_result) -> list[int]:
+    """What changes whenever a file's bytes may have: the kernel sets ctime on every
+    write, rename and utime, so not even a hand restoring the mtime keeps it."""
+    return [status.st_ino, status.st_size, status.st_mtime_ns, status.st_ctime_ns]
+
+
+class CheckedRecords:
+    """Records under cache/ that read as intact, by the identity of the file
+    they were read from, kept from run to run in one file (`at`): an up-to-date
+    check asks hundreds of records a run, and a stat is a small fraction of an
+    open, a read and a parse. A record whose file changed in any way since is
+    read and checked again; so is every record when this index is missing or
+    damaged (then written whole at exit). Entries are only ever made from a
+    record just read and parsed, so an index another run wrote is as good."""
+
+    _open: dict[str, CheckedRecords] = {}
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._entries: dict[str, list] | None = None
+        self._changed = False
+
+    @classmethod
+    def at(cls, path: Path | str) -> CheckedRecords:
+        """The index in the file `path`, one per process; read at its first question."""
+        key = str(path)
+        if key not in cls._open:
+            cls._open[key] = cls(Path(path))
+        return cls._open[key]
+
+    @property
+    def entries(self) -> dict[str, list]:
+        if self._entries is None:
+            self._entries = read_record(self.path, "an index of checked records", _checked_entries) or {}
+        return self._entries
+
+    def summary(self, path: str, read: Callable[[str], T | None], summarize: Callable[[T], Any]) -> Any:
+        """`summarize` of the record `read` makes of the file `path` (a JSON value
+        other than None, kept in the index), or None when there is none: missing,
+        or unusable (with the reader's warning)."""
+        entry = self.entries.get(path)
+        try:
+            before = _identity(os.stat(path))
+        except OSError:
+            before = None
+        if entry is not None and before == entry[:4]:
+            return entry[4]
+        record = read(path)
+        if record is None:
+            if self.entries.pop(path, None) is not None:
+                self._note_change()
+            return None
+        value = summarize(record)
+        try:
+            after = _identity(os.stat(path))
+        except OSError:
+            after = None
+        if before is not None and after == before:  # else it changed while being read: ask again next run
+            self.entries[path] = [*before, value]
+            self._note_change()
+        return value
+
+    def _note_change(self) -> None:
+        if not self._changed:
+            self._changed = True
+            atexit.register(self.save)
+
+    def save(self) -> None:
+        """Write the index (a run killed before this leaves the last one, or none: both only cost a re-read)."""
+        if not self._changed or self._entries is None:
+            return
+        self._changed = False
+        kept = {path: entry for path, entry in self._entries.items() if os.path.exists(path)}
+        try:
+            write_atomic(self.path, json.dumps(kept, separators=(",", ":")).encode())
+        except OSError:
+            pass  # a read-only or full cache/: the next run reads the records again
+
+
+def _checked_entries(raw: Any) -> dict[str, list]:
+    if not isinstance(raw, dict):
+        raise Malformed("expected a mapping")
+    for path, entry in raw.items():
+        # Exact types, not _is_kind: this runs over every entry on every run.
+        if not (type(entry) is list and len(entry) == 5 and all(type(v) is int for v in entry[:4])):
+            raise Malformed(f"{path}: not an entry")
+    return raw
 
 
 def is_signature(value: Any) -> bool:
@@ -145,17 +235,24 @@ def read_regular_file(path: Path | str) -> tuple[bytes, os.stat_result, str]:
     blocking and checked by its descriptor, so a file swapped for one of those
     after a check is caught too; the real path comes from the descriptor, for
     a caller that must know where the bytes really came from."""
+    return _read_regular(path, real=True)
+
+
+def _read_regular(path, real: bool) -> tuple[bytes, os.stat_result, str]:
+    """read_regular_file's answer; without `real`, the real path is left out ("")."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with open(fd, "rb") as handle:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
             kind = next((name for test, name in _SPECIAL_KINDS if test(status.st_mode)), "not a regular file")
             raise OSError(0, f"it is {kind}, not a regular file", str(path))
+        if not real:
+            return handle.read(), status, ""
         try:
-            real = os.readlink(f"/proc/self/fd/{fd}")
+            where = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            real = os.path.realpath(path)
-        return handle.read(), status, real
+            where = os.path.realpath(path)
+        return handle.read(), status, where
 
 
 def write_if_changed(path: Path, data: bytes) -> bool:

@@ -8,18 +8,21 @@ does what it says.
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
+import json
 from pathlib import Path
 
 from doit.tools import config_changed
 
 from ccp_tasks.build.base import is_fresh
+from ccp_tasks.build.digest import record_context_digest, staged_signature
 from ccp_tasks.checks import kube, lint
 from ccp_tasks.checks.check_index import IntegrationInputs
 from ccp_tasks.checks.records import read_pass
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.layout import CacheLayout
-from ccp_tasks.core.state import Stamp
+from ccp_tasks.core.state import CheckedRecords, Stamp
 from ccp_tasks.engine.engine_view import EngineView
 from ccp_tasks.glue import actions
 from ccp_tasks.model import sources
@@ -56,6 +59,31 @@ class config_changed_as(config_changed):
         return f"config_changed_as({self.config!r}, {self.key!r})"
 
 
+class all_of:
+    """Several up-to-date checks as one: doit's own cost per check (a signature
+    inspection, the task's values) is paid once per task, not once per check,
+    on every task of every run. Every check runs, as doit runs them all
+    (config_changed_as computes there the digest it saves); the repr names
+    the checks that said no, which is what `doit info` shows."""
+
+    def __init__(self, *checks):
+        self.checks = checks
+        self.failed: tuple = ()
+        self.__signature__ = UPTODATE_SIGNATURE
+
+    def configure_task(self, task):
+        for check in self.checks:
+            if hasattr(check, "configure_task"):
+                check.configure_task(task)
+
+    def __call__(self, task, values):
+        self.failed = tuple(check for check in self.checks if not check(task, values))
+        return not self.failed
+
+    def __repr__(self):
+        return ", ".join(repr(check) for check in self.failed or self.checks)
+
+
 class image_present:
     """Up to date only while the engine still has the image the last build made
     (doit keeps its ID among the task's values) under its tag, as the run's
@@ -77,17 +105,27 @@ class record_intact:
     """Up to date only while the task's record under cache/ (its target) reads
     as one: doit only asks whether a target exists, so a truncated, garbage or
     wrong-shaped record would stay "up to date" for ever, and whatever reads it
-    would fail. `read` warns once about such a file and returns None."""
+    would fail. `read` warns once about such a file and returns None. A record
+    whose file is as it was when an earlier run read it is not read again
+    (CheckedRecords): hundreds of these run on every no-op."""
 
-    def __init__(self, path: str, read, what: str):
-        self.path, self.read, self.what = path, read, what
+    def __init__(self, path: str, read, what: str, index: CheckedRecords):
+        self.path, self.read, self.what, self.index = path, read, what, index
         self.__signature__ = UPTODATE_SIGNATURE
 
     def __call__(self, task, values):
-        return self.read(self.path) is not None
+        return self.index.summary(self.path, self.read, _intact) is not None
 
     def __repr__(self):
         return f"record_intact({self.what!r})"
+
+
+def _intact(record) -> bool:
+    return True
+
+
+def _image_id(stamp: Stamp) -> str:
+    return stamp.image_id
 
 
 class stamp_intact(record_intact):
@@ -95,15 +133,61 @@ class stamp_intact(record_intact):
     otherwise the build runs again and adopts that image by its input digest,
     instead of leaving the children a parent without a stamp."""
 
-    def __init__(self, path: str):
-        super().__init__(path, Stamp.read, "build stamp")
+    def __init__(self, path: str, index: CheckedRecords):
+        super().__init__(path, Stamp.read, "build stamp", index)
 
     def __call__(self, task, values):
-        stamp = Stamp.read(self.path)
-        return stamp is not None and stamp.image_id == values.get("image_id")
+        image_id = self.index.summary(self.path, self.read, _image_id)
+        return image_id is not None and image_id == values.get("image_id")
 
     def __repr__(self):
         return f"stamp_intact({Path(self.path).name!r})"
+
+
+class context_intact:
+    """Up to date while the staged build context and its digest file are the
+    files render's last run left (by file identity, as the digest recorded
+    them): the build depends on the digest file alone, so a staged file a hand
+    or a disk changed since is staged again here, not built from or trusted."""
+
+    def __init__(self, context_dir: str, digest_file: str):
+        self.context_dir, self.digest_file = context_dir, digest_file
+        self.__signature__ = UPTODATE_SIGNATURE
+
+    def __call__(self, task, values):
+        saved = values.get("staged")
+        try:
+            rels, signature = saved
+            return signature is not None and staged_signature(self.context_dir, self.digest_file, rels) == signature
+        except (TypeError, ValueError):  # no value saved (an older cache/), or not of this shape
+            return False
+
+    def __repr__(self):
+        return f"context_intact({Path(self.context_dir).name!r})"
+
+
+class hadolint_unchanged:
+    """Up to date while hadolint's settings and binary (lint.hadolint_fingerprint)
+    are those of the task's last run. Looked up at the first lint task's check,
+    once per run and shared by every lint task: generating tasks touches no file."""
+
+    def __init__(self, cfg: PipelineConfig):
+        self.cfg = cfg
+        self.__signature__ = UPTODATE_SIGNATURE
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        # A digest, not the dict: it is saved with, and read back for, every lint task.
+        return hashlib.md5(json.dumps(lint.hadolint_fingerprint(self.cfg), sort_keys=True).encode()).hexdigest()
+
+    def configure_task(self, task):
+        task.value_savers.append(lambda: {"_hadolint": self.fingerprint})
+
+    def __call__(self, task, values):
+        return values.get("_hadolint") == self.fingerprint
+
+    def __repr__(self):
+        return "hadolint_unchanged()"
 
 
 class rootfs_fresh:
@@ -143,8 +227,13 @@ class source_current:
         return f"source_current({self.name!r})"
 
 
-def _result_intact(layout: CacheLayout, stage: str, name: str) -> record_intact:
-    return record_intact(layout.result(stage, name), read_pass, f"{stage} record")
+def _checked(layout: CacheLayout) -> CheckedRecords:
+    """The run's index of intact records (asked once per generator, not per task)."""
+    return CheckedRecords.at(layout.checked_records)
+
+
+def _result_intact(layout: CacheLayout, stage: str, name: str, checked: CheckedRecords) -> record_intact:
+    return record_intact(layout.result(stage, name), read_pass, f"{stage} record", checked)
 
 
 def _rel(cfg: PipelineConfig, path) -> str:
@@ -197,7 +286,8 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         file_dep.update(f"{directory}/{rel}" for rel in source.context_files)
         file_dep.update(str(path) for path in generated.values())
         file_dep.update(layout.source_record(s) for s in image.sources)
-        targets = [f"{context_dir}/Dockerfile"] + [
+        digest_file = layout.context_digest(name)
+        targets = [f"{context_dir}/Dockerfile", digest_file] + [
             f"{context_dir}/{rel}" for rel in (*source.context_files, *generated)
         ]
         yield {
@@ -206,18 +296,25 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "doc": f"Render {_rel(cfg, source.template)} and stage the build context of '{name}'",
             "file_dep": sorted(file_dep),
             "targets": targets,
-            "actions": [(actions.stage_context, (image, context_dir, generated, layout))],
-            "uptodate": [config_changed_as({"variables": image.rendered.variables}, f"render:{name}")],
+            "actions": [
+                (actions.stage_context, (image, context_dir, generated, layout)),
+                (record_context_digest, (context_dir, digest_file)),
+            ],
+            "uptodate": [
+                all_of(
+                    config_changed_as({"variables": image.rendered.variables}, f"render:{name}"),
+                    context_intact(context_dir, digest_file),
+                )
+            ],
             "clean": True,
         }
 
 
 def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     yield {"basename": "build", "name": None, "doc": "Build every image of the tree, parents first"}
+    checked = _checked(layout)
     for name in graph.order:
         image = graph.images[name]
-        context_dir = layout.context_dir(name)
-        staged = ["Dockerfile", *image.source.context_files, *_generated_context(cfg, layout, name)]
         manifest = {
             "ref": image.ref,
             "labels": actions.image_labels(cfg, image),
@@ -228,7 +325,9 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "basename": "build",
             "name": name,
             "doc": f"Build {image.ref}" + (f" on {', '.join(image.parents)}" if image.parents else ""),
-            "file_dep": sorted(f"{context_dir}/{rel}" for rel in staged)
+            # The context's digest, not its files: what render staged again to the same
+            # digest (a comment) is no change to the image (early cutoff).
+            "file_dep": [layout.context_digest(name)]
             + [layout.stamp(parent) for parent in image.parents]
             + [layout.source_record(s) for s in image.sources],
             "targets": [layout.stamp(name)],
@@ -236,9 +335,11 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             # Spec tests come before the image exists: a Dockerfile that breaks a rule is not built.
             "task_dep": [f"lint:{name}"],
             "uptodate": [
-                config_changed_as(manifest, f"build:{name}"),
-                stamp_intact(layout.stamp(name)),
-                image_present(image.ref),
+                all_of(
+                    config_changed_as(manifest, f"build:{name}"),
+                    stamp_intact(layout.stamp(name), checked),
+                    image_present(image.ref),
+                )
             ],
             "clean": True,
         }
@@ -250,7 +351,8 @@ def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         "name": None,
         "doc": "Spec-test every rendered Dockerfile (rules CCP001-CCP010, and hadolint's), before any image exists",
     }
-    hadolint = lint.hadolint_fingerprint(cfg)  # settings and binary: changing either reruns every lint
+    hadolint = hadolint_unchanged(cfg)  # settings and binary: changing either reruns every lint
+    checked = _checked(layout)
     for name in graph.order:
         image = graph.images[name]
         dockerfile = f"{layout.context_dir(name)}/Dockerfile"
@@ -263,10 +365,11 @@ def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "targets": [layout.lint_report(name)],
             "actions": [(actions.lint_image, (cfg, image, dockerfile, layout, waived))],
             "uptodate": [
-                config_changed_as(
-                    {"waived": waived, "external": list(cfg.external_images), "hadolint": hadolint}, f"lint:{name}"
-                ),
-                _result_intact(layout, "lint", name),
+                all_of(
+                    config_changed_as({"waived": waived, "external": list(cfg.external_images)}, f"lint:{name}"),
+                    hadolint,
+                    _result_intact(layout, "lint", name, checked),
+                )
             ],
             "clean": True,
         }
@@ -278,6 +381,7 @@ def spec_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         "name": None,
         "doc": f"Run every image's structure tests ({STRUCTURE_TESTS}, container-structure-test schema 2.0.0) on the built image",
     }
+    checked = _checked(layout)
     for name in graph.order:
         image = graph.images[name]
         if STRUCTURE_TESTS not in image.source.check_files:
@@ -290,7 +394,7 @@ def spec_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "file_dep": [tests_file, layout.stamp(name)],
             "targets": [layout.result("spec", name)],
             "actions": [(actions.run_structure_tests, (cfg, image, layout, tests_file))],
-            "uptodate": [_result_intact(layout, "spec", name)],
+            "uptodate": [_result_intact(layout, "spec", name, checked)],
             "clean": True,
         }
 
@@ -302,6 +406,7 @@ def test_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
         "doc": "Every check of every image: Dockerfile spec tests, structure tests, then integration tests on running containers",
     }
     images = tuple(graph.order)
+    checked = _checked(layout)
     for name in graph.order:
         image = graph.images[name]
         earlier = [f"lint:{name}"]
@@ -335,7 +440,7 @@ def test_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
             "task_dep": earlier,
             "uptodate": [
                 config_changed_as({"variables": cfg.template_globals()}, f"test:{name}"),
-                _result_intact(layout, "test", name),
+                _result_intact(layout, "test", name, checked),
             ],
             "clean": True,
         }
@@ -351,6 +456,7 @@ def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
         "then run it as a pod and its integration checks against it",
     }
     images = tuple(graph.order)
+    checked = _checked(layout)
     for name in graph.order:
         if POD_TEMPLATE not in graph.images[name].source.check_files:
             continue
@@ -374,7 +480,7 @@ def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
                     {"variables": cfg.template_globals(), "kubernetes": version, "external": list(cfg.external_images)},
                     f"kube:{name}",
                 ),
-                _result_intact(layout, "kube", name),
+                _result_intact(layout, "kube", name, checked),
             ],
             "clean": True,
         }
@@ -399,6 +505,7 @@ def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         "doc": f"Check, then push every image to {where}; the moving tags move last (publish)",
         "task_dep": ["publish"],
     }
+    checked = _checked(layout)
     for name in graph.order:
         image = graph.images[name]
         plan = tag_plan(cfg, name, "sha256:<input>", ci)
@@ -417,7 +524,7 @@ def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
                 config_changed_as(
                     {"registry": cfg.registry.url, "fixed": plan.fixed, "moving": plan.moving}, f"push:{name}"
                 ),
-                record_intact(layout.pushed(name), PushRecord.read, "push record"),
+                record_intact(layout.pushed(name), PushRecord.read, "push record", checked),
             ],
             "clean": True,
         }
