@@ -495,6 +495,20 @@ def test_image_under_test_must_be_in_the_pod_and_visible_to_task_generation(tree
     }
 
 
+def test_a_reference_without_a_name_is_reported_as_such(tree):
+    # The API server requires the name even of an optional reference; ccp said "ConfigMap 'None'", or nothing.
+    pod = (
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec:\n  containers:\n"
+        "    - name: web\n      image: {{ image('web') }}\n      command: [sleep, '1']\n"
+        "      envFrom: [{secretRef: {}}]\n"
+        "  volumes:\n    - {name: conf, configMap: {optional: true}}\n"
+    )
+    assert failures(kube.static_checks(tree.context(pod), "1.33", None)) == {
+        "ConfigMap and Secret references": "spec.volumes[0].configMap.name: required field is missing (name the "
+        "ConfigMap); spec.containers[0].envFrom[0].secretRef.name: required field is missing (name the Secret)"
+    }
+
+
 def test_pod_inputs_for_task_generation(tree):
     template = tree.write("pod.yaml.j2", "x: {{ image('side') }}\n{% from 'macros.j2' import y %}\n")
     spec = tree.write("integration.yaml", "ports: [80]\n")

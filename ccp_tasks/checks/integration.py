@@ -164,10 +164,10 @@ import ssl
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ccp_tasks.checks.harness import Harness, LogSection, sweep, write_logs
 from ccp_tasks.checks.records import CheckResult
@@ -536,7 +536,7 @@ def _need_tls(r: _Reader, tls: TlsSettings | None, where: str) -> TlsSettings:
     return tls
 
 
-def _read_regression(r: _Reader, data: dict, where: str, kind: str) -> tuple[bool, tuple, tuple]:
+def _read_regression(r: _Reader, data: dict, where: str, kind: str) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
     """regression/ignore/mask sit beside the check's kind: they are about how
     its answer is kept, not about the request."""
     inside = data[kind] if isinstance(data[kind], dict) else {}
@@ -547,7 +547,7 @@ def _read_regression(r: _Reader, data: dict, where: str, kind: str) -> tuple[boo
     if regression and kind not in ("http", "send"):
         r.fail(f"{where}.regression", f"only http and send checks have an answer to compare, not {kind}")
     ignore = r.strings(data["ignore"], f"{where}.ignore") if "ignore" in data else ()
-    mask = ()
+    mask: tuple[str, ...] = ()
     if "mask" in data:
         mask = tuple(r.regex(m, f"{where}.mask[{i}]") for i, m in enumerate(r.strings(data["mask"], f"{where}.mask")))
     for key, _given in (("ignore", ignore), ("mask", mask)):
@@ -689,6 +689,7 @@ def load_spec(path: Path, images: Collection[str]) -> IntegrationSpec:
         kind = kinds[0]
         regression, ignore, mask = _read_regression(r, item, where, kind)
         at = f"{where}.{kind}"
+        spec: HttpCheck | SendCheck | ExecCheck | TlsCheck
         if kind == "http":
             spec = _read_http(r, item[kind], at, container, tls)
         elif kind == "send":
@@ -715,7 +716,8 @@ def load_spec(path: Path, images: Collection[str]) -> IntegrationSpec:
 
 def service_images(spec: IntegrationSpec) -> list[str]:
     """The tree images the spec starts as dependencies, each once, in start order."""
-    return list(dict.fromkeys(service.image for service in spec.services))
+    # Only the image under test has no image name; every service was read with one.
+    return list(dict.fromkeys(service.image for service in spec.services if service.image is not None))
 
 
 def spec_files(spec: IntegrationSpec, path: Path) -> list[Path]:
@@ -977,9 +979,12 @@ def parse_proc_net(text: str, ipv6: bool) -> list[tuple[str, int]]:
             raw = bytes.fromhex(address_hex)
             # The kernel prints each 32-bit word in host (little-endian) order.
             raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            address = ipaddress.IPv6Address(raw) if ipv6 else ipaddress.IPv4Address(raw)
-            if ipv6 and address.ipv4_mapped:
-                address = address.ipv4_mapped
+            address: ipaddress.IPv4Address | ipaddress.IPv6Address
+            if ipv6:
+                address = ipaddress.IPv6Address(raw)
+                address = address.ipv4_mapped or address
+            else:
+                address = ipaddress.IPv4Address(raw)
             found.append((str(address), int(port_hex, 16)))
         except ValueError:
             continue
@@ -1207,7 +1212,7 @@ def _http_request(run: IntegrationRun, ip: str, check: HttpCheck):
 
 
 def _check_http(run: IntegrationRun, check: Check) -> CheckResult:
-    spec: HttpCheck = check.spec
+    spec = cast(HttpCheck, check.spec)  # CHECKS dispatches on check.kind, which load_spec paired with this type
     ip = run.under_test.ip
     try:
         status, reason, headers, raw = _http_request(run, ip, spec)
@@ -1285,7 +1290,7 @@ def _read_answer(sock: socket.socket, expect: re.Pattern | None, deadline: float
 
 
 def _check_send(run: IntegrationRun, check: Check) -> CheckResult:
-    spec: SendCheck = check.spec
+    spec = cast(SendCheck, check.spec)  # CHECKS dispatches on check.kind, which load_spec paired with this type
     ip = run.under_test.ip
     deadline = time.monotonic() + spec.timeout
     expect = re.compile(spec.expect) if spec.expect else None
@@ -1311,9 +1316,9 @@ def _check_send(run: IntegrationRun, check: Check) -> CheckResult:
                 "closed": "the connection closed without an answer",
             }.get(ended, "no answer")
             return CheckResult(
-                check.name, "send", False, f"expected an answer matching {_short(spec.expect, 200)}, got {how}"
+                check.name, "send", False, f"expected an answer matching {_short(expect.pattern, 200)}, got {how}"
             )
-        message = f"answer does not match {_short(spec.expect, 200)}: got {_short(text)}"
+        message = f"answer does not match {_short(expect.pattern, 200)}: got {_short(text)}"
         return CheckResult(check.name, "send", False, message, detail=text[:2000])
     if check.regression:
         return _regression(run, check, {"text": text})
@@ -1321,7 +1326,7 @@ def _check_send(run: IntegrationRun, check: Check) -> CheckResult:
 
 
 def _check_exec(run: IntegrationRun, check: Check) -> CheckResult:
-    spec: ExecCheck = check.spec
+    spec = cast(ExecCheck, check.spec)  # CHECKS dispatches on check.kind, which load_spec paired with this type
     try:
         code, output = _exec(run.client, run.under_test.container_id, spec.command, spec.user)
     except NotRunning as exc:  # the container stopped: the check's failure, not the engine's
@@ -1336,6 +1341,10 @@ def _check_exec(run: IntegrationRun, check: Check) -> CheckResult:
 
 def _subject(cert: dict) -> dict[str, str]:
     return {key: value for rdn in cert.get("subject", ()) for key, value in rdn}
+
+
+def _names(cert: dict) -> list[str]:
+    return [value for _, value in cert.get("subjectAltName", ())]
 
 
 def _tls_floor_context(floor: str) -> tuple[ssl.SSLContext, str]:
@@ -1354,8 +1363,26 @@ def _tls_floor_context(floor: str) -> tuple[ssl.SSLContext, str]:
     return context, below
 
 
+def _handshake_problems(spec: TlsCheck, version: str, cipher: str, cert: dict) -> tuple[list[str], str]:
+    problems = []
+    subject = _subject(cert)
+    names = _names(cert)
+    detail = f"negotiated {version} with {cipher}; subject {subject}; names {names}"
+    rank = TLS_VERSIONS.index(version) if version in TLS_VERSIONS else -1  # TLSv1, SSLv3: below every floor
+    if rank < TLS_VERSIONS.index(spec.min_version):
+        problems.append(f"negotiated {version}, below the floor {spec.min_version}")
+    for key, want in spec.subject.items():
+        got = subject.get(key)
+        if got != want:
+            found = f"is {got!r}" if got else "is missing"
+            problems.append(f"certificate subject {key} {found}, expected {want!r}")
+    if spec.san is not None and sorted(set(names)) != sorted(set(spec.san)):
+        problems.append(f"certificate names are {', '.join(names) or 'none'}, expected {', '.join(spec.san)}")
+    return problems, detail
+
+
 def _check_tls(run: IntegrationRun, check: Check) -> list[CheckResult]:
-    spec: TlsCheck = check.spec
+    spec = cast(TlsCheck, check.spec)  # CHECKS dispatches on check.kind, which load_spec paired with this type
     ip = run.under_test.ip
     results = []
 
@@ -1373,19 +1400,12 @@ def _check_tls(run: IntegrationRun, check: Check) -> list[CheckResult]:
     except OSError as exc:
         problems.append(f"cannot connect to {ip}:{spec.port}: {exc.strerror or exc or type(exc).__name__}")
     else:
-        subject = _subject(cert)
-        names = [value for _, value in cert.get("subjectAltName", ())]
-        detail = f"negotiated {version} with {cipher[0]}; subject {subject}; names {names}"
-        rank = TLS_VERSIONS.index(version) if version in TLS_VERSIONS else -1  # TLSv1, SSLv3: below every floor
-        if rank < TLS_VERSIONS.index(spec.min_version):
-            problems.append(f"negotiated {version}, below the floor {spec.min_version}")
-        for key, want in spec.subject.items():
-            got = subject.get(key)
-            if got != want:
-                found = f"is {got!r}" if got else "is missing"
-                problems.append(f"certificate subject {key} {found}, expected {want!r}")
-        if spec.san is not None and sorted(set(names)) != sorted(set(spec.san)):
-            problems.append(f"certificate names are {', '.join(names) or 'none'}, expected {', '.join(spec.san)}")
+        # PROTOCOL_TLS_CLIENT turns a server without a verified certificate away in the handshake; were
+        # one to get through, its empty subject and names must not pass a check that asked for neither.
+        if not cert or version is None or cipher is None:
+            problems.append(f"TLS handshake as {spec.hostname} gave no verified certificate")
+        else:
+            problems, detail = _handshake_problems(spec, version, cipher[0], cert)
     results.append(
         CheckResult(
             f"{check.name}: handshake",
@@ -1456,6 +1476,7 @@ def _drop_path(value, parts: list[str]):
             else:
                 del value[key]
     elif isinstance(value, list):
+        indexes: Sequence[int]
         if head == "*":
             indexes = range(len(value))
         elif re.fullmatch(r"\d+", head) and int(head) < len(value):

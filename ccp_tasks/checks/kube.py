@@ -111,7 +111,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -168,7 +168,7 @@ def render_pod(cfg, images: Collection[str], image: str, template: Path) -> str:
     """Render pod.yaml.j2 with the Dockerfile's variables and the image() helper."""
     import jinja2
 
-    renderer = Renderer(cfg, {name: None for name in images})
+    renderer = Renderer(cfg, images)
     path = str(Path(template).resolve())
     try:
         return renderer.env.get_template(path).render(image=renderer.image_ref, image_name=image)
@@ -225,8 +225,10 @@ def pod_source(documents: list[dict], source: str) -> PodSource:
             **((workload.get("spec") or {}).get("template") or {}).get("metadata", {}),
         }
         metadata["name"] = (workload.get("metadata") or {}).get("name", "pod")
-    config_maps = {(d.get("metadata") or {}).get("name"): d for d in documents if d.get("kind") == "ConfigMap"}
-    secrets = {(d.get("metadata") or {}).get("name"): d for d in documents if d.get("kind") == "Secret"}
+    # A nameless document (api_problems reports it) must not answer a reference that names nothing.
+    named = [(name, d) for d in documents if isinstance(name := (d.get("metadata") or {}).get("name"), str) and name]
+    config_maps = {name: d for name, d in named if d.get("kind") == "ConfigMap"}
+    secrets = {name: d for name, d in named if d.get("kind") == "Secret"}
     return PodSource(
         name=str(metadata.get("name") or "pod"),
         spec=spec if isinstance(spec, dict) else {},
@@ -327,7 +329,7 @@ def _schema_messages(error) -> list[str]:
     if validator == "type":
         return [f"{path or '(document)'}: expected {_expected(error.validator_value)}, got {_show(error.instance)}"]
     if validator in ("oneOf", "anyOf"):
-        types = []
+        types: list[str] = []
         for sub in error.validator_value:
             kinds = sub.get("type")
             if kinds:
@@ -783,7 +785,8 @@ class PodContext:
         return {self.cfg.image_ref(name): name for name in self.images}
 
     def tree_image(self, container: dict) -> str | None:
-        return self.tree_refs.get(container.get("image"))
+        image = container.get("image")
+        return self.tree_refs.get(image) if isinstance(image, str) else None
 
     @property
     def main(self) -> tuple[str, dict] | None:
@@ -835,7 +838,11 @@ def reference_problems(ctx: PodContext) -> list[str]:
     source, sp = ctx.source, ctx.source.spec_path
     provided = {ctx.tls_secret()} - {None}
 
-    def look(kind: str, name, where: str, optional: bool, keys: list[tuple[str, str]] = ()):
+    def look(kind: str, name, where: str, optional: bool, keys: Sequence[tuple[str, str]] = ()) -> None:
+        if not isinstance(name, str) or not name:
+            # The API server requires the name even of an optional reference.
+            problems.append(f"{where}: required field is missing (name the {kind})")
+            return
         data = (
             config_map_data(source, name)
             if kind == "ConfigMap"

@@ -330,10 +330,12 @@ _LOOKAROUND = ("(?=", "(?!", "(?<=", "(?<!")
 _NEWER_IN_RE2 = frozenset({"L", "Lo", "S", "So", "Han", "Common"})
 
 
-def _go_rune_error(exc: UnicodeDecodeError) -> tuple[str, int]:
+def _go_rune_error(exc: UnicodeError) -> tuple[str, int]:
     # Go reads every byte of invalid UTF-8 as one utf8.RuneError; Python's
     # "replace" would merge a truncated sequence into one U+FFFD, and RE2
     # would let no `.` match the raw byte.
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc  # only decoding is Go's to mimic
     return "\ufffd", exc.start + 1
 
 
@@ -464,7 +466,8 @@ class _Node:
             own = sum(1 for key_node, _ in self.node.value if key_node.tag != "tag:yaml.org,2002:merge")
             yaml.SafeLoader("").flatten_mapping(self.node)  # `<<` merge keys, which yaml.v2 knows too
             # flatten_mapping puts the merged pairs first; the mapping's own keys override them.
-            merged = self.node.ccp_merged = len(self.node.value) - own
+            merged = len(self.node.value) - own
+            setattr(self.node, "ccp_merged", merged)  # noqa: B010 -- PyYAML's Node declares no such attribute
         schema = _section_schema(section, required)
         found: dict[str, _Node] = {}
         own_keys: set[str] = set()
@@ -800,15 +803,15 @@ def _run_command_test(
         # CST expands the test's env values for setup and commits them into
         # the image, so (only) after a setup they count for $VAR in args.
         expanded = {var.key: go_expand(var.value, substitution_env) for var in test.env_vars}
-        for argv in test.setup:
-            container = _create(harness, current, argv, {**global_env, **expanded})
+        for setup in test.setup:
+            container = _create(harness, current, setup, {**global_env, **expanded})
             code, failure = harness.run_to_end(container, timeout)
             if failure:
-                problems.append(f"setup {_quote(' '.join(argv))}: {failure}")
+                problems.append(f"setup {_quote(' '.join(setup))}: {failure}")
                 harness.remove(container)
                 break
             # CST ignores a setup command's exit code; so do we, but the detail shows it.
-            evidence.append(f"setup {json.dumps(list(argv))}: exit code {code}")
+            evidence.append(f"setup {json.dumps(list(setup))}: exit code {code}")
             current = harness.commit(container)
             harness.remove(container)
         substitution_env = {**substitution_env, **expanded}

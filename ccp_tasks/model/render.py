@@ -16,7 +16,7 @@ import os
 import posixpath
 import re
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -455,7 +455,7 @@ def macro_dirs(cfg: PipelineConfig) -> list[Path]:
 class Renderer:
     """One Jinja2 environment for the whole tree, so macro files are parsed once."""
 
-    def __init__(self, cfg: PipelineConfig, images: dict[str, ImageSource]):
+    def __init__(self, cfg: PipelineConfig, images: Collection[str]):  # the names image() may spell
         import jinja2  # only when something must be rendered: a cached run never pays for it
 
         self.cfg = cfg
