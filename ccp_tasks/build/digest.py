@@ -12,12 +12,19 @@ from ccp_tasks.model.render import dockerfile_essence
 
 
 def input_digest(
-    context_dir: Path, build_args: dict[str, str], labels: dict[str, str], parent_ids: dict[str, str]
+    context_dir: Path,
+    build_args: dict[str, str],
+    labels: dict[str, str],
+    parent_ids: dict[str, str],
+    *,
+    builder: str,
 ) -> str:
     """The identity of an image's inputs: its build context (the Dockerfile's
     instructions, every other file, dotfiles included, with its executable bit,
     which COPY preserves; a symlink, which the engine receives as one, by its
-    link text), its build arguments, its content labels and its parents' image IDs."""
+    link text), its build arguments, its content labels, its parents' image IDs
+    and the builder that makes it (the builders make different images of the
+    same inputs: switching builders builds once, and adopts nothing of the other's)."""
     digest = hashlib.sha256()
     for path in sorted(p for p in context_dir.rglob("*") if p.is_file() or p.is_symlink()):
         rel = path.relative_to(context_dir).as_posix()
@@ -35,5 +42,9 @@ def input_digest(
             digest.update(hashlib.sha256(dockerfile_essence(path.read_text()).encode()).digest())
         else:
             digest.update(hash_file(path).digest())
-    digest.update(dump_json({"build_args": build_args, "labels": labels, "parents": parent_ids}))
+    fields: dict[str, object] = {"build_args": build_args, "labels": labels, "parents": parent_ids}
+    if builder != "classic":
+        # Only a builder other than the first: every classic digest stays what it was.
+        fields["builder"] = builder
+    digest.update(dump_json(fields))
     return "sha256:" + digest.hexdigest()

@@ -10,10 +10,12 @@ and leaves no tag behind, a lost engine raises EngineError.
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -45,3 +47,39 @@ class ClassicBuilder:
 
     def build(self, request: BuildRequest) -> str:
         raise NotImplementedError("moved here from docker_ops.build")
+
+
+BUILDER_CHOICES = ("auto", "buildkit", "classic")
+
+
+def for_config(choice: str, client: Any) -> Builder:
+    """The builder `engine.builder` in ccp.yaml names: `classic`, `buildkit`
+    (a CcpError when no CLI here can drive BuildKit), or `auto` (BuildKit
+    when a CLI can, else classic). Only a run that builds asks: finding a
+    CLI runs a few of them, once per process, and says which on stderr."""
+    from ccp_tasks.core.errors import CcpError
+
+    if choice not in BUILDER_CHOICES:
+        raise CcpError(f"engine.builder: '{choice}' is not one of {', '.join(BUILDER_CHOICES)}")
+    if choice == "classic":
+        _announce("classic (engine.builder: classic)")
+        return ClassicBuilder(client)
+    from ccp_tasks.engine.buildkit import BuildKitBuilder, find_buildkit_cli
+
+    cli, why_not = find_buildkit_cli()
+    if cli is not None:
+        _announce(f"buildkit (engine.builder: {choice}) through {cli.describe()}")
+        return BuildKitBuilder(client, cli)
+    if choice == "buildkit":
+        raise CcpError(
+            f"engine.builder is 'buildkit' in ccp.yaml, but no docker CLI here builds with BuildKit ({why_not}); "
+            "install the buildx plugin (Debian: docker-buildx) or Debian's docker.io CLI, or set engine.builder: auto"
+        )
+    _announce(f"classic (engine.builder: auto; no docker CLI here builds with BuildKit: {why_not})")
+    return ClassicBuilder(client)
+
+
+@functools.cache
+def _announce(what: str) -> None:
+    # Once per process (a worker of `doit -n N` says it once for itself).
+    print(f"ccp: builder: {what}", file=sys.stderr, flush=True)

@@ -30,6 +30,7 @@ from ccp_tasks.core.state import (
     write_if_changed,
 )
 from ccp_tasks.engine import docker_ops, leftovers
+from ccp_tasks.engine.builder import Builder, BuildRequest, for_config
 from ccp_tasks.model import sources
 from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.model.graph import Image
@@ -193,6 +194,7 @@ def sync_source(cfg: PipelineConfig, name: str, layout: CacheLayout) -> dict:
 def _build_on_parent(
     cfg: PipelineConfig,
     client,
+    builder: Builder,
     image: Image,
     context_dir: Path,
     labels: dict[str, str],
@@ -200,15 +202,20 @@ def _build_on_parent(
     layout: CacheLayout,
 ) -> str:
     """Build, and make sure the result extends the parent its input digest names:
-    the builder resolves FROM by reference, and another run on the same engine
-    may move that reference meanwhile (then the image is built again)."""
+    the builder resolves FROM by reference (BuildKit 0.8 takes no image ID
+    there, and looks a digest up on Docker Hub), and another run on the same
+    engine may move that reference meanwhile (then the image is built again)."""
     base = _final_parent(cfg, image)
+    request = BuildRequest(image.name, context_dir, image.ref, Path(layout.log(image.name)), labels, cfg.build_args)
     for attempt in range(1, BUILD_ATTEMPTS + 1):
         if base:
             docker_ops.tag(client, parent_ids[base], cfg.image_ref(base))
-        image_id = docker_ops.build(
-            client, image.name, context_dir, image.ref, labels, cfg.build_args, Path(layout.log(image.name))
-        )
+        if builder.name == "classic":  # docker_ops.build until ClassicBuilder holds it (t14-engine)
+            image_id = docker_ops.build(
+                client, image.name, context_dir, image.ref, labels, cfg.build_args, Path(layout.log(image.name))
+            )
+        else:
+            image_id = builder.build(request)
         if not base or docker_ops.built_on(client, image_id, parent_ids[base]):
             return image_id
         docker_ops.untag_if(client, image.ref, image_id)
@@ -242,8 +249,9 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
         parent_ids[parent] = stamp.image_id
     labels = {**image_labels(cfg, image), **_source_labels(image, layout)}
     context_dir = Path(layout.context_dir(image.name))
-    digest = input_digest(context_dir, cfg.build_args, labels, parent_ids)
     client = docker_ops.connect()
+    builder = for_config(cfg.engine.builder, client)
+    digest = input_digest(context_dir, cfg.build_args, labels, parent_ids, builder=builder.name)
     image_id = docker_ops.adoptable(client, digest, image.ref)
     if image_id:
         docker_ops.tag(client, image_id, image.ref)
@@ -256,7 +264,7 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
         outcome = "pulled"
     else:
         all_labels = {**labels, **_revision_labels(cfg, image), DIGEST_LABEL: digest}
-        image_id = _build_on_parent(cfg, client, image, context_dir, all_labels, parent_ids, layout)
+        image_id = _build_on_parent(cfg, client, builder, image, context_dir, all_labels, parent_ids, layout)
         outcome = "built"
     packages = _record_packages(client, image, image_id, layout)
     stamp = Stamp(image.name, image_id, digest, (image.ref,))
@@ -266,6 +274,7 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
         "image_id": image_id,
         "ref": image.ref,
         "seconds": round(time.monotonic() - started, 2),
+        "builder": builder.name,
         **packages,
     }
 
