@@ -269,3 +269,12 @@ def test_an_engine_lost_during_a_buildkit_build_is_one_line_naming_it(project):
     error = summary["images"]["slow"]["error"]
     assert error.startswith(f"lost the Docker engine at unix://{engine.path} while building 'slow'"), error
     assert not (project.root / "cache/images/slow.json").exists()
+
+
+def test_an_unknown_builder_is_one_line_naming_the_key(project):
+    project.config["engine"] = {"builder": "fast"}
+    project.write_config()
+    result = project.doit()
+    assert result.returncode != 0
+    assert "engine.builder: expected one of auto, buildkit, classic, got 'fast'" in result.output, result.output
+    assert "Traceback" not in result.output
