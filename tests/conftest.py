@@ -42,7 +42,7 @@ def child_template(parent: str, body: str = "") -> str:
 # The builder every test project names in its ccp.yaml (engine.builder): CCP_BUILDER
 # runs the whole suite under one; without it, classic, and the tests that take the
 # `builder` fixture (the incremental ones) run under both.
-DEFAULT_BUILDER = os.environ.get("CCP_BUILDER", "classic")
+DEFAULT_BUILDER = os.environ.get("CCP_BUILDER") or "classic"
 BUILDERS = (os.environ["CCP_BUILDER"],) if os.environ.get("CCP_BUILDER") else ("classic", "buildkit")
 
 
