@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,21 @@ RUN ["/bin/busybox", "--install", "-s", "/bin"]
 
 def child_template(parent: str, body: str = "") -> str:
     return f"FROM {{{{ image('{parent}') }}}}\n{{% include 'header.j2' %}}\n{body}\n"
+
+
+# The builder every test project names in its ccp.yaml (engine.builder): CCP_BUILDER
+# runs the whole suite under one; without it, classic, and the tests that take the
+# `builder` fixture (the incremental ones) run under both.
+DEFAULT_BUILDER = os.environ.get("CCP_BUILDER") or "classic"
+BUILDERS = (os.environ["CCP_BUILDER"],) if os.environ.get("CCP_BUILDER") else ("classic", "buildkit")
+
+
+def running_step(output: str, image: str, command: str) -> bool:
+    """Whether the build of `image` has started its `RUN <command>` step, by the
+    progress line either builder prints for it (classic: `Step 3/3 : RUN …`,
+    BuildKit: `#5 [2/2] RUN …`)."""
+    step = r"(?:Step \d+/\d+ : |#\d+ \[[^\]]*\] )"
+    return re.search(rf"{re.escape(image)}: {step}RUN {re.escape(command)}", output) is not None
 
 
 @dataclass
@@ -77,7 +93,11 @@ class Project:
         shutil.copy(REPO / "dodo.py", root / "dodo.py")
         os.symlink(REPO / "ccp_tasks", root / "ccp_tasks")
         shutil.copytree(REPO / "dockerfiles" / "macros", root / "dockerfiles" / "macros")
-        self.config = {"namespace": namespace, "base": {"enabled": False}}
+        self.config = {"namespace": namespace, "base": {"enabled": False}, "engine": {"builder": DEFAULT_BUILDER}}
+        self.write_config()
+
+    def use_builder(self, builder: str):
+        self.config["engine"] = {"builder": builder}
         self.write_config()
 
     def write_config(self, extra: str = ""):
@@ -187,6 +207,19 @@ def project(tmp_path, docker_client):
     proj = Project(tmp_path / "proj", namespace)
     yield proj
     _remove_namespace(docker_client, namespace)
+
+
+@pytest.fixture(params=BUILDERS)
+def builder(request, project) -> str:
+    """The test runs once per builder, its project set to build with it."""
+    if request.param == "buildkit":
+        from ccp_tasks.engine.buildkit import find_buildkit_cli
+
+        cli, why_not = find_buildkit_cli()
+        if cli is None:
+            pytest.skip(f"no docker CLI here builds with BuildKit: {why_not}")
+    project.use_builder(request.param)
+    return request.param
 
 
 @pytest.fixture

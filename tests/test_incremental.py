@@ -1,4 +1,7 @@
-"""Exact incremental builds on the real engine: what changes is rebuilt, nothing else."""
+"""Exact incremental builds on the real engine: what changes is rebuilt, nothing else.
+
+Every test runs under each builder (conftest's `builder` fixture), the project set
+to it before the tree is built."""
 
 from __future__ import annotations
 
@@ -9,8 +12,11 @@ import threading
 import time
 
 import pytest
+from conftest import running_step
 
 ALL = {"bb", "app", "app2", "lone", "leaf"}
+
+pytestmark = pytest.mark.usefixtures("builder")
 
 
 def test_noop_rebuilds_nothing(tree):
@@ -303,7 +309,7 @@ def test_interrupted_build_leaves_no_stamp_and_is_retried(project):
     reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)
     reader.start()
     deadline = time.monotonic() + 120
-    while not any("slow: Step 2/" in line for line in seen):
+    while not running_step("".join(seen), "slow", "echo started && sleep 30"):
         assert proc.poll() is None and time.monotonic() < deadline, "".join(seen)
         time.sleep(0.1)
     time.sleep(1)  # inside `sleep 30`

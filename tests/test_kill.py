@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import child_template
+from conftest import child_template, running_step
 
 NEXT_RUN_BOUND = 60  # seconds; the next run waits for no lock, this only bounds a hang
 
@@ -144,11 +144,13 @@ def next_run(project, *args: str):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
-def test_a_run_killed_in_a_build_step_leaves_no_process_and_never_blocks_the_next(project, docker_client, runs, sig):
+def test_a_run_killed_in_a_build_step_leaves_no_process_and_never_blocks_the_next(
+    project, docker_client, runs, sig, builder
+):
     project.busybox_base("bb")
     project.image("slow", child_template("bb", "RUN echo started && sleep 60"))
     run = runs(project)
-    run.wait_for(lambda: "slow: Step 2/" in run.output, "`RUN sleep` step")
+    run.wait_for(lambda: running_step(run.output, "slow", "echo started && sleep 60"), "`RUN sleep` step")
     time.sleep(1)  # inside `sleep 60`
     run.kill(sig)
     assert run.proc.returncode != 0, run.output
@@ -185,7 +187,7 @@ def test_a_killed_worker_ends_its_run_instead_of_hanging_it(project, docker_clie
     project.busybox_base("bb")
     project.image("slow", child_template("bb", "RUN echo started && sleep 60"))
     run = runs(project)
-    run.wait_for(lambda: "slow: Step 2/" in run.output, "`RUN sleep` step")
+    run.wait_for(lambda: running_step(run.output, "slow", "echo started && sleep 60"), "`RUN sleep` step")
     workers = _workers(run)
     assert workers, run.output
     for pid in workers:

@@ -31,15 +31,26 @@ def _hash_context(context_dir: Path, digest) -> None:
 
 
 def input_digest(
-    context_dir: Path, build_args: dict[str, str], labels: dict[str, str], parent_ids: dict[str, str]
+    context_dir: Path,
+    build_args: dict[str, str],
+    labels: dict[str, str],
+    parent_ids: dict[str, str],
+    *,
+    builder: str,
 ) -> str:
     """The identity of an image's inputs: its build context (the Dockerfile's
     instructions, every other file, dotfiles included, with its executable bit,
     which COPY preserves; a symlink, which the engine receives as one, by its
-    link text), its build arguments, its content labels and its parents' image IDs."""
+    link text), its build arguments, its content labels, its parents' image IDs
+    and the builder that makes it (the builders make different images of the
+    same inputs: switching builders builds once, and adopts nothing of the other's)."""
     digest = hashlib.sha256()
     _hash_context(context_dir, digest)
-    digest.update(dump_json({"build_args": build_args, "labels": labels, "parents": parent_ids}))
+    fields: dict[str, object] = {"build_args": build_args, "labels": labels, "parents": parent_ids}
+    if builder != "classic":
+        # Only a builder other than the first: every classic digest stays what it was.
+        fields["builder"] = builder
+    digest.update(dump_json(fields))
     return "sha256:" + digest.hexdigest()
 
 

@@ -9,9 +9,13 @@ and the original exception kept as `__cause__` (CCP_DEBUG=1 shows it).
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Any
 
-from ccp_tasks.engine.builder import ClassicBuilder
+from ccp_tasks.core.errors import CcpError
+from ccp_tasks.engine.builder import Builder, ClassicBuilder
+from ccp_tasks.engine.buildkit import BuildKitBuilder, find_buildkit_cli
 from ccp_tasks.engine.containers import Containers
 from ccp_tasks.engine.docker_ops import connect as docker_connect
 from ccp_tasks.engine.docker_ops import engine_errors
@@ -52,3 +56,30 @@ def docker_client(target: Engine | Any) -> Any:
 def connect(timeout: int = 600) -> Engine:
     """An Engine for $DOCKER_HOST (or the local socket), or a one-line EngineError."""
     return Engine(docker_connect(timeout=timeout))
+
+
+def builder_for(choice: str, engine: Engine) -> Builder:
+    """The builder `engine.builder` in ccp.yaml names: `classic`, `buildkit`
+    (a CcpError when no CLI here can drive BuildKit), or `auto` (BuildKit
+    when a CLI can, else classic). Only a run that builds asks: finding a
+    CLI runs a few of them, once per process, and says which on stderr."""
+    if choice == "classic":
+        _announce("classic (engine.builder: classic)")
+        return engine.builder
+    cli, why_not = find_buildkit_cli()
+    if cli is not None:
+        _announce(f"buildkit (engine.builder: {choice}) through {cli.describe()}")
+        return BuildKitBuilder(engine.docker_client, cli)
+    if choice == "buildkit":
+        raise CcpError(
+            f"engine.builder is 'buildkit', but no docker CLI here builds with BuildKit ({why_not}); "
+            "install the buildx plugin (Debian: docker-buildx) or Debian's docker.io CLI, or set engine.builder: auto"
+        )
+    _announce(f"classic (engine.builder: auto; no docker CLI here builds with BuildKit: {why_not})")
+    return engine.builder
+
+
+@functools.cache
+def _announce(what: str) -> None:
+    # Once per process (a worker of `doit -n N` says it once for itself).
+    print(f"ccp: builder: {what}", file=sys.stderr, flush=True)

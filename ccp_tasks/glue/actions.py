@@ -31,8 +31,8 @@ from ccp_tasks.core.state import (
     write_if_changed,
 )
 from ccp_tasks.engine import leftovers
-from ccp_tasks.engine.api import Engine, connect
-from ccp_tasks.engine.builder import BuildRequest
+from ccp_tasks.engine.api import Engine, builder_for, connect
+from ccp_tasks.engine.builder import Builder, BuildRequest
 from ccp_tasks.glue import picture
 from ccp_tasks.model import sources
 from ccp_tasks.model.config import PipelineConfig
@@ -206,6 +206,7 @@ def sync_source(cfg: PipelineConfig, name: str, layout: CacheLayout) -> dict:
 def _build_on_parent(
     cfg: PipelineConfig,
     engine: Engine,
+    builder: Builder,
     image: Image,
     context_dir: Path,
     labels: dict[str, str],
@@ -213,8 +214,9 @@ def _build_on_parent(
     layout: CacheLayout,
 ) -> str:
     """Build, and make sure the result extends the parent its input digest names:
-    the builder resolves FROM by reference, and another run on the same engine
-    may move that reference meanwhile (then the image is built again)."""
+    the builder resolves FROM by reference (BuildKit 0.8 takes no image ID
+    there, and looks a digest up on Docker Hub), and another run on the same
+    engine may move that reference meanwhile (then the image is built again)."""
     base = _final_parent(cfg, image)
     request = BuildRequest(
         image.name,
@@ -228,7 +230,7 @@ def _build_on_parent(
     for attempt in range(1, BUILD_ATTEMPTS + 1):
         if base:
             engine.images.tag(parent_ids[base], cfg.image_ref(base))
-        image_id = engine.builder.build(request)
+        image_id = builder.build(request)
         if not base or engine.images.built_on(image_id, parent_ids[base]):
             return image_id
         engine.images.untag_if(image.ref, image_id)
@@ -262,8 +264,9 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
         parent_ids[parent] = stamp.image_id
     labels = {**image_labels(cfg, image), **_source_labels(image, layout)}
     context_dir = Path(layout.context_dir(image.name))
-    digest = input_digest(context_dir, cfg.build_args, labels, parent_ids)
     engine = connect()
+    builder = builder_for(cfg.engine.builder, engine)
+    digest = input_digest(context_dir, cfg.build_args, labels, parent_ids, builder=builder.name)
     image_id = engine.images.adoptable(digest, image.ref)
     if image_id:
         engine.images.tag(image_id, image.ref)
@@ -276,7 +279,7 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
         outcome = "pulled"
     else:
         all_labels = {**labels, **_revision_labels(cfg, image), DIGEST_LABEL: digest}
-        image_id = _build_on_parent(cfg, engine, image, context_dir, all_labels, parent_ids, layout)
+        image_id = _build_on_parent(cfg, engine, builder, image, context_dir, all_labels, parent_ids, layout)
         outcome = "built"
     packages = _record_packages(engine, image, image_id, layout)
     stamp = Stamp(image.name, image_id, digest, (image.ref,))
@@ -286,6 +289,7 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
         "image_id": image_id,
         "ref": image.ref,
         "seconds": round(time.monotonic() - started, 2),
+        "builder": builder.name,
         **packages,
     }
 

@@ -60,6 +60,7 @@ class SummaryReporter(ConsoleReporter):
         self.pushes: dict[str, dict] = {}  # image -> outcome of push:<image>
         self.retagged: set[tuple[str, str]] = set()  # (reference, image ID) a push tagged again
         self.published: dict | None = None
+        self.builders: set[str] = set()  # the builders this run's build tasks used (one, unless a worker disagreed)
 
     def _note_push(self, task: Task, outcome: str, values: dict | None = None) -> None:
         stage, _, image = task.name.partition(":")
@@ -100,6 +101,8 @@ class SummaryReporter(ConsoleReporter):
         found = _image_of(task.name)
         if found:
             values = task.values or {}
+            if values.get("builder"):
+                self.builders.add(values["builder"])
             self.results[found[1]] = {
                 "outcome": values.get("outcome", "built"),
                 "image_id": values.get("image_id"),
@@ -284,12 +287,16 @@ class SummaryReporter(ConsoleReporter):
             else:
                 shown = ", ".join(images)
             self.write(f"{outcome:<11} {len(images):>4}  {shown}".rstrip() + "\n")
+        if self.builders:
+            self.write(f"{'builder':<11} {'':>4}  {', '.join(sorted(self.builders))}\n")
         self._write_checks()
         if self.summary_path is not None:
             summary = {
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started)),
                 "seconds": duration,
                 "argv": sys.argv[1:],
+                # null when no build task ran: a no-op does not look for a BuildKit CLI
+                "builder": ", ".join(sorted(self.builders)) or None,
                 "counts": {outcome: len(images) for outcome, images in by_outcome.items()},
                 "images": self.results,
                 "checks": self.checks,

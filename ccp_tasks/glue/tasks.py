@@ -320,6 +320,8 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "labels": actions.image_labels(cfg, image),
             "build_args": cfg.build_args,
             "external_parents": list(image.external_parents),
+            # Another setting may name another builder: the build runs, and its input digest says whether it builds.
+            "builder": cfg.engine.builder,
         }
         yield {
             "basename": "build",

@@ -119,6 +119,15 @@ class KubeSettings:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    """How images are built on the Docker engine."""
+
+    # auto: BuildKit when a docker CLI here can drive it (`docker buildx`, or a
+    # CLI that builds with BuildKit natively), else the classic builder.
+    builder: typing.Literal["auto", "buildkit", "classic"] = "auto"
+
+
+@dataclass(frozen=True)
 class RegistrySettings:
     """Where `doit push` publishes, and where builds look for images to reuse.
     Credentials never live here: CCP_REGISTRY_USERNAME/CCP_REGISTRY_PASSWORD or
@@ -205,6 +214,7 @@ class PipelineConfig:
     # name -> SourceSettings (a mapping in YAML, checked key by key like the rest)
     sources: dict[str, Any] = field(default_factory=dict)
     kube: KubeSettings = field(default_factory=KubeSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     artifactory: ArtifactorySettings = field(default_factory=ArtifactorySettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)

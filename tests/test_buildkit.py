@@ -1,0 +1,280 @@
+"""engine.builder: BuildKit through a docker CLI, chosen by `auto`, and the
+promises every builder keeps (the incremental tests run under both builders;
+these are what only BuildKit's path through a CLI can break)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from conftest import child_template, running_step
+
+from ccp_tasks.engine.buildkit import find_buildkit_cli
+
+ALL = {"bb", "app", "app2", "lone", "leaf"}
+
+pytestmark = pytest.mark.skipif(
+    find_buildkit_cli()[0] is None, reason=f"no docker CLI here builds with BuildKit: {find_buildkit_cli()[1]}"
+)
+
+FAKE_DOCKER = """\
+#!/bin/sh
+echo "$*" >> "$(dirname "$0")/calls"
+echo "this docker builds nothing" >&2
+exit 1
+"""
+
+
+def ids(project) -> dict[str, str]:
+    return {name: project.stamp(name)["image_id"] for name in ALL}
+
+
+def test_auto_builds_with_buildkit_and_says_so(project):
+    project.use_builder("auto")
+    project.sample_tree()
+    result = project.ok()
+    assert result.built == ALL, result.output
+    assert "ccp: builder: buildkit (engine.builder: auto) through " in result.stderr, result.stderr
+    assert "builder           buildkit" in result.stdout, result.stdout
+    assert result.summary["builder"] == "buildkit"
+    log = (project.root / "cache/logs/app.log").read_text()
+    assert "#2 [internal] load .dockerignore" in log or "[internal] load build definition" in log, log
+    assert running_step(result.stderr, "app", "echo app > /app"), result.stderr
+    # a no-op looked for no CLI, so it names no builder
+    again = project.ok()
+    assert again.images("up to date") == ALL
+    assert "ccp: builder:" not in again.stderr and again.summary["builder"] is None
+
+
+def test_switching_builders_builds_once_and_each_builder_gets_its_own_images_back(project):
+    project.use_builder("classic")
+    project.sample_tree()
+    assert project.ok().built == ALL
+    classic = ids(project)
+    project.use_builder("buildkit")
+    result = project.ok()
+    assert result.built == ALL, result.output
+    buildkit = ids(project)
+    assert not set(buildkit.values()) & set(classic.values())
+    assert project.ok().images("up to date") == ALL  # then stable
+    # Back to classic: its layer cache gives the very same images; and BuildKit's its own.
+    project.use_builder("classic")
+    result = project.ok()
+    assert result.built == ALL and ids(project) == classic, result.output
+    project.use_builder("auto")
+    result = project.ok()
+    assert result.built == ALL and ids(project) == buildkit, result.output
+    assert project.ok().images("up to date") == ALL
+
+
+def test_a_cli_first_on_path_that_cannot_build_is_passed_over_and_a_no_op_asks_none(project):
+    """The probe runs CLIs: only a run that builds pays for it. A CLI that
+    refuses BuildKit (here a fake one, and the 28.x CLI without buildx when
+    installed) is passed over for one that builds with it."""
+    bin_dir = project.root / "fake-bin"
+    fake = project.write("fake-bin/docker", FAKE_DOCKER)
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    project.use_builder("buildkit")
+    project.busybox_base("bb")
+    result = project.ok(env=env)
+    assert result.built == {"bb"}, result.output
+    calls = (bin_dir / "calls").read_text()
+    assert "build --help" in calls, calls
+    chosen = find_buildkit_cli()[0]
+    assert chosen is not None and f"through {chosen.path} " in result.stderr, result.stderr
+    assert f"through {fake}" not in result.stderr
+
+    (bin_dir / "calls").unlink()
+    result = project.ok(env=env)
+    assert result.images("up to date") == {"bb"}, result.output
+    assert not (bin_dir / "calls").exists()
+
+
+def _engine_processes(marker: str) -> list[str]:
+    """Processes on this host (the engine's build steps included) whose command line holds `marker`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline:
+                found.append(f"pid {entry}: {cmdline}")
+    return found
+
+
+def _group_members(pgid: int) -> list[str]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                found.append(f"pid {entry}: {cmdline}")
+    return found
+
+
+def _wait_until(condition, what: str, timeout: float = 120, proc=None, output=None):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc is None or proc.poll() is None, f"the run ended before {what}:\n{''.join(output or [])}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout}s:\n{''.join(output or [])}"
+        time.sleep(0.1)
+
+
+def test_a_serial_run_killed_in_a_build_step_takes_the_cli_and_its_build_with_it(project):
+    """Without workers no one ends what the main process started: the CLI
+    gets the parent-death signal, and a CLI that dies cancels its build."""
+    project.use_builder("buildkit")
+    marker = f"started-{uuid.uuid4().hex[:8]}"
+    project.busybox_base("bb")
+    project.image("slow", child_template("bb", f"RUN echo {marker} && sleep 60 && echo finished"))
+    env = {k: v for k, v in os.environ.items() if k != "CCP_OVERRIDE"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "doit"],
+        cwd=project.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen: list[str] = []
+    threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True).start()
+    try:
+        _wait_until(
+            lambda: running_step("".join(seen), "slow", f"echo {marker} && sleep 60 && echo finished"),
+            "RUN step",
+            proc=proc,
+            output=seen,
+        )
+        _wait_until(lambda: any("sleep 60" in p for p in _engine_processes(marker)), "the step in the engine", 60)
+        proc.kill()
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 15
+        while (_group_members(proc.pid) or _engine_processes(marker)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _group_members(proc.pid) == [], "".join(seen)
+        assert _engine_processes(marker) == []
+    finally:
+        for line in _group_members(proc.pid):
+            os.kill(int(line.split()[1].rstrip(":")), signal.SIGKILL)
+    assert not (project.root / "cache/images/slow.json").exists()
+    project.image("slow", child_template("bb", "RUN echo quick"))
+    result = project.ok()
+    assert "slow" in result.built, result.output
+
+
+class VanishingEngine:
+    """A unix socket in front of the engine that forwards everything until
+    `vanish()`: then it closes every connection and its socket, as an engine
+    that went away."""
+
+    def __init__(self, engine_socket: str):
+        self.engine_socket = engine_socket
+        self.directory = tempfile.mkdtemp(prefix="ccp-engine-", dir="/tmp")  # unix socket paths are short
+        self.path = os.path.join(self.directory, "docker.sock")
+        self.sockets: list[socket.socket] = []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.path)
+        self.server.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            engine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            engine.connect(self.engine_socket)
+            self.sockets += [client, engine]
+            threading.Thread(target=self._pump, args=(client, engine), daemon=True).start()
+            threading.Thread(target=self._pump, args=(engine, client), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, target):
+        try:
+            while data := source.recv(1 << 16):
+                target.sendall(data)
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def vanish(self):
+        self.server.close()
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+    def close(self):
+        self.vanish()
+        os.rmdir(self.directory)
+
+
+def test_an_engine_lost_during_a_buildkit_build_is_one_line_naming_it(project):
+    from ccp_tasks.engine import docker_ops
+
+    if docker_ops.local_socket() is None:
+        pytest.skip("needs the engine's unix socket to stand in front of")
+    project.use_builder("buildkit")
+    project.busybox_base("bb")
+    project.ok()
+    marker = f"started-{uuid.uuid4().hex[:8]}"
+    project.image("slow", child_template("bb", f"RUN echo {marker} && sleep 60 && echo finished"))
+    engine = VanishingEngine(docker_ops.local_socket())
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "CCP_OVERRIDE"}
+        env["DOCKER_HOST"] = f"unix://{engine.path}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "doit"],
+            cwd=project.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        seen: list[str] = []
+        reader = threading.Thread(target=lambda: seen.extend(proc.stdout), daemon=True)
+        reader.start()
+        _wait_until(lambda: bool(_engine_processes(marker)), "the step in the engine", proc=proc, output=seen)
+        engine.vanish()
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
+    finally:
+        engine.close()
+    output = "".join(seen)
+    assert proc.returncode != 0, output
+    assert "Traceback" not in output, output
+    summary = __import__("json").loads((project.root / "cache/summary.json").read_text())
+    error = summary["images"]["slow"]["error"]
+    assert error.startswith(f"lost the Docker engine at unix://{engine.path} while building 'slow'"), error
+    assert not (project.root / "cache/images/slow.json").exists()
+
+
+def test_an_unknown_builder_is_one_line_naming_the_key(project):
+    project.config["engine"] = {"builder": "fast"}
+    project.write_config()
+    result = project.doit()
+    assert result.returncode != 0
+    assert "engine.builder: expected one of auto, buildkit, classic, got 'fast'" in result.output, result.output
+    assert "Traceback" not in result.output
