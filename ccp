@@ -2,7 +2,7 @@
 # ccp: set up this machine and run the pipeline or its tests.
 #
 #   ./ccp build [DOIT ARGS]   install what is missing, start dockerd, build the sample images (doit -n 2)
-#   ./ccp test [PYTEST ARGS]  the same set-up, then ruff (lint, format) and the test suite
+#   ./ccp test [PYTEST ARGS]  the same set-up, then ruff (lint, format), mypy and the test suite
 #   ./ccp doit [DOIT ARGS]    any doit command in the project's virtualenv (list, info, tree, clean …)
 #   ./ccp setup               only the set-up
 #   ./ccp apt-cache [stop]    start (or stop) a local apt-cacher-ng on loopback and print the setting for builds
@@ -217,9 +217,10 @@ case "$command" in
     test)
         setup "${TEST_PACKAGES[@]}"
         # Lint and format first: a second of work that fails before 20 minutes of tests.
-        say "ruff check and ruff format --check (settings: pyproject.toml)"
+        say "ruff check, ruff format --check and mypy (settings: pyproject.toml)"
         "$VENV/bin/ruff" check --quiet ccp_tasks tests bench dodo.py
         "$VENV/bin/ruff" format --check --quiet ccp_tasks tests bench dodo.py
+        "$VENV/bin/mypy" ccp_tasks
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     apt-cache)

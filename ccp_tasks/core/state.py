@@ -238,7 +238,7 @@ def read_regular_file(path: Path | str) -> tuple[bytes, os.stat_result, str]:
     return _read_regular(path, real=True)
 
 
-def _read_regular(path, real: bool) -> tuple[bytes, os.stat_result, str]:
+def _read_regular(path: Path | str, real: bool) -> tuple[bytes, os.stat_result, str]:
     """read_regular_file's answer; without `real`, the real path is left out ("")."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with open(fd, "rb") as handle:

@@ -151,5 +151,6 @@ def list_images(timeout: float = 30) -> list[dict]:
     """The engine's image list: one GET /images/json (docker-py for remote engines)."""
     socket_path = local_socket()
     if socket_path is None:
-        return connect(timeout=int(timeout)).images()
+        with engine_errors("listing the engine's images"):
+            return connect(timeout=int(timeout)).images()
     return json.loads(unix_get(socket_path, "/images/json", timeout))

@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
+from ccp_tasks.core.errors import EngineError
 from ccp_tasks.core.state import Malformed, fields, read_record, write_atomic
 from ccp_tasks.engine import docker_ops
 
@@ -118,7 +120,7 @@ def _repository(ref: str) -> str:
 
 
 def apply(
-    present: dict[str, str], events: list[ImageEvent], ours: set[tuple[str, str]] = frozenset()
+    present: dict[str, str], events: list[ImageEvent], ours: AbstractSet[tuple[str, str]] = frozenset()
 ) -> dict[str, str] | None:
     """Replay image events on a reference -> image ID map; None when an event
     may have moved references it does not name (then only a listing tells).
@@ -194,30 +196,35 @@ class EngineView:
         return state["present"], state.get("marker")
 
     @classmethod
-    def _load(cls) -> None:
+    def _load(cls) -> dict[str, str]:
+        """The view as of this run's start (made once per run)."""
         if cls._present is not None:
-            return
+            return cls._present
         stored = cls._stored()
         buffered = _all_events_until_now()
-        events = _since(buffered, stored[1]) if stored else None
-        replayed = apply(stored[0], events) if events is not None else None
+        replayed = None
+        if stored is not None:
+            events = _since(buffered, stored[1])
+            if events is not None:
+                replayed = apply(stored[0], events)
         if replayed is not None:
             cls._present, cls._how = replayed, "events"
         else:
             cls._present, cls._how = cls._present_from_listing(), "listing"
         cls._marker = _newest(buffered)
+        return cls._present
 
     @classmethod
     def has(cls, image_id: str, ref: str) -> bool:
-        cls._load()
-        if ref not in cls._present and cls._how == "events":
+        present = cls._load()
+        if ref not in present and cls._how == "events":
             # The replay could not say where the reference is (an untag or a
             # pull left it uncertain, or engine.json lost it): one inspect does.
             found = docker_ops.local_image_id(ref)
             if found:
-                cls._present[ref] = found
+                present[ref] = found
                 cls._verified = True
-        return cls._present.get(ref) == image_id
+        return present.get(ref) == image_id
 
     @classmethod
     def listing(cls) -> dict[str, docker_ops.EngineImage]:
@@ -230,7 +237,7 @@ class EngineView:
                     )
                     for entry in docker_ops.list_images()
                 }
-            except Exception:  # an unreachable engine makes every image "absent"; the build says why
+            except (EngineError, ValueError):  # an unreachable engine makes every image "absent"; the build says why
                 cls._listing = {}
         return cls._listing
 
@@ -251,26 +258,30 @@ class EngineView:
             if cls._how == "listing" or cls._verified:
                 cls._write(cls._present, cls._marker)
             return {"engine_view": cls._how}
-        if cls._present is None:
+        current = cls._present
+        if current is None:
             # A run that had no image to check has not looked yet; a listing taken
             # for adoption predates this run's builds.
             cls._listing = None
-            cls._load()
+            current = cls._load()
         buffered = _all_events_until_now()
         if buffered is None:
-            present, marker = cls._present, None
+            present, marker = current, None
         else:
             marker = _newest(buffered)
             events = _since(buffered, cls._marker)
-            present = apply(cls._present, events, made) if events is not None else None
-            if present is None:
+            replayed = apply(current, events, made) if events is not None else None
+            if replayed is None:
                 cls._listing = None
-                present = cls._present_from_listing()
+                replayed = cls._present_from_listing()
+            present = replayed
         cls._write(present, marker)
         return {"engine_view": cls._how}
 
     @classmethod
     def _write(cls, present: dict[str, str], marker: list | None) -> None:
+        if cls.state_path is None:
+            return
         write_atomic(
             cls.state_path,
             (

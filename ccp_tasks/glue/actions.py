@@ -78,29 +78,29 @@ def stage_context(image: Image, context_dir: str, generated: dict[str, Path], la
     the sources it copies into its build context; files whose bytes did not
     change keep their mtime, and files that no longer belong are removed."""
     source = image.source
-    context_dir = Path(context_dir)
+    directory = Path(context_dir)
     staged_sources = {}
     for name in image.sources:
         for rel, path in sources.tree_files(layout.root, name):
             staged_sources[f"{SOURCES_DIR}/{name}/{rel}"] = path
     wanted = {"Dockerfile"} | set(source.context_files) | set(generated) | set(staged_sources)
-    context_dir.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     changed = []
     # First what no longer belongs, and any symlink (ccp stages none; one here
     # would be sent as a link, or written through): a file can become a directory.
-    for path in sorted(context_dir.rglob("*"), reverse=True):
-        rel = path.relative_to(context_dir).as_posix()
+    for path in sorted(directory.rglob("*"), reverse=True):
+        rel = path.relative_to(directory).as_posix()
         if path.is_symlink() or (path.is_file() and rel not in wanted):
             path.unlink()
             changed.append(f"-{rel}")
         elif path.is_dir() and not any(path.iterdir()):
             path.rmdir()
-    if write_if_changed(context_dir / "Dockerfile", image.rendered.text.encode()):
+    if write_if_changed(directory / "Dockerfile", image.rendered.text.encode()):
         changed.append("Dockerfile")
     real_repository = os.path.realpath(source.repository)
     for rel in source.context_files:
         origin = source.directory / rel
-        target = context_dir / rel
+        target = directory / rel
         # Discovery checked every symlink; a link retargeted since then must not slip through.
         real = os.path.realpath(origin)
         if not real.startswith(f"{real_repository}/"):
@@ -127,7 +127,7 @@ def stage_context(image: Image, context_dir: str, generated: dict[str, Path], la
         if target.stat().st_mode & 0o7777 != mode:
             os.chmod(target, mode)
     for rel, origin in staged_sources.items():
-        target = context_dir / rel
+        target = directory / rel
         if write_if_changed(target, origin.read_bytes()):
             changed.append(rel)
         mode = origin.stat().st_mode & 0o7777
@@ -135,7 +135,7 @@ def stage_context(image: Image, context_dir: str, generated: dict[str, Path], la
             os.chmod(target, mode)
     for rel, origin in generated.items():
         # Large generated inputs (the root filesystem) are hard-linked, not copied.
-        target = context_dir / rel
+        target = directory / rel
         if not origin.exists():
             raise CcpError(f"image '{image.name}': generated context file {origin} is missing")
         if not _same_link(target, origin):
@@ -227,24 +227,26 @@ def _build_on_parent(
         {**cfg.build_args, **apt_proxy.build_args(cfg.build.apt_proxy)},
         network_mode=apt_proxy.network_mode(cfg.build.apt_proxy),
     )
+    if not base:
+        return builder.build(request)
+    base_ref = cfg.image_ref(base)
     for attempt in range(1, BUILD_ATTEMPTS + 1):
-        if base:
-            engine.images.tag(parent_ids[base], cfg.image_ref(base))
+        engine.images.tag(parent_ids[base], base_ref)
         image_id = builder.build(request)
-        if not base or engine.images.built_on(image_id, parent_ids[base]):
+        if engine.images.built_on(image_id, parent_ids[base]):
             return image_id
         engine.images.untag_if(image.ref, image_id)
         if attempt < BUILD_ATTEMPTS:
             print(
                 f"   {image.name}: built on another '{base}' (another run on this engine moved "
-                f"{cfg.image_ref(base)}); building again",
+                f"{base_ref}); building again",
                 file=sys.stderr,
                 flush=True,
             )
     raise BuildError(
         image.name,
         f"it was built on another '{base}' than the one its inputs name, {BUILD_ATTEMPTS} times (another run "
-        f"on this engine keeps tagging {cfg.image_ref(base)}); run again when it is done",
+        f"on this engine keeps tagging {base_ref}); run again when it is done",
         [],
         layout.log(image.name),
     )
@@ -465,7 +467,7 @@ def _record_packages(engine: Engine, image: Image, image_id: str, layout: CacheL
         return {"packages": 0}
     previous = manifest.previous_manifest(target)
     write_if_changed(target, manifest.format_manifest(packages).encode())
-    values = {"packages": len(packages)}
+    values: dict[str, object] = {"packages": len(packages)}
     if previous is None:
         return values
     changes = manifest.diff(previous, packages)
