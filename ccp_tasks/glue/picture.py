@@ -70,11 +70,10 @@ def dot_source(graph: ImageGraph, outcomes: dict[str, str]):
         f'<td bgcolor="{colour}" border="1">{html.escape(text)}</td>'
         for colour, text in [*COLOURS.values(), NOT_IN_RUN]
     )
-    dot.node(
-        "legend",
-        f'<<table border="0" cellspacing="4" cellpadding="4"><tr><td>last run:</td>{cells}</tr></table>>',
-        shape="plaintext",
-        style="",
+    # The legend as the picture's label: below it, outside the layout of the tree.
+    dot.attr(
+        label=f'<<table border="0" cellspacing="4" cellpadding="4"><tr><td>last run:</td>{cells}</tr></table>>',
+        labelloc="b",
         fontsize="10",
     )
     return dot
