@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import REPO
 
-from ccp_tasks.checks import integration, kube
+from ccp_tasks.checks import integration, kube, pod_inputs
 from ccp_tasks.checks.harness import read_log, sweep
 from ccp_tasks.checks.pods import probes, readiness, restarts, rules, runner
 from ccp_tasks.core.errors import ConfigError, TemplateError
@@ -322,7 +322,7 @@ def test_stream_and_version_errors(tree):
     ):
         kube._schema_dir("1.99")
     assert kube.kubernetes_version(SimpleNamespace(kube=SimpleNamespace(kubernetes_version="1.30"))) == "1.30"
-    assert kube.kubernetes_version(tree.cfg) == kube.DEFAULT_KUBERNETES_VERSION
+    assert kube.kubernetes_version(tree.cfg) == pod_inputs.DEFAULT_KUBERNETES_VERSION
 
 
 def test_a_template_error_keeps_its_cause_and_a_bug_in_ccp_is_no_template_error(tree, monkeypatch):
@@ -526,7 +526,7 @@ def test_pod_inputs_for_task_generation(tree):
         "web": SimpleNamespace(path=str(spec), services=("side",), files=(str(tree.root / "web/tests/x.j2"),)),
         "side": SimpleNamespace(path=str(tree.root / "side/integration.yaml"), services=(), files=()),
     }
-    inputs = kube.pod_inputs(tree.cfg, graph, "web", index)
+    inputs = pod_inputs.pod_inputs(tree.cfg, graph, "web", index)
     assert inputs.template == str(template)
     assert inputs.images == ("web", "side")
     assert inputs.files == (
@@ -536,7 +536,7 @@ def test_pod_inputs_for_task_generation(tree):
         str(macros / "macros.j2"),
         str(macros / "header.j2"),
     )
-    assert kube.pod_inputs(tree.cfg, graph, "side", index) is None  # no pod.yaml.j2
+    assert pod_inputs.pod_inputs(tree.cfg, graph, "side", index) is None  # no pod.yaml.j2
 
 
 # ---------------------------------------------------------------------------
@@ -1129,7 +1129,7 @@ def test_sample_pods_run_against_the_built_images(name, docker_client, tmp_path)
     try:
         text = (REPO / "dockerfiles" / name / kube.POD_TEMPLATE).read_text()
         services = [s.image for s in _ctx.spec.services] if _ctx.spec else []
-        needed = {name, *kube.referenced_images(cfg, images, text), *services}
+        needed = {name, *pod_inputs.referenced_images(cfg, images, text), *services}
         for image in needed:
             docker_client.inspect_image(build_ids(image))
     except Exception as exc:  # a fresh checkout: the sample images are not built here

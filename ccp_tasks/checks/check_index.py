@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccp_tasks.checks import integration
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.state import STRINGS, fields, is_signature, read_record, write_atomic
 from ccp_tasks.model.graph import ImageGraph
@@ -77,6 +76,12 @@ def _cached_entries(raw: Any, world: list) -> dict:
 
 
 def _read(path: str, graph: ImageGraph) -> dict:
+    # Imported late, and on purpose: integration.py is the test runner as well
+    # as the spec reader (ssl, http.client, sockets, the harness: about 35 ms),
+    # and a run whose index is fresh never reads a spec. No cycle hides here
+    # (integration imports nothing of this module).
+    from ccp_tasks.checks import integration
+
     try:
         spec = integration.load_spec(Path(path), tuple(graph.images))
     except CcpError as exc:

@@ -119,6 +119,10 @@ from typing import Any
 
 from ccp_tasks.checks import integration
 from ccp_tasks.checks.harness import Harness, LogSection, read_log, sweep, write_logs
+from ccp_tasks.checks.pod_inputs import (
+    kubernetes_version,
+    referenced_images,
+)
 from ccp_tasks.checks.pods.plans import verify_non_root
 from ccp_tasks.checks.pods.rules import effective_argv, parse_quantity
 from ccp_tasks.checks.pods.runner import POD_IMAGE_LABEL, POD_RUN_LABEL, PodRun
@@ -128,20 +132,16 @@ from ccp_tasks.checks.pods.volumes import PROJECTED_KINDS, volume_files
 from ccp_tasks.checks.records import CheckResult
 from ccp_tasks.core.errors import CcpError, ConfigError, EngineError, EngineNotFound, TemplateError
 from ccp_tasks.core.schema import did_you_mean, key_path, unknown_key
-from ccp_tasks.core.state import read_regular_file
 from ccp_tasks.engine.containers import ROLE_LABEL, Containers
 from ccp_tasks.engine.leftovers import of_any_run
 from ccp_tasks.model.config import load_yaml_all
 from ccp_tasks.model.render import (
     INTEGRATION_TESTS,
-    POD_TEMPLATE,
     Renderer,
     discover_images,
-    macro_dirs,
     template_failure,
 )
 
-DEFAULT_KUBERNETES_VERSION = "1.33"
 WORKLOADS = {
     "Pod": ("spec",),
     "Deployment": ("spec", "template", "spec"),
@@ -151,13 +151,6 @@ WORKLOADS = {
 }
 UNCHECKED_PATH_PREFIXES = ("/proc/", "/sys/", "/dev/", "/tmp/", "/run/", "/var/run/", "/var/log/", "/var/tmp/")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def kubernetes_version(cfg) -> str:
-    """The Kubernetes version whose API schema pods are validated against:
-    `kube.kubernetes_version` in ccp.yaml when the configuration has it."""
-    settings = getattr(cfg, "kube", None)
-    return str(getattr(settings, "kubernetes_version", None) or DEFAULT_KUBERNETES_VERSION)
 
 
 # ---------------------------------------------------------------------------
@@ -1458,69 +1451,6 @@ def run_pod(
 
 # ---------------------------------------------------------------------------
 # Putting it together
-
-
-_IMAGE_CALL_RE = re.compile(r"""image\(\s*['"]([^'"]+)['"]\s*\)""")
-_INCLUDE_RE = re.compile(r"""\{%-?\s*(?:include|import|from|extends)\s+['"]([^'"]+)['"]""")
-
-
-def referenced_images(cfg, images: Collection[str], text: str) -> list[str]:
-    """Tree images a pod template names, by image('x') or spelled out."""
-    names = [name for name in _IMAGE_CALL_RE.findall(text) if name in images]
-    names += [name for name in images if cfg.image_ref(name) in text]
-    return list(dict.fromkeys(names))
-
-
-@dataclass(frozen=True)
-class PodInputs:
-    """What `kube:<image>` reads besides its own build: for the task's file_dep."""
-
-    template: str
-    images: tuple[str, ...]  # tree images whose build stamps it depends on, the image itself first
-    files: tuple[str, ...]  # integration.yaml and the files it mounts, sidecars' integration.yaml, included macros
-
-
-def pod_inputs(cfg, graph, name: str, integration_inputs: dict) -> PodInputs | None:
-    """None when the image has no pod.yaml.j2. Reads only the template (no
-    Jinja2, no YAML): task generation stays cheap."""
-    image = graph.images[name]
-    template = f"{image.source.directory}/{POD_TEMPLATE}"
-    try:
-        text = read_regular_file(template)[0].decode()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError):
-        # A FIFO (whose read would block task generation forever) or binary garbage:
-        # the kube task's render names the file and what is wrong with it.
-        return PodInputs(template, (name,), ())
-    referenced = referenced_images(cfg, graph.images, text)
-    images = [name, *referenced]
-    files: list[str] = []
-    own = integration_inputs.get(name)
-    if own is not None:
-        images += list(own.services)  # started beside the pod when it does not run them
-        files += [own.path, *own.files]
-    for other in referenced:  # their integration.yaml says which container ports they may declare
-        sidecar = integration_inputs.get(other)
-        if sidecar is not None and other != name:
-            files.append(sidecar.path)
-    dirs = macro_dirs(cfg)
-    pending = _INCLUDE_RE.findall(text)
-    seen = set()
-    while pending:
-        macro = pending.pop()
-        if macro in seen:
-            continue
-        seen.add(macro)
-        for directory in dirs:
-            candidate = directory / macro
-            if candidate.is_file():
-                files.append(str(candidate))
-                pending.extend(_INCLUDE_RE.findall(candidate.read_text()))
-                break
-    return PodInputs(
-        template, tuple(dict.fromkeys(i for i in images if i in graph.images)), tuple(dict.fromkeys(files))
-    )
 
 
 def load_context(

@@ -17,7 +17,7 @@ from doit.tools import config_changed
 
 from ccp_tasks.build.base import is_fresh
 from ccp_tasks.build.digest import record_context_digest, staged_signature
-from ccp_tasks.checks import kube, lint
+from ccp_tasks.checks import lint, pod_inputs
 from ccp_tasks.checks.check_index import IntegrationInputs
 from ccp_tasks.checks.records import read_pass
 from ccp_tasks.core.errors import CcpError
@@ -450,11 +450,11 @@ def test_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
 
 def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, integration: dict[str, IntegrationInputs]):
     """kube:<image>: pod.yaml.j2 validated and cross-checked, then run as a pod with the integration checks."""
-    version = kube.kubernetes_version(cfg)
+    version = pod_inputs.kubernetes_version(cfg)
     yield {
         "basename": "kube",
         "name": None,
-        "doc": f"Check every image's pod definition ({kube.POD_TEMPLATE}) against Kubernetes {version} and the image, "
+        "doc": f"Check every image's pod definition ({POD_TEMPLATE}) against Kubernetes {version} and the image, "
         "then run it as a pod and its integration checks against it",
     }
     images = tuple(graph.order)
@@ -462,7 +462,7 @@ def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
     for name in graph.order:
         if POD_TEMPLATE not in graph.images[name].source.check_files:
             continue
-        inputs = kube.pod_inputs(cfg, graph, name, integration)
+        inputs = pod_inputs.pod_inputs(cfg, graph, name, integration)
         if inputs is None:
             continue
         image = graph.images[name]
