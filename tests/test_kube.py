@@ -28,6 +28,7 @@ from ccp_tasks.checks.pods import probes, readiness, restarts, rules, runner
 from ccp_tasks.core.errors import ConfigError, TemplateError
 from ccp_tasks.engine.containers import Containers
 from ccp_tasks.model.config import PipelineConfig
+from ccp_tasks.model.render import POD_TEMPLATE
 
 SAMPLES = ("nginx", "memcached", "redis", "etcd", "haproxy", "api-service", "cron")
 
@@ -1096,7 +1097,7 @@ def sample_context(name: str):
     return (
         cfg,
         images,
-        kube.load_context(cfg, name, images, directory / kube.POD_TEMPLATE, spec if spec.exists() else None),
+        kube.load_context(cfg, name, images, directory / POD_TEMPLATE, spec if spec.exists() else None),
     )
 
 
@@ -1127,7 +1128,7 @@ def test_sample_pods_run_against_the_built_images(name, docker_client, tmp_path)
     layout = CacheLayout(cfg.cache_dir)
     build_ids = stamped_ids(layout)
     try:
-        text = (REPO / "dockerfiles" / name / kube.POD_TEMPLATE).read_text()
+        text = (REPO / "dockerfiles" / name / POD_TEMPLATE).read_text()
         services = [s.image for s in _ctx.spec.services] if _ctx.spec else []
         needed = {name, *pod_inputs.referenced_images(cfg, images, text), *services}
         for image in needed:
@@ -1144,7 +1145,7 @@ def test_sample_pods_run_against_the_built_images(name, docker_client, tmp_path)
         name,
         images,
         build_ids,
-        directory / kube.POD_TEMPLATE,
+        directory / POD_TEMPLATE,
         spec_path=spec if spec.exists() else None,
         workdir=tmp_path / "work",
         log_path=tmp_path / f"kube-{name}.log",
