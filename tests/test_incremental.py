@@ -135,6 +135,19 @@ def test_context_file_edit_rebuilds_image_and_descendants(tree):
     assert tree.ok().built == {"app2", "leaf"}
 
 
+def test_chmod_of_a_context_file_rebuilds_exactly_that_image_and_its_descendants(tree, docker_client):
+    # Only the mode changes: doit's file check (mtime, content) saw nothing, and the image kept the old mode.
+    motd = tree.root / "dockerfiles/app2/motd"
+    motd.chmod(0o755)
+    assert tree.ok().built == {"app2", "leaf"}
+    assert (tree.root / "cache/build/app2/motd").stat().st_mode & 0o777 == 0o755
+    assert tree.ok().rebuilt == set()
+    motd.chmod(0o644)
+    # Back to the first mode: the engine still has that image (adopted, or rebuilt from the layer cache).
+    assert tree.ok().rebuilt == {"app2", "leaf"}
+    assert tree.ok().rebuilt == set()
+
+
 def test_new_context_file_and_removed_one(tree):
     tree.write("dockerfiles/app2/extra.txt", "x\n")
     assert tree.ok().built == {"app2", "leaf"}

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import inspect
 import json
+import os
 from pathlib import Path
 
 from doit.tools import config_changed
@@ -166,6 +167,31 @@ class context_intact:
         return f"context_intact({Path(self.context_dir).name!r})"
 
 
+class modes_match:
+    """Up to date while every staged context file has its origin's permission
+    bits. doit compares a file dependency by mtime and content, and `chmod +x`
+    changes neither: without this, the staged copy (and so the digest, which
+    holds the executable bit COPY preserves) kept the old mode, and the image
+    was never rebuilt. Two stats per context file."""
+
+    def __init__(self, source_dir: str, context_dir: str, rels: tuple[str, ...]):
+        self.source_dir, self.context_dir, self.rels = source_dir, context_dir, rels
+        self.__signature__ = UPTODATE_SIGNATURE
+
+    def __call__(self, task, values):
+        try:
+            return all(
+                os.stat(f"{self.source_dir}/{rel}").st_mode & 0o7777
+                == os.stat(f"{self.context_dir}/{rel}").st_mode & 0o7777
+                for rel in self.rels
+            )
+        except OSError:  # either side missing: render says what is wrong, or stages it
+            return False
+
+    def __repr__(self):
+        return f"modes_match({Path(self.context_dir).name!r})"
+
+
 class hadolint_unchanged:
     """Up to date while hadolint's settings and binary (lint.hadolint_fingerprint)
     are those of the task's last run. Looked up at the first lint task's check,
@@ -304,6 +330,7 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
                 all_of(
                     config_changed_as({"variables": image.rendered.variables}, f"render:{name}"),
                     context_intact(context_dir, digest_file),
+                    modes_match(directory, context_dir, tuple(source.context_files)),
                 )
             ],
             "clean": True,
