@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import child_template, running_step
+from engine_proxy import EngineProxy
 
 from ccp_tasks.engine.buildkit import find_buildkit_cli
 
@@ -179,41 +179,10 @@ def test_a_serial_run_killed_in_a_build_step_takes_the_cli_and_its_build_with_it
     assert "slow" in result.built, result.output
 
 
-class VanishingEngine:
+class VanishingEngine(EngineProxy):
     """A unix socket in front of the engine that forwards everything until
     `vanish()`: then it closes every connection and its socket, as an engine
     that went away."""
-
-    def __init__(self, engine_socket: str):
-        self.engine_socket = engine_socket
-        self.directory = tempfile.mkdtemp(prefix="ccp-engine-", dir="/tmp")  # unix socket paths are short
-        self.path = os.path.join(self.directory, "docker.sock")
-        self.sockets: list[socket.socket] = []
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(self.path)
-        self.server.listen(16)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            engine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            engine.connect(self.engine_socket)
-            self.sockets += [client, engine]
-            threading.Thread(target=self._pump, args=(client, engine), daemon=True).start()
-            threading.Thread(target=self._pump, args=(engine, client), daemon=True).start()
-
-    @staticmethod
-    def _pump(source, target):
-        try:
-            while data := source.recv(1 << 16):
-                target.sendall(data)
-            target.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
     def vanish(self):
         self.server.close()

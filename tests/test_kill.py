@@ -12,13 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import child_template, running_step
+from engine_proxy import EngineProxy
 
 NEXT_RUN_BOUND = 60  # seconds; the next run waits for no lock, this only bounds a hang
 
@@ -208,47 +208,25 @@ def test_a_killed_worker_ends_its_run_instead_of_hanging_it(project, docker_clie
 # Killed while the package manifest is read from a helper container
 
 
-class StallingEngine:
+class StallingEngine(EngineProxy):
     """A unix socket in front of the engine that holds back the first request
     to read a container's files (the manifest's GET …/archive): the helper
     container then exists for as long as the test needs."""
 
     def __init__(self, engine_socket: str):
-        self.engine_socket = engine_socket
-        self.directory = tempfile.mkdtemp(prefix="ccp-engine-", dir="/tmp")  # unix socket paths are short
-        self.path = os.path.join(self.directory, "docker.sock")
         self.stalled = threading.Event()
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(self.path)
-        self.server.listen(16)
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(engine_socket)
 
-    def _accept(self):
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            engine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            engine.connect(self.engine_socket)
-            threading.Thread(target=self._pump, args=(client, engine, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(engine, client, False), daemon=True).start()
-
-    def _pump(self, source, target, requests: bool):
+    def _requests(self, client, engine):
         try:
-            while data := source.recv(1 << 16):
-                if requests and not self.stalled.is_set() and b"/archive?" in data:
+            while data := client.recv(1 << 16):
+                if not self.stalled.is_set() and b"/archive?" in data:
                     self.stalled.set()
                     return  # never forwarded: the caller waits for an answer that does not come
-                target.sendall(data)
-            target.shutdown(socket.SHUT_WR)
+                engine.sendall(data)
+            engine.shutdown(socket.SHUT_WR)
         except OSError:
             pass
-
-    def close(self):
-        self.server.close()
-        os.unlink(self.path)
-        os.rmdir(self.directory)
 
 
 def test_a_run_killed_while_reading_a_manifest_is_adopted_and_its_helper_swept(project, docker_client, runs):
