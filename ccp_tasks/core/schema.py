@@ -181,16 +181,13 @@ class Reader:
     def text_map(self, value: Any, where: str) -> dict[str, str]:
         """env, headers, build_args: numbers are fine (YAML makes 8080 an int);
         booleans are not, since `yes` silently becoming 'True' is never what was meant."""
-        if not isinstance(value, dict):
-            self.fail(where, f"expected a mapping, got {value!r}")
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                self.fail(where, f"expected string keys, got {key!r}")
-            if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-                self.fail(key_path(where, key), f"expected a string, got {item!r}")
-            out[key] = str(item)
-        return out
+        return mapping_of(Reader.text)(self, value, where)
+
+    def text(self, value: Any, where: str) -> str:
+        """A string, or a number spelt as one (YAML makes 8080 an int); never a boolean."""
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            self.fail(where, f"expected a string, got {value!r}")
+        return str(value)
 
     def one_of(self, value: Any, where: str, choices: Collection[Any]) -> Any:
         """Exactly one of `choices`: True is not 1, and "true" is not True."""
