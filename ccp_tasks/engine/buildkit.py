@@ -23,7 +23,6 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import deque
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ccp_tasks.core.errors import BuildError, EngineError
-from ccp_tasks.engine.builder import BuildRequest
+from ccp_tasks.engine.builder import BuildRequest, progress_printer
 from ccp_tasks.engine.docker_ops import engine_address
 
 LOG_TAIL_LINES = 20
@@ -159,14 +158,6 @@ def _die_with_parent() -> Callable[[], None]:
     return preexec
 
 
-def _printer(name: str) -> Callable[[str], None]:
-    def say(line: str) -> None:
-        line = line if len(line) <= 110 else line[:109] + "…"
-        print(f"   {name}: {line}", file=sys.stderr, flush=True)
-
-    return say
-
-
 class BuildKitBuilder:
     """The engine's BuildKit, driven through `cli`."""
 
@@ -195,7 +186,7 @@ class BuildKitBuilder:
 
     def build(self, request: BuildRequest) -> str:
         name, log_path = request.name, request.log_path
-        progress = request.progress or _printer(name)
+        progress = request.progress or progress_printer(name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         announced: set[str] = set()
