@@ -348,7 +348,7 @@ def test_every_record_reader_treats_damage_as_missing(tmp_path, reader, capsys):
     from ccp_tasks.checks.records import load_records
     from ccp_tasks.core.state import Stamp
     from ccp_tasks.model.sources import SourceRecord
-    from ccp_tasks.publish.push import PushRecord
+    from ccp_tasks.publish.tags import PushRecord
 
     path = tmp_path / "results" / "lint" / "bb.json"
     read = {

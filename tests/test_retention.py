@@ -44,7 +44,6 @@ from ccp_tasks.core.errors import ConfigError
 from ccp_tasks.core.layout import CONTAINER_STAGES, CacheLayout
 from ccp_tasks.model.config import DEFAULT_RETENTION_RULES, load_config
 from ccp_tasks.publish import retention
-from ccp_tasks.publish.push import parse_build_tag
 from ccp_tasks.publish.registry import DOCKER_MANIFEST, Credentials, Manifest, RegistryClient
 from ccp_tasks.publish.retention import (
     DAY,
@@ -56,6 +55,7 @@ from ccp_tasks.publish.retention import (
     plan_registry,
     plan_repository,
 )
+from ccp_tasks.publish.tags import parse_build_tag
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
 UTC = UTC

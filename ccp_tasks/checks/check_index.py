@@ -14,12 +14,21 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ccp_tasks.core.errors import CcpError
+from ccp_tasks.core.lazy import lazy_module
 from ccp_tasks.core.state import STRINGS, fields, is_signature, read_record, write_atomic
 from ccp_tasks.model.graph import ImageGraph
 from ccp_tasks.model.render import INTEGRATION_TESTS
+
+# integration.py is the test runner as well as the spec reader (ssl,
+# http.client, sockets, the harness: about 35 ms), and a run whose index is
+# fresh never reads a spec: it executes on first use (core/lazy.py).
+if TYPE_CHECKING:
+    from ccp_tasks.checks import integration
+else:
+    integration = lazy_module("ccp_tasks.checks.integration")
 
 INDEX_VERSION = 1
 
@@ -76,12 +85,6 @@ def _cached_entries(raw: Any, world: list) -> dict:
 
 
 def _read(path: str, graph: ImageGraph) -> dict:
-    # Imported late, and on purpose: integration.py is the test runner as well
-    # as the spec reader (ssl, http.client, sockets, the harness: about 35 ms),
-    # and a run whose index is fresh never reads a spec. No cycle hides here
-    # (integration imports nothing of this module).
-    from ccp_tasks.checks import integration
-
     try:
         spec = integration.load_spec(Path(path), tuple(graph.images))
     except CcpError as exc:

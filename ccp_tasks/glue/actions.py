@@ -11,10 +11,11 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from doit.exceptions import TaskFailed
 
-from ccp_tasks.build import apt_proxy, manifest
+from ccp_tasks.build import apt_proxy
 from ccp_tasks.build import base as base_rootfs
 from ccp_tasks.build.digest import input_digest
 from ccp_tasks.checks import lint
@@ -22,6 +23,7 @@ from ccp_tasks.checks.records import CheckResult, StageRecord, failure_report, s
 from ccp_tasks.core.errors import BuildError, CcpError, debugging
 from ccp_tasks.core.gitinfo import last_revision
 from ccp_tasks.core.layout import CacheLayout
+from ccp_tasks.core.lazy import lazy_module
 from ccp_tasks.core.state import (
     DIGEST_LABEL,
     Stamp,
@@ -30,22 +32,37 @@ from ccp_tasks.core.state import (
     write_atomic,
     write_if_changed,
 )
-from ccp_tasks.engine import leftovers
-from ccp_tasks.engine.api import Engine, builder_for, connect
-from ccp_tasks.engine.builder import Builder, BuildRequest
-from ccp_tasks.glue import picture
 from ccp_tasks.model import sources
 from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.model.graph import Image, ImageGraph
 from ccp_tasks.model.render import INTEGRATION_TESTS, SOURCES_DIR, final_base
-from ccp_tasks.publish import push as publish
+from ccp_tasks.publish import tags
 
-# The check stages, retention and Artifactory are imported by the actions that
-# run them, and only there: every run (a no-op included) imports this module to
-# generate its tasks, and those modules with what they pull in (ssl,
-# http.client, the harness, the pod runner, the retention planner) cost a
-# no-op about 80 ms, a third of it (measured with -X importtime on the sample
-# tree). They import nothing of the glue, so no cycle hides behind these.
+# The stages a no-op never runs (the check runners, retention, Artifactory)
+# execute on first use: see core/lazy.py for why and what it saves.
+if TYPE_CHECKING:
+    from ccp_tasks.build import manifest
+    from ccp_tasks.checks import integration, kube, structure
+    from ccp_tasks.engine import api, leftovers
+    from ccp_tasks.engine import builder as builders
+    from ccp_tasks.engine.api import Engine
+    from ccp_tasks.engine.builder import Builder
+    from ccp_tasks.glue import picture
+    from ccp_tasks.publish import artifactory, retention
+    from ccp_tasks.publish import push as publish
+else:
+    api = lazy_module("ccp_tasks.engine.api")
+    builders = lazy_module("ccp_tasks.engine.builder")
+    leftovers = lazy_module("ccp_tasks.engine.leftovers")
+    manifest = lazy_module("ccp_tasks.build.manifest")
+    picture = lazy_module("ccp_tasks.glue.picture")
+    publish = lazy_module("ccp_tasks.publish.push")
+    integration = lazy_module("ccp_tasks.checks.integration")
+    kube = lazy_module("ccp_tasks.checks.kube")
+    structure = lazy_module("ccp_tasks.checks.structure")
+    artifactory = lazy_module("ccp_tasks.publish.artifactory")
+    retention = lazy_module("ccp_tasks.publish.retention")
+
 CHECK_LABEL = "io.ccp.check"
 # Builds of one image when another run on the same engine keeps moving its parent's tag.
 BUILD_ATTEMPTS = 3
@@ -216,7 +233,7 @@ def _build_on_parent(
     there, and looks a digest up on Docker Hub), and another run on the same
     engine may move that reference meanwhile (then the image is built again)."""
     base = _final_parent(cfg, image)
-    request = BuildRequest(
+    request = builders.BuildRequest(
         image.name,
         context_dir,
         image.ref,
@@ -264,8 +281,8 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
         parent_ids[parent] = stamp.image_id
     labels = {**image_labels(cfg, image), **_source_labels(image, layout)}
     context_dir = Path(layout.context_dir(image.name))
-    engine = connect()
-    builder = builder_for(cfg.engine.builder, engine)
+    engine = api.connect()
+    builder = api.builder_for(cfg.engine.builder, engine)
     digest = input_digest(context_dir, cfg.build_args, labels, parent_ids, builder=builder.name)
     image_id = engine.images.adoptable(digest, image.ref)
     if image_id:
@@ -388,11 +405,10 @@ def _run_stage(
 @reports_errors
 def run_structure_tests(cfg: PipelineConfig, image: Image, layout: CacheLayout, tests_file: str) -> dict:
     """Run the image's container-structure-test file against the image its build made."""
-    from ccp_tasks.checks import structure  # see CHECK_LABEL's note
 
     def run(image_id, labels):
         suite = structure.load_suite(Path(tests_file))
-        return structure.run_suite(connect(), image_id, suite, labels=labels)
+        return structure.run_suite(api.connect(), image_id, suite, labels=labels)
 
     return _run_stage("spec", cfg, image, layout, run)
 
@@ -402,13 +418,12 @@ def run_integration_tests(
     cfg: PipelineConfig, image: Image, images: tuple[str, ...], layout: CacheLayout, spec_file: str
 ) -> dict:
     """Start the image (and the services it needs) and run the checks of its integration.yaml."""
-    from ccp_tasks.checks import integration  # see CHECK_LABEL's note
 
     def run(image_id, labels):
         spec = integration.load_spec(Path(spec_file), images)
         run_refs = {name: _built(name, layout).image_id for name in [image.name, *integration.service_images(spec)]}
         return integration.run_spec(
-            connect(),
+            api.connect(),
             image.name,
             run_refs,
             spec,
@@ -427,13 +442,11 @@ def run_pod_checks(
     cfg: PipelineConfig, image: Image, images: tuple[str, ...], layout: CacheLayout, pod_template: str
 ) -> dict:
     """Validate the image's pod definition, run it as a pod and its integration checks against it."""
-    from ccp_tasks.checks import kube  # see CHECK_LABEL's note
-
     spec_path = Path(pod_template).parent / INTEGRATION_TESTS
 
     def run(image_id, labels):
         return kube.check_pod(
-            connect(),
+            api.connect(),
             cfg,
             image.name,
             images,
@@ -487,14 +500,14 @@ def _say(name: str):
 
 
 @reports_errors
-def push_image(cfg: PipelineConfig, image: Image, layout: CacheLayout, ci: publish.CiContext) -> dict:
+def push_image(cfg: PipelineConfig, image: Image, layout: CacheLayout, ci: tags.CiContext) -> dict:
     """Push the built image under its content tag (and the CI build tag); the moving tags wait for `publish`."""
     started = time.monotonic()
     stamp = _built(image.name, layout)
-    plan = publish.tag_plan(cfg, image.name, stamp.input_digest, ci)
+    plan = tags.tag_plan(cfg, image.name, stamp.input_digest, ci)
     with publish.registry_client(cfg) as registry:
         record = publish.push_image(
-            cfg, connect(), registry, image.name, stamp.image_id, plan, log=None, local_ref=image.ref
+            cfg, api.connect(), registry, image.name, stamp.image_id, plan, log=None, local_ref=image.ref
         )
     publish.write_record(Path(layout.pushed(image.name)), record)
     print(
@@ -519,7 +532,7 @@ def publish_tags(cfg: PipelineConfig, images: tuple[str, ...], layout: CacheLayo
     """Every image of the run is pushed: now move the moving tags, all of them."""
     records = []
     for name in images:
-        record = publish.PushRecord.read(Path(layout.pushed(name)))
+        record = tags.PushRecord.read(Path(layout.pushed(name)))
         if record is None:
             raise CcpError(f"image '{name}' has no push record; run `doit push:{name}` first")
         records.append(record)
@@ -544,28 +557,20 @@ ARTIFACT_FILES = ("summary.json",)
 
 
 @reports_errors
-def deploy_artifacts(cfg: PipelineConfig, layout: CacheLayout, ci: publish.CiContext, keep: bool) -> dict:
+def deploy_artifacts(cfg: PipelineConfig, layout: CacheLayout, ci: tags.CiContext, keep: bool) -> dict:
     """Deploy the logs, reports, package manifests and summary of the last run to
     Artifactory, under <namespace>/<branch>/<build>/, with the properties
     retention reads (branch, commit, build.number, keep)."""
-    from ccp_tasks.publish.artifactory import (  # see CHECK_LABEL's note
-        PROP_BRANCH,
-        PROP_BUILD_NUMBER,
-        PROP_COMMIT,
-        PROP_KEEP,
-        artifactory_client,
-    )
-
     settings = cfg.artifactory
-    server = artifactory_client(cfg)  # fails first when none is configured, as before
+    server = artifactory.artifactory_client(cfg)  # fails first when none is configured, as before
     branch = ci.branch or "local"
     build = ci.build_number or (ci.commit[:10] if ci.commit else time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
-    properties = {PROP_BRANCH: branch, PROP_KEEP: "true" if keep else "false"}
+    properties = {artifactory.PROP_BRANCH: branch, artifactory.PROP_KEEP: "true" if keep else "false"}
     if ci.commit:
-        properties[PROP_COMMIT] = ci.commit
+        properties[artifactory.PROP_COMMIT] = ci.commit
     if ci.build_number:
-        properties[PROP_BUILD_NUMBER] = ci.build_number
-    prefix = f"{cfg.namespace}/{publish.tag_safe(branch)}/{build}"
+        properties[artifactory.PROP_BUILD_NUMBER] = ci.build_number
+    prefix = f"{cfg.namespace}/{tags.tag_safe(branch)}/{build}"
     deployed = []
     with server:
         for name in ARTIFACT_DIRS:
@@ -582,9 +587,7 @@ def deploy_artifacts(cfg: PipelineConfig, layout: CacheLayout, ci: publish.CiCon
 
 @reports_errors
 def run_retention(cfg: PipelineConfig, layout: CacheLayout, apply: bool = False, images: tuple[str, ...] = ()) -> dict:
-    """`doit retention [--apply]` (the planner is imported only when asked for)."""
-    from ccp_tasks.publish import retention  # see CHECK_LABEL's note
-
+    """`doit retention [--apply]`: plan (and with --apply, carry out) what the retention policy removes."""
     return retention.run_retention(cfg, layout, apply=apply, images=images)
 
 

@@ -30,7 +30,7 @@ from ccp_tasks.model import sources
 from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.model.graph import ImageGraph
 from ccp_tasks.model.render import INTEGRATION_TESTS, POD_TEMPLATE, STRUCTURE_TESTS
-from ccp_tasks.publish.push import CiContext, PushRecord, tag_plan
+from ccp_tasks.publish.tags import CiContext, PushRecord, tag_plan
 
 # doit calls inspect.signature() on every uptodate callable of every task on
 # every run, to decide whether to pass it `task` and `values`; that was the

@@ -82,8 +82,9 @@ from ccp_tasks.core.layout import CacheLayout
 from ccp_tasks.core.state import dump_json, fields, read_record, write_atomic
 from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.publish.artifactory import Artifactory, FoundItem, artifactory_client
-from ccp_tasks.publish.push import parse_build_tag, registry_client, tag_safe
+from ccp_tasks.publish.push import registry_client
 from ccp_tasks.publish.registry import INDEX_TYPES, RegistryClient, RegistryError
+from ccp_tasks.publish.tags import parse_build_tag, tag_safe
 
 DAY = 86400
 KEEP_PROPERTY = "keep"  # artifactory.PROP_KEEP: what `doit artifacts` sets
