@@ -833,6 +833,11 @@ def test_a_bug_in_clean_up_is_not_taken_for_an_engine_failure(docker_client, fix
                 docker_client.remove_container(container, force=True, v=True)
             except NotFound:
                 pass
+        for image in reversed(recorder.committed):  # children of the fixture's image, which teardown removes
+            try:
+                docker_client.remove_image(image, force=True)
+            except NotFound:
+                pass
 
 
 def test_a_command_that_hangs_times_out(docker_client, fixture, tmp_path):
