@@ -309,11 +309,18 @@ def _check_of(cls: type, name: str, tp: Any) -> Validator:
 
 
 @functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    # Evaluating the annotations (strings, under `from __future__ import
+    # annotations`) is a good part of loading the configuration: once per class.
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
 def _schema(cls: type) -> Schema:
     """A settings dataclass as a Schema: its fields settable from YAML, each
     checked by its annotation. No Field has a default: the dataclass holds
     them, and an override file must not reset what ccp.yaml set."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     return Schema(
         {
             f.name: Field(_check_of(cls, f.name, hints[f.name]))
@@ -768,7 +775,7 @@ def load_config(root: Path | str = ".") -> PipelineConfig:
         merged = _merge(merged, checked)
     # Every section typed by a dataclass becomes one (a section left a dict was
     # read with getattr's default: `kube.kubernetes_version` was ignored).
-    hints = typing.get_type_hints(PipelineConfig)
+    hints = _hints(PipelineConfig)
     for key in list(merged):
         if dataclasses.is_dataclass(hints.get(key)):
             merged[key] = hints[key](**merged[key])
