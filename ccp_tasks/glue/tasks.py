@@ -16,6 +16,7 @@ from pathlib import Path
 
 from doit.tools import config_changed
 
+from ccp_tasks.build import sbom
 from ccp_tasks.build.base import is_fresh
 from ccp_tasks.build.digest import record_context_digest, staged_signature
 from ccp_tasks.checks import lint, pod_inputs
@@ -515,6 +516,34 @@ def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
         }
 
 
+def sbom_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    yield {
+        "basename": "sbom",
+        "name": None,
+        "doc": f"Write every image's CycloneDX {sbom.SPEC_VERSION} SBOM (Debian and Python packages) to cache/sbom/",
+    }
+    checked = _checked(layout)
+    for name in graph.order:
+        image = graph.images[name]
+        target = layout.sbom(name)
+        yield {
+            "basename": "sbom",
+            "name": name,
+            "doc": f"Write the SBOM of {image.ref} (its dpkg database and Python packages) to {_rel(cfg, target)}",
+            # The stamp names the image: the SBOM is remade exactly when the image changes.
+            "file_dep": [layout.stamp(name)],
+            "targets": [target],
+            "actions": [(actions.write_sbom, (cfg, image, layout))],
+            "uptodate": [
+                all_of(
+                    config_changed_as({"repository": image.ref.rpartition(":")[0]}, f"sbom:{name}"),
+                    record_intact(target, sbom.read_sbom, "SBOM", checked),
+                )
+            ],
+            "clean": True,
+        }
+
+
 @functools.cache
 def _ci_context(root: Path) -> CiContext:
     """The CI job this run is part of (read once: push, publish and artifacts all name it)."""
@@ -543,8 +572,8 @@ def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "name": name,
             "doc": f"Push '{name}' to {where} as {plan.repository}:in-<input digest>"
             + (f" and :{', :'.join(plan.fixed)}" if plan.fixed else "")
-            + f", after test:{name}",
-            "file_dep": [layout.stamp(name)],
+            + f", its SBOM beside it (:sha256-<manifest digest>.sbom), after test:{name}",
+            "file_dep": [layout.stamp(name), layout.sbom(name)],
             "targets": [layout.pushed(name)],
             # Checks first: nothing is pushed for an image whose checks (pod included) fail.
             "task_dep": [f"test:{name}"] + ([f"kube:{name}"] if POD_TEMPLATE in image.source.check_files else []),
@@ -586,7 +615,7 @@ def artifacts_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     )
     return {
         "basename": "artifacts",
-        "doc": f"Deploy the last run's logs, JUnit reports, package manifests and summary to {where} (CCP_KEEP=1 marks the build to keep)",
+        "doc": f"Deploy the last run's logs, JUnit reports, package manifests, SBOMs and summary to {where} (CCP_KEEP=1 marks the build to keep)",
         "actions": [(actions.deploy_artifacts, (cfg, layout, ci, keep))],
         "uptodate": [False],
     }
