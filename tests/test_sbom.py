@@ -69,6 +69,14 @@ Version: 1:1.5.2-6+deb12u1
 Description: Pluggable Authentication Modules library
 """
 
+# A real image's status file is megabytes (descriptions, conffiles): this one
+# is past the bytes the Python metadata files are read to.
+BIG_STATUS = STATUS + "".join(
+    f"\nPackage: filler{n}\nStatus: install ok installed\nMaintainer: Nobody <nobody@example.org>\n"
+    f"Architecture: amd64\nVersion: 1.{n}\nDescription: filler\n" + " a long description line.\n" * 20
+    for n in range(600)
+)
+
 
 def metadata(name: str, version: str) -> str:
     return f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: x\n\nName: not-this\n"
@@ -88,9 +96,9 @@ PYTHON_FILES = {
 PYTHON_PURLS = {"pkg:pypi/flask@2.3.2", "pkg:pypi/six@1.16.0", "pkg:pypi/zope.interface@6.0"}
 
 
-def deb_image(project, name: str = "deb", python: bool = True):
+def deb_image(project, name: str = "deb", python: bool = True, status: str = STATUS):
     body = "COPY status /var/lib/dpkg/status" + ("\nCOPY root/ /" if python else "")
-    project.image(name, child_template("bb", body), {"status": STATUS, **(PYTHON_FILES if python else {})})
+    project.image(name, child_template("bb", body), {"status": status, **(PYTHON_FILES if python else {})})
 
 
 def sbom_path(project, image: str) -> Path:
@@ -139,14 +147,15 @@ def purls(document: dict) -> set[str]:
 
 def test_sbom_lists_what_dpkg_reports_and_the_python_packages_and_validates(project, docker_client, tmp_path):
     project.busybox_base("bb")
-    deb_image(project)
+    deb_image(project, status=BIG_STATUS)
+    assert len(BIG_STATUS) > (256 << 10)
     result = project.ok("sbom")
     assert {"build:deb", "sbom:deb", "sbom:bb"} <= result.executed, result.output
     document = validate(sbom_path(project, "deb").read_text())
     assert document["specVersion"] == "1.6"
     image_id = project.stamp("deb")["image_id"]
     expected = dpkg_query(docker_client, image_id, tmp_path)
-    assert len(expected) == 4 and "pkg:deb/debian/libpam0g@1:1.5.2-6%2Bdeb12u1?arch=amd64" in expected, expected
+    assert len(expected) == 604 and "pkg:deb/debian/libpam0g@1:1.5.2-6%2Bdeb12u1?arch=amd64" in expected, expected
     assert "pkg:deb/debian/tzdata@2024a-0%2Bdeb12u1?arch=all" in expected
     assert purls(document) == expected | PYTHON_PURLS
     # The image is the subject: its name, its ID, the engine's creation time.

@@ -31,8 +31,11 @@ SPEC_VERSION = "1.6"
 # directory's PKG-INFO, or an egg-info that is itself the file (Debian's own
 # python3-* packages install those).
 PYTHON_METADATA = re.compile(r"/(?:site|dist)-packages/[^/]+(?:\.dist-info/METADATA|\.egg-info/PKG-INFO|\.egg-info)$")
-# Headers come first in METADATA; the long description after them is not read.
+# Bytes read of each file: headers come first in METADATA, and the long
+# description after them is not needed; a dpkg status file of a large image
+# is a few MB, and one past this bound is no dpkg database ccp can trust.
 METADATA_LIMIT = 256 << 10
+STATUS_LIMIT = 256 << 20
 _SERIAL_NAMESPACE = uuid.UUID("6f1d2a5e-4c1b-5d3e-9a7f-0c2b8e4d1a90")
 
 
@@ -48,8 +51,11 @@ class Contents:
     python: tuple[PythonPackage, ...]
 
 
-def wanted(path: str) -> bool:
-    return path == DPKG_STATUS or PYTHON_METADATA.search(path) is not None
+def wanted(path: str) -> int:
+    """How much of the file at `path` the SBOM reads (Images.read_files): 0 for none."""
+    if path == DPKG_STATUS:
+        return STATUS_LIMIT
+    return METADATA_LIMIT if PYTHON_METADATA.search(path) else 0
 
 
 def python_package(text: str) -> PythonPackage | None:
@@ -73,7 +79,7 @@ def contents_of(files: dict[str, bytes]) -> Contents:
 
 def read_contents(engine: Engine, image_id: str, labels: dict[str, str]) -> Contents:
     """The packages of `image_id`, in one pass over its filesystem (see Images.read_files)."""
-    return contents_of(engine.images.read_files(image_id, wanted, {**labels, HELPER_LABEL: "sbom"}, METADATA_LIMIT))
+    return contents_of(engine.images.read_files(image_id, wanted, {**labels, HELPER_LABEL: "sbom"}))
 
 
 def created_time(text: str) -> datetime:

@@ -145,11 +145,9 @@ class Images:
             member = archive.extractfile(archive.getmembers()[0])
             return member.read() if member else None
 
-    def read_files(
-        self, image: str, wanted: Callable[[str], bool], labels: dict[str, str], limit: int = 1 << 20
-    ) -> dict[str, bytes]:
-        """path -> the first `limit` bytes of every regular file of `image` whose
-        path (absolute) `wanted` accepts. For files whose place is not known
+    def read_files(self, image: str, wanted: Callable[[str], int], labels: dict[str, str]) -> dict[str, bytes]:
+        """path -> the first `wanted(path)` bytes of every regular file of `image`
+        (by absolute path) for which that is not 0. For files whose place is not known
         beforehand (a Python package can live in any site-packages): the
         filesystem of a created, never started container is streamed once and
         only the wanted files are kept, so nothing runs and memory stays
@@ -166,7 +164,8 @@ class Images:
                     with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|") as archive:
                         for member in archive:
                             path = "/" + member.name.removeprefix("./").lstrip("/")
-                            if member.isreg() and wanted(path):
+                            limit = wanted(path) if member.isreg() else 0
+                            if limit:
                                 handle = archive.extractfile(member)
                                 found[path] = handle.read(limit) if handle else b""
                 except tarfile.TarError as exc:

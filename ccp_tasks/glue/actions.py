@@ -483,7 +483,7 @@ def _record_packages(engine: Engine, image: Image, image_id: str, layout: CacheL
 
 
 @reports_errors
-def write_sbom(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
+def write_sbom(image: Image, layout: CacheLayout) -> dict:
     """Write the CycloneDX SBOM of the image the build stamp names (rewritten only when it differs)."""
     stamp = _built(image.name, layout)
     engine = connect()

@@ -533,7 +533,7 @@ def sbom_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             # The stamp names the image: the SBOM is remade exactly when the image changes.
             "file_dep": [layout.stamp(name)],
             "targets": [target],
-            "actions": [(actions.write_sbom, (cfg, image, layout))],
+            "actions": [(actions.write_sbom, (image, layout))],
             "uptodate": [
                 all_of(
                     config_changed_as({"repository": image.ref.rpartition(":")[0]}, f"sbom:{name}"),
