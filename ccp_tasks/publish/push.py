@@ -334,6 +334,8 @@ SBOM_MEDIA_TYPE = "application/vnd.cyclonedx+json"
 # image config (the SBOM as its one layer, as cosign's attachments have it)
 # keeps `skopeo inspect` working; Distribution 2.8 takes any layer type.
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+SBOM_ATTEMPTS = 3
+BLOB_UNKNOWN = "MANIFEST_BLOB_UNKNOWN"  # the registry's code, which RegistryError's message names
 
 
 def sbom_tag(manifest_digest: str) -> str:
@@ -375,18 +377,32 @@ def attach_sbom(registry: RegistryClient, record: PushRecord, document: bytes) -
     tag = sbom_tag(record.digest)
     config, raw = sbom_artifact(record.image, document)
     manifest = Manifest(raw=raw, media_type=OCI_MANIFEST, digest=_blob_descriptor("", raw)["digest"])
-    try:
-        if registry.manifest_digest(record.repository, tag) == manifest.digest:
-            outcome = "present"
-        else:
-            registry.put_blob(record.repository, config)
-            registry.put_blob(record.repository, document)
-            registry.put_manifest(record.repository, tag, manifest)
-            outcome = "attached"
-    except RegistryError as exc:
-        raise PushError(
-            f"SBOM of '{record.image}' to {record.registry}/{record.repository}:{tag} failed: {exc}"
-        ) from None
+    for attempt in range(1, SBOM_ATTEMPTS + 1):
+        try:
+            if registry.manifest_digest(record.repository, tag) == manifest.digest:
+                outcome = "present"
+            else:
+                registry.put_blob(record.repository, config)
+                registry.put_blob(record.repository, document)
+                registry.put_manifest(record.repository, tag, manifest)
+                outcome = "attached"
+            break
+        except RegistryError as exc:
+            try:
+                if registry.manifest_digest(record.repository, tag) == manifest.digest:
+                    outcome = "present"  # another run attached the same SBOM meanwhile
+                    break
+            except RegistryError:
+                pass
+            # Two runs attaching the same SBOM at once upload the same blobs, and
+            # Distribution 2.8 has answered one's manifest PUT with
+            # MANIFEST_BLOB_UNKNOWN while the other's upload of them was being
+            # linked (tests/test_push.py, two checkouts): a moment later it is whole.
+            if attempt == SBOM_ATTEMPTS or BLOB_UNKNOWN not in str(exc):
+                raise PushError(
+                    f"SBOM of '{record.image}' to {record.registry}/{record.repository}:{tag} failed: {exc}"
+                ) from None
+            time.sleep(PUSH_BACKOFF * attempt / 2)
     return dataclasses.replace(record, sbom_tag=tag, sbom_digest=manifest.digest, sbom_outcome=outcome)
 
 
