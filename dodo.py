@@ -51,6 +51,11 @@ def task_kube():
     yield from tasks.kube_tasks(*PIPELINE.args, PIPELINE.integration)
 
 
+def task_sbom():
+    """Write each image's CycloneDX SBOM."""
+    yield from tasks.sbom_tasks(*PIPELINE.args)
+
+
 def task_push():
     """Push every checked image; moving tags last."""
     yield from tasks.push_tasks(*PIPELINE.args)

@@ -136,13 +136,16 @@ def content_tag_of(project: Project, image: str) -> str:
     return "in-" + project.stamp(image)["input_digest"].partition(":")[2][:32]
 
 
-def tags(registry: RegistryServer, repository: str) -> list[str]:
-    """skopeo's tag list; [] for a repository the registry does not know (404)."""
+def tags(registry: RegistryServer, repository: str, sboms: bool = False) -> list[str]:
+    """skopeo's tag list; [] for a repository the registry does not know (404).
+    The SBOMs push attaches beside each image (`sha256-<hex>.sbom`, see
+    test_sbom.py) only with `sboms`: the tests here are about the image tags."""
     result = registry.skopeo("list-tags", f"docker://{registry.host}/{repository}", check=False)
     if result.returncode != 0:
         assert "404" in result.stderr or "unknown" in result.stderr.lower(), result.stderr
         return []
-    return sorted(json.loads(result.stdout).get("Tags") or [])
+    found = json.loads(result.stdout).get("Tags") or []
+    return sorted(tag for tag in found if sboms or not tag.endswith(".sbom"))
 
 
 def inspect(registry: RegistryServer, reference: str) -> dict:
@@ -228,6 +231,7 @@ def test_push_publishes_content_then_moving_tags_and_a_rerun_is_a_noop(tree, liv
         assert pushed["image_id"] == project.stamp(image)["image_id"]
         # skopeo: exactly the content tag and the moving tag, on the same manifest.
         assert tags(registry, repository) == sorted([content, "latest"])
+        assert tags(registry, repository, sboms=True) == sorted([content, "latest", pushed["sbom_tag"]])
         assert registry.skopeo_digest(f"{repository}:{content}") == pushed["digest"]
         assert registry.skopeo_digest(f"{repository}:latest") == pushed["digest"]
         assert first.summary["pushes"][image] == {

@@ -19,9 +19,22 @@ DPKG_STATUS = "/var/lib/dpkg/status"
 HELPER_LABEL = "io.ccp.helper"
 
 
-def parse_dpkg_status(text: str) -> dict[str, str]:
-    """{package[:arch] -> version} of the installed packages in a dpkg status file."""
-    packages: dict[str, str] = {}
+@dataclass(frozen=True)
+class DebPackage:
+    name: str
+    version: str
+    arch: str  # "" when the status file names none
+    multi_arch_same: bool = False
+
+    @property
+    def key(self) -> str:
+        """The manifest's name: with `:arch` where dpkg itself needs it (Multi-Arch: same)."""
+        return f"{self.name}:{self.arch}" if self.multi_arch_same else self.name
+
+
+def dpkg_packages(text: str) -> list[DebPackage]:
+    """The installed packages of a dpkg status file, in its order."""
+    packages = []
     for paragraph in text.split("\n\n"):
         fields: dict[str, str] = {}
         for line in paragraph.splitlines():
@@ -30,12 +43,15 @@ def parse_dpkg_status(text: str) -> dict[str, str]:
             key, _, value = line.partition(":")
             fields[key] = value.strip()
         if fields.get("Status", "").endswith(" installed") and "Package" in fields:
-            name = fields["Package"]
             arch = fields.get("Architecture", "")
-            if arch and arch not in ("all",) and fields.get("Multi-Arch") == "same":
-                name = f"{name}:{arch}"
-            packages[name] = fields.get("Version", "")
+            same = bool(arch) and arch != "all" and fields.get("Multi-Arch") == "same"
+            packages.append(DebPackage(fields["Package"], fields.get("Version", ""), arch, same))
     return packages
+
+
+def parse_dpkg_status(text: str) -> dict[str, str]:
+    """{package[:arch] -> version} of the installed packages in a dpkg status file."""
+    return {package.key: package.version for package in dpkg_packages(text)}
 
 
 def read_packages(engine: Engine, image: str, labels: dict[str, str]) -> dict[str, str] | None:

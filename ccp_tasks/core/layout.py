@@ -139,6 +139,10 @@ class CacheLayout:
     def manifest_changes(self, image: str) -> str:
         return f"{self.root}/manifests/{image}.changes"
 
+    def sbom(self, image: str) -> str:
+        """The image's CycloneDX SBOM (build/sbom.py): what push attaches and artifacts deploys."""
+        return f"{self.root}/sbom/{image}.cdx.json"
+
     # -- which image a file under cache/ belongs to ----------------------------
     #
     # The inverse of the per-image methods above (tests/test_retention.py
@@ -156,6 +160,7 @@ class CacheLayout:
         "logs",
         "results",
         "manifests",
+        "sbom",
         "pushed",
         *(f"{stage}-work" for stage in CONTAINER_STAGES),
     )
@@ -187,6 +192,8 @@ class CacheLayout:
             for suffix in (".tsv", ".changes"):
                 if name.endswith(suffix):
                     return (name[: -len(suffix)],)
+        if len(parts) == 2 and top == "sbom" and name.endswith(".cdx.json"):
+            return (name[: -len(".cdx.json")],)
         if len(parts) == 2 and top == "pushed" and name.endswith(".json"):
             return (name[:-5],)
         return ()

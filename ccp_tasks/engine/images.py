@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any, cast
 
 from ccp_tasks.core.errors import EngineError, EngineNotFound
 from ccp_tasks.core.state import DIGEST_LABEL
@@ -19,6 +19,28 @@ from ccp_tasks.engine.docker_ops import engine_errors
 def labels_of(info: dict) -> dict[str, str]:
     """The labels of an image, from what Images.inspect gave."""
     return (info.get("Config") or {}).get("Labels") or {}
+
+
+class _ChunkReader(io.RawIOBase):
+    """The chunks of a streamed answer as a file, for tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = chunk
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
 
 
 class Images:
@@ -122,3 +144,33 @@ class Images:
         with tarfile.open(fileobj=io.BytesIO(data)) as archive:
             member = archive.extractfile(archive.getmembers()[0])
             return member.read() if member else None
+
+    def read_files(self, image: str, wanted: Callable[[str], int], labels: dict[str, str]) -> dict[str, bytes]:
+        """path -> the first `wanted(path)` bytes of every regular file of `image`
+        (by absolute path) for which that is not 0. For files whose place is not known
+        beforehand (a Python package can live in any site-packages): the
+        filesystem of a created, never started container is streamed once and
+        only the wanted files are kept, so nothing runs and memory stays
+        bounded whatever the image holds. Labelled as read_file's container."""
+        with engine_errors(f"creating a container from {image} to read its files"):
+            container = self._client.create_container(
+                image, command=["/ccp-manifest-never-runs"], entrypoint=[], labels=labels
+            )
+        found: dict[str, bytes] = {}
+        try:
+            with engine_errors(f"reading the filesystem of image {image}"):
+                stream = io.BufferedReader(_ChunkReader(iter(self._client.export(container["Id"]))), 1 << 16)
+                try:
+                    with tarfile.open(fileobj=cast(IO[bytes], stream), mode="r|") as archive:
+                        for member in archive:
+                            path = "/" + member.name.removeprefix("./").lstrip("/")
+                            limit = wanted(path) if member.isreg() else 0
+                            if limit:
+                                handle = archive.extractfile(member)
+                                found[path] = handle.read(limit) if handle else b""
+                except tarfile.TarError as exc:
+                    raise EngineError(f"reading the filesystem of image {image}: not a tar stream ({exc})") from None
+        finally:
+            with engine_errors(f"removing the container that read the files of image {image}"):
+                self._client.remove_container(container["Id"], force=True)
+        return found

@@ -41,7 +41,7 @@ from ccp_tasks.publish import tags
 # The stages a no-op never runs (the check runners, retention, Artifactory)
 # execute on first use: see core/lazy.py for why and what it saves.
 if TYPE_CHECKING:
-    from ccp_tasks.build import manifest
+    from ccp_tasks.build import manifest, sbom
     from ccp_tasks.checks import integration, kube, structure
     from ccp_tasks.engine import api, leftovers
     from ccp_tasks.engine import builder as builders
@@ -55,6 +55,7 @@ else:
     builders = lazy_module("ccp_tasks.engine.builder")
     leftovers = lazy_module("ccp_tasks.engine.leftovers")
     manifest = lazy_module("ccp_tasks.build.manifest")
+    sbom = lazy_module("ccp_tasks.build.sbom")
     picture = lazy_module("ccp_tasks.glue.picture")
     publish = lazy_module("ccp_tasks.publish.push")
     integration = lazy_module("ccp_tasks.checks.integration")
@@ -495,8 +496,28 @@ def _record_packages(engine: Engine, image: Image, image_id: str, layout: CacheL
     return values
 
 
+@reports_errors
+def write_sbom(image: Image, layout: CacheLayout) -> dict:
+    """Write the CycloneDX SBOM of the image the build stamp names (rewritten only when it differs)."""
+    stamp = _built(image.name, layout)
+    engine = api.connect()
+    leftovers.sweep(layout, engine)
+    repository = image.ref.rpartition(":")[0]
+    values = sbom.write_sbom(
+        engine, repository, stamp.image_id, Path(layout.sbom(image.name)), leftovers.run_labels(layout)
+    )
+    return {**values, "image_id": stamp.image_id}
+
+
 def _say(name: str):
     return lambda line: print(f"   {name}: {line}", file=sys.stderr, flush=True)
+
+
+def _sbom_bytes(name: str, layout: CacheLayout) -> bytes:
+    path = Path(layout.sbom(name))
+    if sbom.read_sbom(path) is None:  # the sbom task ran just before: only a hand or a disk gets here
+        raise CcpError(f"image '{name}' has no intact SBOM at {path}; run `doit sbom:{name}`")
+    return path.read_bytes()
 
 
 @reports_errors
@@ -505,14 +526,16 @@ def push_image(cfg: PipelineConfig, image: Image, layout: CacheLayout, ci: tags.
     started = time.monotonic()
     stamp = _built(image.name, layout)
     plan = tags.tag_plan(cfg, image.name, stamp.input_digest, ci)
+    document = _sbom_bytes(image.name, layout)  # before anything is pushed: an image goes with its SBOM
     with publish.registry_client(cfg) as registry:
         record = publish.push_image(
             cfg, api.connect(), registry, image.name, stamp.image_id, plan, log=None, local_ref=image.ref
         )
+        record = publish.attach_sbom(registry, record, document)
     publish.write_record(Path(layout.pushed(image.name)), record)
     print(
         f"   {image.name}: {record.outcome} {record.registry}/{record.repository}:{record.content_tag} "
-        f"({record.digest[:19]})",
+        f"({record.digest[:19]}); SBOM {record.sbom_outcome} as :{record.sbom_tag}",
         file=sys.stderr,
     )
     return {
@@ -552,7 +575,7 @@ def publish_tags(cfg: PipelineConfig, images: tuple[str, ...], layout: CacheLayo
 
 
 # What a run leaves that an investigation needs, relative to cache/.
-ARTIFACT_DIRS = ("logs", "reports", "manifests", "results")
+ARTIFACT_DIRS = ("logs", "reports", "manifests", "sbom", "results")
 ARTIFACT_FILES = ("summary.json",)
 
 

@@ -13,6 +13,7 @@ import inspect
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from doit.tools import config_changed
 
@@ -23,6 +24,7 @@ from ccp_tasks.checks.check_index import IntegrationInputs
 from ccp_tasks.checks.records import read_pass
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.layout import CacheLayout
+from ccp_tasks.core.lazy import lazy_module
 from ccp_tasks.core.state import CheckedRecords, Stamp
 from ccp_tasks.engine.engine_view import EngineView
 from ccp_tasks.glue import actions
@@ -31,6 +33,13 @@ from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.model.graph import ImageGraph
 from ccp_tasks.model.render import INTEGRATION_TESTS, POD_TEMPLATE, STRUCTURE_TESTS
 from ccp_tasks.publish.tags import CiContext, PushRecord, tag_plan
+
+# Writing an SBOM needs the engine layer and the manifest reader: only an
+# sbom task's up-to-date check or action runs it (see core/lazy.py).
+if TYPE_CHECKING:
+    from ccp_tasks.build import sbom
+else:
+    sbom = lazy_module("ccp_tasks.build.sbom")
 
 # doit calls inspect.signature() on every uptodate callable of every task on
 # every run, to decide whether to pass it `task` and `values`; that was the
@@ -515,6 +524,34 @@ def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
         }
 
 
+def sbom_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    yield {
+        "basename": "sbom",
+        "name": None,
+        "doc": "Write every image's CycloneDX SBOM (Debian and Python packages) to cache/sbom/",
+    }
+    checked = _checked(layout)
+    for name in graph.order:
+        image = graph.images[name]
+        target = layout.sbom(name)
+        yield {
+            "basename": "sbom",
+            "name": name,
+            "doc": f"Write the SBOM of {image.ref} (its dpkg database and Python packages) to {_rel(cfg, target)}",
+            # The stamp names the image: the SBOM is remade exactly when the image changes.
+            "file_dep": [layout.stamp(name)],
+            "targets": [target],
+            "actions": [(actions.write_sbom, (image, layout))],
+            "uptodate": [
+                all_of(
+                    config_changed_as({"repository": image.ref.rpartition(":")[0]}, f"sbom:{name}"),
+                    record_intact(target, lambda path: sbom.read_sbom(path), "SBOM", checked),
+                )
+            ],
+            "clean": True,
+        }
+
+
 @functools.cache
 def _ci_context(root: Path) -> CiContext:
     """The CI job this run is part of (read once: push, publish and artifacts all name it)."""
@@ -543,8 +580,8 @@ def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "name": name,
             "doc": f"Push '{name}' to {where} as {plan.repository}:in-<input digest>"
             + (f" and :{', :'.join(plan.fixed)}" if plan.fixed else "")
-            + f", after test:{name}",
-            "file_dep": [layout.stamp(name)],
+            + f", its SBOM beside it (:sha256-<manifest digest>.sbom), after test:{name}",
+            "file_dep": [layout.stamp(name), layout.sbom(name)],
             "targets": [layout.pushed(name)],
             # Checks first: nothing is pushed for an image whose checks (pod included) fail.
             "task_dep": [f"test:{name}"] + ([f"kube:{name}"] if POD_TEMPLATE in image.source.check_files else []),
@@ -586,7 +623,7 @@ def artifacts_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     )
     return {
         "basename": "artifacts",
-        "doc": f"Deploy the last run's logs, JUnit reports, package manifests and summary to {where} (CCP_KEEP=1 marks the build to keep)",
+        "doc": f"Deploy the last run's logs, JUnit reports, package manifests, SBOMs and summary to {where} (CCP_KEEP=1 marks the build to keep)",
         "actions": [(actions.deploy_artifacts, (cfg, layout, ci, keep))],
         "uptodate": [False],
     }

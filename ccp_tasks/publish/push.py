@@ -21,6 +21,9 @@ layer traffic.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import re
 import sys
 import time
@@ -31,7 +34,14 @@ from ccp_tasks.core.state import DIGEST_LABEL, write_if_changed
 from ccp_tasks.engine.api import Engine
 from ccp_tasks.engine.images import Images, labels_of
 from ccp_tasks.model.config import PipelineConfig
-from ccp_tasks.publish.registry import RegistryClient, RegistryError, credentials_for, registry_host
+from ccp_tasks.publish.registry import (
+    OCI_MANIFEST,
+    Manifest,
+    RegistryClient,
+    RegistryError,
+    credentials_for,
+    registry_host,
+)
 from ccp_tasks.publish.tags import CiContext, PushRecord, TagPlan, tag_plan
 
 
@@ -186,6 +196,83 @@ def push_image(
             if registry.manifest_digest(plan.repository, tag) != digest:
                 registry.put_manifest(plan.repository, tag, manifest)
     return PushRecord(name, image_id, host, plan.repository, digest, plan.content, plan.fixed, plan.moving, outcome)
+
+
+SBOM_MEDIA_TYPE = "application/vnd.cyclonedx+json"
+# skopeo, crane and Distribution read the manifest as an image's: a minimal
+# image config (the SBOM as its one layer, as cosign's attachments have it)
+# keeps `skopeo inspect` working; Distribution 2.8 takes any layer type.
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+SBOM_ATTEMPTS = 3
+BLOB_UNKNOWN = "MANIFEST_BLOB_UNKNOWN"  # the registry's code, which RegistryError's message names
+
+
+def sbom_tag(manifest_digest: str) -> str:
+    """Where an image's SBOM goes beside it: cosign's `sha256-<hex>.sbom`, which
+    needs no referrers API (Distribution 2.8 has none)."""
+    algorithm, _, hex_digest = manifest_digest.partition(":")
+    return f"{algorithm}-{hex_digest}.sbom"
+
+
+def _blob_descriptor(media_type: str, data: bytes) -> dict:
+    return {"mediaType": media_type, "digest": f"sha256:{hashlib.sha256(data).hexdigest()}", "size": len(data)}
+
+
+def sbom_artifact(image: str, document: bytes) -> tuple[bytes, bytes]:
+    """The config and manifest bytes of the OCI image manifest carrying `document`:
+    a pure function of it, so the same SBOM is the same manifest."""
+    layer = {
+        **_blob_descriptor(SBOM_MEDIA_TYPE, document),
+        "annotations": {"org.opencontainers.image.title": f"{image}.cdx.json"},
+    }
+    config = json.dumps(
+        {"architecture": "", "os": "", "config": {}, "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]}},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": _blob_descriptor(OCI_CONFIG, config),
+        "layers": [layer],
+    }
+    return config, json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
+def attach_sbom(registry: RegistryClient, record: PushRecord, document: bytes) -> PushRecord:
+    """Put the SBOM `document` beside the pushed image under sbom_tag(); nothing is
+    uploaded when the tag already names this very manifest. A failure is one
+    line naming image and registry."""
+    tag = sbom_tag(record.digest)
+    config, raw = sbom_artifact(record.image, document)
+    manifest = Manifest(raw=raw, media_type=OCI_MANIFEST, digest=_blob_descriptor("", raw)["digest"])
+    for attempt in range(1, SBOM_ATTEMPTS + 1):
+        try:
+            if registry.manifest_digest(record.repository, tag) == manifest.digest:
+                outcome = "present"
+            else:
+                registry.put_blob(record.repository, config)
+                registry.put_blob(record.repository, document)
+                registry.put_manifest(record.repository, tag, manifest)
+                outcome = "attached"
+            break
+        except RegistryError as exc:
+            try:
+                if registry.manifest_digest(record.repository, tag) == manifest.digest:
+                    outcome = "present"  # another run attached the same SBOM meanwhile
+                    break
+            except RegistryError:
+                pass
+            # Two runs attaching the same SBOM at once upload the same blobs, and
+            # Distribution 2.8 has answered one's manifest PUT with
+            # MANIFEST_BLOB_UNKNOWN while the other's upload of them was being
+            # linked (tests/test_push.py, two checkouts): a moment later it is whole.
+            if attempt == SBOM_ATTEMPTS or BLOB_UNKNOWN not in str(exc):
+                raise PushError(
+                    f"SBOM of '{record.image}' to {record.registry}/{record.repository}:{tag} failed: {exc}"
+                ) from None
+            time.sleep(PUSH_BACKOFF * attempt / 2)
+    return dataclasses.replace(record, sbom_tag=tag, sbom_digest=manifest.digest, sbom_outcome=outcome)
 
 
 def move_tags(registry, records: list[PushRecord]) -> tuple[list[str], dict[str, str]]:

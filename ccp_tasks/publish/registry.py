@@ -465,6 +465,57 @@ class RegistryClient:
             raise RegistryError(f"registry {self.name}: blob {repository}@{digest} does not match its digest")
         return data
 
+    def has_blob(self, repository: str, digest: str) -> bool:
+        """Whether `repository` holds the blob `digest` (a HEAD)."""
+        self._check_repository(repository)
+        what = f"look up blob {digest}"
+        response = self._send(
+            "HEAD",
+            f"/v2/{repository}/blobs/{digest}",
+            scope=self._scope(repository, "pull"),
+            repository=repository,
+            what=what,
+        )
+        if response.status_code == 404:
+            return False
+        if response.status_code != 200:
+            raise self._error(response, repository, what, reference=digest)
+        return True
+
+    def put_blob(self, repository: str, data: bytes) -> str:
+        """Upload `data` as a blob of `repository` unless it is there already; its digest.
+        One POST for an upload session, one PUT of the whole body: the two
+        requests every registry takes (a single POST with the body is optional)."""
+        self._check_repository(repository)
+        digest = _digest(data)
+        if self.has_blob(repository, digest):
+            return digest
+        what = f"upload blob {digest}"
+        scope = self._scope(repository, "pull,push")
+        response = self._send("POST", f"/v2/{repository}/blobs/uploads/", scope=scope, repository=repository, what=what)
+        location = response.headers.get("Location")
+        if response.status_code != 202 or not location:
+            raise self._error(response, repository, what)
+        url = urljoin(f"{self.base_url}/v2/{repository}/blobs/uploads/", location)
+        if urlsplit(url)[:2] != urlsplit(self.base_url)[:2]:
+            # Our Authorization header goes with every request: never to another host.
+            raise RegistryError(
+                f"registry {self.name}: the upload of {digest} is sent to another host; not following it"
+            )
+        url += ("&" if urlsplit(url).query else "?") + f"digest={digest}"
+        response = self._send(
+            "PUT",
+            url,
+            scope=scope,
+            repository=repository,
+            what=what,
+            headers={"Content-Type": "application/octet-stream"},
+            data=data,
+        )
+        if response.status_code not in (201, 204):
+            raise self._error(response, repository, what)
+        return digest
+
     def blob_size(self, repository: str, manifest: Manifest | str) -> int:
         """Bytes a manifest refers to: config and layers (the children's too for
         an index), the manifests themselves included. An upper bound of what a

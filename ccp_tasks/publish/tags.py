@@ -116,6 +116,10 @@ class PushRecord:
     fixed_tags: tuple[str, ...]
     moving_tags: tuple[str, ...]
     outcome: str  # "pushed" or "present" (the registry already had it)
+    # The SBOM beside it (attach_sbom): its tag, manifest digest and "attached" or "present".
+    sbom_tag: str = ""
+    sbom_digest: str = ""
+    sbom_outcome: str = ""
 
     def to_bytes(self) -> bytes:
         return dump_json(asdict(self))
@@ -138,5 +142,6 @@ class PushRecord:
             moving_tags=STRINGS,
             outcome=str,
         )
-        values = {key: raw[key] for key in cls.__dataclass_fields__}
+        fields(raw, {"sbom_tag": str, "sbom_digest": str, "sbom_outcome": str})
+        values = {key: raw[key] for key in cls.__dataclass_fields__ if key in raw}
         return cls(**{**values, "fixed_tags": tuple(values["fixed_tags"]), "moving_tags": tuple(values["moving_tags"])})
