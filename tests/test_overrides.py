@@ -296,3 +296,16 @@ def test_the_sample_tree_names_its_blocks_after_its_images():
         assert f"{{% block {prefix}_footer %}}{{% endblock %}}" in text, template
         if "apt_install(" in text.replace("import apt_install", ""):
             assert f"{{% block {prefix}_packages %}}" in text, template
+
+
+def test_an_override_swapped_for_a_link_out_after_the_config_was_read_is_refused(project, tmp_path):
+    project.busybox_base("bb")
+    project.write(OVERRIDE, BLOCKS)
+    use_overrides(project, OVERRIDE)
+    cfg = load_config(project.root)
+    secret = tmp_path / "secret.j2"
+    secret.write_text(BLOCKS + "{% block bb_header %}host file{% endblock %}\n")
+    (project.root / OVERRIDE).unlink()
+    (project.root / OVERRIDE).symlink_to(secret)
+    with pytest.raises(CcpError, match=f"'{OVERRIDE}' leads to {secret.resolve()}, outside the project"):
+        build_graph(cfg)

@@ -730,7 +730,7 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
     _validate_customisation(cfg)
 
 
-def _override_problem(root: Path, rel: str) -> str:
+def override_problem(root: Path, rel: str) -> str:
     """Why `rel` is no template override file of the project at `root` ('' when it is one):
     the rules of every other path the config names, and a symlink may not lead out."""
     if not rel or os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
@@ -748,7 +748,7 @@ def _override_problem(root: Path, rel: str) -> str:
 def _validate_customisation(cfg: PipelineConfig) -> None:
     """template_overrides and packages (the image names under packages are checked once the tree is found)."""
     for index, rel in enumerate(cfg.template_overrides):
-        problem = _override_problem(cfg.root, rel)
+        problem = override_problem(cfg.root, rel)
         if problem:
             where = f"template_overrides[{index}]"
             origin = cfg.origins.get(where, CONFIG_NAME)

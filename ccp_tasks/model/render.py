@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ccp_tasks.core.errors import CcpError, ConfigError, ContextError, GraphError, TemplateError
 from ccp_tasks.core.state import Malformed, fields, is_signature, read_record, read_regular_file, write_atomic
-from ccp_tasks.model.config import PipelineConfig
+from ccp_tasks.model.config import PipelineConfig, override_problem
 
 if TYPE_CHECKING:
     import jinja2
@@ -382,7 +382,10 @@ class TreeLoader(Protocol):
 
 
 def _tree_loader(
-    macro_dirs: list[Path], repositories: Sequence[Path], overrides: Sequence[tuple[str, Path]] = ()
+    macro_dirs: list[Path],
+    repositories: Sequence[Path],
+    overrides: Sequence[tuple[str, Path]] = (),
+    project: Path = Path("."),
 ) -> TreeLoader:
     """Image templates are named by absolute path; template override files by
     _override_name(); everything else is a macro file, looked up in the
@@ -407,6 +410,10 @@ def _tree_loader(
             if template.startswith(OVERRIDE_PREFIX):
                 # Named as in ccp.yaml, so its errors read `site/overrides.j2:3: ...`; checked by the config.
                 shown, path = overrides[int(template[len(OVERRIDE_PREFIX) :].partition(":")[0])]
+                # The config checked it; a link swapped since then must not reach a host file.
+                problem = override_problem(project, shown)
+                if problem:
+                    raise TemplateError(problem)
                 try:
                     source = read_regular_file(path)[0].decode()
                 except OSError as exc:
@@ -503,7 +510,7 @@ class Renderer:
         self.cfg = cfg
         self.images = images
         self.overrides = list(zip(cfg.template_overrides, cfg.override_paths()))
-        self.loader = _tree_loader(macro_dirs(cfg), cfg.repository_paths(), self.overrides)
+        self.loader = _tree_loader(macro_dirs(cfg), cfg.repository_paths(), self.overrides, cfg.root)
         loader = cast("jinja2.BaseLoader", self.loader)
         self.env = _tree_environment()(
             loader=loader,
