@@ -570,7 +570,7 @@ class Renderer:
         if changes is None:
             return list(packages)
         removed = {_package_name(p) for p in changes.remove}
-        kept = [p for p in packages if p not in changes.remove and _package_name(p) not in removed]
+        kept = [p for p in packages if _package_name(p) not in removed]  # `remove: [foo]` also drops foo=1.2
         if self._apt_calls == 1:
             kept += [p for p in changes.append if p not in kept]
         return kept
@@ -587,7 +587,7 @@ class Renderer:
                 "no package list to change; override its template's blocks instead"
             )
         installed = {_package_name(p) for p in self._installed}
-        missing = [p for p in changes.remove if _package_name(p) not in installed and p not in self._installed]
+        missing = [p for p in changes.remove if _package_name(p) not in installed]
         if missing:
             raise ConfigError(
                 f"{where}.remove: image '{name}' does not install {', '.join(missing)} "
@@ -626,8 +626,9 @@ class Renderer:
             known.update(b.name for b in inner)  # blocks the file itself adds, inside the ones it redefines
             for block in outermost:
                 if block.name not in known:
+                    hint = _block_hint(block.name, known, sources)
                     raise TemplateError(
-                        f"{shown}:{block.lineno}: block '{block.name}' is defined by no template; {_block_hint(block.name, known, sources)}"
+                        f"{shown}:{block.lineno}: block '{block.name}' is defined by no template; {hint}"
                     )
             known.update(b.name for b in outermost)
 
