@@ -309,3 +309,19 @@ def test_an_override_swapped_for_a_link_out_after_the_config_was_read_is_refused
     (project.root / OVERRIDE).symlink_to(secret)
     with pytest.raises(CcpError, match=f"'{OVERRIDE}' leads to {secret.resolve()}, outside the project"):
         build_graph(cfg)
+
+
+def test_a_local_config_sets_overrides_and_its_mistakes_name_it(tmp_path):
+    root = copy_sample_tree(tmp_path)
+    (root / "site").mkdir()
+    (root / "site/local.j2").write_text(BLOCKS + "{% block cron_footer %}\nLABEL local=1\n{% endblock %}\n")
+    (root / "ccp.local.yaml").write_text("template_overrides: [site/local.j2]\npackages: {cron: {remove: [cron]}}\n")
+    after = rendered(root)
+    assert after["cron"].endswith("LABEL local=1\n")
+    assert "--no-install-recommends logrotate \\\n" in after["cron"]
+    (root / "ccp.local.yaml").write_text("template_overrides: [site/gone.j2]\n")
+    with pytest.raises(CcpError, match=r"^ccp.local.yaml: template_overrides\[0\]: 'site/gone.j2' is not a file"):
+        load_config(root)
+    (root / "ccp.local.yaml").write_text("packages: {cron: {remove: [tzdata]}}\n")
+    with pytest.raises(CcpError, match=r"^ccp.local.yaml: packages.cron.remove: image 'cron' does not install tzdata"):
+        rendered(root)
