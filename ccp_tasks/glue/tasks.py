@@ -322,6 +322,10 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         file_dep.update(str(path) for path in generated.values())
         file_dep.update(layout.source_record(s) for s in image.sources)
         digest_file = layout.context_digest(name)
+        read: dict[str, object] = {"variables": image.rendered.variables}
+        if name in cfg.packages:
+            # The rendered text follows them; only then in the record, so no other render task reruns.
+            read["packages"] = [list(cfg.packages[name].append), list(cfg.packages[name].remove)]
         targets = [f"{context_dir}/Dockerfile", digest_file] + [
             f"{context_dir}/{rel}" for rel in (*source.context_files, *generated)
         ]
@@ -337,7 +341,7 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             ],
             "uptodate": [
                 all_of(
-                    config_changed_as({"variables": image.rendered.variables}, f"render:{name}"),
+                    config_changed_as(read, f"render:{name}"),
                     context_intact(context_dir, digest_file),
                     modes_match(directory, context_dir, tuple(source.context_files)),
                 )

@@ -28,11 +28,23 @@ from ccp_tasks.model.rules import waiver_problem
 CONFIG_NAME = "ccp.yaml"
 LOCAL_OVERRIDE_NAME = "ccp.local.yaml"
 OVERRIDE_ENV = "CCP_OVERRIDE"
+# A site's own template override files (os.pathsep-separated), after the config's.
+TEMPLATE_OVERRIDES_ENV = "CCP_TEMPLATE_OVERRIDES"
 
 # Names a template sees besides the config's free variables; a free variable
 # may not shadow them.
 RESERVED_VARIABLES = frozenset(
-    {"namespace", "image_prefix", "tag", "maintainer", "image_name", "image", "copy_sources"}
+    {
+        "namespace",
+        "image_prefix",
+        "tag",
+        "maintainer",
+        "image_name",
+        "image",
+        "copy_sources",
+        "image_packages",
+        "parent_template",
+    }
 )
 
 _NAMESPACE_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
@@ -41,6 +53,9 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _SOURCE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+# A Debian package as apt-get install takes it: name[:arch][=version]. Nothing
+# else, since the name lands in a RUN line's shell.
+_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]*(?::[a-z0-9-]+)?(?:=[A-Za-z0-9.+~:-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,15 @@ class SourceSettings:
     @property
     def pinned(self) -> bool:
         return bool(_COMMIT_RE.match(self.ref))
+
+
+@dataclass(frozen=True)
+class PackageChanges:
+    """Changes to the Debian packages one image's template installs through
+    apt_install (kolla's <image>_packages_append/_remove)."""
+
+    append: tuple[str, ...] = ()  # added to the image's first apt_install call
+    remove: tuple[str, ...] = ()  # dropped from every apt_install call; each must be one the template installs
 
 
 @dataclass(frozen=True)
@@ -213,6 +237,11 @@ class PipelineConfig:
     lint: LintSettings = field(default_factory=LintSettings)
     # name -> SourceSettings (a mapping in YAML, checked key by key like the rest)
     sources: dict[str, Any] = field(default_factory=dict)
+    # Template override files (relative to the root, inside it), each starting
+    # with {% extends parent_template %}; later files win. $CCP_TEMPLATE_OVERRIDES adds a site's.
+    template_overrides: tuple[str, ...] = ()
+    # image -> PackageChanges
+    packages: dict[str, Any] = field(default_factory=dict)
     kube: KubeSettings = field(default_factory=KubeSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
@@ -221,6 +250,8 @@ class PipelineConfig:
     # Not settable from YAML: where the config was found, and which files were read.
     root: Path = field(default=Path("."), metadata={"yaml": False})
     files: tuple[str, ...] = field(default=(), metadata={"yaml": False})
+    # Which file (or variable) set each top-level key, and each `packages.<image>`.
+    origins: dict[str, str] = field(default_factory=dict, metadata={"yaml": False})
 
     @property
     def cache_dir(self) -> Path:
@@ -231,6 +262,14 @@ class PipelineConfig:
 
     def image_ref(self, name: str) -> str:
         return f"{self.namespace}/{self.image_prefix}{name}:{self.tag}"
+
+    def origin_of(self, key: str) -> str:
+        """The file that set `key` (a dotted path), for an error about it."""
+        parts = key.split(".")
+        return self.origins.get(".".join(parts[:2])) or self.origins.get(parts[0]) or CONFIG_NAME
+
+    def override_paths(self) -> list[Path]:
+        return [self.root / path for path in self.template_overrides]
 
     def template_globals(self) -> dict[str, Any]:
         return {
@@ -333,6 +372,7 @@ def _schema(cls: type) -> Schema:
 # The settings whose annotation (a mapping of anything) says too little.
 _OWN_CHECKS: dict[tuple[type, str], Validator] = {
     (PipelineConfig, "sources"): mapping_of(_section(SourceSettings)),
+    (PipelineConfig, "packages"): mapping_of(_section(PackageChanges)),
     (LintSettings, "waive"): mapping_of(_waivers),
     (RetentionSettings, "rules"): mapping_of(_retention_rule),
 }
@@ -694,6 +734,42 @@ def _validate_values(cfg: PipelineConfig, origin: dict[str, str]) -> None:
             "credentials do not belong in the config: use CCP_ARTIFACTORY_TOKEN or CCP_ARTIFACTORY_USER/CCP_ARTIFACTORY_PASSWORD",
         )
     _validate_retention(cfg.retention, fail)
+    _validate_customisation(cfg)
+
+
+def override_problem(root: Path, rel: str) -> str:
+    """Why `rel` is no template override file of the project at `root` ('' when it is one):
+    the rules of every other path the config names, and a symlink may not lead out."""
+    if not rel or os.path.isabs(rel) or ".." in rel.replace("\\", "/").split("/"):
+        return f"'{rel}': name an override file by its path relative to {root}, inside it (no absolute path, no '..')"
+    if not rel.endswith(".j2"):
+        return f"'{rel}': an override file is a Jinja template, named *.j2"
+    real = os.path.realpath(root / rel)
+    if not real.startswith(os.path.realpath(root).rstrip("/") + "/"):
+        return f"'{rel}' leads to {real}, outside the project {root}; copy the file into the project"
+    if not os.path.isfile(real):
+        return f"'{rel}' is not a file under {root}"
+    return ""
+
+
+def _validate_customisation(cfg: PipelineConfig) -> None:
+    """template_overrides and packages (the image names under packages are checked once the tree is found)."""
+    for index, rel in enumerate(cfg.template_overrides):
+        problem = override_problem(cfg.root, rel)
+        if problem:
+            where = f"template_overrides[{index}]"
+            origin = cfg.origins.get(where, CONFIG_NAME)
+            raise ConfigError(
+                f"{origin}: {problem}" if origin == TEMPLATE_OVERRIDES_ENV else f"{origin}: {where}: {problem}"
+            )
+    for image, changes in cfg.packages.items():
+        for kind in ("append", "remove"):
+            for index, package in enumerate(getattr(changes, kind)):
+                if not _PACKAGE_RE.match(package):
+                    raise ConfigError(
+                        f"{cfg.origin_of(f'packages.{image}')}: packages.{image}.{kind}[{index}]: {package!r} is not "
+                        "a Debian package name (name, name:arch or name=version)"
+                    )
 
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -769,10 +845,19 @@ def load_config(root: Path | str = ".") -> PipelineConfig:
     known = set(parsed_cache)
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
+    origins: dict[str, str] = {}
     for path in files:
         checked = Reader(path.name).mapping(read_yaml(path, parsed_cache), "", _schema(PipelineConfig))
         origin.update({key: path.name for key in checked})
+        origins.update({f"packages.{image}": path.name for image in checked.get("packages", {})})
+        if "template_overrides" in checked:
+            origins.update({f"template_overrides[{i}]": path.name for i in range(len(checked["template_overrides"]))})
         merged = _merge(merged, checked)
+    site = [rel for rel in os.environ.get(TEMPLATE_OVERRIDES_ENV, "").split(os.pathsep) if rel]
+    if site:
+        first = len(merged.get("template_overrides", ()))
+        merged["template_overrides"] = (*merged.get("template_overrides", ()), *site)
+        origins.update({f"template_overrides[{first + i}]": TEMPLATE_OVERRIDES_ENV for i in range(len(site))})
     # Every section typed by a dataclass becomes one (a section left a dict was
     # read with getattr's default: `kube.kubernetes_version` was ignored).
     hints = _hints(PipelineConfig)
@@ -781,7 +866,10 @@ def load_config(root: Path | str = ".") -> PipelineConfig:
             merged[key] = hints[key](**merged[key])
     if "sources" in merged:
         merged["sources"] = {name: SourceSettings(**value) for name, value in merged["sources"].items()}
-    cfg = PipelineConfig(**merged, root=root, files=tuple(str(p) for p in files))
+    if "packages" in merged:
+        merged["packages"] = {name: PackageChanges(**value) for name, value in merged["packages"].items()}
+    origins.update(origin)
+    cfg = PipelineConfig(**merged, root=root, files=tuple(str(p) for p in files), origins=origins)
     _validate_values(cfg, origin)
     if set(parsed_cache) != known and parsed_cache_path.parent.is_dir():
         write_atomic(parsed_cache_path, json.dumps(dict(list(parsed_cache.items())[-8:])).encode())

@@ -11,7 +11,8 @@ import heapq
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccp_tasks.core.errors import GraphError
+from ccp_tasks.core.errors import ConfigError, GraphError
+from ccp_tasks.core.schema import did_you_mean
 from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.model.render import (
     ImageReference,
@@ -139,6 +140,12 @@ def build_graph(cfg: PipelineConfig, render_cache: Path | None = None) -> ImageG
     sources = discover_images(cfg)
     if not sources:
         raise GraphError(f"no image templates (Dockerfile.j2) found in {', '.join(cfg.repositories)}")
+    for changed in cfg.packages:
+        if changed not in sources:
+            raise ConfigError(
+                f"{cfg.origin_of(f'packages.{changed}')}: packages.{changed}: no image of the tree is named so"
+                f"{did_you_mean(changed, sources)}; known: {', '.join(sorted(sources))}"
+            )
     cache = RenderCache.load(render_cache, RenderCache.world_key(cfg, sources))
     renderer = None
     by_ref = {cfg.image_ref(name): name for name in sources}
@@ -146,7 +153,9 @@ def build_graph(cfg: PipelineConfig, render_cache: Path | None = None) -> ImageG
     for name in sorted(sources):
         rendered = cache.get(sources[name])
         if rendered is None:
-            renderer = renderer or Renderer(cfg, sources)
+            if renderer is None:
+                renderer = Renderer(cfg, sources)
+                renderer.check_overrides(sources)
             rendered = renderer.render(sources[name])
             cache.put(rendered)
         parents, external = set(), set()

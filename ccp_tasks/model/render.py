@@ -16,15 +16,15 @@ import os
 import posixpath
 import re
 import traceback
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ccp_tasks.core.errors import CcpError, ContextError, GraphError, TemplateError
+from ccp_tasks.core.errors import CcpError, ConfigError, ContextError, GraphError, TemplateError
 from ccp_tasks.core.state import Malformed, fields, is_signature, read_record, read_regular_file, write_atomic
-from ccp_tasks.model.config import PipelineConfig
+from ccp_tasks.model.config import PipelineConfig, override_problem
 
 if TYPE_CHECKING:
     import jinja2
@@ -53,6 +53,32 @@ _SOURCE_COPY_RE = re.compile(rf"^COPY\s+(?:--\S+\s+)*{SOURCES_DIR}/([a-z0-9][a-z
 IMAGE_NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 # Variables whose values reach a template through the image() helper.
 IMAGE_HELPER_INPUTS = ("namespace", "image_prefix", "tag")
+# What `{% extends parent_template %}` names in a template override file: the
+# environment's join_path turns it into the previous override, or the image's template.
+PARENT_TEMPLATE = "<parent_template>"
+# The loader's name for override file K of the chain above the image template T: `ccp-override:K:T`.
+OVERRIDE_PREFIX = "ccp-override:"
+
+
+def block_prefix(image: str) -> str:
+    """How an image's blocks are named: `<image>_header` with every '-' and '.'
+    of the image's name written '_' (a block name is an identifier)."""
+    return re.sub(r"[-.]", "_", image) + "_"
+
+
+def _override_name(index: int, template: str) -> str:
+    return f"{OVERRIDE_PREFIX}{index}:{template}"
+
+
+def _parent_of(name: str | None) -> str:
+    """The template `{% extends parent_template %}` means in the template `name`."""
+    if not name or not name.startswith(OVERRIDE_PREFIX):
+        raise TemplateError(
+            "extends parent_template, which only a template override file (listed under "
+            "template_overrides) may: an image template or macro file has no parent template"
+        )
+    index, _, template = name[len(OVERRIDE_PREFIX) :].partition(":")
+    return _override_name(int(index) - 1, template) if int(index) > 0 else template
 
 
 @dataclass(frozen=True)
@@ -355,11 +381,17 @@ class TreeLoader(Protocol):
     def macro_path(self, name: str) -> str | None: ...
 
 
-def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]) -> TreeLoader:
-    """Image templates are named by absolute path; everything else is a macro
-    file, looked up in the repositories' macro directories in config order.
-    Whatever a name leads to (symlinks followed) must be inside a template
-    repository: a template never reads a host file."""
+def _tree_loader(
+    macro_dirs: list[Path],
+    repositories: Sequence[Path],
+    overrides: Sequence[tuple[str, Path]] = (),
+    project: Path = Path("."),
+) -> TreeLoader:
+    """Image templates are named by absolute path; template override files by
+    _override_name(); everything else is a macro file, looked up in the
+    repositories' macro directories in config order. Whatever a name leads to
+    (symlinks followed) must be inside a template repository, or be an override
+    file inside the project: a template never reads a host file."""
     import jinja2
 
     real_repositories = [os.path.realpath(repo) for repo in repositories]
@@ -375,6 +407,21 @@ def _tree_loader(macro_dirs: list[Path], repositories: Sequence[Path]) -> TreeLo
             return None if any(_inside(real, repo) for repo in real_repositories) else real
 
         def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+            if template.startswith(OVERRIDE_PREFIX):
+                # Named as in ccp.yaml, so its errors read `site/overrides.j2:3: ...`; checked by the config.
+                shown, path = overrides[int(template[len(OVERRIDE_PREFIX) :].partition(":")[0])]
+                # The config checked it; a link swapped since then must not reach a host file.
+                problem = override_problem(project, shown)
+                if problem:
+                    raise TemplateError(problem)
+                try:
+                    source = read_regular_file(path)[0].decode()
+                except OSError as exc:
+                    raise TemplateError(f"{shown}: cannot read it: {exc.strerror}") from exc
+                except UnicodeDecodeError as exc:
+                    raise TemplateError(f"{shown}: {_not_text(exc)}") from exc
+                signature = _signature(str(path))
+                return source, shown, lambda: _signature(str(path)) == signature
             if os.path.isabs(template):
                 escaped = self.outside(template)
                 if escaped is not None:
@@ -442,6 +489,8 @@ def _tree_environment() -> type[SandboxedEnvironment]:
         def join_path(self, template: str, parent: str) -> str:
             # Called for every name a template includes, imports or extends (never for
             # the image template the renderer asks for by its absolute path).
+            if template == PARENT_TEMPLATE:
+                return _parent_of(parent)
             check_template_name(template)
             return template
 
@@ -460,7 +509,8 @@ class Renderer:
 
         self.cfg = cfg
         self.images = images
-        self.loader = _tree_loader(macro_dirs(cfg), cfg.repository_paths())
+        self.overrides = list(zip(cfg.template_overrides, cfg.override_paths()))
+        self.loader = _tree_loader(macro_dirs(cfg), cfg.repository_paths(), self.overrides, cfg.root)
         loader = cast("jinja2.BaseLoader", self.loader)
         self.env = _tree_environment()(
             loader=loader,
@@ -473,6 +523,11 @@ class Renderer:
             autoescape=False,
         )
         self.env.globals.update(cfg.template_globals())
+        self.env.globals.update(parent_template=PARENT_TEMPLATE, image_packages=self.image_packages)
+        # What the image being rendered installed through apt_install (image_packages keeps count).
+        self._image = ""
+        self._installed: list[str] = []
+        self._apt_calls = 0
         # jinja2.meta counts globals as declared, so the analysis that finds
         # which config values a template reads parses without them.
         self.bare_env = jinja2.Environment(loader=loader, trim_blocks=True, lstrip_blocks=True)
@@ -503,6 +558,80 @@ class Renderer:
         destination = posixpath.normpath(destination).lstrip("/")
         return f"COPY {SOURCES_DIR}/{name}/ /{destination}{'/' if destination else ''}"
 
+    def image_packages(self, packages: object) -> list[str]:
+        """The `image_packages()` helper the apt_install macro calls on its package
+        list: the list with ccp.yaml's `packages.<image>` changes applied (the
+        removals from every call, the additions to the image's first)."""
+        if not isinstance(packages, (list, tuple)) or not all(isinstance(p, str) for p in packages):
+            raise TemplateError(f"apt_install({packages!r}): give a list of package names")
+        self._apt_calls += 1
+        self._installed.extend(packages)
+        changes = self.cfg.packages.get(self._image)
+        if changes is None:
+            return list(packages)
+        removed = {_package_name(p) for p in changes.remove}
+        kept = [p for p in packages if _package_name(p) not in removed]  # `remove: [foo]` also drops foo=1.2
+        if self._apt_calls == 1:
+            kept += [p for p in changes.append if p not in kept]
+        return kept
+
+    def _check_package_changes(self, name: str) -> None:
+        """After rendering `name`: its `packages` changes each met something to change."""
+        changes = self.cfg.packages.get(name)
+        if changes is None:
+            return
+        where = f"{self.cfg.origin_of(f'packages.{name}')}: packages.{name}"
+        if not self._apt_calls:
+            raise ConfigError(
+                f"{where}: image '{name}' installs no packages through the apt_install macro, so there is "
+                "no package list to change; override its template's blocks instead"
+            )
+        installed = {_package_name(p) for p in self._installed}
+        missing = [p for p in changes.remove if _package_name(p) not in installed]
+        if missing:
+            raise ConfigError(
+                f"{where}.remove: image '{name}' does not install {', '.join(missing)} "
+                f"(its template installs: {', '.join(dict.fromkeys(self._installed))})"
+            )
+
+    def check_overrides(self, sources: Mapping[str, ImageSource]) -> None:
+        """Every template override file parses, starts with `{% extends
+        parent_template %}`, and redefines only blocks that some image template
+        (or an earlier override file) defines: a misspelt block would customise
+        nothing without a word, as kolla's does."""
+        if not self.overrides:
+            return
+        import jinja2
+
+        known: set[str] = set()
+        for name in sorted(sources):
+            path = sources[name].template
+            with template_errors(path, self.loader.macro_dirs):
+                source, _, _ = self.loader.get_source(self.env, path)
+                known.update(block.name for block in self.env.parse(source, path, path).find_all(jinja2.nodes.Block))
+        for index, (shown, _) in enumerate(self.overrides):
+            loader_name = _override_name(index, "")
+            with template_errors(shown, self.loader.macro_dirs):
+                source, _, _ = self.loader.get_source(self.env, loader_name)
+                ast = self.env.parse(source, loader_name, shown)
+            _check_extends_parent(ast, shown)
+            outermost = [node for node in ast.body if isinstance(node, jinja2.nodes.Block)]
+            inner = [b for block in outermost for b in block.find_all(jinja2.nodes.Block)]
+            stray = [b for b in ast.find_all(jinja2.nodes.Block) if b not in outermost and b not in inner]
+            if stray:
+                raise TemplateError(
+                    f"{shown}:{stray[0].lineno}: block '{stray[0].name}' is inside another statement; "
+                    "an override file redefines blocks at its top level"
+                )
+            known.update(b.name for b in inner)  # blocks the file itself adds, inside the ones it redefines
+            for block in outermost:
+                if block.name not in known:
+                    hint = _block_hint(block.name, known, sources)
+                    raise TemplateError(
+                        f"{shown}:{block.lineno}: block '{block.name}' is defined by no template; {hint}"
+                    )
+            known.update(b.name for b in outermost)
+
     def _analyse(self, name: str, path: str) -> tuple[frozenset[str], frozenset[str]]:
         """Macro files and free variables `name` reaches, following includes and imports."""
         import jinja2.meta
@@ -514,6 +643,8 @@ class Renderer:
         ast = self.bare_env.parse(source, name, path)
         files = {path}
         variables = set(jinja2.meta.find_undeclared_variables(ast))
+        # An override file's parent is no macro file: the renderer adds the chain's files itself.
+        ast.body = [node for node in ast.body if not _extends_parent(node)]
         for referenced in jinja2.meta.find_referenced_templates(ast):
             if referenced is None:
                 # A computed include name: any macro file may be read.
@@ -531,16 +662,75 @@ class Renderer:
 
     def render(self, source: ImageSource) -> RenderedImage:
         path = source.template
+        self._image, self._installed, self._apt_calls = source.name, [], 0
         with template_errors(path, self.loader.macro_dirs):
             files, names = self._analyse(path, path)
-            template = self.env.get_template(path)
+            # Every override file is an input of every image: render is cheap, and
+            # the input digest stops at the images whose Dockerfile did not change.
+            for index, (_, override) in enumerate(self.overrides):
+                more_files, more_names = self._analyse(_override_name(index, ""), str(override))
+                files, names = files | more_files, names | more_names
+            top = _override_name(len(self.overrides) - 1, path) if self.overrides else path
+            template = self.env.get_template(top)
             text = template.render(image=self.image_ref, image_name=source.name, copy_sources=self.copy_sources)
+        self._check_package_changes(source.name)
         used = set(names)
         if "image" in used:
             used.update(IMAGE_HELPER_INPUTS)
         config_values = self.cfg.template_globals()
         variables = {key: config_values[key] for key in sorted(used) if key in config_values}
         return RenderedImage(source, text, tuple(sorted(files)), variables)
+
+
+def _package_name(package: str) -> str:
+    return re.split(r"[:=]", package, maxsplit=1)[0]
+
+
+def _extends_parent(node: jinja2.nodes.Node) -> bool:
+    import jinja2.nodes
+
+    template = getattr(node, "template", None)
+    return (
+        isinstance(node, jinja2.nodes.Extends)
+        and isinstance(template, jinja2.nodes.Name)
+        and template.name == "parent_template"
+    )
+
+
+def _check_extends_parent(ast: jinja2.nodes.Template, shown: str) -> None:
+    """An override file's first statement extends parent_template (only blank text may precede it)."""
+    import jinja2.nodes
+
+    for node in ast.body:
+        blank = isinstance(node, jinja2.nodes.Output) and all(
+            isinstance(part, jinja2.nodes.TemplateData) and not part.data.strip() for part in node.nodes
+        )
+        if blank:
+            continue
+        if _extends_parent(node):
+            return
+        raise TemplateError(
+            f"{shown}:{node.lineno}: a template override file starts with {{% extends parent_template %}} "
+            "(then redefines blocks); write that as its first line"
+        )
+    raise TemplateError(
+        f"{shown}: a template override file starts with {{% extends parent_template %}} "
+        "(then redefines blocks); write that as its first line"
+    )
+
+
+def _block_hint(name: str, known: Collection[str], images: Collection[str]) -> str:
+    """The nearest real block names, or how blocks are named."""
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    example = block_prefix(sorted(images, key=lambda n: ("-" not in n and "." not in n, n))[0]) if images else "redis_"
+    return (
+        "blocks are named <image>_header, <image>_footer and <image>_packages, with '-' and '.' of the "
+        f"image's name written '_' (e.g. {example}header); the tree defines {len(known)} blocks"
+    )
 
 
 @contextlib.contextmanager
@@ -675,7 +865,7 @@ class RenderCache:
             for path in sorted(directory.rglob("*")):
                 if path.is_file():
                     macros.append([str(path), _signature(str(path))])
-        world = {
+        world: dict[str, Any] = {
             "version": RENDER_CACHE_VERSION,
             "globals": cfg.template_globals(),
             "sources": sorted(cfg.sources),
@@ -683,6 +873,10 @@ class RenderCache:
             "templates": [images[name].template for name in sorted(images)],
             "macros": macros,
         }
+        if cfg.template_overrides or cfg.packages:
+            # Only then: every other tree's renders stay as they were cached.
+            world["overrides"] = [str(path) for path in cfg.override_paths()]
+            world["packages"] = {name: [list(c.append), list(c.remove)] for name, c in sorted(cfg.packages.items())}
         return json.dumps(world, sort_keys=True, default=str)
 
     @classmethod
