@@ -247,3 +247,66 @@ def test_an_unknown_builder_is_one_line_naming_the_key(project):
     assert result.returncode != 0
     assert "engine.builder: expected one of auto, buildkit, classic, got 'fast'" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+APT_TEMPLATE = "{% from 'macros.j2' import apt_install -%}\n" + child_template("bb", "{{ apt_install(['curl']) }}")
+APT_MOUNTS = (
+    "RUN --mount=type=cache,target=/var/cache/apt,sharing=locked "
+    "--mount=type=cache,target=/var/lib/apt/lists,sharing=locked apt-get update"
+)
+
+
+def test_apt_install_uses_cache_mounts_under_buildkit_only_and_lint_accepts_them(project):
+    """The builder reaches the templates: BuildKit's apt_install keeps debs and
+    lists in cache mounts (and cleans neither, which would empty them); the
+    classic builder, which refuses --mount, gets the RUN it always had."""
+    project.busybox_base("bb")
+    project.image("apt", APT_TEMPLATE)
+    dockerfile = project.root / "cache/build/apt/Dockerfile"
+    digest = project.root / "cache/digests/apt.txt"
+
+    project.use_builder("classic")
+    result = project.ok("lint")
+    assert "lint:apt" in result.executed, result.output
+    classic = dockerfile.read_text()
+    assert "--mount" not in classic and "apt-get clean" in classic and "rm -rf /var/lib/apt/lists/*" in classic
+    classic_digest = digest.read_text()
+
+    project.use_builder("buildkit")
+    result = project.ok("lint")
+    assert {"render:apt", "lint:apt"} <= result.executed, result.output
+    text = dockerfile.read_text()
+    assert APT_MOUNTS in text, text
+    assert "apt-get clean" not in text and "rm -rf" not in text
+    assert digest.read_text() != classic_digest
+    report = (project.root / "cache/results/lint/apt.json").read_text()
+    assert "hadolint" in report and '"passed": false' not in report, report
+    assert project.ok("lint").executed == set()  # then stable
+
+    project.use_builder("classic")
+    project.ok("lint")
+    assert dockerfile.read_text() == classic and digest.read_text() == classic_digest
+
+
+def test_a_cache_mount_builds_and_a_cached_rebuild_keeps_the_image_id_and_nothing_of_the_mount(project, docker_client):
+    project.use_builder("buildkit")
+    project.busybox_base("bb")
+    marker = uuid.uuid4().hex
+    step = f"RUN --mount=type=cache,target=/cache,sharing=locked echo {marker} > /cache/seen && cp /cache/seen /copied"
+    project.image("cm", child_template("bb", step))
+    assert project.ok().built == {"bb", "cm"}
+    first = project.stamp("cm")["image_id"]
+    listing = subprocess.run(
+        ["docker", "run", "--rm", project.ref("cm"), "sh", "-c", "cat /copied; ls -A /cache"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listing.returncode == 0 and listing.stdout == f"{marker}\n", listing
+
+    # Gone from the engine: built again, all of it from BuildKit's cache, to the same image.
+    docker_client.remove_image(project.ref("cm"))
+    result = project.ok()
+    assert result.built == {"cm"}, result.output
+    assert project.stamp("cm")["image_id"] == first
+    assert "CACHED" in (project.root / "cache/logs/cm.log").read_text()
