@@ -5,6 +5,8 @@ these are what only BuildKit's path through a CLI can break)."""
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -310,3 +312,73 @@ def test_a_cache_mount_builds_and_a_cached_rebuild_keeps_the_image_id_and_nothin
     assert result.built == {"cm"}, result.output
     assert project.stamp("cm")["image_id"] == first
     assert "CACHED" in (project.root / "cache/logs/cm.log").read_text()
+
+
+REFUSING_DOCKER = """\
+#!/bin/sh
+# What a 23+ CLI without the buildx plugin says under DOCKER_BUILDKIT=1.
+echo "ERROR: BuildKit is enabled but the buildx component is missing or broken." >&2
+exit 1
+"""
+
+
+def _without_a_buildkit_cli(project) -> tuple[str, ...]:
+    """A wrapper that runs doit where no docker CLI builds with BuildKit: in a
+    mount namespace of its own, every docker the probe would find (PATH and the
+    fixed fallback) is covered by one that refuses, the 28.x CLI when installed."""
+    refusing = shutil.which("docker")
+    if not refusing or os.path.realpath(refusing) == os.path.realpath("/usr/bin/docker"):
+        refusing = str(project.write("refusing-bin/docker", REFUSING_DOCKER))
+        os.chmod(refusing, 0o755)
+    covered = sorted(
+        {os.path.realpath(path) for path in _docker_paths() if os.path.realpath(path) != os.path.realpath(refusing)}
+    )
+    unshare = ["unshare", "--mount", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    if subprocess.run([*unshare, "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs a mount namespace (unshare --mount) to hide the BuildKit CLIs in")
+    script = "".join(f'mount --bind "$0" {shlex.quote(path)} && ' for path in covered) + 'exec "$@"'
+    return (*unshare, "sh", "-c", script, refusing)
+
+
+def _docker_paths() -> list[str]:
+    directories = [d for d in os.environ["PATH"].split(os.pathsep) if os.path.isabs(d)]
+    paths = [os.path.join(d, "docker") for d in directories] + ["/usr/bin/docker"]
+    return [path for path in paths if os.path.isfile(path)]
+
+
+def test_auto_without_a_buildkit_cli_builds_with_classic_and_says_why(project):
+    project.use_builder("auto")
+    project.busybox_base("bb")
+    project.image("apt", APT_TEMPLATE)
+    hidden = _without_a_buildkit_cli(project)
+    result = project.ok("build:bb", "render:apt", wrapper=hidden)
+    assert result.built == {"bb"}, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ccp: builder:")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("ccp: builder: classic (engine.builder: auto; no docker CLI here builds with BuildKit: ")
+    assert "buildx component is missing or broken" in lines[0], lines[0]
+    assert "builder           classic" in result.stdout and result.summary["builder"] == "classic"
+    assert "--mount" not in (project.root / "cache/build/apt/Dockerfile").read_text()
+    classic = project.stamp("bb")["image_id"]
+    assert project.ok("build:bb", "render:apt", wrapper=hidden).executed == set()
+
+    # With the CLIs back, auto finds BuildKit: the templates render for it, and each image builds once.
+    result = project.ok("build:bb", "render:apt")
+    assert result.built == {"bb"} and project.stamp("bb")["image_id"] != classic, result.output
+    assert "ccp: builder: buildkit (engine.builder: auto)" in result.stderr, result.stderr
+    assert APT_MOUNTS in (project.root / "cache/build/apt/Dockerfile").read_text()
+    assert project.ok("build:bb", "render:apt").executed == set()
+
+
+def test_buildkit_without_a_cli_that_can_is_one_line_saying_what_to_install(project):
+    project.use_builder("buildkit")
+    project.busybox_base("bb")
+    result = project.doit(wrapper=_without_a_buildkit_cli(project))
+    assert result.returncode != 0
+    assert "Traceback" not in result.output, result.output
+    error = result.summary["images"]["bb"]["error"]
+    assert error.startswith("engine.builder is 'buildkit', but no docker CLI here builds with BuildKit ("), error
+    assert "install the buildx plugin (Debian: docker-buildx) or Debian's docker.io CLI" in error, error
+    assert len(error.splitlines()) == 1
+    assert [line for line in result.output.splitlines() if "engine.builder is 'buildkit'" in line], result.output
+    assert not (project.root / "cache/images/bb.json").exists()
