@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import child_template, running_step
+from conftest import REPO, child_template, running_step
 from engine_proxy import EngineProxy
 
 from ccp_tasks.engine.buildkit import find_buildkit_cli
@@ -382,3 +382,35 @@ def test_buildkit_without_a_cli_that_can_is_one_line_saying_what_to_install(proj
     assert len(error.splitlines()) == 1
     assert [line for line in result.output.splitlines() if "engine.builder is 'buildkit'" in line], result.output
     assert not (project.root / "cache/images/bb.json").exists()
+
+
+@pytest.mark.slow
+def test_an_apt_rebuild_under_buildkit_downloads_no_package_and_the_image_holds_none(project):
+    """The real Debian base, then an apt_install image rebuilt with its apt step run again."""
+    shutil.copytree(REPO / "dockerfiles" / "base", project.root / "dockerfiles" / "base")
+    project.config["base"] = {"enabled": True, "image": "base", "suite": "bookworm"}
+    project.use_builder("buildkit")
+    template = "{% from 'macros.j2' import apt_install -%}\n" + child_template("base", "{{ apt_install(['tini']) }}")
+    project.image("tools", template)
+    assert project.ok(timeout=1200).built == {"base", "tools"}
+    inside = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            project.ref("tools"),
+            "sh",
+            "-c",
+            "tini --version; ls /var/lib/apt/lists /var/cache/apt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert inside.returncode == 0, inside
+    assert "tini version" in inside.stdout and ".deb" not in inside.stdout and "InRelease" not in inside.stdout, inside
+
+    project.image("tools", template.replace("{{ apt_install", "ENV REBUILT=1\n{{ apt_install"))
+    assert project.ok(timeout=1200).built == {"tools"}
+    log = (project.root / "cache/logs/tools.log").read_text()
+    assert "Need to get 0 B/" in log, log
