@@ -414,3 +414,23 @@ def test_an_apt_rebuild_under_buildkit_downloads_no_package_and_the_image_holds_
     assert project.ok(timeout=1200).built == {"tools"}
     log = (project.root / "cache/logs/tools.log").read_text()
     assert "Need to get 0 B/" in log, log
+
+
+def test_auto_remembers_what_it_found_so_a_no_op_runs_no_cli_and_a_damaged_record_is_asked_again(project):
+    bin_dir = project.root / "fake-bin"
+    project.write("fake-bin/docker", FAKE_DOCKER).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    project.use_builder("auto")
+    project.busybox_base("bb")
+    assert project.ok(env=env).built == {"bb"}
+    assert (bin_dir / "calls").exists()
+    (bin_dir / "calls").unlink()
+    assert project.ok(env=env).executed == set()
+    assert not (bin_dir / "calls").exists()
+
+    (project.root / "cache/builder.json").write_text('{"signature": ')
+    result = project.ok(env=env)
+    assert result.executed == set(), result.output  # asked again, the same answer: nothing to do
+    warnings = [line for line in result.stderr.splitlines() if "builder.json" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("ccp: warning: cache/builder.json "), result.stderr
+    assert (bin_dir / "calls").exists()
