@@ -132,13 +132,16 @@ class Project:
             "FROM {{ image('app2') }}\n{% include 'header.j2' %}\nCOPY --from=stage /leaf /leaf\n",
         )
 
-    def doit(self, *args: str, env: dict | None = None, timeout: int = 600) -> DoitResult:
+    def doit(
+        self, *args: str, env: dict | None = None, timeout: int = 600, wrapper: tuple[str, ...] = ()
+    ) -> DoitResult:
+        """`doit args`, run through `wrapper` (a command that execs the rest) when given."""
         summary_path = self.root / "cache" / "summary.json"
         summary_path.unlink(missing_ok=True)
         run_env = {k: v for k, v in os.environ.items() if k != "CCP_OVERRIDE"}
         run_env.update(env or {})
         proc = subprocess.run(
-            [sys.executable, "-m", "doit", *args],
+            [*wrapper, sys.executable, "-m", "doit", *args],
             cwd=self.root,
             capture_output=True,
             text=True,

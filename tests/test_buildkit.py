@@ -5,6 +5,8 @@ these are what only BuildKit's path through a CLI can break)."""
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import child_template, running_step
+from conftest import REPO, child_template, running_step
 from engine_proxy import EngineProxy
 
 from ccp_tasks.engine.buildkit import find_buildkit_cli
@@ -247,3 +249,188 @@ def test_an_unknown_builder_is_one_line_naming_the_key(project):
     assert result.returncode != 0
     assert "engine.builder: expected one of auto, buildkit, classic, got 'fast'" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+APT_TEMPLATE = "{% from 'macros.j2' import apt_install -%}\n" + child_template("bb", "{{ apt_install(['curl']) }}")
+APT_MOUNTS = (
+    "RUN --mount=type=cache,target=/var/cache/apt,sharing=locked "
+    "--mount=type=cache,target=/var/lib/apt/lists,sharing=locked apt-get update"
+)
+
+
+def test_apt_install_uses_cache_mounts_under_buildkit_only_and_lint_accepts_them(project):
+    """The builder reaches the templates: BuildKit's apt_install keeps debs and
+    lists in cache mounts (and cleans neither, which would empty them); the
+    classic builder, which refuses --mount, gets the RUN it always had."""
+    project.busybox_base("bb")
+    project.image("apt", APT_TEMPLATE)
+    dockerfile = project.root / "cache/build/apt/Dockerfile"
+    digest = project.root / "cache/digests/apt.txt"
+
+    project.use_builder("classic")
+    result = project.ok("lint")
+    assert "lint:apt" in result.executed, result.output
+    classic = dockerfile.read_text()
+    assert "--mount" not in classic and "apt-get clean" in classic and "rm -rf /var/lib/apt/lists/*" in classic
+    classic_digest = digest.read_text()
+
+    project.use_builder("buildkit")
+    result = project.ok("lint")
+    assert {"render:apt", "lint:apt"} <= result.executed, result.output
+    text = dockerfile.read_text()
+    assert APT_MOUNTS in text, text
+    assert "apt-get clean" not in text and "rm -rf" not in text
+    assert digest.read_text() != classic_digest
+    report = (project.root / "cache/results/lint/apt.json").read_text()
+    assert "hadolint" in report and '"passed": false' not in report, report
+    assert project.ok("lint").executed == set()  # then stable
+
+    project.use_builder("classic")
+    project.ok("lint")
+    assert dockerfile.read_text() == classic and digest.read_text() == classic_digest
+
+
+def test_a_cache_mount_builds_and_a_cached_rebuild_keeps_the_image_id_and_nothing_of_the_mount(project, docker_client):
+    project.use_builder("buildkit")
+    project.busybox_base("bb")
+    marker = uuid.uuid4().hex
+    step = f"RUN --mount=type=cache,target=/cache,sharing=locked echo {marker} > /cache/seen && cp /cache/seen /copied"
+    project.image("cm", child_template("bb", step))
+    assert project.ok().built == {"bb", "cm"}
+    first = project.stamp("cm")["image_id"]
+    listing = subprocess.run(
+        ["docker", "run", "--rm", project.ref("cm"), "sh", "-c", "cat /copied; ls -A /cache"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listing.returncode == 0 and listing.stdout == f"{marker}\n", listing
+
+    # Gone from the engine: built again, all of it from BuildKit's cache, to the same image.
+    docker_client.remove_image(project.ref("cm"))
+    result = project.ok()
+    assert result.built == {"cm"}, result.output
+    assert project.stamp("cm")["image_id"] == first
+    assert "CACHED" in (project.root / "cache/logs/cm.log").read_text()
+
+
+REFUSING_DOCKER = """\
+#!/bin/sh
+# What a 23+ CLI without the buildx plugin says under DOCKER_BUILDKIT=1.
+echo "ERROR: BuildKit is enabled but the buildx component is missing or broken." >&2
+exit 1
+"""
+
+
+def _without_a_buildkit_cli(project) -> tuple[str, ...]:
+    """A wrapper that runs doit where no docker CLI builds with BuildKit: in a
+    mount namespace of its own, every docker the probe would find (PATH and the
+    fixed fallback) is covered by one that refuses, the 28.x CLI when installed."""
+    refusing = shutil.which("docker")
+    if not refusing or os.path.realpath(refusing) == os.path.realpath("/usr/bin/docker"):
+        refusing = str(project.write("refusing-bin/docker", REFUSING_DOCKER))
+        os.chmod(refusing, 0o755)
+    covered = sorted(
+        {os.path.realpath(path) for path in _docker_paths() if os.path.realpath(path) != os.path.realpath(refusing)}
+    )
+    unshare = ["unshare", "--mount", "--propagation", "private"] + ([] if os.geteuid() == 0 else ["--map-root-user"])
+    if subprocess.run([*unshare, "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs a mount namespace (unshare --mount) to hide the BuildKit CLIs in")
+    script = "".join(f'mount --bind "$0" {shlex.quote(path)} && ' for path in covered) + 'exec "$@"'
+    return (*unshare, "sh", "-c", script, refusing)
+
+
+def _docker_paths() -> list[str]:
+    directories = [d for d in os.environ["PATH"].split(os.pathsep) if os.path.isabs(d)]
+    paths = [os.path.join(d, "docker") for d in directories] + ["/usr/bin/docker"]
+    return [path for path in paths if os.path.isfile(path)]
+
+
+def test_auto_without_a_buildkit_cli_builds_with_classic_and_says_why(project):
+    project.use_builder("auto")
+    project.busybox_base("bb")
+    project.image("apt", APT_TEMPLATE)
+    hidden = _without_a_buildkit_cli(project)
+    result = project.ok("build:bb", "render:apt", wrapper=hidden)
+    assert result.built == {"bb"}, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ccp: builder:")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("ccp: builder: classic (engine.builder: auto; no docker CLI here builds with BuildKit: ")
+    assert "buildx component is missing or broken" in lines[0], lines[0]
+    assert "builder           classic" in result.stdout and result.summary["builder"] == "classic"
+    assert "--mount" not in (project.root / "cache/build/apt/Dockerfile").read_text()
+    classic = project.stamp("bb")["image_id"]
+    assert project.ok("build:bb", "render:apt", wrapper=hidden).executed == set()
+
+    # With the CLIs back, auto finds BuildKit: the templates render for it, and each image builds once.
+    result = project.ok("build:bb", "render:apt")
+    assert result.built == {"bb"} and project.stamp("bb")["image_id"] != classic, result.output
+    assert "ccp: builder: buildkit (engine.builder: auto)" in result.stderr, result.stderr
+    assert APT_MOUNTS in (project.root / "cache/build/apt/Dockerfile").read_text()
+    assert project.ok("build:bb", "render:apt").executed == set()
+
+
+def test_buildkit_without_a_cli_that_can_is_one_line_saying_what_to_install(project):
+    project.use_builder("buildkit")
+    project.busybox_base("bb")
+    result = project.doit(wrapper=_without_a_buildkit_cli(project))
+    assert result.returncode != 0
+    assert "Traceback" not in result.output, result.output
+    error = result.summary["images"]["bb"]["error"]
+    assert error.startswith("engine.builder is 'buildkit', but no docker CLI here builds with BuildKit ("), error
+    assert "install the buildx plugin (Debian: docker-buildx) or Debian's docker.io CLI" in error, error
+    assert len(error.splitlines()) == 1
+    assert [line for line in result.output.splitlines() if "engine.builder is 'buildkit'" in line], result.output
+    assert not (project.root / "cache/images/bb.json").exists()
+
+
+@pytest.mark.slow
+def test_an_apt_rebuild_under_buildkit_downloads_no_package_and_the_image_holds_none(project):
+    """The real Debian base, then an apt_install image rebuilt with its apt step run again."""
+    shutil.copytree(REPO / "dockerfiles" / "base", project.root / "dockerfiles" / "base")
+    project.config["base"] = {"enabled": True, "image": "base", "suite": "bookworm"}
+    project.use_builder("buildkit")
+    template = "{% from 'macros.j2' import apt_install -%}\n" + child_template("base", "{{ apt_install(['tini']) }}")
+    project.image("tools", template)
+    assert project.ok(timeout=1200).built == {"base", "tools"}
+    inside = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            project.ref("tools"),
+            "sh",
+            "-c",
+            "tini --version; ls /var/lib/apt/lists /var/cache/apt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert inside.returncode == 0, inside
+    assert "tini version" in inside.stdout and ".deb" not in inside.stdout and "InRelease" not in inside.stdout, inside
+
+    project.image("tools", template.replace("{{ apt_install", "ENV REBUILT=1\n{{ apt_install"))
+    assert project.ok(timeout=1200).built == {"tools"}
+    log = (project.root / "cache/logs/tools.log").read_text()
+    assert "Need to get 0 B/" in log, log
+
+
+def test_auto_remembers_what_it_found_so_a_no_op_runs_no_cli_and_a_damaged_record_is_asked_again(project):
+    bin_dir = project.root / "fake-bin"
+    project.write("fake-bin/docker", FAKE_DOCKER).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    project.use_builder("auto")
+    project.busybox_base("bb")
+    assert project.ok(env=env).built == {"bb"}
+    assert (bin_dir / "calls").exists()
+    (bin_dir / "calls").unlink()
+    assert project.ok(env=env).executed == set()
+    assert not (bin_dir / "calls").exists()
+
+    (project.root / "cache/builder.json").write_text('{"signature": ')
+    result = project.ok(env=env)
+    assert result.executed == set(), result.output  # asked again, the same answer: nothing to do
+    warnings = [line for line in result.stderr.splitlines() if "builder.json" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("ccp: warning: cache/builder.json "), result.stderr
+    assert (bin_dir / "calls").exists()

@@ -295,3 +295,13 @@ def test_lint_task_with_hadolint_required_but_missing_fails_in_one_line(project)
         and "tools/hadolint is not an executable file" in result.output
     )
     assert "Traceback" not in result.output
+
+
+def test_run_flags_are_read_a_cache_mount_of_the_lists_leaves_none_behind():
+    install = "apt-get update && apt-get install -y --no-install-recommends curl\n"
+    cached = "RUN --mount=type=cache,target=/var/cache/apt,sharing=locked --mount=type=cache,target=/var/lib/apt/lists "
+    assert lint_dockerfile("FROM ns/base:latest\n" + cached + install) == []
+    # Only a cache mount keeps the lists out of the image; a flag merely naming the directory does not.
+    bound = "RUN --mount=type=bind,source=lists,target=/var/lib/apt/lists/x "
+    assert [f.rule for f in lint_dockerfile("FROM ns/base:latest\n" + bound + install)] == ["CCP005"]
+    assert lint_dockerfile('FROM ns/base:latest\nRUN --network=none ["apt-get", "update"]\n') == []

@@ -110,7 +110,29 @@ def _apt_install_args(command: list[str]) -> list[str] | None:
     return None
 
 
-def _run_findings(line: int, shell: str) -> list[Finding]:
+def _run_flags(rest: str) -> tuple[list[str], str]:
+    """A RUN's leading flags (`--mount=…`, `--network=…`) and the command after them."""
+    flags = []
+    while rest.startswith("--"):
+        flag, _, rest = rest.partition(" ")
+        flags.append(flag)
+        rest = rest.lstrip()
+    return flags, rest
+
+
+def _cache_mounts(flags: list[str]) -> set[str]:
+    """The targets of a RUN's cache mounts: what the step writes there stays out of the image."""
+    targets = set()
+    for flag in flags:
+        if flag.startswith("--mount="):
+            options = dict(option.partition("=")[::2] for option in flag[len("--mount=") :].split(","))
+            target = options.get("target") or options.get("dst") or options.get("destination")
+            if options.get("type") == "cache" and target:
+                targets.add(target.rstrip("/") or "/")
+    return targets
+
+
+def _run_findings(line: int, shell: str, cached: frozenset[str] | set[str] = frozenset()) -> list[Finding]:
     findings = []
     commands = _commands(shell)
     updates = any(("apt-get" in c or "apt" in c) and "update" in c for c in commands)
@@ -141,7 +163,7 @@ def _run_findings(line: int, shell: str) -> list[Finding]:
                     findings.append(Finding("CCP002", line, ", ".join(pinned)))
     if updates and not installs:
         findings.append(Finding("CCP006", line))
-    if (updates or installs) and "/var/lib/apt/lists" not in shell:
+    if (updates or installs) and "/var/lib/apt/lists" not in shell and "/var/lib/apt/lists" not in cached:
         findings.append(Finding("CCP005", line))
     return findings
 
@@ -153,8 +175,9 @@ def lint_dockerfile(text: str, external_images: tuple[str, ...] = ()) -> list[Fi
         keyword, _, rest = instruction.partition(" ")
         keyword, rest = keyword.upper(), rest.strip()
         if keyword == "RUN":
+            flags, rest = _run_flags(rest)
             if not rest.startswith("["):
-                findings.extend(_run_findings(line, rest))
+                findings.extend(_run_findings(line, rest, _cache_mounts(flags)))
         elif keyword == "FROM":
             ref = next((w for w in rest.split() if not w.startswith("--")), "")
             if ref in external_images:

@@ -35,6 +35,11 @@ class CacheLayout:
         return self.root / "engine.json"
 
     @property
+    def builder_record(self) -> Path:
+        """What `engine.builder: auto` found here, and for which docker CLIs (buildkit.remembered_builder)."""
+        return self.root / "builder.json"
+
+    @property
     def checked_records(self) -> Path:
         """Which records the up-to-date checks found intact, by file identity (state.CheckedRecords)."""
         return self.root / "checked-records.json"

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ccp_tasks.core.errors import BuildError, EngineError
+from ccp_tasks.core.state import dump_json, fields, read_record, write_atomic
 from ccp_tasks.engine.builder import BuildRequest, progress_printer
 from ccp_tasks.engine.docker_ops import engine_address
 
@@ -40,6 +41,13 @@ PROBE_TIMEOUT = 20  # seconds; a probe asks the CLI only about itself (buildx in
 # Asked after every `docker` on PATH: Debian's docker.io puts its 20.10 CLI
 # here, and a newer CLI first on PATH (without buildx) cannot build with BuildKit.
 FALLBACK_CLIS = ("/usr/bin/docker",)
+# Where a docker CLI finds its plugins (docker-buildx among them), besides $DOCKER_CONFIG/cli-plugins.
+PLUGIN_DIRS = (
+    "/usr/local/lib/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins",
+    "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+)
 
 # The first line of a step in --progress=plain: "#5 [app 2/3] RUN make".
 STEP_LINE = re.compile(r"#(\d+) \[([^\]]*)\] ")
@@ -135,6 +143,40 @@ def find_buildkit_cli() -> tuple[BuildkitCli | None, str]:
             return found, ""
         reasons.append(f"{path}: {reason}")
     return None, "; ".join(reasons) or "no docker CLI on PATH or at " + ", ".join(FALLBACK_CLIS)
+
+
+def _identity(path: str) -> str:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return "-"
+    return f"{status.st_ino}:{status.st_size}:{status.st_mtime_ns}:{status.st_ctime_ns}"
+
+
+def cli_signature() -> str:
+    """What find_buildkit_cli's answer depends on, as far as a few stats tell:
+    every `docker` on PATH and the fallbacks (present or not: one installed
+    earlier on PATH is new), the plugin directories and buildx's current
+    builder, and the engine."""
+    config = os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
+    directories = [d for d in os.environ.get("PATH", "").split(os.pathsep) if os.path.isabs(d)]
+    paths = [os.path.join(d, "docker") for d in directories] + list(FALLBACK_CLIS)
+    paths += [os.path.join(config, "cli-plugins"), *PLUGIN_DIRS, os.path.join(config, "buildx", "current")]
+    return "\n".join([engine_address(), *(f"{path} {_identity(path)}" for path in paths)])
+
+
+def remembered_builder(record: Path) -> str:
+    """What `engine.builder: auto` resolves to here, "buildkit" or "classic".
+    The answer is kept in `record` with the cli_signature it was found for, and
+    reused while that is unchanged: every run renders with it (templates see
+    the builder), and a no-op must not run the CLIs to learn it."""
+    signature = cli_signature()
+    found = read_record(record, "a builder record", lambda raw: fields(raw, signature=str, builder=str))
+    if found and found["signature"] == signature and found["builder"] in ("buildkit", "classic"):
+        return found["builder"]
+    answer = "buildkit" if find_buildkit_cli()[0] is not None else "classic"
+    write_atomic(record, dump_json({"signature": signature, "builder": answer}))
+    return answer
 
 
 def _die_with_parent() -> Callable[[], None]:

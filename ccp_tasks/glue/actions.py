@@ -284,6 +284,14 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     context_dir = Path(layout.context_dir(image.name))
     engine = api.connect()
     builder = api.builder_for(cfg.engine.builder, engine)
+    if cfg.engine.resolved and builder.name != cfg.engine.resolved:
+        # The Dockerfile was rendered for the builder remembered in cache/builder.json: the CLIs
+        # changed in a way its stats did not show. Forgotten, so the next run asks them again.
+        layout.builder_record.unlink(missing_ok=True)
+        raise CcpError(
+            f"image '{image.name}': engine.builder: auto now finds {builder.name}, but this run rendered the "
+            f"Dockerfiles for {cfg.engine.resolved} (a docker CLI or plugin changed); run again"
+        )
     digest = input_digest(context_dir, cfg.build_args, labels, parent_ids, builder=builder.name)
     image_id = engine.images.adoptable(digest, image.ref)
     if image_id:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from ccp_tasks.checks.records import write_junit_reports
 from ccp_tasks.core import lock
 from ccp_tasks.core.errors import DEBUG_ENV, CcpError
 from ccp_tasks.core.layout import CacheLayout
+from ccp_tasks.engine.buildkit import remembered_builder
 from ccp_tasks.engine.engine_view import EngineView
 from ccp_tasks.glue.reporter import reporter_for
 from ccp_tasks.model.config import PipelineConfig, load_config
@@ -103,6 +105,15 @@ def set_aside_if_unreadable(path: Path) -> None:
     )
 
 
+def with_resolved_builder(cfg: PipelineConfig, layout: CacheLayout) -> PipelineConfig:
+    """`cfg` with engine.resolved set: the builder that builds here. Templates
+    render for it (apt_install's cache mounts are BuildKit's), so it is known
+    before any task is made; `auto` asks the CLIs only when they changed."""
+    choice = cfg.engine.builder
+    resolved = choice if choice != "auto" else remembered_builder(layout.builder_record)
+    return dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, resolved=resolved))
+
+
 def load(root: Path, argv: list[str] | None = None) -> Pipeline:
     """Everything dodo.py needs, or one line naming what is wrong.
 
@@ -120,6 +131,7 @@ def load(root: Path, argv: list[str] | None = None) -> Pipeline:
         if lock.doit_command(argv) not in lock.READ_ONLY_COMMANDS:
             lock.acquire(layout.lock)
         set_aside_if_unreadable(layout.doit_db)
+        cfg = with_resolved_builder(cfg, layout)
         graph = build_graph(cfg, layout.render_cache)
         EngineView.configure(layout.engine_view, cfg.namespace)
         integration = integration_inputs(graph, layout.check_index)

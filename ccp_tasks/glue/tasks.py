@@ -360,8 +360,9 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "labels": actions.image_labels(cfg, image),
             "build_args": cfg.build_args,
             "external_parents": list(image.external_parents),
-            # Another setting may name another builder: the build runs, and its input digest says whether it builds.
-            "builder": cfg.engine.builder,
+            # The builder that builds, not the setting: auto finding another CLI reruns the build
+            # (its input digest says whether it builds), auto to the same builder does not.
+            "builder": cfg.engine.resolved or cfg.engine.builder,
         }
         yield {
             "basename": "build",

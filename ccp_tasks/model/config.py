@@ -149,6 +149,9 @@ class EngineSettings:
     # auto: BuildKit when a docker CLI here can drive it (`docker buildx`, or a
     # CLI that builds with BuildKit natively), else the classic builder.
     builder: typing.Literal["auto", "buildkit", "classic"] = "auto"
+    # Not settable from YAML: the builder `builder` names here, "buildkit" or
+    # "classic" (glue/pipeline.py asks once per run), which templates see as `builder`.
+    resolved: str = field(default="", metadata={"yaml": False})
 
 
 @dataclass(frozen=True)
@@ -278,6 +281,8 @@ class PipelineConfig:
             "tag": self.tag,
             "maintainer": self.maintainer,
             **self.variables,
+            # After the variables: apt_install's RUN --mount must follow the builder that builds it.
+            "builder": self.engine.resolved or ("buildkit" if self.engine.builder == "buildkit" else "classic"),
         }
 
 
