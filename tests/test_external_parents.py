@@ -104,7 +104,7 @@ def _first_line(output: str, pattern: str) -> list[str]:
     return [line for line in output.splitlines() if re.search(pattern, line)]
 
 
-def test_a_moved_external_parent_rebuilds_exactly_its_children_once(project, ext, docker_client):
+def test_a_moved_external_parent_rebuilds_exactly_its_children_once(project, ext, registry, docker_client):
     first_digest = ext.push("one\n")
     _on_external(project, ext)
     first = project.ok()
@@ -125,8 +125,15 @@ def test_a_moved_external_parent_rebuilds_exactly_its_children_once(project, ext
     assert child["Config"]["Labels"][f"io.ccp.parent.{ext.ref}.digest"] == second_digest
     assert child["RootFS"]["Layers"][: len(layers := _layers(docker_client, ext.image_ids[1]))] == layers
 
+    heads_before = _manifest_heads(registry)
     again = project.ok()
     assert again.rebuilt == set() and not _first_line(again.output, "moved:"), again.output
+    assert _manifest_heads(registry) - heads_before == 1  # the no-op's whole cost at the registry
+
+
+def _manifest_heads(registry: RegistryServer) -> int:
+    """The manifest HEADs the registry has answered, by its access log."""
+    return len(re.findall(r'"HEAD /v2/[^"]*/manifests/', registry.log_path.read_text(errors="replace")))
 
 
 def _layers(docker_client, image_id: str) -> list[str]:
