@@ -174,13 +174,12 @@ def wanted(cfg: PipelineConfig, ref: str, engine: Engine | None = None) -> Wante
     else:
         digest, why = remote_digest(cfg, ref)
         found = Wanted(digest, "registry") if digest else _engine_digest(ref, why, engine or connect())
-        if found.digest:
-            if found.source != "registry":
-                print(
-                    f"ccp: warning: external parent {ref}: {why}; using the engine's digest {short(found.digest)}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        if found.digest and found.source != "registry":
+            print(
+                f"ccp: warning: external parent {ref}: {why}; using the engine's digest {short(found.digest)}",
+                file=sys.stderr,
+                flush=True,
+            )
     _WANTED[key] = found
     return found
 
