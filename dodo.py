@@ -26,6 +26,11 @@ def task_render():
     yield from tasks.render_tasks(*PIPELINE.args)
 
 
+def task_external():
+    """Resolve external parents to their digests."""
+    yield from tasks.external_tasks(*PIPELINE.args)
+
+
 def task_build():
     """Build the images, parents first."""
     yield from tasks.build_tasks(*PIPELINE.args)

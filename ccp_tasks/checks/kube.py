@@ -812,9 +812,9 @@ def image_problems(ctx: PodContext) -> list[str]:
     tree = ctx.tree_refs
     for path, container, _init in ctx.source.all_containers():
         ref = container.get("image", "")
-        if ref in tree or ref in ctx.cfg.external_images:
+        if ref in tree or ref in ctx.cfg.external_refs:
             continue
-        hint = did_you_mean(ref, [*tree, *ctx.cfg.external_images])
+        hint = did_you_mean(ref, [*tree, *ctx.cfg.external_refs])
         problems.append(
             f"{path}.image: '{ref}' is neither an image of the tree nor listed in external_images{hint} "
             "(write {{ image('name') }})"
@@ -1514,7 +1514,7 @@ def check_pod(
 
     def files_for(container: dict) -> ImageFiles | None:
         ref = container.get("image", "")
-        if ref not in tree and ref not in cfg.external_images:
+        if ref not in tree and ref not in cfg.external_refs:
             return None  # reported by the image reference check
         if ref not in opened:
             try:

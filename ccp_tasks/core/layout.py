@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +129,12 @@ class CacheLayout:
     def source_record(self, name: str) -> str:
         """The revision of an application source the images copying it depend on."""
         return f"{self.root}/sources/{name}.json"
+
+    def external_record(self, ref: str) -> str:
+        """The digest an external parent resolved to (its children depend on this file)."""
+        # A reference holds '/' and ':'; the hash keeps `a/b:1` and `a_b:1` apart.
+        safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in ref)
+        return f"{self.root}/external/{safe}-{hashlib.sha256(ref.encode()).hexdigest()[:8]}.json"
 
     def pushed(self, image: str) -> str:
         """What push:<image> left in the registry: digest and tags."""

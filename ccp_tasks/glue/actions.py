@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from ccp_tasks.engine.api import Engine
     from ccp_tasks.engine.builder import Builder
     from ccp_tasks.glue import picture
-    from ccp_tasks.publish import artifactory, retention
+    from ccp_tasks.publish import artifactory, external, retention
     from ccp_tasks.publish import push as publish
 else:
     api = lazy_module("ccp_tasks.engine.api")
@@ -58,6 +58,7 @@ else:
     sbom = lazy_module("ccp_tasks.build.sbom")
     picture = lazy_module("ccp_tasks.glue.picture")
     publish = lazy_module("ccp_tasks.publish.push")
+    external = lazy_module("ccp_tasks.publish.external")
     integration = lazy_module("ccp_tasks.checks.integration")
     kube = lazy_module("ccp_tasks.checks.kube")
     structure = lazy_module("ccp_tasks.checks.structure")
@@ -190,13 +191,6 @@ def _revision_labels(cfg: PipelineConfig, image: Image) -> dict[str, str]:
     }
 
 
-def _final_parent(cfg: PipelineConfig, image: Image) -> str | None:
-    """The image of the tree the result is built on (the last FROM), if any."""
-    base = final_base(image.rendered.text)
-    by_ref = {cfg.image_ref(parent): parent for parent in image.parents}
-    return by_ref.get(base) if base else None
-
-
 def _source_labels(image: Image, layout: CacheLayout) -> dict[str, str]:
     """The revision of every source the image copies: part of its input digest, so a new
     upstream commit makes a new image even when it changed no file the image holds."""
@@ -226,14 +220,17 @@ def _build_on_parent(
     image: Image,
     context_dir: Path,
     labels: dict[str, str],
-    parent_ids: dict[str, str],
+    pins: dict[str, str],
     layout: CacheLayout,
 ) -> str:
     """Build, and make sure the result extends the parent its input digest names:
     the builder resolves FROM by reference (BuildKit 0.8 takes no image ID
-    there, and looks a digest up on Docker Hub), and another run on the same
-    engine may move that reference meanwhile (then the image is built again)."""
-    base = _final_parent(cfg, image)
+    there, and looks a digest up on Docker Hub), so every parent reference
+    (`pins`: reference -> image ID, the tree's and the external ones) is tagged
+    to the image the digest names right before the build, and another run on
+    the same engine (or a pull) may move one meanwhile (then the image is
+    built again)."""
+    base_ref = final_base(image.rendered.text)
     request = builders.BuildRequest(
         image.name,
         context_dir,
@@ -243,25 +240,25 @@ def _build_on_parent(
         {**cfg.build_args, **apt_proxy.build_args(cfg.build.apt_proxy)},
         network_mode=apt_proxy.network_mode(cfg.build.apt_proxy),
     )
-    if not base:
+    if not pins:
         return builder.build(request)
-    base_ref = cfg.image_ref(base)
     for attempt in range(1, BUILD_ATTEMPTS + 1):
-        engine.images.tag(parent_ids[base], base_ref)
+        for ref, parent_id in pins.items():
+            engine.images.tag(parent_id, external.tagged(ref))
         image_id = builder.build(request)
-        if engine.images.built_on(image_id, parent_ids[base]):
+        if base_ref not in pins or engine.images.built_on(image_id, pins[base_ref]):
             return image_id
         engine.images.untag_if(image.ref, image_id)
         if attempt < BUILD_ATTEMPTS:
             print(
-                f"   {image.name}: built on another '{base}' (another run on this engine moved "
-                f"{base_ref}); building again",
+                f"   {image.name}: built on another {base_ref} than its inputs name (another run on this "
+                "engine moved it); building again",
                 file=sys.stderr,
                 flush=True,
             )
     raise BuildError(
         image.name,
-        f"it was built on another '{base}' than the one its inputs name, {BUILD_ATTEMPTS} times (another run "
+        f"it was built on another {base_ref} than the one its inputs name, {BUILD_ATTEMPTS} times (another run "
         f"on this engine keeps tagging {base_ref}); run again when it is done",
         [],
         layout.log(image.name),
@@ -292,7 +289,12 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
             f"image '{image.name}': engine.builder: auto now finds {builder.name}, but this run rendered the "
             f"Dockerfiles for {cfg.engine.resolved} (a docker CLI or plugin changed); run again"
         )
-    digest = input_digest(context_dir, cfg.build_args, labels, parent_ids, builder=builder.name)
+    externals = {
+        ref: external.record_of(cfg, ref, layout.external_record(ref), engine) for ref in image.external_parents
+    }
+    # Keyed apart from tree parents: an image with no external parent keeps its digest.
+    parents = {**parent_ids, **{f"external {ref}": record.digest for ref, record in externals.items()}}
+    digest = input_digest(context_dir, cfg.build_args, labels, parents, builder=builder.name)
     image_id = engine.images.adoptable(digest, image.ref)
     if image_id:
         engine.images.tag(image_id, image.ref)
@@ -304,8 +306,15 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     ):
         outcome = "pulled"
     else:
-        all_labels = {**labels, **_revision_labels(cfg, image), DIGEST_LABEL: digest}
-        image_id = _build_on_parent(cfg, engine, builder, image, context_dir, all_labels, parent_ids, layout)
+        all_labels = {
+            **labels,
+            **_revision_labels(cfg, image),
+            **{external.parent_label(ref): record.digest for ref, record in externals.items()},
+            DIGEST_LABEL: digest,
+        }
+        pins = {cfg.image_ref(parent): parent_id for parent, parent_id in parent_ids.items()}
+        pins.update((ref, record.image_id) for ref, record in externals.items())
+        image_id = _build_on_parent(cfg, engine, builder, image, context_dir, all_labels, pins, layout)
         outcome = "built"
     packages = _record_packages(engine, image, image_id, layout)
     stamp = Stamp(image.name, image_id, digest, (image.ref,))
@@ -318,6 +327,12 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
         "builder": builder.name,
         **packages,
     }
+
+
+@reports_errors
+def resolve_external(cfg: PipelineConfig, ref: str, layout: CacheLayout) -> dict:
+    record = external.resolve(cfg, ref, layout.external_record(ref))
+    return {"digest": record.digest, "image_id": record.image_id}
 
 
 @reports_errors
@@ -338,7 +353,7 @@ def lint_image(cfg: PipelineConfig, image: Image, dockerfile: str, layout: Cache
     except OSError as exc:
         raise CcpError(f"image '{image.name}': cannot read {image.source.template}: {exc.strerror}") from None
     hadolint = lint.find_hadolint(cfg)  # None: off, or not installed under `auto`
-    findings, waived_findings = lint.lint_image(text, template, set(waived), cfg.external_images, hadolint)
+    findings, waived_findings = lint.lint_image(text, template, set(waived), tuple(cfg.external_refs), hadolint)
     by_rule: dict[str, list[str]] = {}
     for finding in findings:
         by_rule.setdefault(finding.rule, []).append(finding.format(dockerfile))

@@ -34,12 +34,15 @@ from ccp_tasks.model.graph import ImageGraph
 from ccp_tasks.model.render import INTEGRATION_TESTS, POD_TEMPLATE, STRUCTURE_TESTS
 from ccp_tasks.publish.tags import CiContext, PushRecord, tag_plan
 
-# Writing an SBOM needs the engine layer and the manifest reader: only an
-# sbom task's up-to-date check or action runs it (see core/lazy.py).
+# Writing an SBOM needs the engine layer and the manifest reader, resolving an
+# external parent the registry client: only their tasks' up-to-date checks and
+# actions run them, and the sample tree has no external parent (core/lazy.py).
 if TYPE_CHECKING:
     from ccp_tasks.build import sbom
+    from ccp_tasks.publish import external
 else:
     sbom = lazy_module("ccp_tasks.build.sbom")
+    external = lazy_module("ccp_tasks.publish.external")
 
 # doit calls inspect.signature() on every uptodate callable of every task on
 # every run, to decide whether to pass it `task` and `values`; that was the
@@ -201,6 +204,22 @@ class modes_match:
         return f"modes_match({Path(self.context_dir).name!r})"
 
 
+class external_current:
+    """Up to date while the external parent's record holds the digest the
+    reference has in this run (one manifest HEAD per reference and run, or
+    its pin) and the engine still holds its image."""
+
+    def __init__(self, cfg: PipelineConfig, ref: str, path: str):
+        self.cfg, self.ref, self.path = cfg, ref, path
+        self.__signature__ = UPTODATE_SIGNATURE
+
+    def __call__(self, task, values):
+        return external.is_current(self.cfg, self.ref, self.path)
+
+    def __repr__(self):
+        return f"external_current({self.ref!r})"
+
+
 class hadolint_unchanged:
     """Up to date while hadolint's settings and binary (lint.hadolint_fingerprint)
     are those of the task's last run. Looked up at the first lint task's check,
@@ -350,6 +369,26 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         }
 
 
+def external_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+    yield {
+        "basename": "external",
+        "name": None,
+        "doc": "Resolve every external parent a FROM names to its digest (its pin, the registry's, else the engine's)",
+    }
+    refs = sorted({ref for image in graph.images.values() for ref in image.external_parents})
+    for ref in refs:
+        pin = cfg.external_refs.get(ref)
+        yield {
+            "basename": "external",
+            "name": ref,
+            "doc": f"Resolve external parent {ref} " + (f"(pinned to {pin})" if pin else "to the digest it names now"),
+            "targets": [layout.external_record(ref)],
+            "actions": [(actions.resolve_external, (cfg, ref, layout))],
+            "uptodate": [external_current(cfg, ref, layout.external_record(ref))],
+            "clean": True,
+        }
+
+
 def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     yield {"basename": "build", "name": None, "doc": "Build every image of the tree, parents first"}
     checked = _checked(layout)
@@ -372,6 +411,7 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             # digest (a comment) is no change to the image (early cutoff).
             "file_dep": [layout.context_digest(name)]
             + [layout.stamp(parent) for parent in image.parents]
+            + [layout.external_record(ref) for ref in image.external_parents]
             + [layout.source_record(s) for s in image.sources],
             "targets": [layout.stamp(name)],
             "actions": [(actions.build_image, (cfg, image, layout))],

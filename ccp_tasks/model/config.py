@@ -230,7 +230,8 @@ class PipelineConfig:
     # override a later one's (the "repositories split").
     repositories: tuple[str, ...] = ("dockerfiles",)
     macros_dir: str = "macros"
-    # Parents outside the tree that a FROM may name (exact references).
+    # Parents outside the tree that a FROM may name (exact references), each
+    # optionally pinned: `name:tag@sha256:…` (the FROM still says `name:tag`).
     external_images: tuple[str, ...] = ()
     build_args: dict[str, str] = field(default_factory=dict)
     variables: dict[str, Any] = field(default_factory=dict)
@@ -273,6 +274,11 @@ class PipelineConfig:
 
     def override_paths(self) -> list[Path]:
         return [self.root / path for path in self.template_overrides]
+
+    @functools.cached_property
+    def external_refs(self) -> dict[str, str | None]:
+        """Each external reference as a FROM names it -> the digest it is pinned to, or None."""
+        return dict(_split_pin(entry) for entry in self.external_images)
 
     def template_globals(self) -> dict[str, Any]:
         return {
@@ -317,6 +323,26 @@ def _retention_rule(reader: Reader, value: Any, where: str) -> dict[str, int]:
             where, "a rule needs days (keep builds younger than that) or last (keep the newest that many), or both"
         )
     return rule
+
+
+PINNED_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _split_pin(entry: str) -> tuple[str, str | None]:
+    ref, _, pin = entry.partition("@")
+    return ref, pin or None
+
+
+def _external_images(reader: Reader, value: Any, where: str) -> tuple[str, ...]:
+    entries = reader.strings(value, where)
+    for index, entry in enumerate(entries):
+        ref, pin = _split_pin(entry)
+        if not ref or (pin is not None and not PINNED_DIGEST.fullmatch(pin)):
+            reader.fail(
+                f"{where}[{index}]",
+                f"'{entry}' is not a reference (name:tag) or a pinned one (name:tag@sha256:<64 hex digits>)",
+            )
+    return entries
 
 
 def _waivers(reader: Reader, value: Any, where: str) -> list[str]:
@@ -378,6 +404,7 @@ def _schema(cls: type) -> Schema:
 _OWN_CHECKS: dict[tuple[type, str], Validator] = {
     (PipelineConfig, "sources"): mapping_of(_section(SourceSettings)),
     (PipelineConfig, "packages"): mapping_of(_section(PackageChanges)),
+    (PipelineConfig, "external_images"): _external_images,
     (LintSettings, "waive"): mapping_of(_waivers),
     (RetentionSettings, "rules"): mapping_of(_retention_rule),
 }

@@ -100,7 +100,7 @@ def _resolve(
     """(the tree image, or the external image) `reference` names; a GraphError when neither."""
     if reference.ref in by_ref:
         return by_ref[reference.ref], None
-    if reference.ref in cfg.external_images:
+    if reference.ref in cfg.external_refs:
         return None, reference.ref
     if "$" in reference.ref:
         raise GraphError(
