@@ -216,7 +216,7 @@ def project(tmp_path, docker_client):
 def builder(request, project) -> str:
     """The test runs once per builder, its project set to build with it."""
     if request.param == "buildkit":
-        from ccp_tasks.engine.buildkit import find_buildkit_cli
+        from ccp_tasks.engine.cli import find_buildkit_cli
 
         cli, why_not = find_buildkit_cli()
         if cli is None:

@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO, child_template, running_step
 from engine_proxy import EngineProxy
 
-from ccp_tasks.engine.buildkit import find_buildkit_cli
+from ccp_tasks.engine.cli import find_buildkit_cli
 
 ALL = {"bb", "app", "app2", "lone", "leaf"}
 

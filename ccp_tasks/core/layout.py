@@ -37,7 +37,7 @@ class CacheLayout:
 
     @property
     def builder_record(self) -> Path:
-        """What `engine.builder: auto` found here, and for which docker CLIs (buildkit.remembered_builder)."""
+        """What `engine.builder: auto` found here, and for which docker CLIs (cli.remembered_builder)."""
         return self.root / "builder.json"
 
     @property

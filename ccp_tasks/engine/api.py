@@ -15,7 +15,8 @@ from typing import Any
 
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.engine.builder import Builder, ClassicBuilder
-from ccp_tasks.engine.buildkit import BuildKitBuilder, find_buildkit_cli
+from ccp_tasks.engine.buildkit import BuildKitBuilder
+from ccp_tasks.engine.cli import find_buildkit_cli
 from ccp_tasks.engine.containers import Containers
 from ccp_tasks.engine.docker_ops import connect as docker_connect
 from ccp_tasks.engine.docker_ops import engine_errors

@@ -15,7 +15,7 @@ from ccp_tasks.checks.records import write_junit_reports
 from ccp_tasks.core import lock
 from ccp_tasks.core.errors import DEBUG_ENV, CcpError
 from ccp_tasks.core.layout import CacheLayout
-from ccp_tasks.engine.buildkit import remembered_builder
+from ccp_tasks.engine.cli import remembered_builder
 from ccp_tasks.engine.engine_view import EngineView
 from ccp_tasks.glue.reporter import reporter_for
 from ccp_tasks.model.config import PipelineConfig, load_config
