@@ -210,11 +210,17 @@ def docker_loop(out_dir: Path, order: list[str], namespace: str) -> tuple[float,
     before = engine_ids(namespace)
     started = time.perf_counter()
     for name in order:
-        result = run(
-            ["docker", "build", "-q", "-t", f"{namespace}/{name}:latest", str(out_dir / name)],
-            cwd=out_dir,
-            env={**os.environ, "DOCKER_BUILDKIT": "0"},
-        )
+        for attempt in (1, 2):
+            result = run(
+                ["docker", "build", "-q", "-t", f"{namespace}/{name}:latest", str(out_dir / name)],
+                cwd=out_dir,
+                env={**os.environ, "DOCKER_BUILDKIT": "0"},
+            )
+            # On a shared engine another process may remove a cached step's image between the classic
+            # builder's cache lookup and its use; once, the loop builds again (the time counts).
+            if result.returncode == 0 or attempt == 2 or "unable to find image" not in result.output:
+                break
+            log(f"docker build {name}: a cached image vanished mid-build; building it again")
         if result.returncode != 0:
             raise RuntimeError(f"docker build {name} failed:\n{result.output[-2000:]}")
     wall = time.perf_counter() - started
