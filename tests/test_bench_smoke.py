@@ -24,6 +24,19 @@ def test_bench_smoke(tmp_path, docker_client):
     assert row["rebuilt"] == [0, 0]  # a no-op rebuilds nothing
     assert row["noop"]["median"] > 0 and row["bare_doit_noop"]["median"] > 0
     assert "| 8 |" in (tmp_path / "smoke.md").read_text()
+    harness, _ = _bench()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke.json", "smoke.md"]  # no full run's file replaced
+    # The floor once assumed two tasks per image (render, build); a no-op also checks lint.
+    assert row["tasks"] == 3 * 8
+    assert row["noop_vs_floor"] == row["noop"]["median"] / row["bare_doit_noop"]["median"]
+    builders = ["classic", "buildkit"] if harness.find_buildkit_cli()[0] else ["classic"]
+    assert sorted(row["leaf_overhead"]) == sorted(builders)
+    for builder, overhead in row["leaf_overhead"].items():
+        assert overhead["ours"]["n"] == 2 and overhead["docker_build"]["n"] == 2, builder
+    report = (tmp_path / "smoke.md").read_text()
+    assert "## Targets" in report
+    assert "| no-op at most 1.3× doit's own floor for the same task count (8 images) |" in report
+    assert "one-leaf rebuild within 0.3 s of its own `docker build` (ccp classic)" in report
 
 
 def _bench():
