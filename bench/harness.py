@@ -35,7 +35,7 @@ import kolla_adapter  # noqa: E402
 import synth  # noqa: E402
 from measure import run, summarize  # noqa: E402
 
-from ccp_tasks.engine.buildkit import cli_env, find_buildkit_cli  # noqa: E402
+from ccp_tasks.engine.cli import cli_env, find_buildkit_cli  # noqa: E402
 
 WORK = PROJECT / "cache" / "bench"
 RESULTS = HERE / "results"
