@@ -58,12 +58,17 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def _candidates() -> list[str]:
-    """Every `docker` on PATH, then the fallbacks; each real file once. Only
-    absolute PATH entries: a relative one would run whatever the checkout holds."""
-    found, seen = [], set()
+def _places() -> list[str]:
+    """Where a `docker` may be: each absolute PATH entry, then the fallbacks.
+    Only absolute entries: a relative one would run whatever the checkout holds."""
     directories = [d for d in os.environ.get("PATH", "").split(os.pathsep) if os.path.isabs(d)]
-    for path in [os.path.join(d, "docker") for d in directories] + list(FALLBACK_CLIS):
+    return [os.path.join(d, "docker") for d in directories] + list(FALLBACK_CLIS)
+
+
+def _candidates() -> list[str]:
+    """Every `docker` of _places() that is there; each real file once."""
+    found, seen = [], set()
+    for path in _places():
         if not (os.path.isfile(path) and os.access(path, os.X_OK)):
             continue
         real = os.path.realpath(path)
@@ -138,9 +143,7 @@ def cli_signature() -> str:
     earlier on PATH is new), the plugin directories and buildx's current
     builder, and the engine."""
     config = os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker")
-    directories = [d for d in os.environ.get("PATH", "").split(os.pathsep) if os.path.isabs(d)]
-    paths = [os.path.join(d, "docker") for d in directories] + list(FALLBACK_CLIS)
-    paths += [os.path.join(config, "cli-plugins"), *PLUGIN_DIRS, os.path.join(config, "buildx", "current")]
+    paths = _places() + [os.path.join(config, "cli-plugins"), *PLUGIN_DIRS, os.path.join(config, "buildx", "current")]
     return "\n".join([engine_address(), *(f"{path} {_identity(path)}" for path in paths)])
 
 
