@@ -93,7 +93,7 @@ def test_imports_point_from_glue_through_the_stages_to_the_core():
             there = layer(target)
             if here is None or there is None or here == there:
                 continue
-            if LAYER[there] > LAYER[here] or LAYER[there] == LAYER[here]:
+            if LAYER[there] >= LAYER[here]:
                 wrong.append(f"{module} imports {target}")
     assert wrong == []
 

@@ -590,6 +590,8 @@ def sbom_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
             "uptodate": [
                 all_of(
                     config_changed_as({"repository": image.ref.rpartition(":")[0]}, f"sbom:{name}"),
+                    # Through a lambda: reading sbom.read_sbom here would execute the
+                    # module (and the engine layer under it) on every run.
                     record_intact(target, lambda path: sbom.read_sbom(path), "SBOM", checked),
                 )
             ],
