@@ -25,6 +25,7 @@ from ccp_tasks.core.state import dump_json, fields, read_record, write_if_change
 from ccp_tasks.engine import docker_ops
 from ccp_tasks.engine.api import Engine, connect
 from ccp_tasks.model.config import PipelineConfig
+from ccp_tasks.publish.push import registry_client
 from ccp_tasks.publish.registry import Credentials, RegistryClient, RegistryError, credentials_for, registry_host
 
 # A registry that does not answer within this must not hold up a no-op: the
@@ -129,16 +130,8 @@ def _credentials(cfg: PipelineConfig, located: Located) -> Credentials | None:
 
 
 def _client(cfg: PipelineConfig, located: Located) -> RegistryClient:
-    settings = cfg.registry
-    if settings.url and registry_host(settings.url) == located.host:
-        return RegistryClient(
-            settings.url,
-            credentials=_credentials(cfg, located),
-            ca_bundle=str(cfg.root / settings.ca_bundle) if settings.ca_bundle else None,
-            insecure=settings.insecure,
-            timeout=REGISTRY_TIMEOUT,
-            retries=0,
-        )
+    if cfg.registry.url and registry_host(cfg.registry.url) == located.host:
+        return registry_client(cfg, timeout=REGISTRY_TIMEOUT, retries=0)
     # The engine speaks plain http to a loopback registry too (its default insecure range).
     return RegistryClient(
         located.api_host,

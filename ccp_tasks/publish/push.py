@@ -49,7 +49,8 @@ class PushError(CcpError):
     """The engine could not push or pull an image; the message names image and registry."""
 
 
-def registry_client(cfg: PipelineConfig):
+def registry_client(cfg: PipelineConfig, **options) -> RegistryClient:
+    """A client of the configured registry; `options` (timeout, retries) go to RegistryClient."""
     settings = cfg.registry
     if not settings.url:
         raise CcpError("no registry is configured: set registry.url in ccp.yaml (or ccp.local.yaml) to push")
@@ -58,6 +59,7 @@ def registry_client(cfg: PipelineConfig):
         credentials=credentials_for(settings.url),
         ca_bundle=str(cfg.root / settings.ca_bundle) if settings.ca_bundle else None,
         insecure=settings.insecure,
+        **options,
     )
 
 
