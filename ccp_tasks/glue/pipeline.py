@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import sys
 from dataclasses import dataclass
@@ -140,4 +141,16 @@ def load(root: Path, argv: list[str] | None = None) -> Pipeline:
             raise
         # Paths inside the checkout read better relative to it.
         raise InvalidDodoFile(str(exc).replace(f"{Path(root).resolve()}/", "")) from None
+    settle_collector()
     return Pipeline(cfg, graph, layout, integration)
+
+
+def settle_collector() -> None:
+    """What is loaded by now (doit, the config, the graph) lives as long as the
+    run: freeze it out of the cycle collector's passes, and let the young
+    generation grow before a pass, as mypy does. The thousands of task dicts
+    and doit Task objects a run makes hold no garbage cycles worth a pass every
+    700 allocations; measured on a no-op (callgrind): 5% fewer instructions on
+    the sample tree, 7% on a 300-image tree."""
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
