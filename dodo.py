@@ -13,62 +13,62 @@ DOIT_CONFIG = PIPELINE.doit_config()
 
 def task_base():
     """Make the Debian root filesystem with mmdebstrap."""
-    yield from tasks.base_tasks(*PIPELINE.args)
+    yield from PIPELINE.tasks("base", tasks.base_tasks)
 
 
 def task_sources():
     """Fetch application sources that moved upstream."""
-    yield from tasks.sources_tasks(*PIPELINE.args)
+    yield from PIPELINE.tasks("sources", tasks.sources_tasks)
 
 
 def task_render():
     """Render Dockerfile templates and stage build contexts."""
-    yield from tasks.render_tasks(*PIPELINE.args)
+    yield from PIPELINE.tasks("render", tasks.render_tasks)
 
 
 def task_external():
     """Resolve external parents to their digests."""
-    yield from tasks.external_tasks(*PIPELINE.args)
+    yield from PIPELINE.tasks("external", tasks.external_tasks)
 
 
 def task_build():
     """Build the images, parents first."""
-    yield from tasks.build_tasks(*PIPELINE.args)
+    yield from PIPELINE.tasks("build", tasks.build_tasks)
 
 
 def task_lint():
     """Spec-test the rendered Dockerfiles."""
-    yield from tasks.lint_tasks(*PIPELINE.args)
+    yield from PIPELINE.tasks("lint", tasks.lint_tasks)
 
 
 def task_spec():
     """Run structure tests on the built images."""
-    yield from tasks.spec_tasks(*PIPELINE.args)
+    yield from PIPELINE.tasks("spec", tasks.spec_tasks)
 
 
 def task_test():
     """Run every check: spec tests, structure tests, integration tests."""
-    yield from tasks.test_tasks(*PIPELINE.args, PIPELINE.integration)
+    yield from PIPELINE.tasks("test", tasks.test_tasks, PIPELINE.integration)
 
 
 def task_kube():
     """Check each image's pod definition and run it as a pod."""
-    yield from tasks.kube_tasks(*PIPELINE.args, PIPELINE.integration)
+    yield from PIPELINE.tasks("kube", tasks.kube_tasks, PIPELINE.integration)
 
 
 def task_sbom():
     """Write each image's CycloneDX SBOM."""
-    yield from tasks.sbom_tasks(*PIPELINE.args)
+    yield from PIPELINE.tasks("sbom", tasks.sbom_tasks)
 
 
 def task_push():
     """Push every checked image; moving tags last."""
-    yield from tasks.push_tasks(*PIPELINE.args)
+    yield from PIPELINE.tasks("push", tasks.push_tasks)
 
 
 def task_publish():
     """Move the moving tags once every image is pushed."""
-    return tasks.publish_task(*PIPELINE.args)
+    yield from PIPELINE.tasks("publish", tasks.publish_task)
 
 
 def task_artifacts():

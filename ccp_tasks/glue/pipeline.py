@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from doit.cmd_base import DodoTaskLoader, DoitCmdBase
+from doit.cmd_run import Run
 from doit.exceptions import InvalidDodoFile
 
 from ccp_tasks.checks.check_index import IntegrationInputs, integration_inputs
@@ -19,8 +21,11 @@ from ccp_tasks.core.layout import CacheLayout
 from ccp_tasks.engine.cli import remembered_builder
 from ccp_tasks.engine.engine_view import EngineView
 from ccp_tasks.glue.reporter import reporter_for
+from ccp_tasks.glue.tasks import stages_needed
 from ccp_tasks.model.config import PipelineConfig, load_config
 from ccp_tasks.model.graph import ImageGraph, build_graph
+
+DEFAULT_TASKS = ("build",)
 
 
 @dataclass(frozen=True)
@@ -29,17 +34,30 @@ class Pipeline:
     graph: ImageGraph
     layout: CacheLayout
     integration: dict[str, IntegrationInputs]
+    # The stages this run makes tasks for; None: all (every command but `run`).
+    stages: frozenset[str] | None = None
 
     @property
     def args(self):
         return self.cfg, self.graph, self.layout
+
+    def tasks(self, stage: str, generator, *extra):
+        """The task dicts of `stage` (from a generator of them, or one dict),
+        none when this run selects no task that needs the stage."""
+        if self.stages is not None and stage not in self.stages:
+            return
+        made = generator(*self.args, *extra)
+        if isinstance(made, dict):
+            yield made
+        else:
+            yield from made
 
     def write_reports(self, stages) -> dict[str, str]:
         return write_junit_reports(self.layout, stages, self.graph.order)
 
     def doit_config(self) -> dict:
         return {
-            "default_tasks": ["build"],
+            "default_tasks": list(DEFAULT_TASKS),
             "dep_file": str(self.layout.doit_db),
             "backend": "sqlite3",
             "action_string_formatting": "new",
@@ -136,13 +154,55 @@ def load(root: Path, argv: list[str] | None = None) -> Pipeline:
         graph = build_graph(cfg, layout.render_cache)
         EngineView.configure(layout.engine_view, cfg.namespace)
         integration = integration_inputs(graph, layout.check_index)
+        selected = run_selection(argv, DEFAULT_TASKS)
+        stages = None if selected is None else stages_needed(selected)
     except CcpError as exc:
         if os.environ.get(DEBUG_ENV):
             raise
         # Paths inside the checkout read better relative to it.
         raise InvalidDodoFile(str(exc).replace(f"{Path(root).resolve()}/", "")) from None
     settle_collector()
-    return Pipeline(cfg, graph, layout, integration)
+    return Pipeline(cfg, graph, layout, integration, stages)
+
+
+def _run_options() -> tuple[frozenset[str], frozenset[str]]:
+    """The options of doit's `run` command, as doit defines them: (flags, options that take a value)."""
+    options = (*DoitCmdBase.base_options, *Run.cmd_options, *DodoTaskLoader.cmd_options)
+    flags: set[str] = set()
+    valued: set[str] = set()
+    for option in options:
+        names = {
+            f"-{option['short']}" if option.get("short") else "",
+            f"--{option['long']}" if option.get("long") else "",
+        }
+        (flags if option.get("type") is bool else valued).update(names - {""})
+    return frozenset(flags), frozenset(valued)
+
+
+def run_selection(argv: list[str], default_tasks: tuple[str, ...]) -> list[str] | None:
+    """The task names a `doit run` in `argv` selects (the default tasks when it names
+    none); None when argv is another command, or holds anything this does not read
+    as doit would (an unknown option, a target's path): that run makes every task."""
+    flags, valued = _run_options()
+    names: list[str] = []
+    args = iter(argv[1:])
+    for arg in args:
+        if arg.startswith("--") and "=" in arg:
+            if arg.partition("=")[0] not in valued:
+                return None
+        elif arg in flags:
+            pass
+        elif arg in valued:
+            next(args, None)
+        elif arg[:2] in valued and not arg.startswith("--"):  # -n2
+            pass
+        elif arg.startswith("-"):
+            return None
+        elif arg == "run" and not names:
+            pass
+        else:
+            names.append(arg)
+    return names or list(default_tasks)
 
 
 def settle_collector() -> None:

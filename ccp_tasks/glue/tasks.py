@@ -44,6 +44,48 @@ else:
     sbom = lazy_module("ccp_tasks.build.sbom")
     external = lazy_module("ccp_tasks.publish.external")
 
+# The stages a stage's tasks depend on directly: by task_dep, or by a file
+# dependency on a file another stage's task makes. doit makes every task of
+# every stage before it runs any, even on a no-op of `doit build`; a run that
+# selects only some stages gets only those and the ones they need (see
+# stages_needed). tests/test_stages.py checks this table against the
+# dependencies of every task of a tree with every kind of input.
+STAGE_NEEDS: dict[str, tuple[str, ...]] = {
+    "base": (),
+    "sources": (),
+    "external": (),
+    "render": ("base", "sources"),
+    "lint": ("render",),
+    "build": ("render", "lint", "sources", "external"),
+    "spec": ("build",),
+    "test": ("build", "lint", "spec"),
+    "kube": ("build", "test"),
+    "sbom": ("build",),
+    "push": ("build", "test", "kube", "sbom", "publish"),
+    "publish": ("push",),
+    "artifacts": (),
+    "retention": (),
+    "tree": (),
+    "graph": (),
+}
+
+
+def stages_needed(selected: list[str]) -> frozenset[str] | None:
+    """The stages a run of the `selected` tasks (names as doit takes them,
+    `build` or `build:redis`) makes tasks for; None (all) when one of them
+    is no stage's task, which doit then reports or takes as a target."""
+    needed: set[str] = set()
+    frontier = [name.partition(":")[0] for name in selected]
+    while frontier:
+        stage = frontier.pop()
+        if stage not in STAGE_NEEDS:
+            return None
+        if stage not in needed:
+            needed.add(stage)
+            frontier.extend(STAGE_NEEDS[stage])
+    return frozenset(needed)
+
+
 # doit calls inspect.signature() on every uptodate callable of every task on
 # every run, to decide whether to pass it `task` and `values`; that was the
 # largest single cost of a no-op over a large tree. A precomputed __signature__
