@@ -442,13 +442,25 @@ def _quantity_problems(resources: dict, where: str) -> list[str]:
 
 def api_problems(documents: list[dict], pod: PodSource) -> list[str]:
     """Rules the API server enforces beyond the schema, `Kind/name: field.path: what`."""
-    document_problems: list[str] = []
+    workload = next(doc for doc in documents if doc.get("kind") in WORKLOADS)
+    problems = _workload_problems(workload, pod)
+    volume_names, volume_problems = _volume_problems(pod.spec.get("volumes") or [], pod.spec_path)
+    problems.extend(volume_problems)
+    container_names: dict[str, str] = {}
+    for path, container, init in pod.all_containers():
+        problems.extend(_container_problems(path, container, init, container_names, volume_names))
+    owner = describe(workload)
+    return _document_problems(documents) + [f"{owner}: {p}" for p in problems]
+
+
+def _document_problems(documents: list[dict]) -> list[str]:
+    problems: list[str] = []
     for doc in documents:
         name = (doc.get("metadata") or {}).get("name")
         if not name:
-            document_problems.append(f"{describe(doc)}: metadata.name: required field is missing")
+            problems.append(f"{describe(doc)}: metadata.name: required field is missing")
         elif not _DNS_SUBDOMAIN.match(str(name)) or len(str(name)) > 253:
-            document_problems.append(
+            problems.append(
                 f"{describe(doc)}: metadata.name: {_show(name)} is not a valid name (lowercase letters, digits, '-' and '.')"
             )
         if doc.get("kind") == "Secret":
@@ -456,18 +468,16 @@ def api_problems(documents: list[dict], pod: PodSource) -> list[str]:
                 try:
                     base64.b64decode(str(value), validate=True)
                 except (binascii.Error, ValueError):
-                    document_problems.append(
-                        f"{describe(doc)}: data.{key}: not valid base64 (use stringData for plain text)"
-                    )
-    workload = next(doc for doc in documents if doc.get("kind") in WORKLOADS)
-    owner = describe(workload)
+                    problems.append(f"{describe(doc)}: data.{key}: not valid base64 (use stringData for plain text)")
+    return problems
+
+
+def _workload_problems(workload: dict, pod: PodSource) -> list[str]:
     problems: list[str] = []
-    spec = pod.spec
-    sp = pod.spec_path
-    policy = spec.get("restartPolicy")
+    policy = pod.spec.get("restartPolicy")
     allowed = ("Always",) if workload["kind"] != "Pod" else ("Always", "OnFailure", "Never")
     if policy is not None and policy not in allowed:
-        problems.append(f"{sp}.restartPolicy: must be {' or '.join(allowed)}, got {_show(policy)}")
+        problems.append(f"{pod.spec_path}.restartPolicy: must be {' or '.join(allowed)}, got {_show(policy)}")
     if workload["kind"] != "Pod":
         selector = ((workload.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
         labels = pod.metadata.get("labels") or {}
@@ -475,121 +485,152 @@ def api_problems(documents: list[dict], pod: PodSource) -> list[str]:
             problems.append("spec.selector.matchLabels: required, so that the workload finds its pods")
         elif any(labels.get(k) != v for k, v in selector.items()):
             problems.append("spec.selector: does not match spec.template.metadata.labels")
-    volumes = spec.get("volumes") or []
-    volume_names: dict[str, int] = {}
+    return problems
+
+
+def _volume_problems(volumes: list[dict], sp: str) -> tuple[dict[str, int], list[str]]:
+    """Each volume name's first index, and what is wrong with the volumes."""
+    problems: list[str] = []
+    names: dict[str, int] = {}
     for index, volume in enumerate(volumes):
         where = f"{sp}.volumes[{index}]"
         vname = volume.get("name", "")
         if not _DNS_LABEL.match(vname) or len(vname) > 63:
             problems.append(f"{where}.name: {_show(vname)} is not a valid name (lowercase letters, digits and '-')")
-        if vname in volume_names:
-            problems.append(f"{where}.name: '{vname}' names volumes[{volume_names[vname]}] too")
-        volume_names.setdefault(vname, index)
+        if vname in names:
+            problems.append(f"{where}.name: '{vname}' names volumes[{names[vname]}] too")
+        names.setdefault(vname, index)
         sources = [key for key in _VOLUME_SOURCES if volume.get(key) is not None]
         if len(sources) != 1:
             problems.append(f"{where}: needs exactly one volume source, found {' and '.join(sources) or 'none'}")
-    container_names: dict[str, str] = {}
-    for path, container, init in pod.all_containers():
-        cname = container.get("name", "")
-        if not _DNS_LABEL.match(cname) or len(cname) > 63:
-            problems.append(f"{path}.name: {_show(cname)} is not a valid name (lowercase letters, digits and '-')")
-        if cname in container_names:
-            problems.append(f"{path}.name: '{cname}' names {container_names[cname]} too")
-        container_names.setdefault(cname, path.split(".")[-1])
-        if container.get("imagePullPolicy") not in (None, "Always", "IfNotPresent", "Never"):
-            problems.append(
-                f"{path}.imagePullPolicy: must be Always, IfNotPresent or Never, got {_show(container['imagePullPolicy'])}"
+    return names, problems
+
+
+def _container_problems(
+    path: str, container: dict, init: bool, container_names: dict[str, str], volume_names: dict[str, int]
+) -> list[str]:
+    """One container's (`container_names` collects the names seen so far, across the pod)."""
+    problems: list[str] = []
+    cname = container.get("name", "")
+    if not _DNS_LABEL.match(cname) or len(cname) > 63:
+        problems.append(f"{path}.name: {_show(cname)} is not a valid name (lowercase letters, digits and '-')")
+    if cname in container_names:
+        problems.append(f"{path}.name: '{cname}' names {container_names[cname]} too")
+    container_names.setdefault(cname, path.split(".")[-1])
+    if container.get("imagePullPolicy") not in (None, "Always", "IfNotPresent", "Never"):
+        problems.append(
+            f"{path}.imagePullPolicy: must be Always, IfNotPresent or Never, got {_show(container['imagePullPolicy'])}"
+        )
+    if container.get("restartPolicy") is not None and (not init or container["restartPolicy"] != "Always"):
+        problems.append(f"{path}.restartPolicy: only an init container may set it, and only to Always (a sidecar)")
+    problems.extend(_container_port_problems(path, container.get("ports") or []))
+    problems.extend(_mount_problems(path, container.get("volumeMounts") or [], volume_names))
+    for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+        probe = container.get(kind)
+        if probe is not None:
+            problems.extend(
+                _probe_problems(f"{path}.{kind}", kind, probe, init and container.get("restartPolicy") != "Always")
             )
-        if container.get("restartPolicy") is not None and (not init or container["restartPolicy"] != "Always"):
-            problems.append(f"{path}.restartPolicy: only an init container may set it, and only to Always (a sidecar)")
-        port_names: set[str] = set()
-        seen_ports: set[tuple[int, str]] = set()
-        for index, port in enumerate(container.get("ports") or []):
-            where = f"{path}.ports[{index}]"
-            number = port.get("containerPort")
-            if isinstance(number, int) and not 1 <= number <= 65535:
-                problems.append(f"{where}.containerPort: must be between 1 and 65535, got {number}")
-            protocol = port.get("protocol", "TCP")
-            if protocol not in ("TCP", "UDP", "SCTP"):
-                problems.append(f"{where}.protocol: must be TCP, UDP or SCTP, got {_show(protocol)}")
-            if (number, protocol) in seen_ports:
-                problems.append(f"{where}.containerPort: {number}/{protocol} is declared twice")
-            seen_ports.add((number, protocol))
-            pname = port.get("name")
-            if pname is not None:
-                if not _IANA_SVC.match(str(pname)) or len(str(pname)) > 15:
-                    problems.append(
-                        f"{where}.name: {_show(pname)} is not a valid port name "
-                        "(at most 15 lowercase letters, digits and '-', with a letter)"
-                    )
-                if pname in port_names:
-                    problems.append(f"{where}.name: '{pname}' is declared twice")
-                port_names.add(pname)
-        mount_paths: set[str] = set()
-        for index, mount in enumerate(container.get("volumeMounts") or []):
-            where = f"{path}.volumeMounts[{index}]"
-            if mount.get("name") not in volume_names:
-                known = ", ".join(volume_names) or "none"
-                problems.append(f"{where}.name: no volume named '{mount.get('name')}' (volumes: {known})")
-            target = mount.get("mountPath", "")
-            if not str(target).startswith("/"):
-                problems.append(f"{where}.mountPath: must be an absolute path, got {_show(target)}")
-            if target in mount_paths:
-                problems.append(f"{where}.mountPath: {target} is mounted twice")
-            mount_paths.add(target)
-            sub = mount.get("subPath") or ""
-            if sub.startswith("/") or ".." in sub.split("/"):
-                problems.append(f"{where}.subPath: must be a relative path without '..', got {_show(sub)}")
-        for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
-            probe = container.get(kind)
-            if probe is None:
-                continue
-            where = f"{path}.{kind}"
-            if init and container.get("restartPolicy") != "Always":
-                problems.append(f"{where}: init containers cannot have probes (unless restartPolicy: Always)")
-            problems.extend(_handler_problems(probe, where, probe=True))
-            if kind != "readinessProbe" and probe.get("successThreshold") not in (None, 1):
-                problems.append(f"{where}.successThreshold: must be 1, got {_show(probe['successThreshold'])}")
-            for key, least in (
-                ("periodSeconds", 1),
-                ("timeoutSeconds", 1),
-                ("failureThreshold", 1),
-                ("successThreshold", 1),
-                ("initialDelaySeconds", 0),
-            ):
-                value = probe.get(key)
-                if isinstance(value, int) and value < least:
-                    problems.append(f"{where}.{key}: must be at least {least}, got {value}")
-        for hook in ("postStart", "preStop"):
-            handler = (container.get("lifecycle") or {}).get(hook)
-            if handler is not None:
-                problems.extend(_handler_problems(handler, f"{path}.lifecycle.{hook}", probe=False))
-        env_names: set[str] = set()
-        for index, item in enumerate(container.get("env") or []):
-            where = f"{path}.env[{index}]"
-            ename = item.get("name", "")
-            if not _ENV_NAME.match(ename):
-                problems.append(f"{where}.name: {_show(ename)} is not a valid environment variable name")
-            if "value" in item and "valueFrom" in item:
-                problems.append(f"{where}: give value or valueFrom, not both")
-            source = item.get("valueFrom")
-            if source is not None:
-                kinds = [
-                    k
-                    for k in ("configMapKeyRef", "secretKeyRef", "fieldRef", "resourceFieldRef")
-                    if source.get(k) is not None
-                ]
-                if len(kinds) != 1:
-                    problems.append(
-                        f"{where}.valueFrom: needs exactly one source, found {' and '.join(kinds) or 'none'}"
-                    )
-            env_names.add(ename)
-        for index, item in enumerate(container.get("envFrom") or []):
-            kinds = [k for k in ("configMapRef", "secretRef") if item.get(k) is not None]
+    for hook in ("postStart", "preStop"):
+        handler = (container.get("lifecycle") or {}).get(hook)
+        if handler is not None:
+            problems.extend(_handler_problems(handler, f"{path}.lifecycle.{hook}", probe=False))
+    problems.extend(_env_problems(path, container.get("env") or [], container.get("envFrom") or []))
+    problems.extend(_quantity_problems(container.get("resources") or {}, f"{path}.resources"))
+    return problems
+
+
+def _container_port_problems(path: str, ports: list[dict]) -> list[str]:
+    problems: list[str] = []
+    names: set[str] = set()
+    seen: set[tuple[Any, Any]] = set()
+    for index, port in enumerate(ports):
+        where = f"{path}.ports[{index}]"
+        number = port.get("containerPort")
+        if isinstance(number, int) and not 1 <= number <= 65535:
+            problems.append(f"{where}.containerPort: must be between 1 and 65535, got {number}")
+        protocol = port.get("protocol", "TCP")
+        if protocol not in ("TCP", "UDP", "SCTP"):
+            problems.append(f"{where}.protocol: must be TCP, UDP or SCTP, got {_show(protocol)}")
+        if (number, protocol) in seen:
+            problems.append(f"{where}.containerPort: {number}/{protocol} is declared twice")
+        seen.add((number, protocol))
+        pname = port.get("name")
+        if pname is not None:
+            if not _IANA_SVC.match(str(pname)) or len(str(pname)) > 15:
+                problems.append(
+                    f"{where}.name: {_show(pname)} is not a valid port name "
+                    "(at most 15 lowercase letters, digits and '-', with a letter)"
+                )
+            if pname in names:
+                problems.append(f"{where}.name: '{pname}' is declared twice")
+            names.add(pname)
+    return problems
+
+
+def _mount_problems(path: str, mounts: list[dict], volume_names: dict[str, int]) -> list[str]:
+    problems: list[str] = []
+    paths: set[str] = set()
+    for index, mount in enumerate(mounts):
+        where = f"{path}.volumeMounts[{index}]"
+        if mount.get("name") not in volume_names:
+            known = ", ".join(volume_names) or "none"
+            problems.append(f"{where}.name: no volume named '{mount.get('name')}' (volumes: {known})")
+        target = mount.get("mountPath", "")
+        if not str(target).startswith("/"):
+            problems.append(f"{where}.mountPath: must be an absolute path, got {_show(target)}")
+        if target in paths:
+            problems.append(f"{where}.mountPath: {target} is mounted twice")
+        paths.add(target)
+        sub = mount.get("subPath") or ""
+        if sub.startswith("/") or ".." in sub.split("/"):
+            problems.append(f"{where}.subPath: must be a relative path without '..', got {_show(sub)}")
+    return problems
+
+
+def _probe_problems(where: str, kind: str, probe: dict, of_plain_init: bool) -> list[str]:
+    problems: list[str] = []
+    if of_plain_init:
+        problems.append(f"{where}: init containers cannot have probes (unless restartPolicy: Always)")
+    problems.extend(_handler_problems(probe, where, probe=True))
+    if kind != "readinessProbe" and probe.get("successThreshold") not in (None, 1):
+        problems.append(f"{where}.successThreshold: must be 1, got {_show(probe['successThreshold'])}")
+    for key, least in (
+        ("periodSeconds", 1),
+        ("timeoutSeconds", 1),
+        ("failureThreshold", 1),
+        ("successThreshold", 1),
+        ("initialDelaySeconds", 0),
+    ):
+        value = probe.get(key)
+        if isinstance(value, int) and value < least:
+            problems.append(f"{where}.{key}: must be at least {least}, got {value}")
+    return problems
+
+
+def _env_problems(path: str, env: list[dict], env_from: list[dict]) -> list[str]:
+    problems: list[str] = []
+    for index, item in enumerate(env):
+        where = f"{path}.env[{index}]"
+        ename = item.get("name", "")
+        if not _ENV_NAME.match(ename):
+            problems.append(f"{where}.name: {_show(ename)} is not a valid environment variable name")
+        if "value" in item and "valueFrom" in item:
+            problems.append(f"{where}: give value or valueFrom, not both")
+        source = item.get("valueFrom")
+        if source is not None:
+            kinds = [
+                k
+                for k in ("configMapKeyRef", "secretKeyRef", "fieldRef", "resourceFieldRef")
+                if source.get(k) is not None
+            ]
             if len(kinds) != 1:
-                problems.append(f"{path}.envFrom[{index}]: needs exactly one of configMapRef or secretRef")
-        problems.extend(_quantity_problems(container.get("resources") or {}, f"{path}.resources"))
-    return document_problems + [f"{owner}: {p}" for p in problems]
+                problems.append(f"{where}.valueFrom: needs exactly one source, found {' and '.join(kinds) or 'none'}")
+    for index, item in enumerate(env_from):
+        kinds = [k for k in ("configMapRef", "secretRef") if item.get(k) is not None]
+        if len(kinds) != 1:
+            problems.append(f"{path}.envFrom[{index}]: needs exactly one of configMapRef or secretRef")
+    return problems
 
 
 def runnable_problems(pod: PodSource) -> list[str]:
