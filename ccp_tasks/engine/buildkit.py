@@ -78,6 +78,8 @@ class BuildKitBuilder:
             argv += ["--label", f"{key}={value}"]
         for key, value in request.build_args.items():
             argv += ["--build-arg", f"{key}={value}"]
+        if request.network_mode:  # the host's, to reach an apt proxy on its loopback
+            argv += ["--network", request.network_mode]
         return [*argv, "-t", request.ref, str(request.context_dir)]
 
     def _engine_answers(self) -> bool:
