@@ -57,6 +57,16 @@ def test_auto_builds_with_buildkit_and_says_so(project):
     assert "ccp: builder:" not in again.stderr and again.summary["builder"] is None
 
 
+def test_two_workers_name_the_builder_once(project):
+    """Each `doit -n 2` worker resolves its builder; the run said so once per worker."""
+    project.use_builder("auto")
+    project.sample_tree()
+    result = project.ok("-n", "2")
+    assert result.built == ALL, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("ccp: builder:")]
+    assert len(lines) == 1, result.stderr
+
+
 def test_switching_builders_builds_once_and_each_builder_gets_its_own_images_back(project):
     project.use_builder("classic")
     project.sample_tree()

@@ -41,6 +41,7 @@ class _Run:
     id = os.urandom(6).hex()  # set again when the lock is taken; inherited by the workers
     # Each forked worker writes its pid here, for the main process to watch.
     forked: tuple[int, int] | None = None
+    once: tuple[int, int] | None = None
     watching = False
 
 
@@ -88,6 +89,22 @@ def acquire(path: Path, timeout: float | None = None, announce: Callable[..., ob
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     _Run.fd, _Run.path, _Run.alive, _Run.id = fd, Path(path).resolve(), os.pipe(), os.urandom(6).hex()
     _Run.forked = os.pipe()
+    # One byte for the whole run: the process that reads it says run-wide things once.
+    _Run.once = os.pipe()
+    os.set_blocking(_Run.once[0], False)
+    os.write(_Run.once[1], b"1")
+
+
+def first_in_run() -> bool:
+    """True in exactly one process of this run (main or worker, whichever asks
+    first), for what the run should say once and not once per `doit -n N` worker;
+    always True outside a locked run."""
+    if _Run.once is None:
+        return True
+    try:
+        return os.read(_Run.once[0], 1) == b"1"
+    except BlockingIOError:
+        return False
 
 
 def _descendants(pid: int) -> list[int]:

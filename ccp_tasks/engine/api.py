@@ -13,6 +13,7 @@ import functools
 import sys
 from typing import Any
 
+from ccp_tasks.core import lock
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.engine.builder import Builder, ClassicBuilder
 from ccp_tasks.engine.buildkit import BuildKitBuilder
@@ -82,5 +83,6 @@ def builder_for(choice: str, engine: Engine) -> Builder:
 
 @functools.cache
 def _announce(what: str) -> None:
-    # Once per process (a worker of `doit -n N` says it once for itself).
-    print(f"ccp: builder: {what}", file=sys.stderr, flush=True)
+    # Once per run: every worker of `doit -n N` resolves its own builder, to the same one.
+    if lock.first_in_run():
+        print(f"ccp: builder: {what}", file=sys.stderr, flush=True)
