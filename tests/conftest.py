@@ -85,6 +85,16 @@ class DoitResult:
         return {line[3:].strip() for line in self.stdout.splitlines() if line.startswith(".  ")}
 
 
+def copy_sample_tree(tmp_path: Path) -> Path:
+    """A copy of the repository's sample tree (templates, application sources, ccp.yaml) at tmp_path/sample."""
+    root = tmp_path / "sample"
+    root.mkdir()
+    for name in ("dockerfiles", "apps"):
+        shutil.copytree(REPO / name, root / name)
+    shutil.copy(REPO / "ccp.yaml", root / "ccp.yaml")
+    return root
+
+
 class Project:
     def __init__(self, root: Path, namespace: str):
         self.root = root

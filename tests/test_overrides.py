@@ -6,11 +6,10 @@ it changes; every mistake in one is one line naming the file and the line."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
-from conftest import BUSYBOX_BASE, REPO, child_template
+from conftest import BUSYBOX_BASE, REPO, child_template, copy_sample_tree
 from test_errors import assert_one_line_error
 
 from ccp_tasks.core.errors import CcpError
@@ -95,15 +94,6 @@ def test_a_site_override_from_the_environment_is_noticed(blocks_tree, docker_cli
     assert "SITE=1" in docker_client.inspect_image(tree.ref("lone"))["Config"]["Env"]
     assert tree.ok(env=env).rebuilt == set()
     assert tree.ok().rebuilt == {"lone"}  # the variable unset: the file is no input any more
-
-
-def copy_sample_tree(tmp_path):
-    root = tmp_path / "sample"
-    root.mkdir()
-    for name in ("dockerfiles", "apps"):
-        shutil.copytree(REPO / name, root / name)
-    shutil.copy(REPO / "ccp.yaml", root / "ccp.yaml")
-    return root
 
 
 def rendered(root) -> dict[str, str]:

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, copy_sample_tree
 
 from ccp_tasks.glue.pipeline import DEFAULT_TASKS, run_selection
 from ccp_tasks.glue.tasks import STAGE_NEEDS, stages_needed
@@ -34,14 +34,11 @@ print(json.dumps({stage: sorted(deps) for stage, deps in edges.items()}))
 
 def _every_kind_of_input(tmp_path):
     """The sample tree (sources, structure and integration tests, pods) plus an image on an external parent."""
-    root = tmp_path / "sample"
-    root.mkdir()
-    for name in ("dockerfiles", "apps"):
-        shutil.copytree(REPO / name, root / name)
+    root = copy_sample_tree(tmp_path)
     shutil.copy(REPO / "dodo.py", root / "dodo.py")
     os.symlink(REPO / "ccp_tasks", root / "ccp_tasks")
-    config = (REPO / "ccp.yaml").read_text()
-    (root / "ccp.yaml").write_text(config + "\nexternal_images: [registry.example/ext/tiny:1]\n")
+    with (root / "ccp.yaml").open("a") as config:
+        config.write("\nexternal_images: [registry.example/ext/tiny:1]\n")
     (root / "dockerfiles" / "on-external").mkdir()
     (root / "dockerfiles" / "on-external" / "Dockerfile.j2").write_text(
         "FROM registry.example/ext/tiny:1\n{% include 'header.j2' %}\n"
