@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from ccp_tasks.checks import harness, integration
+from ccp_tasks.checks.integration import ports
 from ccp_tasks.core.errors import ConfigError, EngineError, TemplateError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "integration" / "web"
@@ -278,14 +279,14 @@ local_ports: [8081]
 def test_loopback_ports(runner, tmp_path, monkeypatch):
     # An admin port on loopback, declared as such: passes. The image plays one
     # without `cat`: the tables are read through the container's process instead.
-    real_exec = integration._exec
+    real_exec = ports.exec_text
 
     def no_cat(client, container_id, command, user=None):
         if command[0] == "cat":
             return 127, 'exec: "cat": executable file not found in $PATH'
         return real_exec(client, container_id, command, user)
 
-    monkeypatch.setattr(integration, "_exec", no_cat)
+    monkeypatch.setattr(ports, "exec_text", no_cat)
     results = runner.run(integration.load_spec(spec_in(tmp_path, LOOPBACK), IMAGES))
     monkeypatch.undo()
     assert [(r.name, r.passed) for r in results] == [("ready", True), ("port 8080", True), ("port 8081 (local)", True)]
@@ -342,7 +343,7 @@ def test_keyboard_interrupt_in_a_check_removes_everything(runner, tmp_path, monk
         seen.append(runner.leftovers())
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(integration._CHECKERS, "exec", interrupted)
+    monkeypatch.setitem(integration.CHECKERS, "exec", interrupted)
     spec = integration.load_spec(spec_in(tmp_path, SMALL), IMAGES)
     with pytest.raises(KeyboardInterrupt):
         runner.run(spec)

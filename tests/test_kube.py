@@ -321,7 +321,7 @@ def test_stream_and_version_errors(tree):
     with pytest.raises(
         ConfigError, match=r"no schema for Kubernetes 1\.99 in kubernetes-validate \(it has 1\.25, .*1\.37\)"
     ):
-        kube._schema_dir("1.99")
+        kube.schema_dir("1.99")
     assert kube.kubernetes_version(SimpleNamespace(kube=SimpleNamespace(kubernetes_version="1.30"))) == "1.30"
     assert kube.kubernetes_version(tree.cfg) == pod_inputs.DEFAULT_KUBERNETES_VERSION
 
@@ -1054,7 +1054,7 @@ def test_kube_flow_interrupted_removes_everything_and_sweeps_a_killed_run(tree, 
         seen.append(tree.leftovers())
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(integration._CHECKERS, "exec", interrupted)
+    monkeypatch.setitem(integration.CHECKERS, "exec", interrupted)
     with pytest.raises(KeyboardInterrupt):
         tree.check(WEB_POD.replace("READY_PATH", "/index.html"), WEB_SPEC)
     # holder, web, side, the network and the tmpfs volume were there when it struck; the killed run's were not

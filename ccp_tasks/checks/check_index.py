@@ -22,7 +22,7 @@ from ccp_tasks.core.state import STRINGS, fields, is_signature, read_record, wri
 from ccp_tasks.model.graph import ImageGraph
 from ccp_tasks.model.render import INTEGRATION_TESTS
 
-# integration.py is the test runner as well as the spec reader (ssl,
+# The integration package is the test runner as well as the spec reader (ssl,
 # http.client, sockets, the harness: about 35 ms), and a run whose index is
 # fresh never reads a spec: it executes on first use (core/lazy.py).
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from ccp_tasks.checks.integration import DOCKER_DNS_ADDRESS, parse_proc_net
+from ccp_tasks.checks.integration.ports import DOCKER_DNS_ADDRESS, parse_proc_net
 from ccp_tasks.checks.pods.restarts import Instance
 from ccp_tasks.core.errors import EngineError
 from ccp_tasks.engine.containers import Containers
