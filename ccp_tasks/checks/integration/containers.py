@@ -16,8 +16,6 @@ from ccp_tasks.core.errors import EngineError, EngineNotFound
 from ccp_tasks.engine.containers import Containers
 from ccp_tasks.engine.docker_ops import engine_address, local_socket
 
-# Running
-
 
 @dataclass
 class StartedContainer:

@@ -370,9 +370,6 @@ def _check_tls(run: IntegrationRun, check: Check) -> list[CheckResult]:
     return results
 
 
-# -- regression
-
-
 # The check kinds of integration.yaml, by key.
 CHECKERS: dict[str, Callable[[IntegrationRun, Check], CheckResult | list[CheckResult]]] = {
     "http": _check_http,

@@ -1,4 +1,4 @@
-r"""Integration tests on running containers: the `integration.yaml` an image ships.
+r"""The `integration.yaml` an image ships: its format, read and validated into an IntegrationSpec.
 
 ## Integration tests: `integration.yaml`
 
