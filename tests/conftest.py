@@ -185,15 +185,31 @@ def docker_client():
     return client
 
 
+def _owned(tag: str, namespace: str) -> bool:
+    """A tag of the test's: its namespace's, also pushed under a registry's
+    host (`127.0.0.1:5000/<namespace>/…`) or as an external image (`<namespace>-ext/…`)."""
+    repository = tag.split("@", 1)[0]
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    return any(part == namespace or part.startswith(f"{namespace}-") for part in repository.split("/"))
+
+
 def _remove_namespace(client, namespace: str):
     for entry in client.images(all=False):
-        if any(tag.startswith(f"{namespace}/") for tag in entry.get("RepoTags") or []):
+        if any(_owned(tag, namespace) for tag in entry.get("RepoTags") or []):
             for tag in entry["RepoTags"]:
-                if tag.startswith(f"{namespace}/"):
+                if _owned(tag, namespace):
                     try:
                         client.remove_image(tag, force=True)
                     except Exception:
                         pass
+        elif not [tag for tag in entry.get("RepoTags") or [] if tag != "<none>:<none>"] and any(
+            _owned(digest, namespace) for digest in entry.get("RepoDigests") or []
+        ):
+            try:  # pulled back by digest from the test's registry: no tag left to remove it by
+                client.remove_image(entry["Id"], force=True)
+            except Exception:
+                pass
     prune_namespace(client, namespace)
 
 
