@@ -12,12 +12,14 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from ccp_tasks.core.state import read_regular_file
+from ccp_tasks.model.config import PipelineConfig
+from ccp_tasks.model.graph import ImageGraph
 from ccp_tasks.model.render import POD_TEMPLATE, macro_dirs
 
 DEFAULT_KUBERNETES_VERSION = "1.33"
 
 
-def kubernetes_version(cfg) -> str:
+def kubernetes_version(cfg: PipelineConfig) -> str:
     """The Kubernetes version whose API schema pods are validated against:
     `kube.kubernetes_version` in ccp.yaml when the configuration has it."""
     settings = getattr(cfg, "kube", None)
@@ -28,7 +30,7 @@ _IMAGE_CALL_RE = re.compile(r"""image\(\s*['"]([^'"]+)['"]\s*\)""")
 _INCLUDE_RE = re.compile(r"""\{%-?\s*(?:include|import|from|extends)\s+['"]([^'"]+)['"]""")
 
 
-def referenced_images(cfg, images: Collection[str], text: str) -> list[str]:
+def referenced_images(cfg: PipelineConfig, images: Collection[str], text: str) -> list[str]:
     """Tree images a pod template names, by image('x') or spelled out."""
     names = [name for name in _IMAGE_CALL_RE.findall(text) if name in images]
     names += [name for name in images if cfg.image_ref(name) in text]
@@ -44,7 +46,7 @@ class PodInputs:
     files: tuple[str, ...]  # integration.yaml and the files it mounts, sidecars' integration.yaml, included macros
 
 
-def pod_inputs(cfg, graph, name: str, integration_inputs: dict) -> PodInputs | None:
+def pod_inputs(cfg: PipelineConfig, graph: ImageGraph, name: str, integration_inputs: dict) -> PodInputs | None:
     """None when the image has no pod.yaml.j2. Reads only the template (no
     Jinja2, no YAML): task generation stays cheap."""
     image = graph.images[name]

@@ -733,7 +733,12 @@ def _quote(text: str) -> str:
 
 
 def run_suite(
-    engine, image: str, suite: StructureSuite, *, labels: dict[str, str], command_timeout: float = COMMAND_TIMEOUT
+    engine: object,
+    image: str,
+    suite: StructureSuite,
+    *,
+    labels: dict[str, str],
+    command_timeout: float = COMMAND_TIMEOUT,
 ) -> list[CheckResult]:
     """Run every test of `suite` on `image` (an ID or reference): one CheckResult
     per test, in CST's order (command, file content, file existence, metadata).

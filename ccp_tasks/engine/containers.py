@@ -45,11 +45,11 @@ def _label_filters(labels: Mapping[str, str]) -> dict[str, list[str]]:
 
 
 class Containers:
-    def __init__(self, client) -> None:
+    def __init__(self, client: Any) -> None:  # docker-py's APIClient
         self._client = client
 
     @classmethod
-    def of(cls, engine) -> Containers:
+    def of(cls, engine: object) -> Containers:
         """The Containers of an Engine, a Containers itself, or a docker-py
         APIClient wrapped (what the glue, kube.run_pod and the tests still pass)."""
         if isinstance(engine, Containers):

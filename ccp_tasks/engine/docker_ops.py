@@ -14,8 +14,12 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ccp_tasks.core.errors import EngineError, EngineNotFound
+
+if TYPE_CHECKING:
+    import tarfile
 
 
 def engine_address() -> str:
@@ -51,7 +55,7 @@ def engine_errors(what: str) -> Iterator[None]:
         raise EngineError(f"{what}: lost the Docker engine at {engine_address()}: {_explanation(exc)}") from exc
 
 
-def connect(timeout: int = 600):
+def connect(timeout: int = 600) -> Any:  # docker-py's APIClient, which is untyped
     """A docker-py APIClient for $DOCKER_HOST (or the local socket), or a clear error."""
     import docker  # imported here: a no-op run that never needs the engine should not pay for it
     from docker.errors import DockerException
@@ -128,7 +132,7 @@ class ArchiveReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, target) -> int:
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
         while not self.buffer:
             try:
                 self.buffer = next(self.chunks)
@@ -140,7 +144,7 @@ class ArchiveReader(io.RawIOBase):
         return size
 
 
-def stream_archive(chunks: Iterator[bytes]):
+def stream_archive(chunks: Iterator[bytes]) -> tarfile.TarFile:
     """get_archive's chunks as a streaming tarfile (mode "r|"), read only as far as its entries are asked for."""
     import tarfile
 

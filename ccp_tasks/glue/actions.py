@@ -10,8 +10,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from doit.exceptions import TaskFailed
 
@@ -70,7 +71,7 @@ CHECK_LABEL = "io.ccp.check"
 BUILD_ATTEMPTS = 3
 
 
-def reports_errors(func):
+def reports_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
@@ -399,7 +400,7 @@ def _check_labels(cfg: PipelineConfig, image: Image, stage: str, layout: CacheLa
     return {CHECK_LABEL: f"{cfg.namespace}/{image.name}", f"{CHECK_LABEL}.stage": stage, **leftovers.run_labels(layout)}
 
 
-def stamped_ids(layout: CacheLayout):
+def stamped_ids(layout: CacheLayout) -> Callable[[str], str]:
     """image name -> the image ID its build stamp holds, each stamp read once."""
     return functools.cache(lambda name: _built(name, layout).image_id)
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.core.state import read_record, write_atomic
 from ccp_tasks.model.graph import ImageGraph
+
+if TYPE_CHECKING:
+    import graphviz
 
 # outcome -> (fill colour, what the legend says)
 COLOURS = {
@@ -42,7 +46,7 @@ def _summary_images(raw) -> dict[str, str]:
     }
 
 
-def dot_source(graph: ImageGraph, outcomes: dict[str, str]):
+def dot_source(graph: ImageGraph, outcomes: dict[str, str]) -> graphviz.Digraph:
     """The graphviz.Digraph of the tree: parent → child edges, external parents
     in a cluster of their own, each image filled by its outcome."""
     import graphviz  # imported here: only `doit graph` needs it

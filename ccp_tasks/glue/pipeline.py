@@ -6,6 +6,7 @@ import dataclasses
 import gc
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +39,10 @@ class Pipeline:
     stages: frozenset[str] | None = None
 
     @property
-    def args(self):
+    def args(self) -> tuple[PipelineConfig, ImageGraph, CacheLayout]:
         return self.cfg, self.graph, self.layout
 
-    def tasks(self, stage: str, generator, *extra):
+    def tasks(self, stage: str, generator: Callable[..., Iterable[dict] | dict], *extra: object) -> Iterator[dict]:
         """The task dicts of `stage` (from a generator of them, or one dict),
         none when this run selects no task that needs the stage."""
         if self.stages is not None and stage not in self.stages:
@@ -52,7 +53,7 @@ class Pipeline:
         else:
             yield from made
 
-    def write_reports(self, stages) -> dict[str, str]:
+    def write_reports(self, stages: Iterable[str]) -> dict[str, str]:
         return write_junit_reports(self.layout, stages, self.graph.order)
 
     def doit_config(self) -> dict:

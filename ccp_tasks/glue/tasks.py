@@ -12,9 +12,11 @@ import hashlib
 import inspect
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from doit.task import Task
 from doit.tools import config_changed
 
 from ccp_tasks.build.base import is_fresh
@@ -97,12 +99,12 @@ class config_changed_as(config_changed):
     """doit's config_changed stores its digest under one fixed key, so two on a
     task collide; this one keeps its digest under its own name (as Nikola does)."""
 
-    def __init__(self, config, name: str):
+    def __init__(self, config: str | dict, name: str):
         super().__init__(config)
         self.key = f"_config_changed:{name}"
         self.__signature__ = UPTODATE_SIGNATURE
 
-    def configure_task(self, task):
+    def configure_task(self, task: Task) -> None:
         task.value_savers.append(lambda: {self.key: self.config_digest})
 
     def __call__(self, task, values):
@@ -121,12 +123,12 @@ class all_of:
     (config_changed_as computes there the digest it saves); the repr names
     the checks that said no, which is what `doit info` shows."""
 
-    def __init__(self, *checks):
+    def __init__(self, *checks: Callable[..., bool]):
         self.checks = checks
         self.failed: tuple = ()
         self.__signature__ = UPTODATE_SIGNATURE
 
-    def configure_task(self, task):
+    def configure_task(self, task: Task) -> None:
         for check in self.checks:
             if hasattr(check, "configure_task"):
                 check.configure_task(task)
@@ -164,7 +166,7 @@ class record_intact:
     whose file is as it was when an earlier run read it is not read again
     (CheckedRecords): hundreds of these run on every no-op."""
 
-    def __init__(self, path: str, read, what: str, index: CheckedRecords):
+    def __init__(self, path: str, read: Callable[[str], Any], what: str, index: CheckedRecords):
         self.path, self.read, self.what, self.index = path, read, what, index
         self.__signature__ = UPTODATE_SIGNATURE
 
@@ -276,7 +278,7 @@ class hadolint_unchanged:
         # A digest, not the dict: it is saved with, and read back for, every lint task.
         return hashlib.md5(json.dumps(lint.hadolint_fingerprint(self.cfg), sort_keys=True).encode()).hexdigest()
 
-    def configure_task(self, task):
+    def configure_task(self, task: Task) -> None:
         task.value_savers.append(lambda: {"_hadolint": self.fingerprint})
 
     def __call__(self, task, values):
@@ -338,7 +340,7 @@ def _rel(cfg: PipelineConfig, path) -> str:
     return path[len(root) :] if path.startswith(root) else path
 
 
-def base_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+def base_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout) -> Iterator[dict]:
     if not cfg.base.enabled:
         yield {
             "basename": "base",
@@ -366,7 +368,7 @@ def _generated_context(cfg: PipelineConfig, layout: CacheLayout, name: str) -> d
     return {}
 
 
-def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout) -> Iterator[dict]:
     yield {
         "basename": "render",
         "name": None,
@@ -411,7 +413,7 @@ def render_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         }
 
 
-def external_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+def external_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout) -> Iterator[dict]:
     yield {
         "basename": "external",
         "name": None,
@@ -431,7 +433,7 @@ def external_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         }
 
 
-def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout) -> Iterator[dict]:
     yield {"basename": "build", "name": None, "doc": "Build every image of the tree, parents first"}
     checked = _checked(layout)
     for name in graph.order:
@@ -470,7 +472,7 @@ def build_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         }
 
 
-def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout) -> Iterator[dict]:
     yield {
         "basename": "lint",
         "name": None,
@@ -500,7 +502,7 @@ def lint_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         }
 
 
-def spec_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+def spec_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout) -> Iterator[dict]:
     yield {
         "basename": "spec",
         "name": None,
@@ -524,7 +526,9 @@ def spec_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         }
 
 
-def test_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, integration: dict[str, IntegrationInputs]):
+def test_tasks(
+    cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, integration: dict[str, IntegrationInputs]
+) -> Iterator[dict]:
     yield {
         "basename": "test",
         "name": None,
@@ -571,7 +575,9 @@ def test_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
         }
 
 
-def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, integration: dict[str, IntegrationInputs]):
+def kube_tasks(
+    cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, integration: dict[str, IntegrationInputs]
+) -> Iterator[dict]:
     """kube:<image>: pod.yaml.j2 validated and cross-checked, then run as a pod with the integration checks."""
     version = pod_inputs.kubernetes_version(cfg)
     yield {
@@ -611,7 +617,7 @@ def kube_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout, inte
         }
 
 
-def sbom_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+def sbom_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout) -> Iterator[dict]:
     yield {
         "basename": "sbom",
         "name": None,
@@ -651,7 +657,7 @@ def _ci(cfg: PipelineConfig, wanted: bool) -> CiContext:
     return _ci_context(cfg.root) if wanted else CiContext()
 
 
-def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout) -> Iterator[dict]:
     ci = _ci(cfg, bool(cfg.registry.url))
     where = cfg.registry.url or "the registry (registry.url is not set)"
     yield {
@@ -685,7 +691,7 @@ def push_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         }
 
 
-def publish_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+def publish_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout) -> dict:
     ci = _ci(cfg, bool(cfg.registry.url))
     moving = tag_plan(cfg, "x", "sha256:", ci).moving
     return {
@@ -700,7 +706,7 @@ def publish_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     }
 
 
-def artifacts_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+def artifacts_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout) -> dict:
     import os
 
     ci = _ci(cfg, bool(cfg.artifactory.url))
@@ -718,7 +724,7 @@ def artifacts_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     }
 
 
-def sources_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+def sources_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout) -> Iterator[dict]:
     yield {
         "basename": "sources",
         "name": None,
@@ -742,7 +748,7 @@ def sources_tasks(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
         }
 
 
-def retention_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
+def retention_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout) -> dict:
     parts = [part for part, on in (("the registry", cfg.registry.url), ("Artifactory", cfg.artifactory.url)) if on]
     return {
         "basename": "retention",
@@ -765,7 +771,7 @@ def retention_task(cfg: PipelineConfig, graph: ImageGraph, layout: CacheLayout):
     }
 
 
-def tree_task(graph: ImageGraph):
+def tree_task(graph: ImageGraph) -> dict:
     def show():
         print(graph.format_tree())
 
@@ -778,7 +784,7 @@ def tree_task(graph: ImageGraph):
     }
 
 
-def graph_task(graph: ImageGraph, layout: CacheLayout):
+def graph_task(graph: ImageGraph, layout: CacheLayout) -> dict:
     return {
         "basename": "graph",
         "doc": "Draw the image graph to cache/graph.svg and cache/graph.png, coloured by the last run's outcomes",

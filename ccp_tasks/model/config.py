@@ -552,7 +552,7 @@ def load_yaml_all(text: str, source: str) -> list:
         loader.dispose()
 
 
-def compose_yaml(text: str, source: str):
+def compose_yaml(text: str, source: str) -> Any:  # a yaml.Node, or None
     """The composed node tree of the one document in `text` (None if empty), within the bounds above."""
     loader = _yaml_loader(text, source)
     try:

@@ -27,7 +27,9 @@ import json
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ccp_tasks.core.errors import CcpError, EngineError
 from ccp_tasks.core.state import DIGEST_LABEL, write_if_changed
@@ -49,7 +51,7 @@ class PushError(CcpError):
     """The engine could not push or pull an image; the message names image and registry."""
 
 
-def registry_client(cfg: PipelineConfig, **options) -> RegistryClient:
+def registry_client(cfg: PipelineConfig, **options: Any) -> RegistryClient:
     """A client of the configured registry; `options` (timeout, retries) go to RegistryClient."""
     settings = cfg.registry
     if not settings.url:
@@ -132,11 +134,11 @@ def _untag_if_ours(images: Images, ref: str, image_id: str, keep: str | None = N
 def push_image(
     cfg: PipelineConfig,
     engine: Engine,
-    registry,
+    registry: RegistryClient,
     name: str,
     image_id: str,
     plan: TagPlan,
-    log=None,
+    log: Callable[[str], None] | None = None,
     local_ref: str | None = None,
 ) -> PushRecord:
     """Push `image_id` under its content tag unless the registry has it, then add the fixed tags.
@@ -277,7 +279,7 @@ def attach_sbom(registry: RegistryClient, record: PushRecord, document: bytes) -
     return dataclasses.replace(record, sbom_tag=tag, sbom_digest=manifest.digest, sbom_outcome=outcome)
 
 
-def move_tags(registry, records: list[PushRecord]) -> tuple[list[str], dict[str, str]]:
+def move_tags(registry: RegistryClient, records: list[PushRecord]) -> tuple[list[str], dict[str, str]]:
     """Point every moving tag at the manifest its image's content tag names now;
     returns what moved and, per image, the digest published.
 
@@ -314,7 +316,12 @@ _UNAVAILABLE: dict[str, str] = {}
 
 
 def pull_reusable(
-    cfg: PipelineConfig, engine: Engine, name: str, input_digest: str, local_ref: str, log=None
+    cfg: PipelineConfig,
+    engine: Engine,
+    name: str,
+    input_digest: str,
+    local_ref: str,
+    log: Callable[[str], None] | None = None,
 ) -> str | None:
     """The image ID of the registry's image for `input_digest`, pulled and tagged
     `local_ref`; None when the registry has none (or cannot be asked: then the

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class CiContext:
         return f"{tag_safe(self.branch)[:100]}-{when}-{self.commit[:10]}"
 
     @classmethod
-    def from_env(cls, root: Path, env=os.environ) -> CiContext:
+    def from_env(cls, root: Path, env: Mapping[str, str] = os.environ) -> CiContext:
         branch = next((env[k] for k in BRANCH_ENV if env.get(k)), "")
         if not branch:
             return cls()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from ccp_tasks.checks.records import CheckResult
@@ -53,12 +53,14 @@ def parse_proc_net(text: str, ipv6: bool) -> list[tuple[str, int]]:
     return found
 
 
-def exec_text(engine, container_id: str, command, user: str | None = None) -> tuple[int, str]:
+def exec_text(
+    engine: object, container_id: str, command: Sequence[str] | str, user: str | None = None
+) -> tuple[int, str]:
     code, output = Containers.of(engine).exec_run(container_id, command, user)
     return code, output.decode("utf-8", "replace")
 
 
-def listening_ports(client, container_id: str) -> dict[int, set[str]]:
+def listening_ports(client: object, container_id: str) -> dict[int, set[str]]:
     """Port -> addresses the container listens on, from its own /proc/net tables."""
     tables = {}
     for name in ("tcp", "tcp6"):

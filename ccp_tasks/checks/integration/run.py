@@ -113,7 +113,7 @@ def _refuse_names(spec: IntegrationSpec, image: str, refs: dict[str, str]) -> No
 
 
 def run_spec(
-    engine,
+    engine: object,
     image: str,
     refs: dict[str, str],
     spec: IntegrationSpec,

@@ -15,11 +15,12 @@ from ccp_tasks.checks.pods.runner import POD_IMAGE_LABEL, POD_RUN_LABEL
 from ccp_tasks.checks.records import CheckResult
 from ccp_tasks.core.errors import EngineError, EngineNotFound
 from ccp_tasks.engine.containers import Containers
+from ccp_tasks.model.config import PipelineConfig
 from ccp_tasks.model.render import INTEGRATION_TESTS, discover_images
 
 
 def load_context(
-    cfg,
+    cfg: PipelineConfig,
     image: str,
     images: Collection[str],
     template: Path,
@@ -45,8 +46,8 @@ def load_context(
 
 
 def check_pod(
-    client,
-    cfg,
+    client: object,
+    cfg: PipelineConfig,
     image: str,
     images: Collection[str],
     build_ids: Callable[[str], str],

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ccp_tasks.checks.pods.source import PodSource
 from ccp_tasks.core.errors import ConfigError, TemplateError
-from ccp_tasks.model.config import load_yaml_all
+from ccp_tasks.model.config import PipelineConfig, load_yaml_all
 from ccp_tasks.model.render import Renderer, template_failure
 
 WORKLOADS = {
@@ -20,7 +20,7 @@ WORKLOADS = {
 }
 
 
-def render_pod(cfg, images: Collection[str], image: str, template: Path) -> str:
+def render_pod(cfg: PipelineConfig, images: Collection[str], image: str, template: Path) -> str:
     """Render pod.yaml.j2 with the Dockerfile's variables and the image() helper."""
     import jinja2
 
@@ -95,6 +95,6 @@ def pod_source(documents: list[dict], source: str) -> PodSource:
     )
 
 
-def show(value) -> str:
+def show(value: object) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= 60 else text[:59] + "…"

@@ -208,7 +208,7 @@ def _run(ctx: PodContext, run: _PodSetup, refs: Callable[[str], str], results: l
 
 
 def run_pod(
-    client,
+    client: object,
     ctx: PodContext,
     refs: Callable[[str], str],
     *,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import cache
 
 from ccp_tasks.checks.kube.definition import describe, show
@@ -50,7 +51,7 @@ def _validator(version: str, kind: str, api_version: str):
     return jsonschema.validators.Draft202012Validator(schema, registry=registry)
 
 
-def field_path(parts) -> str:
+def field_path(parts: Iterable[str | int]) -> str:
     out = ""
     for part in parts:
         out = f"{out}[{part}]" if isinstance(part, int) else key_path(out, part)

@@ -56,7 +56,7 @@ def container_ports(container: dict) -> dict[str, int]:
     return {p["name"]: p["containerPort"] for p in container.get("ports") or [] if p.get("name")}
 
 
-def resolve_port(value, container: dict) -> int:
+def resolve_port(value: int | str, container: dict) -> int:
     if isinstance(value, int):
         return value
     ports = container_ports(container)
