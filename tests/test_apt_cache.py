@@ -12,7 +12,9 @@ import subprocess
 import pytest
 from conftest import REPO
 
+from ccp_tasks.build import apt_proxy
 from ccp_tasks.checks import kube
+from ccp_tasks.core.net import is_loopback
 from ccp_tasks.model.config import load_config
 
 
@@ -128,3 +130,36 @@ def test_every_section_of_ccp_yaml_is_read_into_its_settings(project):
     cfg = load_config(project.root)
     assert kube.kubernetes_version(cfg) == "1.30"
     assert cfg.build.apt_proxy == "http://10.0.0.1:3142"
+
+
+@pytest.mark.parametrize(
+    "proxy, network",
+    [
+        ("http://127.0.0.1:3142", "host"),
+        ("http://localhost:3142", "host"),
+        ("http://[::1]:3142", "host"),
+        ("http://127.0.0.2:3142", "host"),
+        ("http://10.0.0.5:3142", None),  # a shared apt-cacher-ng for several agents: the default bridge
+        ("http://apt.example.org:3142", None),
+        ("", None),
+    ],
+)
+def test_a_proxy_on_loopback_is_reached_from_the_hosts_network(proxy, network):
+    assert apt_proxy.network_mode(proxy) == network
+
+
+@pytest.mark.parametrize(
+    "host, loopback",
+    [
+        ("127.0.0.1:5000", True),
+        ("localhost:5000", True),
+        ("[::1]:5000", True),
+        ("::1", True),
+        ("registry.example.org:5000", False),
+        ("192.168.1.4", False),
+        ("localhost.example.org", False),
+    ],
+)
+def test_one_rule_says_which_hosts_are_this_host(host, loopback):
+    # The registry reference's spelling (external parents: no TLS to a loopback registry, as Docker does).
+    assert is_loopback(host) is loopback

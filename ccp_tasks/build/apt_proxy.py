@@ -10,18 +10,9 @@ agents) through the default bridge.
 
 from __future__ import annotations
 
-import ipaddress
 import urllib.parse
 
-
-def is_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from ccp_tasks.core.net import is_loopback
 
 
 def build_args(apt_proxy: str) -> dict[str, str]:
@@ -31,7 +22,7 @@ def build_args(apt_proxy: str) -> dict[str, str]:
 
 def network_mode(apt_proxy: str) -> str | None:
     """The network a build needs to reach the proxy; None for the engine's default."""
-    return "host" if apt_proxy and is_loopback(apt_proxy) else None
+    return "host" if apt_proxy and is_loopback(urllib.parse.urlsplit(apt_proxy).hostname or "") else None
 
 
 def environment(apt_proxy: str) -> dict[str, str]:

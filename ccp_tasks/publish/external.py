@@ -13,7 +13,6 @@ when the reference moved.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ccp_tasks.core.errors import CcpError, EngineError
+from ccp_tasks.core.net import is_loopback
 from ccp_tasks.core.state import dump_json, fields, read_record, write_if_changed
 from ccp_tasks.engine import docker_ops
 from ccp_tasks.engine.api import Engine, connect
@@ -110,17 +110,6 @@ class Wanted:
 _WANTED: dict[tuple[str, str], Wanted] = {}
 
 
-def _is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-    name = name.strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def _credentials(cfg: PipelineConfig, located: Located) -> Credentials | None:
     if cfg.registry.url and registry_host(cfg.registry.url) == located.host:
         return credentials_for(cfg.registry.url)
@@ -136,7 +125,7 @@ def _client(cfg: PipelineConfig, located: Located) -> RegistryClient:
     return RegistryClient(
         located.api_host,
         credentials=_credentials(cfg, located),
-        insecure=_is_loopback(located.host),
+        insecure=is_loopback(located.host),
         timeout=REGISTRY_TIMEOUT,
         retries=0,
     )

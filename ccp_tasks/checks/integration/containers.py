@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from ccp_tasks.checks.harness import Harness
-from ccp_tasks.checks.integration.ports import can_connect, is_loopback, listening_ports, port_results
+from ccp_tasks.checks.integration.ports import can_connect, listening_ports, port_results
 from ccp_tasks.checks.integration.spec import ContainerSpec, quoted
 from ccp_tasks.checks.records import CheckResult
 from ccp_tasks.core.errors import EngineError, EngineNotFound
+from ccp_tasks.core.net import is_loopback
 from ccp_tasks.engine.containers import Containers
 from ccp_tasks.engine.docker_ops import engine_address, local_socket
 

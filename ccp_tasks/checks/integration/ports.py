@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from ccp_tasks.checks.records import CheckResult
+from ccp_tasks.core.net import is_loopback
 from ccp_tasks.engine.containers import Containers, NotRunning
 
 # Docker's embedded DNS server listens inside every container on a user-defined
@@ -87,12 +88,6 @@ def listening_ports(client: object, container_id: str) -> dict[int, set[str]]:
             if address != DOCKER_DNS_ADDRESS:
                 ports.setdefault(port, set()).add(address)
     return ports
-
-
-def is_loopback(address: str) -> bool:
-    import ipaddress
-
-    return ipaddress.ip_address(address).is_loopback
 
 
 def port_problem(
