@@ -4,6 +4,7 @@ these are what only BuildKit's path through a CLI can break)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -33,6 +34,15 @@ FAKE_DOCKER = """\
 echo "$*" >> "$(dirname "$0")/calls"
 echo "this docker builds nothing" >&2
 exit 1
+"""
+
+
+# A docker CLI first on PATH that builds with BuildKit (it is Debian's) and
+# writes down every question ccp asks it.
+LOGGING_DOCKER = """\
+#!/bin/sh
+echo "$*" >> "$(dirname "$0")/calls"
+exec /usr/bin/docker "$@"
 """
 
 
@@ -446,3 +456,41 @@ def test_auto_remembers_what_it_found_so_a_no_op_runs_no_cli_and_a_damaged_recor
     warnings = [line for line in result.stderr.splitlines() if "builder.json" in line]
     assert len(warnings) == 1 and warnings[0].startswith("ccp: warning: cache/builder.json "), result.stderr
     assert (bin_dir / "calls").exists()
+
+
+def test_a_build_run_asks_no_cli_while_they_are_unchanged_and_never_runs_a_path_the_record_names(project):
+    # Asking the CLIs is about 0.1 s of every run that builds (three of them
+    # for each candidate): the answer is kept with the CLIs' signature.
+    bin_dir = project.root / "bin"
+    project.write("bin/docker", LOGGING_DOCKER).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    calls = bin_dir / "calls"
+    project.use_builder("auto")
+    project.busybox_base("bb")
+    project.image("app", child_template("bb", "RUN echo one > /one"))
+    first = project.ok(env=env)
+    assert first.built == {"bb", "app"}, first.output
+    assert f"through {bin_dir}/docker" in first.stderr
+    asked = [line for line in calls.read_text().splitlines() if not line.startswith("build ")]
+    assert asked, calls.read_text()  # buildx inspect, build --help, --version
+    calls.unlink()
+
+    project.image("app", child_template("bb", "RUN echo two > /one"))
+    second = project.ok(env=env)
+    assert second.built == {"app"}, second.output
+    assert f"through {bin_dir}/docker" in second.stderr
+    assert [line.split()[0] for line in calls.read_text().splitlines()] == ["build"]
+    calls.unlink()
+
+    # A record that names another program is not run: one warning, the CLIs asked again.
+    record = project.root / "cache/builder.json"
+    hostile = json.loads(record.read_text())
+    hostile["cli"] = {"path": "/bin/false", "command": ["/bin/false", "build"], "version": "x"}
+    record.write_text(json.dumps(hostile))
+    project.image("app", child_template("bb", "RUN echo three > /one"))
+    third = project.ok(env=env)
+    assert third.built == {"app"}, third.output
+    warnings = [line for line in third.stderr.splitlines() if "builder.json" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("ccp: warning: cache/builder.json "), third.stderr
+    assert f"through {bin_dir}/docker" in third.stderr
+    assert json.loads(record.read_text())["cli"]["path"] == f"{bin_dir}/docker"

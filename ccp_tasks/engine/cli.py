@@ -4,9 +4,11 @@ docker-py cannot drive BuildKit (docker/docker-py#2230), so BuildKit builds
 (buildkit.py) run a CLI: `docker buildx build` where buildx is installed and
 builds on the engine itself, else a CLI that builds with BuildKit natively
 (the 20.10 CLI with DOCKER_BUILDKIT=1). A 23+ CLI without buildx refuses
-DOCKER_BUILDKIT=1, and may come first on PATH: every candidate is asked, once
-per process. `engine.builder: auto` keeps the answer with a signature of the
-CLIs (remembered_builder), so a no-op asks none and loads no builder.
+DOCKER_BUILDKIT=1, and may come first on PATH: every candidate is asked.
+The answer is kept in cache/builder.json with a signature of the CLIs
+(remembered_cli): a no-op asks none and loads no builder, and a run that
+builds asks them again only when one of them changed (asking costs about
+0.1 s, a third of what a one-leaf rebuild may add to its own `docker build`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ccp_tasks.core.state import dump_json, fields, read_record, write_atomic
+from ccp_tasks.core.state import Malformed, dump_json, fields, read_record, write_atomic
 from ccp_tasks.engine.docker_ops import engine_address
 
 PROBE_TIMEOUT = 20  # seconds; a probe asks the CLI only about itself (buildx inspect: the engine too)
@@ -147,15 +149,41 @@ def cli_signature() -> str:
     return "\n".join([engine_address(), *(f"{path} {_identity(path)}" for path in paths)])
 
 
-def remembered_builder(record: Path) -> str:
-    """What `engine.builder: auto` resolves to here, "buildkit" or "classic".
-    The answer is kept in `record` with the cli_signature it was found for, and
-    reused while that is unchanged: every run renders with it (templates see
-    the builder), and a no-op must not run the CLIs to learn it."""
+def _remembered(raw: object, signature: str) -> tuple[BuildkitCli | None, str] | None:
+    """The answer a builder record holds for `signature`; None when it was
+    found for other CLIs or by an older ccp (which kept no CLI: asked again)."""
+    record = fields(raw, {"cli": (dict, None), "why_not": str}, signature=str, builder=str)
+    if record["signature"] != signature or "cli" not in record:
+        return None
+    kept = record["cli"]
+    if kept is None:
+        return None, record.get("why_not", "")
+    cli = fields(kept, path=str, version=str, command=list)
+    path, command = cli["path"], tuple(cli["command"])
+    # A record under cache/ may say anything: only a CLI the search would find,
+    # with one of the two build commands, is run on its word.
+    if path not in _candidates() or command not in ((path, "build"), (path, "buildx", "build")):
+        raise Malformed(f"cli: {path} {' '.join(command[1:])} is not a docker CLI found here")
+    return BuildkitCli(path, command, cli["version"]), ""
+
+
+def remembered_cli(record: Path) -> tuple[BuildkitCli | None, str]:
+    """find_buildkit_cli's answer, kept in `record` with the cli_signature it
+    was found for and reused while that is unchanged."""
     signature = cli_signature()
-    found = read_record(record, "a builder record", lambda raw: fields(raw, signature=str, builder=str))
-    if found and found["signature"] == signature and found["builder"] in ("buildkit", "classic"):
-        return found["builder"]
-    answer = "buildkit" if find_buildkit_cli()[0] is not None else "classic"
-    write_atomic(record, dump_json({"signature": signature, "builder": answer}))
-    return answer
+    # A stale answer parses to (): not a warning, only asked again.
+    found = read_record(record, "a builder record", lambda raw: _remembered(raw, signature) or ())
+    if found:
+        return found[0], found[1]
+    cli, why_not = find_buildkit_cli()
+    kept = {"path": cli.path, "command": list(cli.command), "version": cli.version} if cli else None
+    builder = "buildkit" if cli is not None else "classic"
+    write_atomic(record, dump_json({"signature": signature, "builder": builder, "cli": kept, "why_not": why_not}))
+    return cli, why_not
+
+
+def remembered_builder(record: Path) -> str:
+    """What `engine.builder: auto` resolves to here, "buildkit" or "classic":
+    every run renders with it (templates see the builder), and a no-op must
+    not run the CLIs to learn it."""
+    return "buildkit" if remembered_cli(record)[0] is not None else "classic"

@@ -281,7 +281,7 @@ def build_image(cfg: PipelineConfig, image: Image, layout: CacheLayout) -> dict:
     labels = {**image_labels(cfg, image), **_source_labels(image, layout)}
     context_dir = Path(layout.context_dir(image.name))
     engine = api.connect()
-    builder = api.builder_for(cfg.engine.builder, engine)
+    builder = api.builder_for(cfg.engine.builder, engine, layout.builder_record)
     if cfg.engine.resolved and builder.name != cfg.engine.resolved:
         # The Dockerfile was rendered for the builder remembered in cache/builder.json: the CLIs
         # changed in a way its stats did not show. Forgotten, so the next run asks them again.
