@@ -191,19 +191,24 @@ def _owned(tag: str, namespace: str) -> bool:
     repository = tag.split("@", 1)[0]
     if ":" in repository.rsplit("/", 1)[-1]:
         repository = repository.rsplit(":", 1)[0]
+    if repository.startswith(f"{namespace}/"):  # a namespace may itself be a registry's (`host:port/ccptest-…`)
+        return True
     return any(part == namespace or part.startswith(f"{namespace}-") for part in repository.split("/"))
 
 
 def _remove_namespace(client, namespace: str):
     for entry in client.images(all=False):
-        if any(_owned(tag, namespace) for tag in entry.get("RepoTags") or []):
-            for tag in entry["RepoTags"]:
-                if _owned(tag, namespace):
-                    try:
-                        client.remove_image(tag, force=True)
-                    except Exception:
-                        pass
-        elif not [tag for tag in entry.get("RepoTags") or [] if tag != "<none>:<none>"] and any(
+        for tag in entry.get("RepoTags") or []:
+            if _owned(tag, namespace):
+                try:
+                    client.remove_image(tag, force=True)
+                except Exception:
+                    pass
+    # An image whose tags went above may be kept by its pushed digest alone;
+    # its children (now dangling) go first, or the engine keeps it for them.
+    prune_namespace(client, namespace)
+    for entry in client.images(all=False):
+        if not [tag for tag in entry.get("RepoTags") or [] if tag != "<none>:<none>"] and any(
             _owned(digest, namespace) for digest in entry.get("RepoDigests") or []
         ):
             try:  # pulled back by digest from the test's registry: no tag left to remove it by
