@@ -18,7 +18,7 @@ from ccp_tasks.core import lock
 from ccp_tasks.core.errors import CcpError
 from ccp_tasks.engine.builder import Builder, ClassicBuilder
 from ccp_tasks.engine.buildkit import BuildKitBuilder
-from ccp_tasks.engine.cli import find_buildkit_cli, remembered_cli
+from ccp_tasks.engine.cli import remembered_cli
 from ccp_tasks.engine.containers import Containers
 from ccp_tasks.engine.docker_ops import connect as docker_connect
 from ccp_tasks.engine.docker_ops import engine_errors
@@ -61,16 +61,15 @@ def connect(timeout: int = 600) -> Engine:
     return Engine(docker_connect(timeout=timeout))
 
 
-def builder_for(choice: str, engine: Engine, record: Path | None = None) -> Builder:
+def builder_for(choice: str, engine: Engine, record: Path) -> Builder:
     """The builder `engine.builder` in ccp.yaml names: `classic`, `buildkit`
     (a CcpError when no CLI here can drive BuildKit), or `auto` (BuildKit
     when a CLI can, else classic), and which on stderr. Which CLI can is
-    kept in `record` (cli.remembered_cli) while the CLIs are unchanged;
-    without one, the CLIs are asked, once per process."""
+    kept in `record` (cli.remembered_cli) while the CLIs are unchanged."""
     if choice == "classic":
         _announce("classic (engine.builder: classic)")
         return engine.builder
-    cli, why_not = remembered_cli(record) if record is not None else find_buildkit_cli()
+    cli, why_not = remembered_cli(record)
     if cli is not None:
         _announce(f"buildkit (engine.builder: {choice}) through {cli.describe()}")
         return BuildKitBuilder(engine.docker_client, cli)
